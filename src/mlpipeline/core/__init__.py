@@ -1,0 +1,1 @@
+"""Shared foundations every stage uses: params, dataset IO, atomic writes, seeding, stage runner."""

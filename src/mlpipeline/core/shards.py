@@ -1,0 +1,261 @@
+"""The on-disk dataset format every stage reads and writes.
+
+A dataset is one directory::
+
+    dataset.json                  classes, image shape, per-split counts and shard list
+    <split>-00000.safetensors     "images" uint8 N x C x H x W, "labels" int64 N
+
+Few, size-bounded files keep DVC hashing and S3 transfers cheap; safetensors is
+safe to load (no pickle) and byte-deterministic for the same arrays, so equal
+inputs give equal md5s. Shards are read one at a time, so memory stays bounded
+by the shard size, not the dataset size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save
+
+from mlpipeline.core import atomic
+from mlpipeline.core.errors import PipelineError
+
+FORMAT_VERSION = 1
+META_FILE = "dataset.json"
+MAX_SHARD_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    count: int
+    class_counts: list[int]
+    shards: list[str]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What ``dataset.json`` records: enough to read the shards and to build a model."""
+
+    classes: list[str]
+    image_shape: tuple[int, int, int]
+    splits: dict[str, SplitInfo]
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "classes": list(self.classes),
+            "image_shape": list(self.image_shape),
+            "splits": {
+                name: {"count": s.count, "class_counts": s.class_counts, "shards": s.shards}
+                for name, s in self.splits.items()
+            },
+            "attributes": self.attributes,
+        }
+
+
+class DatasetWriter:
+    """Stream batches into size-bounded shards; the directory appears only on success.
+
+    Use as a context manager. Batches are buffered per split and flushed as a
+    shard whenever ``shard_images`` images have accumulated.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path | str,
+        classes: Sequence[str],
+        image_shape: Sequence[int],
+        attributes: dict[str, Any] | None = None,
+        max_shard_bytes: int = MAX_SHARD_BYTES,
+    ) -> None:
+        if len(image_shape) != 3:
+            raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
+        self.out_dir = Path(out_dir)
+        self.classes = list(classes)
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.attributes = dict(attributes or {})
+        self.shard_images = max(1, max_shard_bytes // int(np.prod(self.image_shape)))
+        self._pending: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._pending_count: dict[str, int] = {}
+        self._shards: dict[str, list[str]] = {}
+        self._class_counts: dict[str, np.ndarray] = {}
+        self._tmp_cm = None
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> DatasetWriter:
+        self._tmp_cm = atomic.directory(self.out_dir)
+        self._tmp = self._tmp_cm.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool | None:
+        assert self._tmp_cm is not None
+        if exc_type is None:
+            try:
+                self._finish()
+            except BaseException as error:
+                return self._tmp_cm.__exit__(type(error), error, error.__traceback__)
+        return self._tmp_cm.__exit__(exc_type, exc, tb)
+
+    def add_split(self, split: str) -> None:
+        """Declare a split so it is recorded even if it receives no images."""
+        self._pending.setdefault(split, [])
+        self._pending_count.setdefault(split, 0)
+        self._shards.setdefault(split, [])
+        self._class_counts.setdefault(split, np.zeros(len(self.classes), dtype=np.int64))
+
+    def write(self, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+        """Append a batch of images (uint8, N x C x H x W) and labels (int N) to ``split``."""
+        if self._tmp is None:
+            raise RuntimeError("DatasetWriter must be used as a context manager")
+        images, labels = self._checked(images, labels)
+        self.add_split(split)
+        self._class_counts[split] += np.bincount(labels, minlength=len(self.classes))
+        start = 0
+        while start < len(images):
+            room = self.shard_images - self._pending_count[split]
+            chunk = slice(start, start + room)
+            self._pending[split].append((images[chunk], labels[chunk]))
+            self._pending_count[split] += len(images[chunk])
+            start += room
+            if self._pending_count[split] == self.shard_images:
+                self._flush(split)
+
+    def add_file(self, name: str, data: bytes) -> None:
+        """Store a small metadata file (a manifest, say) beside the shards."""
+        if self._tmp is None:
+            raise RuntimeError("DatasetWriter must be used as a context manager")
+        (self._tmp / name).write_bytes(data)
+
+    def _checked(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != self.image_shape:
+            raise ValueError(
+                f"images must be uint8 N x {self.image_shape}, got {images.dtype} {images.shape}"
+            )
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(self.classes)):
+            raise ValueError(
+                f"labels must lie in [0, {len(self.classes)}), got {labels.min()}..{labels.max()}"
+            )
+        return images, labels
+
+    def _flush(self, split: str) -> None:
+        parts = self._pending[split]
+        if not parts:
+            return
+        images = np.ascontiguousarray(np.concatenate([p[0] for p in parts]))
+        labels = np.ascontiguousarray(np.concatenate([p[1] for p in parts]))
+        name = f"{split}-{len(self._shards[split]):05d}.safetensors"
+        assert self._tmp is not None
+        (self._tmp / name).write_bytes(save({"images": images, "labels": labels}))
+        self._shards[split].append(name)
+        self._pending[split] = []
+        self._pending_count[split] = 0
+
+    def _finish(self) -> None:
+        for split in self._pending:
+            self._flush(split)
+        splits = {
+            split: SplitInfo(
+                count=int(self._class_counts[split].sum()),
+                class_counts=[int(c) for c in self._class_counts[split]],
+                shards=self._shards[split],
+            )
+            for split in sorted(self._shards)
+        }
+        info = DatasetInfo(self.classes, self.image_shape, splits, self.attributes)
+        assert self._tmp is not None
+        atomic.write_json(self._tmp / META_FILE, info.to_json())
+
+
+class Dataset:
+    """Read access to a dataset directory written by ``DatasetWriter``."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.info = read_info(self.root)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.info.image_shape
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.info.splits)
+
+    def count(self, split: str) -> int:
+        return self._split(split).count
+
+    def iter_shards(self, split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (images, labels) one shard at a time: memory bounded by one shard."""
+        for name in self._split(split).shards:
+            yield self._read_shard(self.root / name)
+
+    def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The whole split in memory; for splits known to be small (val, test, training sets)."""
+        parts = list(self.iter_shards(split))
+        if not parts:
+            c, h, w = self.image_shape
+            return np.empty((0, c, h, w), np.uint8), np.empty((0,), np.int64)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _split(self, split: str) -> SplitInfo:
+        try:
+            return self.info.splits[split]
+        except KeyError:
+            raise PipelineError(f"{self.root / META_FILE}: has no split '{split}' (has {self.splits})")
+
+    def _read_shard(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            tensors = load_file(path)
+        except FileNotFoundError:
+            raise PipelineError(f"{path}: shard listed in {META_FILE} is missing")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise PipelineError(f"{path}: not a readable safetensors shard ({exc})")
+        images, labels = tensors.get("images"), tensors.get("labels")
+        if images is None or labels is None:
+            raise PipelineError(f"{path}: shard must hold 'images' and 'labels' tensors")
+        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape or labels.dtype != np.int64:
+            raise PipelineError(
+                f"{path}: expected uint8 images N x {self.image_shape} and int64 labels, "
+                f"got {images.dtype} {images.shape} and {labels.dtype}"
+            )
+        return images, labels
+
+
+def read_info(root: Path | str) -> DatasetInfo:
+    """Parse and check ``dataset.json``; errors name the file."""
+    path = Path(root) / META_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found (has the stage that writes {Path(root)} run?)")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: not valid JSON ({exc})")
+    try:
+        if raw["format_version"] != FORMAT_VERSION:
+            raise PipelineError(f"{path}: format_version {raw['format_version']}, expected {FORMAT_VERSION}")
+        splits = {
+            name: SplitInfo(int(s["count"]), [int(c) for c in s["class_counts"]], list(s["shards"]))
+            for name, s in raw["splits"].items()
+        }
+        shape = tuple(int(d) for d in raw["image_shape"])
+        return DatasetInfo(list(raw["classes"]), shape, splits, dict(raw.get("attributes", {})))  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PipelineError(f"{path}: malformed dataset metadata ({exc!r})")

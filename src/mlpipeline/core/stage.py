@@ -1,0 +1,41 @@
+"""What every stage's ``main()`` shares: logging, a one-line summary, and clean failure."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from mlpipeline.core.errors import PipelineError
+
+EXIT_USER_ERROR = 2
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def run(stage: str, body: Callable[[], None]) -> None:
+    """Run a stage body; a ``PipelineError`` becomes one ``error:`` line and exit code 2."""
+    setup_logging()
+    try:
+        body()
+    except PipelineError as exc:
+        print(f"{stage}: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print(f"{stage}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+@contextmanager
+def summary(stage: str) -> Iterator[dict[str, str]]:
+    """Collect ``read``/``wrote`` descriptions and log them with the elapsed time in one line."""
+    report: dict[str, str] = {}
+    started = time.perf_counter()
+    yield report
+    elapsed = time.perf_counter() - started
+    parts = [f"{key} {value}" for key, value in report.items()]
+    logging.getLogger(stage).info("%s in %.2f s", "; ".join(parts), elapsed)
