@@ -1,0 +1,88 @@
+"""Shared fixtures: the repository's own params, and throwaway copies of the repo for DVC runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A git identity for repos the tests create: CI machines may have none.
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "pipeline-tests",
+    "GIT_AUTHOR_EMAIL": "tests@example.invalid",
+    "GIT_COMMITTER_NAME": "pipeline-tests",
+    "GIT_COMMITTER_EMAIL": "tests@example.invalid",
+}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None, timeout: int = 900):
+    """Run a command with the venv's bin first on PATH; on failure show its output."""
+    full_env = {**os.environ, **GIT_ENV, **(env or {})}
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
+    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result
+
+
+def repo_params() -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+def set_params(repo: Path, overrides: dict[str, Any]) -> None:
+    """Set dotted keys (``"ingest.seed": 3``) in ``repo``'s params.yaml."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def copy_repo(dest: Path, commit: bool = True) -> Path:
+    """Copy the project's files (tracked and new, not ignored) into a fresh git repo at ``dest``.
+
+    DVC outputs, caches and the virtualenv stay behind, so the copy is what a
+    fresh clone holds.
+    """
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in filter(None, listed):
+        source = REPO_ROOT / rel
+        if source.is_file():
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    if commit:
+        run(["git", "add", "-A"], dest)
+        run(["git", "commit", "-qm", "copy of the pipeline"], dest)
+    return dest
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path: Path) -> Path:
+    """A committed copy of the repository in a temporary directory."""
+    return copy_repo(tmp_path / "repo")
