@@ -66,14 +66,14 @@ def evaluate(params: EvaluateParams, model_dir: Path, data_dir: Path) -> Evaluat
     device = pick_device(params.device, "evaluate.device")
     model, config = load_model(model_dir, device)
     check_compatible(config, data, model_dir)
+    classes = data.classes
     images, labels = data.load("test")
     if not len(labels):
         raise PipelineError(f"{data.root / META_FILE}: the test split is empty")
     network = predict_probabilities(model, images, device, params.batch_size)
     train_images, train_labels = data.load("train")
     svm = fit_baseline(train_images, train_labels, params.baseline)
-    baseline = baseline_probabilities(svm, images, len(data.classes))
-    classes = data.classes
+    baseline = baseline_probabilities(svm, images, len(classes))
     return Evaluation(
         metrics={
             "test": score(labels, network, classes, params.ece_bins),
