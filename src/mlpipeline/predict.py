@@ -1,0 +1,148 @@
+"""Predict: the class and its probability for image files or folders, with a trained model.
+
+    python -m mlpipeline.predict PATH... [--model models] [--output predictions.csv]
+
+Folders are searched recursively for PNG/JPEG/BMP files. Every image goes
+through ``decode_image`` with the model's channels and size, the same
+preprocessing as ingestion. A file that cannot be read or decoded gets one
+``error`` line on stderr naming it; the others are still predicted, and the
+exit code is 1. Output: CSV ``path,label,probability`` on stdout or ``--output``.
+
+From Python, ``predict_paths`` returns a DataFrame. A model of any git revision
+can be fetched first with ``dvc.api``::
+
+    from dvc.api import DVCFileSystem
+    DVCFileSystem("https://github.com/org/repo", rev="v1.2").get("models", "models-v1.2", recursive=True)
+    predict_paths(["photo.png"], "models-v1.2")
+
+(or ``dvc get https://github.com/org/repo models --rev v1.2 -o models-v1.2``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import get_args
+
+import numpy as np
+import pandas as pd
+
+from mlpipeline.core import atomic, stage
+from mlpipeline.core.device import DeviceChoice, pick_device
+from mlpipeline.core.errors import PipelineError
+from mlpipeline.images import IMAGE_SUFFIXES, Resample, decode_image
+from mlpipeline.inference import predict_probabilities
+from mlpipeline.model import ModelConfig, load_model
+from mlpipeline.sources import natural_key
+
+# Ingestion's default; used until model.json records the resample method the data was ingested with.
+DEFAULT_RESAMPLE: Resample = "bicubic"
+COLUMNS = ["path", "label", "probability"]
+
+
+def expand_paths(paths: Iterable[Path | str]) -> list[tuple[str, str | None]]:
+    """Each file to predict with ``None``, or a path with the error that stops it.
+
+    Files named explicitly are taken whatever their suffix (decoding judges them);
+    folders contribute their image files, hidden ones skipped, in natural order.
+    """
+    found: list[tuple[str, str | None]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            images = [
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            ]
+            if not images:
+                found.append((str(raw), f"{raw}: folder has no images ({', '.join(IMAGE_SUFFIXES)})"))
+            found += [(str(p), None) for p in sorted(images, key=lambda p: natural_key(str(p)))]
+        elif path.exists():
+            found.append((str(raw), None))
+        else:
+            found.append((str(raw), f"{raw}: not found"))
+    return found
+
+
+def predict_paths(
+    paths: Iterable[Path | str],
+    model_dir: Path | str = "models",
+    device: DeviceChoice = "auto",
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """One row per image: ``path``, ``label``, ``probability`` and ``error``.
+
+    ``error`` is missing (NA) for a predicted image; for a file that could not be
+    read or decoded it holds the one-line reason, and ``label``/``probability``
+    are missing. Memory stays bounded by ``batch_size`` decoded images.
+    """
+    torch_device = pick_device(device, "device")
+    model, config = load_model(model_dir, torch_device)
+    files = expand_paths(paths)
+    labels: list[str | None] = [None] * len(files)
+    probabilities = np.full(len(files), np.nan)
+    errors = [error for _, error in files]
+    pending = [i for i, error in enumerate(errors) if error is None]
+    for start in range(0, len(pending), batch_size):
+        decoded: dict[int, np.ndarray] = {}
+        for i in pending[start : start + batch_size]:
+            try:
+                decoded[i] = _decode(files[i][0], config)
+            except PipelineError as exc:
+                errors[i] = str(exc)
+        if not decoded:
+            continue
+        scores = predict_probabilities(model, np.stack(list(decoded.values())), torch_device, batch_size)
+        for i, row in zip(decoded, scores, strict=True):
+            labels[i] = config.classes[int(row.argmax())]
+            probabilities[i] = float(row.max())
+    return pd.DataFrame(
+        {"path": [p for p, _ in files], "label": labels, "probability": probabilities, "error": errors}
+    )
+
+
+def _decode(path: str, config: ModelConfig) -> np.ndarray:
+    """The file as ingestion would have stored it: the model's channels, size and resampling."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot be read ({exc.strerror})")
+    channels, height, width = config.image_shape
+    resample = getattr(config, "resample", DEFAULT_RESAMPLE)
+    return decode_image(data, path, channels, (height, width), resample)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mlpipeline.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument("--model", default="models", help="model directory (default: models)")
+    parser.add_argument("--output", help="write the CSV here instead of stdout")
+    parser.add_argument("--device", default="auto", choices=get_args(DeviceChoice))
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    frame = predict_paths(args.paths, args.model, args.device, args.batch_size)
+    failed = frame["error"].notna()
+    for error in frame.loc[failed, "error"]:
+        print(f"predict: error: {error}", file=sys.stderr)
+    table = frame.loc[~failed, COLUMNS].to_csv(index=False, lineterminator="\n", float_format="%.6f")
+    if args.output:
+        atomic.write_text(args.output, table)
+        print(
+            f"predict: wrote {args.output} ({(~failed).sum()} predicted, {failed.sum()} failed)",
+            file=sys.stderr,
+        )
+    else:
+        sys.stdout.write(table)
+    if failed.any():
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    stage.run("predict", main)

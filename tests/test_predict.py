@@ -1,0 +1,151 @@
+"""Predict: files and folders, a corrupt file among them, ingestion's preprocessing, and the
+model's safetensors round trip."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import repo_params, run
+from PIL import Image
+from tiny_model import CLASSES, tiny_images, tiny_model, write_tiny_model
+
+from mlpipeline.core.params import from_mapping
+from mlpipeline.inference import predict_probabilities
+from mlpipeline.model import load_model, save_model
+from mlpipeline.predict import predict_paths
+from mlpipeline.stages.ingest import IngestParams, ingest
+
+CPU = torch.device("cpu")
+
+
+def save_png(path: Path, image: np.ndarray, scale: int = 1) -> None:
+    """Write a 1 x H x W uint8 image as a grayscale PNG, enlarged ``scale`` times."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture = Image.fromarray(image[0], mode="L")
+    picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST).save(path)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    """A trained tiny model, two loose images, a folder of images, a corrupt file."""
+    images, _ = tiny_images(2, seed=5)  # top, top, left, left, center, center
+    paths = {
+        "model": write_tiny_model(tmp_path / "models"),
+        "top": tmp_path / "top.png",
+        "center": tmp_path / "center.png",
+        "folder": tmp_path / "folder",
+        "corrupt": tmp_path / "corrupt.png",
+    }
+    save_png(paths["top"], images[0])
+    save_png(paths["center"], images[4])
+    save_png(paths["folder"] / "10.png", images[2])
+    save_png(paths["folder"] / "2.png", images[3], scale=3)  # resized like ingestion would
+    save_png(paths["folder"] / "sub" / "1.png", images[5])
+    (paths["folder"] / ".hidden.png").write_bytes(b"skipped")
+    paths["corrupt"].write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return paths
+
+
+def test_cli_predicts_the_rest_and_names_the_bad_file(files: dict[str, Path]) -> None:
+    args = [str(files[k]) for k in ("top", "corrupt", "folder", "center")]
+    result = run(
+        [sys.executable, "-m", "mlpipeline.predict", *args, "--model", str(files["model"])],
+        files["top"].parent,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"predict: error: {files['corrupt']}: not a decodable image (expected PNG, JPEG or BMP)"
+    ]
+    table = pd.read_csv(io.StringIO(result.stdout))
+    assert list(table.columns) == ["path", "label", "probability"]
+    folder = files["folder"]
+    assert table["path"].tolist() == [
+        str(files["top"]),
+        str(folder / "2.png"),
+        str(folder / "10.png"),
+        str(folder / "sub" / "1.png"),
+        str(files["center"]),
+    ]
+    assert table["label"].tolist() == ["top", "left", "left", "center", "center"]
+    assert ((table["probability"] > 1 / 3) & (table["probability"] <= 1)).all()
+
+
+def test_cli_writes_output_file_and_exits_zero_when_all_succeed(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out" / "predictions.csv"
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "mlpipeline.predict",
+            str(files["folder"]),
+            "--model",
+            str(files["model"]),
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        tmp_path,
+    )
+    assert result.stdout == ""
+    assert pd.read_csv(out)["label"].tolist() == ["left", "left", "center"]
+
+
+def test_cli_without_a_model_is_one_line_exit_2(tmp_path: Path) -> None:
+    result = run(
+        [sys.executable, "-m", "mlpipeline.predict", "x.png", "--model", "nowhere"], tmp_path, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "predict: error: nowhere/model.json: not found (has the train stage run?)"
+
+
+def test_predict_paths_reports_errors_in_the_frame(files: dict[str, Path], tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    frame = predict_paths([files["top"], tmp_path / "missing.png", empty], files["model"], device="cpu")
+    assert frame["label"][0] == "top" and 1 / 3 < frame["probability"][0] <= 1
+    assert frame["error"].isna().tolist() == [True, False, False]
+    assert frame["error"][1:].tolist() == [
+        f"{tmp_path / 'missing.png'}: not found",
+        f"{empty}: folder has no images (.png, .jpg, .jpeg, .bmp)",
+    ]
+    assert frame[["label", "probability"]][1:].isna().all(axis=None)
+
+
+def test_predict_matches_the_ingested_pixels(tmp_path: Path) -> None:
+    """Raw files predicted directly score exactly as their ingested (resized) arrays do."""
+    images, labels = tiny_images(10, seed=3)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        save_png(tmp_path / "raw" / CLASSES[label] / f"{i}.png", image, scale=2)  # 16x16 -> 8x8
+    section = {**repo_params()["ingest"], "source": str(tmp_path / "raw"), "classes": CLASSES}
+    ingested, _ = ingest(from_mapping(IngestParams, section, "ingest"))
+    model, config = tiny_model()
+    save_model(model, config, tmp_path / "models")
+
+    paths = [str(tmp_path / "raw" / name) for name in ingested.manifest["source"]]
+    frame = predict_paths(paths, tmp_path / "models", device="cpu", batch_size=64)
+    expected = predict_probabilities(model, ingested.images, CPU, batch_size=64)
+    assert frame["error"].isna().all()
+    assert frame["label"].tolist() == [CLASSES[i] for i in expected.argmax(axis=1)]
+    np.testing.assert_array_equal(frame["probability"], expected.max(axis=1))
+
+
+def test_model_round_trip_gives_the_same_predictions(tmp_path: Path) -> None:
+    model, config = tiny_model()
+    save_model(model, config, tmp_path / "models")
+    loaded, loaded_config = load_model(tmp_path / "models", CPU)
+    images, _ = tiny_images(5, seed=9)
+    assert loaded_config == config
+    np.testing.assert_array_equal(
+        predict_probabilities(loaded, images, CPU, 8), predict_probabilities(model, images, CPU, 8)
+    )
