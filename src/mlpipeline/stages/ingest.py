@@ -130,7 +130,9 @@ def write_ingested(
         for split in SPLITS:
             rows = np.flatnonzero(manifest["split"].to_numpy() == split)
             writer.add_split(split)
-            writer.write(split, result.images[rows], result.labels[rows])
+            for start in range(0, len(rows), writer.shard_images):  # one shard's copy at a time
+                part = rows[start : start + writer.shard_images]
+                writer.write(split, result.images[part], result.labels[part])
             manifest.loc[rows, "index"] = np.arange(len(rows))
         writer.add_file(MANIFEST, manifest.to_csv(index=False, lineterminator="\n").encode())
     counts = manifest["split"].value_counts()
