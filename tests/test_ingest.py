@@ -267,6 +267,14 @@ def test_manifest_layout_can_be_forced(raw: Path) -> None:
     assert len(result.manifest) == sum(COUNTS.values())
 
 
+def test_manifest_with_a_byte_order_mark(raw: Path) -> None:
+    """Spreadsheets export CSV with a UTF-8 BOM; it must not hide the 'path' column."""
+    manifest = write_manifest(raw / "labels.csv", folder_rows(raw))
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    result, _ = ingest(ingest_params(manifest))
+    assert len(result.manifest) == sum(COUNTS.values())
+
+
 def test_manifest_missing_column(raw: Path) -> None:
     manifest = write_manifest(raw / "labels.csv", folder_rows(raw), header="file,label")
     assert refusal(manifest) == f"{manifest}: manifest needs columns 'path,label', missing path"
