@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from mlpipeline.core import atomic, stage
+from mlpipeline.core.device import limit_threads
 from mlpipeline.core.params import load_section, param
 from mlpipeline.core.shards import Dataset, DatasetWriter
 from mlpipeline.synthetic import SynthesisTask, class_counts, generate, get_generator
@@ -74,7 +75,7 @@ def synthesize(
             for images, labels in generate(render, counts, params.seed, real.image_shape, device):
                 writer.write(SPLIT, images, labels)
                 synthetic_samples.add(images, labels)
-        sources = {"real": real_samples, "syn": synthetic_samples}
+        sources = {"real": real_samples, "synth": synthetic_samples}
         atomic.write_bytes(preview_path, samples_png(real.classes, sources))
     return counts
 
@@ -82,6 +83,7 @@ def synthesize(
 def main() -> None:
     with stage.summary("synthesize") as report:
         params = load_section(SynthesizeParams, "synthesize")
+        limit_threads()
         counts = synthesize(params, REAL, OUTPUT, PREVIEW)
         report["wrote"] = (
             f"{OUTPUT} ({sum(counts)} '{params.generator}' images, {min(counts)}..{max(counts)} per class)"

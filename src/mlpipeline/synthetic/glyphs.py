@@ -141,8 +141,8 @@ def glyphs(task: SynthesisTask) -> Renderer:
     render_h, render_w = SUPERSAMPLE * height, SUPERSAMPLE * width
     atlas = build_atlas(list(task.classes), usable, ATLAS_OVERSAMPLE * max(render_h, render_w), task.device)
     # Output-frame coordinates of the render pixels' centres (align_corners=False convention).
-    xs = ((torch.arange(render_w, device=task.device) * 2 + 1) / render_w - 1).view(1, 1, -1, 1)
-    ys = ((torch.arange(render_h, device=task.device) * 2 + 1) / render_h - 1).view(1, -1, 1, 1)
+    xs = (torch.arange(render_w, device=task.device) * 2 + 1) / render_w - 1
+    ys = (torch.arange(render_h, device=task.device) * 2 + 1) / render_h - 1
     stroke_px = (params.stroke[0] * render_h, params.stroke[1] * render_h)
 
     def render(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -197,22 +197,29 @@ def _sample_atlas(
 ) -> torch.Tensor:
     """Bilinear samples of each image's own tile, N x 1 x H x W, in one ``grid_sample`` call.
 
-    The grid is built by broadcasting (cheaper than ``affine_grid``'s batched
-    matmul) directly in atlas coordinates, and clamped to one pixel past the
-    image's own tile, where the padding reads zero.
+    The grid is built plane by plane by broadcasting (cheaper on CPU than
+    ``affine_grid``'s batched matmul and than interleaved x/y writes) in atlas
+    units, clamped to one pixel past the image's own tile, where the padding
+    reads zero, then moved onto that tile.
     """
     n = len(tile)
     atlas_h, atlas_w = atlas.image.shape[-2:]
-    to_atlas = torch.tensor([atlas.cell / atlas_w, atlas.cell / atlas_h], device=theta.device)
+    grid = torch.empty((n, 2, len(ys), len(xs)), dtype=theta.dtype, device=theta.device)
+    for axis, to_atlas in enumerate((atlas.cell / atlas_w, atlas.cell / atlas_h)):
+        a, b, c = (theta[:, axis, k].mul(to_atlas).view(n, 1, 1) for k in range(3))
+        plane = grid[:, axis]
+        torch.add(a * xs.view(1, 1, -1), b * ys.view(1, -1, 1) + c, out=plane)
+        margin = (1 + 2 / atlas.cell) * to_atlas
+        plane.clamp_(-margin, margin)
+    # Tiles are centred horizontally in the atlas and stacked vertically.
     center_y = (ATLAS_PAD + tile * (atlas.cell + ATLAS_PAD) + atlas.cell / 2) * (2 / atlas_h) - 1
-    center = torch.stack([torch.zeros_like(center_y), center_y], dim=1).to(theta.dtype)  # tiles centred in x
-    coeff = theta.transpose(1, 2) * to_atlas  # N x 3 x 2: rows multiply x, y, 1
-    offset = (coeff[:, 2] + center).view(n, 1, 1, 2)
-    grid = xs * coeff[:, 0].view(n, 1, 1, 2) + (ys * coeff[:, 1].view(n, 1, 1, 2) + offset)
-    margin = (1 + 2 / atlas.cell) * to_atlas
-    grid.clamp_(center.view(n, 1, 1, 2) - margin, center.view(n, 1, 1, 2) + margin)
+    grid[:, 1].add_(center_y.to(grid.dtype).view(n, 1, 1))
     return F.grid_sample(
-        atlas.image.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        atlas.image.expand(n, -1, -1, -1),
+        grid.permute(0, 2, 3, 1),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
     )
 
 

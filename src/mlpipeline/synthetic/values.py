@@ -27,6 +27,16 @@ class ChannelValues:
     ink: float
     levels: tuple[int, ...] | None  # distinct real values to snap to, or None for a continuous range
 
+    def lookup(self) -> np.ndarray:
+        """uint8 -> uint8 table: clip to the background..ink range, then snap to the nearest level."""
+        low, high = sorted((self.background, self.ink))
+        values = np.clip(np.arange(256), low, high)
+        if self.levels is not None:
+            levels = np.asarray(self.levels)
+            midpoints = (levels[1:] + levels[:-1]) / 2
+            values = levels[np.searchsorted(midpoints, values)]
+        return np.rint(values).astype(np.uint8)
+
 
 @dataclass(frozen=True)
 class ValueMap:
@@ -48,15 +58,10 @@ class ValueMap:
             contrast = channel.ink - channel.background
             value = coverage * contrast + channel.background
             if noise > 0:
-                value = value + torch.randn(value.shape, generator=generator, device=value.device) * (
-                    noise * abs(contrast)
-                )
-            low, high = sorted((channel.background, channel.ink))
-            value = value.clamp_(low, high)
-            if channel.levels is not None:
-                levels = torch.tensor(channel.levels, dtype=value.dtype, device=value.device)
-                value = levels[torch.bucketize(value, (levels[1:] + levels[:-1]) / 2)]
-            planes.append(value.round_().to(torch.uint8))
+                jitter = torch.randn(value.shape, generator=generator, device=value.device)
+                value.add_(jitter.mul_(noise * abs(contrast)))
+            table = torch.from_numpy(channel.lookup()).to(value.device)
+            planes.append(table[value.round_().clamp_(0, 255).long()])
         return torch.cat(planes, dim=1)
 
 
