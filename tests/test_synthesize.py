@@ -161,8 +161,8 @@ def test_classes_the_glyphs_cannot_draw_are_refused_in_one_line(
         ({"glyphs.rotation": -1}, "synthesize.glyphs.rotation must be >= 0"),
         ({"glyphs.scale": [1.0, 0.5]}, "synthesize.glyphs scale must be [low, high]"),
         ({"glyphs.scale": [0.9]}, "synthesize.glyphs.scale must have 2 item(s)"),
-        ({"glyphs.stroke": [0.0, 0.5]}, "synthesize.glyphs.stroke[1] must be >= -0.25 and <= 0.25"),
-        ({"glyphs.edge_noise": -0.1}, "synthesize.glyphs.edge_noise must be >= 0"),
+        ({"glyphs.stroke": [0.0, 0.5]}, "synthesize.glyphs.stroke[1] must be >= -0.1 and <= 0.1"),
+        ({"glyphs.edge_noise": 0.2}, "synthesize.glyphs.edge_noise must be >= 0 and <= 0.1"),
         ({"glyphs.blur": 1.0}, "synthesize.glyphs.blur is not a known param"),
     ],
 )
@@ -206,6 +206,16 @@ def test_same_inputs_and_params_give_the_same_bytes_whatever_the_thread_count(
     assert outputs[0] == outputs[1] and len(outputs[0]) == 3
     run_synthesize(digits, tmp_path / "other-seed", {"count": 5000, "seed": 1})
     assert digest(tmp_path / "other-seed" / "synthetic") != digest(tmp_path / "0" / "synthetic")
+
+
+def test_stroke_offsets_thicken_and_thin_the_glyphs(digits: Path, tmp_path: Path) -> None:
+    ink = {}
+    for name, stroke in (("thin", [-0.03, -0.03]), ("plain", [0.0, 0.0]), ("bold", [0.05, 0.05])):
+        images, _ = run_synthesize(digits, tmp_path / name, {"count": 500, "glyphs.stroke": stroke}).load(
+            "train"
+        )
+        ink[name] = images.mean()
+    assert ink["thin"] < 0.8 * ink["plain"] and ink["bold"] > 1.3 * ink["plain"]
 
 
 def test_28x28_grayscale_uses_the_real_value_range(digits: Path, tmp_path: Path) -> None:
