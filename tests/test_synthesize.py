@@ -251,6 +251,20 @@ def test_rgb_real_data_gives_rgb_glyphs_in_its_colours(digits: Path, tmp_path: P
     assert ink.tolist() in colours.tolist()
 
 
+def test_a_constant_channel_stays_constant_but_blank_real_data_is_refused(
+    digits: Path, tmp_path: Path
+) -> None:
+    images, labels = Dataset(digits).load("train")
+    red = np.concatenate([images, np.zeros_like(images), np.zeros_like(images)], axis=1)  # red on black
+    out = run_synthesize(write_real(tmp_path / "red", red, labels, DIGITS), tmp_path / "red", {"count": 100})
+    synthetic, _ = out.load("train")
+    assert synthetic[:, 0].max() == 255 and not synthetic[:, 1:].any()
+
+    blank = write_real(tmp_path / "blank", np.zeros_like(images), labels, DIGITS)
+    with pytest.raises(PipelineError, match="every pixel has the same value"):
+        run_synthesize(blank, tmp_path / "blank", {"count": 100})
+
+
 @register_generator("test-checkerboard")
 def checkerboard(task):  # the one-function shape a user writes
     channels, height, width = task.image_shape

@@ -21,10 +21,9 @@ from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import limit_threads
 from mlpipeline.core.params import load_section, param
 from mlpipeline.core.shards import Dataset, DatasetWriter
-from mlpipeline.synthetic import SynthesisTask, class_counts, generate, get_generator
+from mlpipeline.synthetic import SynthesisTask, ValueStats, class_counts, generate, get_generator
 from mlpipeline.synthetic.glyphs import GlyphParams
 from mlpipeline.synthetic.preview import PerClassSamples, samples_png
-from mlpipeline.synthetic.values import ValueStats
 
 REAL = Path("data/ingested")
 OUTPUT = Path("data/synthetic")

@@ -11,14 +11,14 @@ from mlpipeline.synthetic.generators import (
     get_generator,
     register_generator,
 )
-from mlpipeline.synthetic.values import ValueMap, learn_value_map
+from mlpipeline.synthetic.values import ValueMap, ValueStats
 
 __all__ = [
     "SynthesisTask",
     "ValueMap",
+    "ValueStats",
     "class_counts",
     "generate",
     "get_generator",
-    "learn_value_map",
     "register_generator",
 ]

@@ -9,7 +9,6 @@ those, so a model cannot tell synthetic from real by its value histogram.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,20 +89,12 @@ class ValueStats:
         for histogram, border_sum in zip(self.histogram, self.border_sum, strict=True):
             cumulative = np.cumsum(histogram) / histogram.sum()
             low, high = (int(np.searchsorted(cumulative, q)) for q in RANGE_QUANTILES)
-            if low == high:
-                raise PipelineError(f"{source}: every image has the single value {low}: nothing to draw with")
             border_mean = border_sum / self.border_count
             background, ink = (low, high) if border_mean - low <= high - border_mean else (high, low)
             present = np.flatnonzero(histogram)
             present = present[(present >= low) & (present <= high)]
             levels = tuple(int(v) for v in present) if len(present) <= MAX_LEVELS else None
             channels.append(ChannelValues(float(background), float(ink), levels))
+        if all(c.background == c.ink for c in channels):
+            raise PipelineError(f"{source}: every pixel has the same value: no ink to imitate")
         return ValueMap(tuple(channels))
-
-
-def learn_value_map(batches: Iterable[np.ndarray], channels: int, source: str) -> ValueMap:
-    """Learn a ``ValueMap`` from uint8 N x C x H x W batches of real images."""
-    stats = ValueStats(channels)
-    for images in batches:
-        stats.add(images)
-    return stats.value_map(source)
