@@ -343,7 +343,7 @@ def test_affine_scale_enlarges_around_the_centre() -> None:
         ({"transforms.padding": "wrap"}, "augment.transforms.padding must be one of"),
         ({"transforms.affine.probability": 1.5}, "augment.transforms.affine.probability must be"),
         ({"transforms.affine.scale": [1.2, 0.8]}, "augment.transforms.affine scale must be [low, high]"),
-        ({"transforms.affine.scale": [1.0]}, "augment.transforms.affine.scale must have 2 items"),
+        ({"transforms.affine.scale": [1.0]}, "augment.transforms.affine.scale must have 2 item(s)"),
         ({"transforms.elastic.sigma": 0.0}, "augment.transforms.elastic.sigma must be > 0"),
         ({"transforms.noise_std": -1.0}, "augment.transforms.noise_std must be >= 0"),
         ({"transforms.cutout.size": 2.0}, "augment.transforms.cutout.size must be"),

@@ -13,7 +13,6 @@ shows, per class, an original next to its first augmented copies.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from mlpipeline.augmentation import Transforms, augment
 from mlpipeline.core import atomic, stage
+from mlpipeline.core.device import limit_threads
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param
 from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
@@ -154,19 +154,6 @@ def augment_dataset(
                 samples.add_copies(name, picks, copies)
     atomic.write_bytes(preview, samples.png(real.classes))
     return counts
-
-
-def limit_threads() -> None:
-    """One torch thread unless ``OMP_NUM_THREADS`` asks for more.
-
-    The ops on a batch of small images are too short to split well: on a
-    2-core machine two threads were up to 1.4x faster than one when it was
-    otherwise quiet, but 1.5-10x slower when other processes wanted the cores,
-    as under ``dvc exp run --queue -j N``. The output does not depend on the
-    thread count (tested), only the speed does.
-    """
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
 
 
 def main() -> None:
