@@ -65,6 +65,16 @@ def test_shards_are_bounded_and_streamed(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.concatenate([i for i, _ in dataset.iter_shards("train")]), images)
 
 
+def test_writer_copies_batches_so_callers_may_reuse_their_arrays(tmp_path: Path) -> None:
+    images, labels = sample(6)
+    batch = np.empty_like(images[:3])
+    with DatasetWriter(tmp_path / "ds", CLASSES, SHAPE, max_shard_bytes=4 * PIXELS) as writer:
+        for start in (0, 3):
+            batch[:] = images[start : start + 3]
+            writer.write("train", batch, labels[start : start + 3])
+    np.testing.assert_array_equal(Dataset(tmp_path / "ds").load("train")[0], images)
+
+
 def test_empty_split_is_recorded(tmp_path: Path) -> None:
     dataset = Dataset(write(tmp_path / "ds", {"train": [4], "test": []}))
     assert dataset.splits == ["test", "train"]
