@@ -30,6 +30,7 @@ class RawSample:
     location: str  # the path within the source's filesystem
     name: str  # stable, machine-independent name: relative to the source root
     label: str
+    shown: str  # the path as the user wrote it (source joined with name): what messages name
 
 
 def natural_key(text: str) -> list[int | str]:
@@ -45,7 +46,10 @@ def resolve_layout(source: str, layout: Layout) -> Literal["folder", "manifest"]
 
 def list_samples(source: str, layout: Layout) -> tuple[fsspec.AbstractFileSystem, list[RawSample]]:
     """The filesystem of ``source`` and its samples, sorted by name."""
-    fs, root = url_to_fs(source)
+    try:
+        fs, root = url_to_fs(source)
+    except (ImportError, ValueError) as exc:
+        raise PipelineError(f"{source}: cannot open ingest.source ({exc})")
     kind = resolve_layout(source, layout)
     if not fs.exists(root):
         raise PipelineError(f"{source}: source not found (set ingest.source to a folder or a manifest CSV)")
@@ -72,7 +76,7 @@ def _from_folder(fs: fsspec.AbstractFileSystem, root: str, source: str) -> list[
             raise PipelineError(f"{_join(source, label)}/: class '{label}' has no images")
         for path in files:
             rel = posixpath.relpath(path, root)
-            samples.append(RawSample(location=_location(fs, path), name=rel, label=label))
+            samples.append(RawSample(_location(fs, path), rel, label, shown=_join(source, rel)))
     return samples
 
 
@@ -85,29 +89,35 @@ def _from_manifest(fs: fsspec.AbstractFileSystem, path: str, source: str) -> lis
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
         raise PipelineError(f"{source}: manifest needs columns 'path,label', missing {', '.join(missing)}")
-    base = posixpath.dirname(path)
+    base, shown_base = posixpath.dirname(path), posixpath.dirname(source)
     samples = []
     for row, (rel, label) in enumerate(zip(frame["path"], frame["label"], strict=True), start=2):
         if not rel or not label:
             raise PipelineError(f"{source}: line {row} has an empty path or label")
-        target = rel if "://" in rel or rel.startswith("/") else posixpath.join(base, rel)
-        samples.append(RawSample(location=_location(fs, target), name=rel, label=label))
+        absolute = "://" in rel or rel.startswith("/")
+        target, shown = (
+            (rel, rel) if absolute else (posixpath.join(base, rel), posixpath.join(shown_base, rel))
+        )
+        samples.append(RawSample(_location(fs, target), rel, label, shown))
     return samples
 
 
 def read_files(
     fs: fsspec.AbstractFileSystem, samples: Sequence[RawSample], chunk: int = 512
 ) -> Iterator[tuple[RawSample, bytes]]:
-    """Yield each sample with its bytes; remote files are fetched concurrently per chunk."""
+    """Yield each sample with its bytes; remote files are fetched concurrently per chunk.
+
+    ``cat_ranges`` rather than ``cat``: it reads each path as given, where ``cat``
+    would expand glob characters (``scan[1].png``) and miss the file.
+    """
     for start in range(0, len(samples), chunk):
-        batch = samples[start : start + chunk]
-        contents = fs.cat([s.location for s in batch], on_error="return")
-        for sample in batch:
-            data = contents.get(sample.location)
-            if isinstance(data, FileNotFoundError) or data is None:
-                raise PipelineError(f"{sample.name}: file not found")
+        batch = list(samples[start : start + chunk])
+        contents = fs.cat_ranges([s.location for s in batch], None, None, on_error="return")
+        for sample, data in zip(batch, contents, strict=True):
+            if isinstance(data, FileNotFoundError):
+                raise PipelineError(f"{sample.shown}: file not found")
             if isinstance(data, Exception):
-                raise PipelineError(f"{sample.name}: cannot be read ({data})")
+                raise PipelineError(f"{sample.shown}: cannot be read ({data})")
             yield sample, data
 
 

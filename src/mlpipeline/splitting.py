@@ -37,12 +37,13 @@ def stratified_split(
     class_names: Sequence[str],
     fractions: dict[str, float],
     seed: int,
+    source: str,
 ) -> np.ndarray:
     """Assign each sample to a split, class by class, so every split keeps the class mix.
 
     Returns an array of split names. Each class is shuffled with its own seeded
     stream and cut by ``fractions`` (rounded, train takes the remainder); every
-    split must get at least one sample of every class.
+    split must get at least one sample of every class, else the error names ``source``.
     """
     assignment = np.empty(len(labels), dtype=object)
     for index, name in enumerate(class_names):
@@ -51,7 +52,7 @@ def stratified_split(
         if min(counts.values()) < 1:
             need = max(len(SPLITS), _min_class_size(fractions))
             raise PipelineError(
-                f"class '{name}' has {len(members)} sample(s); ingest.split "
+                f"{source}: class '{name}' has {len(members)} sample(s); ingest.split "
                 f"{_describe(fractions)} needs at least {need} to give every split one"
             )
         order = rng(seed, "split", name).permutation(members)

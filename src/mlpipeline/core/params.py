@@ -145,8 +145,13 @@ def _coerce_scalar(value: Any, tp: Any, key: str, bounds: Mapping[str, Any], sou
 def _check_length(value: list, key: str, bounds: Mapping[str, Any], source: str) -> None:
     lo, hi = bounds.get("min_len"), bounds.get("max_len")
     if (lo is not None and len(value) < lo) or (hi is not None and len(value) > hi):
-        want = f"{lo}" if lo == hi else f"{lo if lo is not None else 0}..{hi if hi is not None else 'any'}"
-        raise ParamError(key, f"must have {want} items, got {len(value)}", source)
+        if lo == hi:
+            want = f"{lo}"
+        elif hi is None:
+            want = f"at least {lo}"
+        else:
+            want = f"at most {hi}" if lo is None else f"{lo} to {hi}"
+        raise ParamError(key, f"must have {want} item(s), got {len(value)}", source)
 
 
 def _in_range(value: float, bounds: Mapping[str, Any]) -> bool:

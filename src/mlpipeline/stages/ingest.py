@@ -45,7 +45,7 @@ class SplitFractions:
 class IngestParams:
     source: str
     layout: Layout
-    classes: list[str] | None
+    classes: list[str] | None = param(min_len=1)
     channels: int = param(ge=1, le=3)
     image_size: list[int] = param(ge=1, le=4096, min_len=2, max_len=2)
     resample: Resample
@@ -74,7 +74,7 @@ def decide_classes(samples: list[RawSample], declared: list[str] | None, source:
         return sorted(found, key=natural_key)
     for sample in samples:
         if sample.label not in declared:
-            raise PipelineError(f"{sample.name}: label '{sample.label}' is not in ingest.classes {declared}")
+            raise PipelineError(f"{sample.shown}: label '{sample.label}' is not in ingest.classes {declared}")
     empty = [c for c in declared if c not in found]
     if empty:
         raise PipelineError(f"{source}: class '{empty[0]}' in ingest.classes has no images")
@@ -90,24 +90,25 @@ def ingest(params: IngestParams) -> tuple[Ingested, list[str]]:
     images = np.empty((len(samples), params.channels, *size), dtype=np.uint8)
     file_hashes, pixel_hashes = [], []
     for i, (sample, data) in enumerate(read_files(fs, samples)):
-        images[i] = decode_image(data, sample.name, params.channels, size, params.resample)
+        images[i] = decode_image(data, sample.shown, params.channels, size, params.resample)
         file_hashes.append(hashlib.sha256(data).hexdigest())
         pixel_hashes.append(hashlib.sha256(images[i].tobytes()).hexdigest())
     labels = np.array([index[s.label] for s in samples], dtype=np.int64)
-    names = [s.name for s in samples]
 
-    duplicate = find_duplicates(pixel_hashes, labels.tolist(), names)
+    duplicate = find_duplicates(pixel_hashes, labels.tolist(), [s.shown for s in samples])
     kept = ~duplicate
     split = np.full(len(samples), "duplicate", dtype=object)
     fractions = {"train": params.split.train, "val": params.split.val, "test": params.split.test}
-    split[kept] = stratified_split(labels[kept], classes, fractions, params.seed)
+    dropped = int(duplicate.sum())
+    where = f"{params.source} ({dropped} duplicate(s) dropped)" if dropped else params.source
+    split[kept] = stratified_split(labels[kept], classes, fractions, params.seed, where)
     in_train = split == "train"
     held_out = in_train & ~keep_fraction(labels, in_train, params.keep_train_fraction, params.seed)
     split[held_out] = "held_out"
 
     manifest = pd.DataFrame(
         {
-            "source": names,
+            "source": [s.name for s in samples],
             "class": [s.label for s in samples],
             "label": labels,
             "split": split,
@@ -129,7 +130,9 @@ def write_ingested(
         for split in SPLITS:
             rows = np.flatnonzero(manifest["split"].to_numpy() == split)
             writer.add_split(split)
-            writer.write(split, result.images[rows], result.labels[rows])
+            for start in range(0, len(rows), writer.shard_images):  # one shard's copy at a time
+                part = rows[start : start + writer.shard_images]
+                writer.write(split, result.images[part], result.labels[part])
             manifest.loc[rows, "index"] = np.arange(len(rows))
         writer.add_file(MANIFEST, manifest.to_csv(index=False, lineterminator="\n").encode())
     counts = manifest["split"].value_counts()

@@ -1,0 +1,158 @@
+"""Augment benchmark: images/s and peak RSS at 8x8 and 28x28 for 10k, 100k and 1M images, and the
+vectorized path against a per-image loop of the same transforms.
+
+    python bench/augment.py [--quick]      # --quick skips the 1M runs
+
+Each (size, count) run is the stage's own ``augment_dataset`` (read shards, augment, write shards,
+preview) in a fresh child process, so its peak RSS is its own: it must stay flat as the count grows
+and the time must grow linearly. Transforms are the ones in params.yaml; one copy per image and no
+originals, so every output image went through the transforms. Scratch data lives in .cache/bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlpipeline.augmentation import Transforms, augment
+from mlpipeline.core.params import load_section
+from mlpipeline.core.seeding import rng
+from mlpipeline.core.shards import DatasetWriter
+from mlpipeline.stages.augment import AugmentParams, augment_dataset, limit_threads
+
+SCRATCH = Path(".cache/bench/augment")
+SIDES = (8, 28)
+COUNTS = (10_000, 100_000, 1_000_000)
+CLASSES = [str(i) for i in range(10)]
+WRITE_CHUNK = 65_536
+LOOP_IMAGES = 1_000
+
+
+def bench_params() -> AugmentParams:
+    return dataclasses.replace(load_section(AugmentParams, "augment"), copies=1, keep_originals=False)
+
+
+def random_images(n: int, side: int, *stream: str | int) -> tuple[np.ndarray, np.ndarray]:
+    draws = rng(0, "bench", side, *stream)
+    return draws.integers(0, 256, (n, 1, side, side), dtype=np.uint8), draws.integers(0, 10, n)
+
+
+def write_inputs(root: Path, side: int, count: int) -> None:
+    """A real dataset of ``count`` random images and an empty synthetic one, written in chunks."""
+    with DatasetWriter(root / "ingested", CLASSES, (1, side, side)) as writer:
+        for start in range(0, count, WRITE_CHUNK):
+            writer.write("train", *random_images(min(WRITE_CHUNK, count - start), side, start))
+    with DatasetWriter(root / "synthetic", CLASSES, (1, side, side)) as writer:
+        writer.add_split("train")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. Linux's VmHWM starts afresh at exec; ``ru_maxrss`` would carry
+    over the parent's peak, which grew while writing the inputs."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        (line,) = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
+        return int(line.split()[1]) / 2**10
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def child(root: Path) -> None:
+    """Run the stage's streaming loop on ``root``'s inputs; print seconds and peak RSS as JSON."""
+    limit_threads()
+    params = bench_params()
+    rss_before = peak_rss_mib()
+    started = time.perf_counter()
+    augment_dataset(params, root / "ingested", root / "synthetic", root / "augmented", root / "samples.png")
+    seconds = time.perf_counter() - started
+    report = {"seconds": seconds, "rss_mib": peak_rss_mib(), "rss_before_mib": rss_before}
+    print(json.dumps({**report, "threads": torch.get_num_threads()}))
+
+
+ROW = "{:>7} {:>10} {:>8} {:>10} {:>13} {:>15} {:>8}"
+
+
+def run_scaling(counts: tuple[int, ...]) -> None:
+    print("stage throughput (read + augment + write, 1 copy per image), one child process per run")
+    print(ROW.format("size", "images", "seconds", "images/s", "peak RSS MiB", "RSS after import", "threads"))
+    for side in SIDES:
+        times = {}
+        for count in counts:
+            root = SCRATCH / f"{side}x{side}-{count}"
+            shutil.rmtree(root, ignore_errors=True)
+            write_inputs(root, side, count)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(root)], capture_output=True, text=True, check=True
+            )
+            shutil.rmtree(root)
+            result = json.loads(out.stdout.splitlines()[-1])
+            times[count] = seconds = result["seconds"]
+            cells = (f"{side}x{side}", f"{count:,}", f"{seconds:.2f}", f"{count / seconds:,.0f}")
+            memory = (f"{result['rss_mib']:.0f}", f"{result['rss_before_mib']:.0f}", result["threads"])
+            print(ROW.format(*cells, *memory), flush=True)
+        steps = [
+            f"{b // a}x images -> {times[b] / times[a]:.1f}x time" for a, b in itertools.pairwise(counts)
+        ]
+        print(f"        scaling at {side}x{side}: {', '.join(steps)}")
+
+
+def best_seconds(work: Callable[[], None], repeats: int) -> float:
+    """The fastest of ``repeats`` runs: the least disturbed by other processes on a shared machine."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def one_by_one(images: torch.Tensor, spec: Transforms) -> None:
+    """The naive way: the same transforms, one image per call."""
+    for i in range(len(images)):
+        augment(images[i : i + 1], spec, 0, i)
+
+
+def run_loop_comparison() -> None:
+    print(f"\nvectorized vs per-image loop, transforms only, {LOOP_IMAGES:,} images, best of 3")
+    spec = bench_params().transforms
+    for side in SIDES:
+        images = torch.from_numpy(random_images(LOOP_IMAGES, side, "loop")[0])
+        augment(images, spec, 0, "warm-up")
+        vectorized = best_seconds(partial(augment, images, spec, 0, "batch"), 3)
+        loop = best_seconds(partial(one_by_one, images, spec), 3)
+        print(
+            f"{side:>3}x{side:<2} vectorized {LOOP_IMAGES / vectorized:>10,.0f} images/s, "
+            f"loop {LOOP_IMAGES / loop:>8,.0f} images/s, ratio {loop / vectorized:,.0f}x"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="skip the 1M-image runs")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    limit_threads()
+    run_scaling(COUNTS[:2] if args.quick else COUNTS)
+    run_loop_comparison()
+
+
+if __name__ == "__main__":
+    main()

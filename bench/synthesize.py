@@ -1,0 +1,106 @@
+"""Synthesize benchmark: images/s and peak RSS at 8x8 and 28x28 for 10k, 100k and 1M images.
+
+    python bench/synthesize.py [--quick] [--threads N]   # --quick skips the 1M runs
+
+Each (size, count) run is the stage's own ``synthesize`` (learn the real values, render, write
+shards, preview) with the params in params.yaml but ``count``, in a fresh child process, so its peak
+RSS is its own: it must stay flat as the count grows, and the time must grow linearly. The real
+inputs are the demo digits ingested at 8x8 (17 grey levels: the snapping path) and at 28x28
+(bicubic, many levels: the continuous path). Children use the stage's thread policy (one torch
+thread) unless ``--threads`` sets ``OMP_NUM_THREADS``. Scratch data lives in .cache/bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import peak_rss_mib
+
+from mlpipeline.core.device import limit_threads
+from mlpipeline.core.params import load_section
+from mlpipeline.stages.ingest import IngestParams, ingest, write_ingested
+from mlpipeline.stages.synthesize import SynthesizeParams, synthesize
+
+SCRATCH = Path(".cache/bench/synthesize")
+SIDES = (8, 28)
+COUNTS = (10_000, 100_000, 1_000_000)
+
+
+def write_real(side: int) -> Path:
+    """The demo digits ingested at ``side`` x ``side``, as the synthesize stage's input."""
+    params = dataclasses.replace(load_section(IngestParams, "ingest"), image_size=[side, side])
+    out = SCRATCH / f"real-{side}x{side}"
+    result, classes = ingest(params)
+    write_ingested(result, classes, params, out)
+    return out
+
+
+def child(real: Path, count: int, out: Path) -> None:
+    """Run the stage on ``real`` for ``count`` images; print seconds and peak RSS as JSON."""
+    limit_threads()
+    params = dataclasses.replace(load_section(SynthesizeParams, "synthesize"), count=count)
+    rss_before = peak_rss_mib()
+    started = time.perf_counter()
+    synthesize(params, real, out / "synthetic", out / "samples.png")
+    seconds = time.perf_counter() - started
+    report = {"seconds": seconds, "rss_mib": peak_rss_mib(), "rss_before_mib": rss_before}
+    print(json.dumps({**report, "threads": torch.get_num_threads()}))
+
+
+ROW = "{:>7} {:>10} {:>8} {:>10} {:>13} {:>15} {:>8}"
+
+
+def run_scaling(counts: tuple[int, ...], threads: int | None) -> None:
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    print("stage throughput (learn real values + render + write shards + preview), one child per run")
+    print(ROW.format("size", "images", "seconds", "images/s", "peak RSS MiB", "RSS after import", "threads"))
+    for side in SIDES:
+        real = write_real(side)
+        times = {}
+        for count in counts:
+            out = SCRATCH / f"{side}x{side}-{count}"
+            command = [sys.executable, __file__, "--child", str(real), str(count), str(out)]
+            result = json.loads(
+                subprocess.run(
+                    command, capture_output=True, text=True, check=True, env=env
+                ).stdout.splitlines()[-1]
+            )
+            shutil.rmtree(out)
+            times[count] = seconds = result["seconds"]
+            cells = (f"{side}x{side}", f"{count:,}", f"{seconds:.2f}", f"{count / seconds:,.0f}")
+            memory = (f"{result['rss_mib']:.0f}", f"{result['rss_before_mib']:.0f}", result["threads"])
+            print(ROW.format(*cells, *memory), flush=True)
+        steps = [
+            f"{b // a}x images -> {times[b] / times[a]:.1f}x time" for a, b in itertools.pairwise(counts)
+        ]
+        print(f"        scaling at {side}x{side}: {', '.join(steps)}")
+        shutil.rmtree(real)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="skip the 1M-image runs")
+    parser.add_argument("--threads", type=int, help="torch threads per child (default: the stage's policy)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        real, count, out = args.child
+        child(Path(real), int(count), Path(out))
+        return
+    run_scaling(COUNTS[:2] if args.quick else COUNTS, args.threads)
+
+
+if __name__ == "__main__":
+    main()

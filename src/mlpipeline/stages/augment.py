@@ -1,0 +1,171 @@
+"""Augment: the training images (real and synthetic) -> originals plus randomly transformed copies.
+
+Reads the ``train`` split of ``data/ingested`` (real) and of ``data/synthetic``,
+each switchable, one shard at a time, and writes ``data/augmented`` (one split,
+``train``): per batch the originals (``keep_originals``) then ``copies``
+augmented copies, so memory stays bounded by one shard whatever the count.
+Val and test are never read: augmented data cannot leak into evaluation.
+Each copy's randomness is named by (seed, source, shard, batch, copy number),
+so the output depends only on the inputs and the params, and raising
+``copies`` keeps the copies already made. ``reports/augment/samples.png``
+shows, per class, an original next to its first augmented copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlpipeline.augmentation import Transforms, augment
+from mlpipeline.core import atomic, stage
+from mlpipeline.core.device import limit_threads
+from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.params import load_section, param
+from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
+from mlpipeline.previews import image_grid
+
+INGESTED = Path("data/ingested")
+SYNTHETIC = Path("data/synthetic")
+OUTPUT = Path("data/augmented")
+PREVIEW = Path("reports/augment/samples.png")
+SPLIT = "train"
+PREVIEW_COPIES = 6
+SHORT_NAMES = {"real": "real", "synthetic": "synth"}  # preview cells are 32 px wide
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    include_real: bool
+    include_synthetic: bool
+    copies: int = param(ge=0, le=1000)
+    keep_originals: bool
+    transforms: Transforms
+    seed: int = param(ge=0)
+    batch_size: int = param(ge=1, le=1_000_000)
+
+    def check(self) -> None:
+        if not (self.include_real or self.include_synthetic):
+            raise ValueError("include_real and include_synthetic are both false: nothing to augment")
+        if self.copies == 0 and not self.keep_originals:
+            raise ValueError("copies is 0 and keep_originals is false: the output would be empty")
+
+
+class Preview:
+    """Per source and class, the first original seen and up to ``PREVIEW_COPIES`` of its copies."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, int], list[np.ndarray]] = {}
+
+    def start_rows(self, source: str, images: np.ndarray, labels: np.ndarray) -> dict[int, int]:
+        """Start a row for each class first seen in this batch; returns class -> index in the batch."""
+        classes, first = np.unique(labels, return_index=True)
+        picks = {
+            int(c): int(i) for c, i in zip(classes, first, strict=True) if (source, int(c)) not in self.rows
+        }
+        for label, index in picks.items():
+            self.rows[(source, label)] = [images[index].copy()]
+        return picks
+
+    def add_copies(self, source: str, picks: dict[int, int], copies: np.ndarray) -> None:
+        for label, index in picks.items():
+            row = self.rows[(source, label)]
+            if len(row) <= PREVIEW_COPIES:
+                row.append(copies[index].copy())
+
+    def png(self, classes: list[str]) -> bytes:
+        keys = sorted(self.rows, key=lambda key: (key[1], key[0]))
+        return image_grid(
+            [self.rows[key] for key in keys],
+            row_labels=[classes[label] for _, label in keys],
+            cell_labels=[
+                [SHORT_NAMES[source], *(f"aug{i}" for i in range(1, len(self.rows[(source, label)])))]
+                for source, label in keys
+            ],
+        )
+
+
+def open_sources(
+    params: AugmentParams, ingested: Path, synthetic: Path
+) -> tuple[Dataset, dict[str, Dataset]]:
+    """The real dataset (its classes and shape are the reference) and the selected sources by name."""
+    real = Dataset(ingested)
+    sources = {"real": real} if params.include_real else {}
+    if params.include_synthetic:
+        other = Dataset(synthetic)
+        for what, mine, theirs in (
+            ("classes", other.classes, real.classes),
+            ("image_shape", other.image_shape, real.image_shape),
+        ):
+            if mine != theirs:
+                raise PipelineError(
+                    f"{synthetic / META_FILE}: {what} {mine} differ from {ingested}'s {theirs}"
+                )
+        sources["synthetic"] = other
+    for dataset in sources.values():
+        dataset.count(SPLIT)  # a missing split fails here, naming the file
+    return real, sources
+
+
+def batches(
+    sources: dict[str, Dataset], batch_size: int
+) -> Iterator[tuple[tuple[str, int, int], np.ndarray, np.ndarray]]:
+    """Every selected image in order as ((source, shard, batch), images, labels); one shard in memory."""
+    for name, dataset in sources.items():
+        for shard, (images, labels) in enumerate(dataset.iter_shards(SPLIT)):
+            for batch, start in enumerate(range(0, len(images), batch_size)):
+                yield (
+                    (name, shard, batch),
+                    images[start : start + batch_size],
+                    labels[start : start + batch_size],
+                )
+
+
+def augment_dataset(
+    params: AugmentParams, ingested: Path, synthetic: Path, output: Path, preview: Path
+) -> dict[str, dict[str, int]]:
+    """Stream the selected sources through ``augment`` into ``output``; returns counts per source."""
+    real, sources = open_sources(params, ingested, synthetic)
+    counts = {
+        name: {
+            "images": dataset.count(SPLIT),
+            "originals": dataset.count(SPLIT) if params.keep_originals else 0,
+            "augmented": dataset.count(SPLIT) * params.copies,
+        }
+        for name, dataset in sources.items()
+    }
+    if not any(c["originals"] + c["augmented"] for c in counts.values()):
+        chosen = " and ".join(f"{n} ({d.root})" for n, d in sources.items())
+        raise PipelineError(f"augment: the selected sources have no {SPLIT} images: {chosen}")
+    attributes = {"copies": params.copies, "keep_originals": params.keep_originals, "sources": counts}
+    samples = Preview()
+    with DatasetWriter(output, real.classes, real.image_shape, attributes) as writer:
+        for (name, shard, batch), originals, labels in batches(sources, params.batch_size):
+            picks = samples.start_rows(name, originals, labels)
+            if params.keep_originals:
+                writer.write(SPLIT, originals, labels)
+            for copy in range(1, params.copies + 1):
+                stream = (name, shard, batch, copy)
+                copies = augment(torch.from_numpy(originals), params.transforms, params.seed, *stream).numpy()
+                writer.write(SPLIT, copies, labels)
+                samples.add_copies(name, picks, copies)
+    atomic.write_bytes(preview, samples.png(real.classes))
+    return counts
+
+
+def main() -> None:
+    with stage.summary("augment") as report:
+        params = load_section(AugmentParams, "augment")
+        limit_threads()
+        counts = augment_dataset(params, INGESTED, SYNTHETIC, OUTPUT, PREVIEW)
+        report["read"] = ", ".join(f"{c['images']} {name} {SPLIT} images" for name, c in counts.items())
+        originals = sum(c["originals"] for c in counts.values())
+        augmented = sum(c["augmented"] for c in counts.values())
+        report["wrote"] = f"{OUTPUT} ({originals} originals + {augmented} augmented copies), {PREVIEW}"
+
+
+if __name__ == "__main__":
+    stage.run("augment", main)

@@ -1,0 +1,49 @@
+"""Small generated image sources for ingestion tests: PNG folders, manifests, ingest params."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from conftest import repo_params
+from PIL import Image
+
+from mlpipeline.core.params import from_mapping
+from mlpipeline.stages.ingest import IngestParams
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """Encode an H x W (gray) or H x W x 3 (RGB) uint8 array as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def noise(seed: int, size: tuple[int, int] = (8, 8), rgb: bool = False) -> np.ndarray:
+    """A random image, distinct for every seed (collisions are astronomically unlikely)."""
+    shape = (*size, 3) if rgb else size
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(pixels))
+    return path
+
+
+def make_folder(root: Path, counts: dict[str, int], size: tuple[int, int] = (8, 8)) -> Path:
+    """An image folder ``root/<class>/<n>.png`` with ``counts[class]`` distinct gray images."""
+    seed = 0
+    for label, count in counts.items():
+        for n in range(count):
+            write_png(root / label / f"{n:03d}.png", noise(seed, size))
+            seed += 1
+    return root
+
+
+def ingest_params(source: Path | str, **overrides: Any) -> IngestParams:
+    """The repository's ingest params with ``source`` and ``overrides``, validated as the stage does."""
+    values = {**repo_params()["ingest"], "source": str(source), **overrides}
+    return from_mapping(IngestParams, values, "ingest")

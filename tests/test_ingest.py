@@ -1,0 +1,368 @@
+"""Ingestion: layouts, validation errors that name the file, duplicates, resizing, output format."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+from imagedata import ingest_params, make_folder, noise, write_png
+from PIL import Image
+
+from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.shards import Dataset
+from mlpipeline.splitting import SPLITS
+from mlpipeline.stages.ingest import MANIFEST, ingest, write_ingested
+
+COUNTS = {"a": 8, "b": 6, "c": 5}
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    """A valid image folder: three classes of distinct 8x8 gray PNGs."""
+    return make_folder(tmp_path / "raw", COUNTS)
+
+
+def refusal(source: Path | str, **overrides) -> str:
+    with pytest.raises(PipelineError) as caught:
+        ingest(ingest_params(source, **overrides))
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def split_of(result, name: str) -> str:
+    return result.manifest.set_index("source").loc[name, "split"]
+
+
+# --- the happy paths -------------------------------------------------------------------------------
+
+
+def test_folder_is_read_in_natural_order(tmp_path: Path) -> None:
+    raw = make_folder(tmp_path / "raw", {"10": 4, "2": 4, "1": 4})
+    result, classes = ingest(ingest_params(raw))
+    assert classes == ["1", "2", "10"]
+    assert result.images.shape == (12, 1, 8, 8) and result.images.dtype == np.uint8
+    assert result.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert result.manifest["source"].tolist()[:2] == ["1/000.png", "1/001.png"]
+    expected = np.asarray(Image.open(raw / "2" / "003.png"))
+    np.testing.assert_array_equal(result.images[7, 0], expected)
+
+
+def test_declared_classes_fix_the_order(raw: Path) -> None:
+    _, classes = ingest(ingest_params(raw, classes=["c", "a", "b"]))
+    assert classes == ["c", "a", "b"]
+
+
+def test_every_class_reaches_every_split(raw: Path) -> None:
+    result, _ = ingest(ingest_params(raw))
+    table = pd.crosstab(result.manifest["class"], result.manifest["split"])
+    assert (table[list(SPLITS)] >= 1).all().all()
+    assert table.sum(axis=1).to_dict() == COUNTS
+
+
+def test_rgb_images_with_three_channels(tmp_path: Path) -> None:
+    for label in "xyz":
+        for n in range(4):
+            write_png(tmp_path / "rgb" / label / f"{n}.png", noise(hash((label, n)) % 2**32, rgb=True))
+    result, _ = ingest(ingest_params(tmp_path / "rgb", channels=3))
+    assert result.images.shape == (12, 3, 8, 8)
+    pixels = np.asarray(Image.open(tmp_path / "rgb" / "x" / "0.png"))
+    np.testing.assert_array_equal(result.images[0], pixels.transpose(2, 0, 1))
+
+
+def test_jpeg_and_bmp_are_read(raw: Path) -> None:
+    for fmt, suffix in (("JPEG", "jpg"), ("BMP", "bmp")):
+        buffer = io.BytesIO()
+        Image.fromarray(noise(99)).save(buffer, format=fmt)
+        (raw / "a" / f"extra.{suffix}").write_bytes(buffer.getvalue())
+    result, _ = ingest(ingest_params(raw))
+    assert {"a/extra.jpg", "a/extra.bmp"} <= set(result.manifest["source"])
+
+
+def test_other_sizes_are_resized_with_the_stated_filter(raw: Path) -> None:
+    big = noise(1234, size=(16, 20))
+    write_png(raw / "a" / "big.png", big)
+    for resample, pil_filter in (
+        ("bicubic", Image.Resampling.BICUBIC),
+        ("nearest", Image.Resampling.NEAREST),
+    ):
+        result, _ = ingest(ingest_params(raw, resample=resample))
+        row = result.manifest["source"].tolist().index("a/big.png")
+        expected = np.asarray(Image.fromarray(big).resize((8, 8), pil_filter))
+        np.testing.assert_array_equal(result.images[row, 0], expected)
+
+
+def test_image_size_sets_the_output_shape(raw: Path) -> None:
+    result, _ = ingest(ingest_params(raw, image_size=[5, 12]))
+    assert result.images.shape[1:] == (1, 5, 12)
+
+
+def test_file_names_with_glob_characters(raw: Path) -> None:
+    write_png(raw / "a" / "scan[1]*.png", noise(555))
+    result, _ = ingest(ingest_params(raw))
+    assert "a/scan[1]*.png" in set(result.manifest["source"])
+
+
+def test_hidden_and_non_image_files_are_skipped(raw: Path) -> None:
+    (raw / "a" / "notes.txt").write_text("not an image")
+    (raw / "a" / ".DS_Store").write_bytes(b"\0")
+    write_png(raw / ".cache" / "x.png", noise(77))
+    result, classes = ingest(ingest_params(raw))
+    assert classes == ["a", "b", "c"] and len(result.manifest) == sum(COUNTS.values())
+
+
+# --- validation errors name the file ---------------------------------------------------------------
+
+
+def test_undecodable_file(raw: Path) -> None:
+    (raw / "b" / "002.png").write_bytes(b"this is text, not a PNG")
+    assert refusal(raw) == f"{raw}/b/002.png: not a decodable image (expected PNG, JPEG or BMP)"
+
+
+def test_truncated_file(raw: Path) -> None:
+    path = raw / "b" / "002.png"
+    path.write_bytes(path.read_bytes()[:40])
+    assert refusal(raw).startswith(f"{raw}/b/002.png: not a decodable image")
+
+
+def test_empty_file(raw: Path) -> None:
+    (raw / "c" / "001.png").write_bytes(b"")
+    assert refusal(raw) == f"{raw}/c/001.png: file is empty"
+
+
+def test_unsupported_format_with_an_image_suffix(raw: Path) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(noise(5)).save(buffer, format="GIF")
+    (raw / "c" / "001.png").write_bytes(buffer.getvalue())
+    assert refusal(raw).startswith(f"{raw}/c/001.png: GIF images are not supported")
+
+
+def test_rgb_image_when_channels_is_one(raw: Path) -> None:
+    write_png(raw / "a" / "004.png", noise(5, rgb=True))
+    assert refusal(raw) == f"{raw}/a/004.png: has 3 channel(s) (RGB), ingest.channels is 1"
+
+
+def test_gray_image_when_channels_is_three(raw: Path) -> None:
+    assert refusal(raw, channels=3) == f"{raw}/a/000.png: has 1 channel(s) (L), ingest.channels is 3"
+
+
+def test_sixteen_bit_image(raw: Path) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(buffer, format="PNG")
+    (raw / "a" / "004.png").write_bytes(buffer.getvalue())
+    assert refusal(raw).startswith(f"{raw}/a/004.png: pixel mode I;16")
+
+
+def test_label_outside_declared_classes(raw: Path) -> None:
+    assert (
+        refusal(raw, classes=["a", "b"]) == f"{raw}/c/000.png: label 'c' is not in ingest.classes ['a', 'b']"
+    )
+
+
+def test_declared_class_without_images(raw: Path) -> None:
+    assert refusal(raw, classes=["a", "b", "c", "d"]) == f"{raw}: class 'd' in ingest.classes has no images"
+
+
+def test_empty_class_folder(raw: Path) -> None:
+    (raw / "d").mkdir()
+    (raw / "d" / "readme.txt").write_text("no images here")
+    assert refusal(raw) == f"{raw}/d/: class 'd' has no images"
+
+
+def test_folder_without_class_folders(tmp_path: Path) -> None:
+    write_png(tmp_path / "flat" / "0.png", noise(0))
+    assert refusal(tmp_path / "flat").startswith(f"{tmp_path / 'flat'}: no class folders")
+
+
+def test_class_too_small_for_the_split(tmp_path: Path) -> None:
+    raw = make_folder(tmp_path / "raw", {"a": 8, "b": 3})
+    assert refusal(raw) == (
+        f"{raw}: class 'b' has 3 sample(s); ingest.split 0.7/0.15/0.15 needs at least 4"
+        " to give every split one"
+    )
+
+
+def test_class_too_small_once_duplicates_are_dropped(tmp_path: Path) -> None:
+    raw = make_folder(tmp_path / "raw", {"a": 8, "b": 3})
+    shutil.copy(raw / "b" / "000.png", raw / "b" / "copy.png")
+    assert refusal(raw).startswith(f"{raw} (1 duplicate(s) dropped): class 'b' has 3 sample(s);")
+
+
+def test_missing_source(tmp_path: Path) -> None:
+    assert refusal(tmp_path / "nowhere").startswith(f"{tmp_path / 'nowhere'}: source not found")
+
+
+def test_unknown_protocol() -> None:
+    assert refusal("nosuchproto://bucket/data").startswith(
+        "nosuchproto://bucket/data: cannot open ingest.source"
+    )
+
+
+# --- duplicates ------------------------------------------------------------------------------------
+
+
+def test_duplicates_with_the_same_label_are_dropped_before_splitting(raw: Path) -> None:
+    for n in range(COUNTS["a"]):  # every image of class a twice more
+        for copy in ("x", "y"):
+            shutil.copy(raw / "a" / f"{n:03d}.png", raw / "a" / f"{n:03d}{copy}.png")
+    result, _ = ingest(ingest_params(raw))
+    manifest = result.manifest
+    assert (manifest["split"] == "duplicate").sum() == 2 * COUNTS["a"]
+    assert set(manifest.loc[manifest["split"] == "duplicate", "source"]) == {
+        f"a/{n:03d}{copy}.png" for n in range(COUNTS["a"]) for copy in "xy"
+    }
+    kept = manifest[manifest["split"].isin(SPLITS)]
+    assert kept["pixel_sha256"].is_unique  # so no image can sit in two splits
+
+
+def test_duplicate_with_another_label_is_refused_naming_both(raw: Path) -> None:
+    shutil.copy(raw / "a" / "003.png", raw / "c" / "zz.png")
+    assert refusal(raw) == (
+        f"{raw}/c/zz.png: same image as {raw}/a/003.png but a different label; fix or remove one of them"
+    )
+
+
+def test_duplicates_are_found_after_decoding(raw: Path) -> None:
+    """A PNG re-encoded differently is the same image: file hashes differ, pixel hashes match."""
+    pixels = np.asarray(Image.open(raw / "a" / "000.png"))
+    Image.fromarray(pixels).save(raw / "a" / "recoded.png", compress_level=0)
+    result, _ = ingest(ingest_params(raw))
+    rows = result.manifest.set_index("source").loc[["a/000.png", "a/recoded.png"]]
+    assert rows["file_sha256"].nunique() == 2 and rows["pixel_sha256"].nunique() == 1
+    assert rows["split"].tolist()[1] == "duplicate"
+
+
+# --- the manifest layout ---------------------------------------------------------------------------
+
+
+def write_manifest(path: Path, rows: list[tuple[str, str]], header: str = "path,label") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([header, *(f"{p},{label}" for p, label in rows)]) + "\n")
+    return path
+
+
+def folder_rows(raw: Path, prefix: str = "") -> list[tuple[str, str]]:
+    return [(f"{prefix}{p.parent.name}/{p.name}", p.parent.name) for p in sorted(raw.glob("*/*.png"))]
+
+
+def test_manifest_gives_the_same_data_as_the_folder(raw: Path, tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "meta" / "labels.csv", folder_rows(raw, prefix="../raw/"))
+    from_folder, _ = ingest(ingest_params(raw))
+    from_manifest, classes = ingest(ingest_params(manifest))  # layout auto: *.csv is a manifest
+    assert classes == ["a", "b", "c"]
+    np.testing.assert_array_equal(from_manifest.images, from_folder.images)
+    np.testing.assert_array_equal(from_manifest.manifest["split"], from_folder.manifest["split"])
+    assert from_manifest.manifest["source"].iloc[0] == "../raw/a/000.png"
+
+
+def test_manifest_layout_can_be_forced(raw: Path) -> None:
+    manifest = write_manifest(raw / "labels.txt", folder_rows(raw))
+    result, _ = ingest(ingest_params(manifest, layout="manifest"))
+    assert len(result.manifest) == sum(COUNTS.values())
+
+
+def test_manifest_with_a_byte_order_mark(raw: Path) -> None:
+    """Spreadsheets export CSV with a UTF-8 BOM; it must not hide the 'path' column."""
+    manifest = write_manifest(raw / "labels.csv", folder_rows(raw))
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    result, _ = ingest(ingest_params(manifest))
+    assert len(result.manifest) == sum(COUNTS.values())
+
+
+def test_manifest_missing_column(raw: Path) -> None:
+    manifest = write_manifest(raw / "labels.csv", folder_rows(raw), header="file,label")
+    assert refusal(manifest) == f"{manifest}: manifest needs columns 'path,label', missing path"
+
+
+def test_manifest_missing_file(raw: Path) -> None:
+    manifest = write_manifest(raw / "labels.csv", [*folder_rows(raw), ("a/nope.png", "a")])
+    assert refusal(manifest) == f"{raw}/a/nope.png: file not found"
+
+
+def test_manifest_empty_label(raw: Path) -> None:
+    manifest = write_manifest(raw / "labels.csv", [("a/000.png", ""), *folder_rows(raw)[1:]])
+    assert refusal(manifest) == f"{manifest}: line 2 has an empty path or label"
+
+
+def test_manifest_label_outside_declared_classes(raw: Path) -> None:
+    manifest = write_manifest(raw / "labels.csv", [*folder_rows(raw)[:-1], ("c/004.png", "q")])
+    assert refusal(manifest, classes=["a", "b", "c"]) == (
+        f"{raw}/c/004.png: label 'q' is not in ingest.classes ['a', 'b', 'c']"
+    )
+
+
+def test_manifest_that_is_not_csv(raw: Path) -> None:
+    (raw / "labels.csv").write_bytes(b"\xff\xfe\x00binary")
+    assert refusal(raw / "labels.csv").startswith(f"{raw}/labels.csv: not a readable CSV manifest")
+
+
+# --- keep_train_fraction, remote filesystems, output -----------------------------------------------
+
+
+def test_keep_train_fraction_thins_only_train(tmp_path: Path) -> None:
+    raw = make_folder(tmp_path / "raw", {"a": 40, "b": 20})
+    full, _ = ingest(ingest_params(raw))
+    half, _ = ingest(ingest_params(raw, keep_train_fraction=0.5))
+    full_split, half_split = full.manifest["split"], half.manifest["split"]
+    assert (half_split[full_split != "train"] == full_split[full_split != "train"]).all()
+    per_class = half.manifest[half_split == "train"].groupby("class").size().to_dict()
+    full_train = full.manifest[full_split == "train"].groupby("class").size().to_dict()
+    assert per_class == {label: round(n / 2) for label, n in full_train.items()}
+    assert set(half_split[full_split == "train"]) == {"train", "held_out"}
+
+
+def test_remote_filesystem_reads_like_a_local_folder(raw: Path) -> None:
+    memory = fsspec.filesystem("memory")
+    root = f"/ingest-test-{id(raw)}"
+    try:
+        for path in sorted(raw.rglob("*.png")):
+            memory.pipe(f"{root}/{path.relative_to(raw).as_posix()}", path.read_bytes())
+        remote, _ = ingest(ingest_params(f"memory://{root}"))
+        rows = [f"{p.parent.name}/{p.name},{p.parent.name}" for p in sorted(raw.rglob("*.png"))]
+        memory.pipe(f"{root}/labels.csv", ("path,label\n" + "\n".join(rows) + "\n").encode())
+        remote_manifest, _ = ingest(ingest_params(f"memory://{root}/labels.csv"))
+        memory.rm(f"{root}/b/001.png")
+        missing = refusal(f"memory://{root}/labels.csv")
+    finally:
+        memory.rm(root, recursive=True)
+    local, _ = ingest(ingest_params(raw))
+    np.testing.assert_array_equal(remote.images, local.images)
+    np.testing.assert_array_equal(remote_manifest.images, local.images)
+    pd.testing.assert_frame_equal(remote.manifest, local.manifest)
+    assert missing == f"memory://{root}/b/001.png: file not found"
+
+
+def test_output_matches_the_manifest(raw: Path, tmp_path: Path) -> None:
+    shutil.copy(raw / "a" / "000.png", raw / "a" / "dup.png")
+    params = ingest_params(raw)
+    result, classes = ingest(params)
+    counts = write_ingested(result, classes, params, tmp_path / "out")
+    dataset = Dataset(tmp_path / "out")
+    manifest = pd.read_csv(tmp_path / "out" / MANIFEST)
+    assert counts == {"train": 13, "val": 3, "test": 3, "duplicate": 1, "held_out": 0}
+    assert dataset.classes == classes and dataset.image_shape == (1, 8, 8)
+    for split in SPLITS:
+        images, labels = dataset.load(split)
+        rows = manifest[manifest["split"] == split]
+        assert len(images) == counts[split] == dataset.count(split)
+        assert rows["index"].tolist() == list(range(len(rows)))
+        for _, row in rows.iterrows():
+            assert hashlib.sha256(images[row["index"]].tobytes()).hexdigest() == row["pixel_sha256"]
+            assert labels[row["index"]] == row["label"] == classes.index(row["class"])
+    assert manifest.loc[manifest["source"] == "a/dup.png", "index"].item() == -1
+
+
+def test_output_is_byte_identical_across_runs(raw: Path, tmp_path: Path) -> None:
+    params = ingest_params(raw)
+    for out in ("one", "two"):
+        write_ingested(*ingest(params), params, tmp_path / out)
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in files:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

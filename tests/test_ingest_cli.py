@@ -1,0 +1,134 @@
+"""The ingest stage run as a user runs it: each bad input gives one line, exit 2 and no output."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO_ROOT, repo_params, run
+from imagedata import make_folder, noise, write_png
+
+from mlpipeline.core.shards import Dataset
+
+
+def project(tmp_path: Path, **ingest: Any) -> Path:
+    """A working directory holding ``raw/`` (three valid classes) and a params.yaml reading it."""
+    make_folder(tmp_path / "raw", {"a": 8, "b": 6, "c": 5})
+    params = repo_params()
+    params["ingest"].update({"source": "raw", **ingest})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return tmp_path
+
+
+def run_stage(cwd: Path):
+    return run(
+        [sys.executable, "-m", "mlpipeline.stages.ingest"],
+        cwd,
+        check=False,
+        env={"PYTHONPATH": str(REPO_ROOT / "src")},
+        timeout=120,
+    )
+
+
+def manifest_without(column: str) -> Callable[[Path], None]:
+    def damage(root: Path) -> None:
+        rows = [f"{p.relative_to(root).as_posix()},{p.parent.name}" for p in sorted(root.glob("raw/*/*.png"))]
+        (root / "labels.csv").write_text(f"{column},label\n" + "\n".join(rows) + "\n")
+
+    return damage
+
+
+def edit_params(**changes: Any) -> Callable[[Path], None]:
+    def damage(root: Path) -> None:
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["ingest"].update(changes)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    return damage
+
+
+def remove_class_images(root: Path) -> None:
+    for path in (root / "raw" / "b").glob("00[3-5].png"):
+        path.unlink()
+
+
+BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], str]] = {
+    "undecodable": (
+        lambda root: (root / "raw/b/002.png").write_bytes(b"not a png"),
+        "raw/b/002.png: not a decodable image (expected PNG, JPEG or BMP)",
+    ),
+    "empty file": (lambda root: (root / "raw/c/001.png").write_bytes(b""), "raw/c/001.png: file is empty"),
+    "wrong channels": (
+        lambda root: write_png(root / "raw/a/004.png", noise(1, rgb=True)),
+        "raw/a/004.png: has 3 channel(s) (RGB), ingest.channels is 1",
+    ),
+    "label not declared": (
+        edit_params(classes=["a", "b"]),
+        "raw/c/000.png: label 'c' is not in ingest.classes ['a', 'b']",
+    ),
+    "declared class missing": (
+        edit_params(classes=["a", "b", "c", "d"]),
+        "raw: class 'd' in ingest.classes has no images",
+    ),
+    "empty class folder": (lambda root: (root / "raw/d").mkdir(), "raw/d/: class 'd' has no images"),
+    "class too small": (
+        remove_class_images,
+        "raw: class 'b' has 3 sample(s); ingest.split 0.7/0.15/0.15 needs at least 4 to give every split one",
+    ),
+    "duplicate across labels": (
+        lambda root: shutil.copy(root / "raw/a/003.png", root / "raw/c/zz.png"),
+        "raw/c/zz.png: same image as raw/a/003.png but a different label; fix or remove one of them",
+    ),
+    "manifest column": (
+        lambda root: (manifest_without("file")(root), edit_params(source="labels.csv")(root)),
+        "labels.csv: manifest needs columns 'path,label', missing path",
+    ),
+    "manifest file missing": (
+        lambda root: (
+            manifest_without("path")(root),
+            (root / "raw/a/000.png").unlink(),
+            edit_params(source="labels.csv")(root),
+        ),
+        "raw/a/000.png: file not found",
+    ),
+    "source missing": (edit_params(source="nowhere"), "nowhere: source not found"),
+    "unknown param": (
+        edit_params(sourc="raw"),
+        "params.yaml: ingest.sourc is not a known param (allowed: source, layout, classes, channels, ",
+    ),
+    "fractions": (
+        edit_params(split={"train": 0.8, "val": 0.15, "test": 0.15}),
+        "params.yaml: ingest.split fractions must sum to 1, got 1.1",
+    ),
+    "wrong type": (edit_params(channels="one"), "params.yaml: ingest.channels must be an integer >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_fails_cleanly(tmp_path: Path, case: str) -> None:
+    damage, expected = BAD_INPUTS[case]
+    root = project(tmp_path)
+    damage(root)
+    result = run_stage(root)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"ingest: error: {expected}")
+    assert not (root / "data" / "ingested").exists()
+    assert list(root.glob("data/.ingested.tmp-*")) == []
+
+
+def test_good_input_writes_one_summary_line(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    result = run_stage(root)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ingest: read 19 images in 3 classes from raw;")
+    assert "wrote data/ingested (train 13, val 3, test 3; dropped 0 duplicates, held out 0)" in lines[0]
+    assert Dataset(root / "data" / "ingested").splits == ["test", "train", "val"]
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["ingested"]

@@ -1,0 +1,181 @@
+"""Dataset shards: round trip, size bound, determinism, clear errors, atomic appearance."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
+
+CLASSES = ["a", "b", "c"]
+SHAPE = (1, 4, 5)
+PIXELS = int(np.prod(SHAPE))
+
+
+def sample(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    gen = np.random.default_rng(seed)
+    return gen.integers(0, 256, (n, *SHAPE), dtype=np.uint8), gen.integers(0, len(CLASSES), n)
+
+
+def write(out: Path, batches: dict[str, list[int]], max_shard_bytes: int = 10 * PIXELS) -> Path:
+    """Write splits from ``batches`` (split -> batch sizes), the data drawn from one seeded stream."""
+    images, labels = sample(sum(sum(sizes) for sizes in batches.values()))
+    start = 0
+    with DatasetWriter(out, CLASSES, SHAPE, {"origin": "test"}, max_shard_bytes=max_shard_bytes) as writer:
+        for split, sizes in batches.items():
+            writer.add_split(split)
+            for size in sizes:
+                writer.write(split, images[start : start + size], labels[start : start + size])
+                start += size
+        writer.add_file("notes.txt", b"hello\n")
+    return out
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    images, labels = sample(33)
+    dataset = Dataset(write(tmp_path / "ds", {"train": [20, 5], "val": [8]}))
+    assert dataset.classes == CLASSES
+    assert dataset.image_shape == SHAPE
+    assert dataset.splits == ["train", "val"]
+    assert dataset.info.attributes == {"origin": "test"}
+    assert (dataset.count("train"), dataset.count("val")) == (25, 8)
+    train_images, train_labels = dataset.load("train")
+    np.testing.assert_array_equal(train_images, images[:25])
+    np.testing.assert_array_equal(train_labels, labels[:25])
+    assert train_labels.dtype == np.int64
+    np.testing.assert_array_equal(dataset.load("val")[0], images[25:])
+    assert dataset.info.splits["train"].class_counts == np.bincount(labels[:25], minlength=3).tolist()
+    assert (dataset.root / "notes.txt").read_bytes() == b"hello\n"
+
+
+def test_shards_are_bounded_and_streamed(tmp_path: Path) -> None:
+    images, _ = sample(25)
+    dataset = Dataset(write(tmp_path / "ds", {"train": [7, 7, 11]}, max_shard_bytes=10 * PIXELS))
+    assert dataset.info.splits["train"].shards == [f"train-0000{i}.safetensors" for i in range(3)]
+    sizes = [len(shard_images) for shard_images, _ in dataset.iter_shards("train")]
+    assert sizes == [10, 10, 5]
+    np.testing.assert_array_equal(np.concatenate([i for i, _ in dataset.iter_shards("train")]), images)
+
+
+def test_writer_copies_batches_so_callers_may_reuse_their_arrays(tmp_path: Path) -> None:
+    images, labels = sample(6)
+    batch = np.empty_like(images[:3])
+    with DatasetWriter(tmp_path / "ds", CLASSES, SHAPE, max_shard_bytes=4 * PIXELS) as writer:
+        for start in (0, 3):
+            batch[:] = images[start : start + 3]
+            writer.write("train", batch, labels[start : start + 3])
+    np.testing.assert_array_equal(Dataset(tmp_path / "ds").load("train")[0], images)
+
+
+def test_empty_split_is_recorded(tmp_path: Path) -> None:
+    dataset = Dataset(write(tmp_path / "ds", {"train": [4], "test": []}))
+    assert dataset.splits == ["test", "train"]
+    assert dataset.count("test") == 0
+    images, labels = dataset.load("test")
+    assert images.shape == (0, *SHAPE) and images.dtype == np.uint8
+    assert labels.shape == (0,) and labels.dtype == np.int64
+
+
+def test_same_arrays_give_same_bytes_however_batched(tmp_path: Path) -> None:
+    first = digests(write(tmp_path / "one", {"train": [25], "val": [6]}))
+    second = digests(write(tmp_path / "two", {"train": [3, 9, 13], "val": [1, 5]}))
+    assert first == second
+    assert len(first) == 6  # dataset.json, notes.txt, three train shards, one val shard
+
+
+def test_unknown_split_is_named(tmp_path: Path) -> None:
+    dataset = Dataset(write(tmp_path / "ds", {"train": [2]}))
+    with pytest.raises(PipelineError, match=r"dataset.json: has no split 'test'"):
+        dataset.load("test")
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda shard: shard.unlink(), "shard listed in dataset.json is missing"),
+        (lambda shard: shard.write_bytes(b"not a safetensors file"), "not a readable safetensors shard"),
+        (lambda shard: shard.write_bytes(shard.read_bytes()[:-7]), "not a readable safetensors shard"),
+    ],
+)
+def test_damaged_shard_is_named(tmp_path: Path, damage, expected: str) -> None:
+    root = write(tmp_path / "ds", {"train": [12]})
+    shard = root / "train-00001.safetensors"
+    damage(shard)
+    dataset = Dataset(root)
+    with pytest.raises(PipelineError) as caught:
+        dataset.load("train")
+    assert str(caught.value).startswith(f"{shard}: {expected}")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "not found"),
+        ("{", "not valid JSON"),
+        ('{"format_version": 99}', "format_version 99, expected 1"),
+        ('{"format_version": 1, "classes": []}', "malformed dataset metadata"),
+    ],
+)
+def test_bad_metadata_is_named(tmp_path: Path, content: str | None, expected: str) -> None:
+    root = write(tmp_path / "ds", {"train": [2]})
+    meta = root / META_FILE
+    if content is None:
+        meta.unlink()
+    else:
+        meta.write_text(content)
+    with pytest.raises(PipelineError) as caught:
+        Dataset(root)
+    assert str(caught.value).startswith(f"{meta}: {expected}")
+
+
+def test_writer_refuses_arrays_that_break_the_format(tmp_path: Path) -> None:
+    images, labels = sample(4)
+    with DatasetWriter(tmp_path / "ds", CLASSES, SHAPE) as writer:
+        with pytest.raises(ValueError, match="images must be uint8"):
+            writer.write("train", images.astype(np.float32), labels)
+        with pytest.raises(ValueError, match="images must be uint8"):
+            writer.write("train", images[:, :, :3], labels)
+        with pytest.raises(ValueError, match="labels must have shape"):
+            writer.write("train", images, labels[:3])
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+            writer.write("train", images, labels + 3)
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir())
+
+
+def test_failure_inside_the_writer_leaves_nothing(tmp_path: Path) -> None:
+    images, labels = sample(30)
+    writer = DatasetWriter(tmp_path / "ds", CLASSES, SHAPE, max_shard_bytes=10 * PIXELS)
+    with pytest.raises(RuntimeError, match="boom"), writer:
+        writer.write("train", images, labels)  # three shards already on disk, aside
+        assert len(list(tmp_path.glob(".ds.tmp-*/*.safetensors"))) == 3
+        raise RuntimeError("boom")
+    assert leftovers(tmp_path) == []
+
+
+def test_failure_keeps_the_previous_dataset(tmp_path: Path) -> None:
+    root = write(tmp_path / "ds", {"train": [5]})
+    before = digests(root)
+    with pytest.raises(RuntimeError), DatasetWriter(root, CLASSES, SHAPE) as writer:
+        writer.write("train", *sample(3, seed=1))
+        raise RuntimeError("boom")
+    assert digests(root) == before
+    assert leftovers(tmp_path) == ["ds"]
+
+
+def test_success_replaces_the_previous_dataset(tmp_path: Path) -> None:
+    root = write(tmp_path / "ds", {"train": [12]}, max_shard_bytes=5 * PIXELS)
+    write(root, {"val": [3]})
+    assert leftovers(root) == ["dataset.json", "notes.txt", "val-00000.safetensors"]
+    assert leftovers(tmp_path) == ["ds"]
