@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import run, set_params
+from test_pipeline import TINY_PARAMS, flatten
 from tiny_training import TINY, write_workdir
 
 from mlpipeline.training.reporting import EPOCH_SECONDS
@@ -92,7 +94,7 @@ def test_two_gloo_processes_train_one_model(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_train_under_dvc_declares_metrics_plots_and_model(pipeline_repo: Path) -> None:
-    set_params(pipeline_repo, {f"train.{key}": value for key, value in TINY.items() if key != "device"})
+    set_params(pipeline_repo, flatten(yaml.safe_load(TINY_PARAMS.read_text())))  # upstream stages too
     env = {"PYTHONPATH": str(pipeline_repo / "src")}
     run(["dvc", "repro", "train"], pipeline_repo, env=env)
 

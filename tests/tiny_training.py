@@ -17,6 +17,7 @@ from mlpipeline.training.params import TrainParams
 TINY: dict[str, Any] = {
     "model": {"widths": [8, 16], "dropout": 0.1},
     "epochs": 4,
+    "min_steps": 0,
     "batch_size": 16,
     "lr": 0.01,
     "early_stopping": {"monitor": "val_loss", "patience": None},

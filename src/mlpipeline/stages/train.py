@@ -66,7 +66,7 @@ def train(
             std=std,
         )
         seed_everything(params.seed)  # the same initial weights on every rank
-        model = build_model(config).to(runtime.device)
+        model = runtime.place(build_model(config))
         trainer = Trainer(
             model,
             params,
@@ -78,7 +78,7 @@ def train(
         checkpoints = Checkpoints(run_key(params, [inputs.train, inputs.val]), checkpoint_root)
         report = None
         if world.is_main and report_dir is not None:
-            report = TrainingLog(report_dir, params.epochs, trainer.steps_per_epoch)
+            report = TrainingLog(report_dir, trainer.epochs, trainer.steps_per_epoch)
         best = trainer.fit(checkpoints, report)
         trainer.release()
         if report is not None:

@@ -50,11 +50,17 @@ def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimiz
     return torch.optim.SGD(groups, lr=params.lr, momentum=SGD_MOMENTUM, nesterov=True)
 
 
+def epochs_to_run(params: TrainParams, steps_per_epoch: int) -> int:
+    """``epochs``, or more when that many would make fewer than ``min_steps`` optimizer steps:
+    runs on training sets of different sizes (with and without synthetic data, say) then get
+    comparable budgets instead of a small set being undertrained."""
+    return max(params.epochs, -(-params.min_steps // steps_per_epoch))
+
+
 def make_schedule(
-    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, params: TrainParams, total: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step learning-rate schedule over the whole run (``lr`` is the peak)."""
-    total = params.epochs * steps_per_epoch
+    """A per-step learning-rate schedule over ``total`` steps (``lr`` is the peak)."""
     if params.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=params.lr, total_steps=total)
     if params.schedule == "cosine":
@@ -105,9 +111,11 @@ class Trainer:
         self.train = train
         self.val = val
         self.batch_size = params.batch_size // world.size  # per rank
-        self.steps_per_epoch = steps(-(-len(train) // world.size), self.batch_size)
+        rank_share = -(-len(train) // world.size)  # epoch_order pads to a multiple of the ranks
+        self.steps_per_epoch = steps(rank_share, self.batch_size)
+        self.epochs = epochs_to_run(params, self.steps_per_epoch)
         self.optimizer = make_optimizer(model, params)
-        self.schedule = make_schedule(self.optimizer, params, self.steps_per_epoch)
+        self.schedule = make_schedule(self.optimizer, params, self.epochs * self.steps_per_epoch)
         self.scaler = runtime.grad_scaler()
         self.progress = Progress()
         self.resumed_after = 0  # epochs restored from a checkpoint
@@ -184,7 +192,7 @@ class Trainer:
         )
 
     def fit(self, checkpoints: Checkpoints | None = None, report: TrainingLog | None = None) -> EpochRecord:
-        """Train until ``epochs`` or early stopping, resuming from ``checkpoints`` if they hold this
+        """Train until ``self.epochs`` or early stopping, resuming from ``checkpoints`` if they hold this
         run; leaves the best epoch's weights in the model and returns that epoch's record."""
         saved = checkpoints.load() if checkpoints is not None else None
         if saved is not None:
@@ -195,7 +203,7 @@ class Trainer:
             for record in self.progress.history:
                 report.epoch_done(record, replayed=True)
         on_batch = report.batch_done if report is not None else None
-        while self.progress.epoch < self.params.epochs and not self._patience_exhausted():
+        while self.progress.epoch < self.epochs and not self._patience_exhausted():
             record = self.run_epoch(self.progress.epoch + 1, on_batch)
             self._record(record)
             if checkpoints is not None and self.world.is_main:

@@ -31,6 +31,7 @@ class TrainParams:
     optimizer: Optimizer
     schedule: Schedule
     epochs: int = param(ge=1)
+    min_steps: int = param(ge=0)
     batch_size: int = param(ge=1)
     lr: float = param(gt=0, le=10)
     weight_decay: float = param(ge=0, lt=1)
