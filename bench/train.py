@@ -1,0 +1,118 @@
+"""Throughput of the template's training loop against a bare PyTorch loop, in one run.
+
+Same model architecture and initial weights, same uint8 tensors in memory, same
+batch size and batch order, same loss: the bare loop does only index, forward,
+backward and step; the template's adds what the stage needs (the LR schedule,
+loss and accuracy bookkeeping, grad scaling and autocast hooks when on a GPU).
+Epochs alternate between the two so load changes on the machine hit both alike;
+the medians are compared. Reads the train stage's inputs and params; run from the
+repository root after ``dvc repro augment``:
+
+    nice -n 10 python bench/train.py [--epochs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mlpipeline.core.params import load_section
+from mlpipeline.core.seeding import seed_everything
+from mlpipeline.model import ModelConfig, build_model, channel_stats
+from mlpipeline.stages.train import TRAIN_DATA, VAL_DATA
+from mlpipeline.training.data import TRAIN_SPLIT, VAL_SPLIT, epoch_order, open_inputs, place, steps
+from mlpipeline.training.device import configure
+from mlpipeline.training.distributed import World
+from mlpipeline.training.loop import Trainer
+from mlpipeline.training.params import TrainParams
+
+
+def bare_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    smoothing: float,
+) -> None:
+    model.train()
+    for step in range(steps(len(order), batch_size)):
+        rows = order[step * batch_size : (step + 1) * batch_size]
+        loss = F.cross_entropy(model(images[rows]), labels[rows], label_smoothing=smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs of each loop")
+    args = parser.parse_args()
+
+    params = load_section(TrainParams, "train")
+    runtime = configure(params.device, params.num_threads)
+    inputs = open_inputs(TRAIN_DATA, VAL_DATA)
+    images, labels = inputs.train.load(TRAIN_SPLIT)
+    val_images, val_labels = inputs.val.load(VAL_SPLIT)
+    mean, std = channel_stats(images)
+    config = ModelConfig(
+        inputs.classes, list(inputs.image_shape), list(params.model.widths), params.model.dropout, mean, std
+    )
+    seed_everything(params.seed)
+    model = runtime.place(build_model(config))
+    bare_model = copy.deepcopy(model)
+    train = place(images, labels, runtime.device)
+    trainer = Trainer(model, params, runtime, World(), train, place(val_images, val_labels, runtime.device))
+    bare_optimizer = torch.optim.AdamW(
+        bare_model.parameters(), lr=params.lr, weight_decay=params.weight_decay
+    )
+
+    def time_it(run) -> float:
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        run()
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    per_epoch = steps(len(train), params.batch_size) * params.batch_size
+    bare_times, loop_times = [], []
+    for epoch in range(args.epochs + 1):  # the first round warms up and is not counted
+        order = epoch_order(len(train), params.seed, epoch)
+        index = torch.from_numpy(order).to(runtime.device)
+        bare = time_it(
+            functools.partial(
+                bare_epoch,
+                bare_model,
+                bare_optimizer,
+                train.images,
+                train.labels,
+                index,
+                params.batch_size,
+                params.label_smoothing,
+            )
+        )
+        loop = time_it(functools.partial(trainer.train_epoch, order))
+        if epoch:
+            bare_times.append(bare)
+            loop_times.append(loop)
+    bare_rate = per_epoch / statistics.median(bare_times)
+    loop_rate = per_epoch / statistics.median(loop_times)
+    shape = tuple(inputs.image_shape)
+    print(f"device: {runtime.describe()}; {len(train)} images {shape}, batch {params.batch_size}")
+    print(f"widths {list(params.model.widths)}; median of {args.epochs} epochs each, interleaved")
+    print(f"bare PyTorch loop:   {bare_rate:10.0f} images/s")
+    print(f"template train loop: {loop_rate:10.0f} images/s")
+    print(f"overhead: {100 * (bare_rate / loop_rate - 1):+.1f}% time per image (target < 15%)")
+
+
+if __name__ == "__main__":
+    main()
