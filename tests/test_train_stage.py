@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run, set_params
-from test_pipeline import TINY_PARAMS, flatten
+from dvcflow import TINY_PARAMS, flatten
 from tiny_training import TINY, write_workdir
 
 from mlpipeline.training.reporting import EPOCH_SECONDS
