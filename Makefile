@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lint format clean
+.PHONY: help setup repro test lint format clean s3-up s3-down check-remote
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,19 @@ lint: setup ## Check lint and formatting with ruff
 format: setup ## Apply ruff's fixes and formatting
 	ruff check --fix src tests bench
 	ruff format src tests bench
+
+# A local S3 server (rclone) for trying push/pull with no cloud account. S3_PORT=0: a free port.
+S3_DIR ?= .cache/s3
+S3_PORT ?= 0
+
+s3-up: setup ## Start a local S3 server (objects kept in .cache/s3) and point the DVC remote at it
+	python -m mlpipeline.devtools.s3server up --dir $(S3_DIR) --port $(S3_PORT)
+
+s3-down: setup ## Stop the local S3 server and drop its endpoint from .dvc/config.local
+	python -m mlpipeline.devtools.s3server down --dir $(S3_DIR)
+
+check-remote: setup ## Tell in one line whether the DVC remote is reachable and writable
+	python -m mlpipeline.remote_check
 
 clean: ## Remove the virtualenv and caches (not data or DVC's cache)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

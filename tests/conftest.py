@@ -14,6 +14,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The local S3 server and per-test remotes (tests marked s3).
+pytest_plugins = ["conftest_s3"]
+
 # A git identity for repos the tests create: CI machines may have none.
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "pipeline-tests",

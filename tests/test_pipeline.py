@@ -7,67 +7,26 @@ Stages that need tiny settings to run quickly in tests put them in ``tests/tiny_
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO_ROOT, run, set_params
+from conftest import run, set_params
+from dvcflow import assert_up_to_date, dvc, locked_outputs, output_digests, use_tiny_params
 
 from mlpipeline.core.shards import Dataset
 from mlpipeline.splitting import SPLITS
 
-TINY_PARAMS = REPO_ROOT / "tests" / "tiny_params.yaml"
 DEMO_IMAGES = 1797
-
-
-def dvc(repo: Path, *args: str):
-    """Run dvc in ``repo`` with that copy's own code first on the import path."""
-    return run(["dvc", *args], repo, env={"PYTHONPATH": str(repo / "src")})
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the dotted keys ``set_params`` takes."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def locked_outputs(repo: Path, stages: list[str] | None = None) -> list[Path]:
-    """Every output (outs, metrics, plots) that ``dvc.lock`` records for ``stages`` (default: all)."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    return [
-        repo / out["path"]
-        for name, stage in lock.items()
-        if stages is None or name in stages
-        for out in stage.get("outs", [])
-    ]
-
-
-def file_digests(paths: list[Path]) -> dict[str, str]:
-    """md5 of every file under ``paths``, keyed by path."""
-    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*"))) if f.is_file()]
-    return {str(f): hashlib.md5(f.read_bytes()).hexdigest() for f in files}
-
-
-def assert_up_to_date(repo: Path, *targets: str) -> None:
-    again = dvc(repo, "repro", *targets)
-    assert "Running stage" not in again.stdout, again.stdout
-    assert json.loads(dvc(repo, "status", "--json", *targets).stdout) == {}
 
 
 def assert_forced_runs_identical(repo: Path, *targets: str, stages: list[str] | None = None) -> None:
     dvc(repo, "repro", "--force", *targets)
-    first = file_digests(locked_outputs(repo, stages))
+    first = output_digests(repo, stages)
     dvc(repo, "repro", "--force", *targets)
-    assert file_digests(locked_outputs(repo, stages)) == first
+    assert output_digests(repo, stages) == first
     assert first
 
 
@@ -98,8 +57,7 @@ def test_ingest_under_dvc(pipeline_repo: Path) -> None:
 
 @pytest.mark.slow
 def test_whole_pipeline_under_dvc(pipeline_repo: Path) -> None:
-    if TINY_PARAMS.exists():
-        set_params(pipeline_repo, flatten(yaml.safe_load(TINY_PARAMS.read_text()) or {}))
+    use_tiny_params(pipeline_repo)
     dvc(pipeline_repo, "repro")
     stages = yaml.safe_load((pipeline_repo / "dvc.yaml").read_text())["stages"]
     lock = yaml.safe_load((pipeline_repo / "dvc.lock").read_text())["stages"]

@@ -1,0 +1,74 @@
+"""Before a long run: is the DVC remote reachable and writable? One line and an exit code.
+
+It goes through DVC's own remote set-up (``repo.cloud.get_remote``), so it sees exactly what
+``dvc push`` would: the merged config (committed, ``config.local``, global), ``endpointurl``,
+and credentials from the environment, an AWS profile or ``config.local``. It writes, reads back
+and deletes one small probe object under the remote's prefix.
+Usage: ``python -m mlpipeline.remote_check [REMOTE]`` (``make check-remote``).
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+PROBE_PREFIX = ".mlpipeline-remote-check-"
+
+
+class RemoteCheckFailed(Exception):
+    """The remote cannot be used; the message is the one line to show."""
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def check_remote(repo_root: Path | str = ".", remote: str | None = None) -> str:
+    """Probe ``remote`` (default: the repo's default remote); return a one-line verdict or raise."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        repo = Repo(str(repo_root))
+    except DvcException as exc:
+        raise RemoteCheckFailed(f"remote check: {_reason(exc)}") from exc
+    with repo:
+        try:
+            target = repo.cloud.get_remote(remote, "push")
+        except DvcException as exc:
+            raise RemoteCheckFailed(f"remote check: {_reason(exc)}") from exc
+        settings = repo.config["remote"][target.name]
+        where = settings["url"] + (f" at {settings['endpointurl']}" if settings.get("endpointurl") else "")
+        label = f"remote '{target.name}' ({where})"
+        fs, probe = target.fs, target.fs.join(target.path, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
+        try:
+            fs.exists(target.path)
+        except Exception as exc:  # whatever the transport raises, the remote is out of reach
+            raise RemoteCheckFailed(f"{label}: not reachable: {_reason(exc)}") from exc
+        payload = probe.encode()
+        try:
+            fs.pipe_file(probe, payload)
+            if fs.cat_file(probe) != payload:
+                raise RemoteCheckFailed(f"{label}: reachable, but the probe object read back differs")
+            fs.rm_file(probe)
+        except RemoteCheckFailed:
+            raise
+        except Exception as exc:
+            raise RemoteCheckFailed(f"{label}: reachable but not writable: {_reason(exc)}") from exc
+    return f"{label}: reachable and writable"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        print(check_remote(".", args[0] if args else None))
+    except RemoteCheckFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
