@@ -20,7 +20,8 @@ from mlpipeline.model import load_model, save_model
 from mlpipeline.stages.train import train
 from mlpipeline.training.checkpoint import Checkpoints, run_key
 from mlpipeline.training.data import epoch_order, open_inputs
-from mlpipeline.training.loop import Trainer, epochs_to_run
+from mlpipeline.training.loop import Trainer
+from mlpipeline.training.optim import epochs_to_run
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.reporting import EpochRecord
 
@@ -84,6 +85,19 @@ def test_resumed_run_equals_uninterrupted_bitwise(tmp_path: Path, monkeypatch: p
     strip = [{**r.to_dict(), "seconds": 0} for r in resumed.trainer.progress.history]
     assert strip == [{**r.to_dict(), "seconds": 0} for r in whole.trainer.progress.history]
     assert report_files(tmp_path / "resumed") == report_files(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
+def test_optimizers_and_schedules(tmp_path: Path, optimizer: str, schedule: str) -> None:
+    params = tiny_params(optimizer=optimizer, schedule=schedule, epochs=3, lr=0.05)
+    result = train(params, write_inputs(tmp_path), None, tmp_path / "ckpt")
+    rates = [record.lr for record in result.trainer.progress.history]
+    if schedule == "constant":
+        assert rates == [0.05] * 3
+    else:  # both anneal towards zero by the last step
+        assert rates[-1] < 0.001 < max(rates) <= 0.05
+    assert result.best.val_acc > 0.6  # chance is 1/3
 
 
 def test_min_steps_adds_epochs_on_small_training_sets(tmp_path: Path) -> None:
