@@ -1,0 +1,81 @@
+"""How a training process uses its device: precision, determinism, threads.
+
+The device itself comes from ``core.device.pick_device`` (shared with evaluate).
+On CUDA the run favours speed: mixed precision (bf16 where the GPU has it, else
+fp16 with a gradient scaler) and cuDNN autotuning. On CPU it favours
+reproducibility: deterministic algorithms, so the same params, data and thread
+count give bitwise the same model (the thread count matters: reductions split
+across threads add in a different order).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from mlpipeline.core.device import DeviceChoice, pick_device
+from mlpipeline.core.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype; None: plain float32
+    threads: int  # intra-op CPU threads of this process
+
+    def autocast(self) -> AbstractContextManager[object]:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none."""
+        if self.amp_dtype != torch.float16:
+            return None
+        return torch.amp.GradScaler(self.device.type)
+
+    def describe(self) -> str:
+        precision = {None: "float32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+        threads = f"{self.threads} thread{'s' if self.threads > 1 else ''}"
+        return f"{self.device}, {precision[self.amp_dtype]}, {threads}"
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def auto_threads(processes_on_node: int) -> int:
+    """Share the cores among the node's training processes: oversubscription makes each slower."""
+    return max(1, cpu_count() // processes_on_node)
+
+
+def mixed_precision(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None  # CPU autocast is slow on most CPUs; MPS stays in float32 for robustness
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def configure(
+    choice: DeviceChoice, num_threads: int, local_rank: int = 0, processes_on_node: int = 1
+) -> Runtime:
+    """Pick and set up this process's device; ``num_threads`` 0 means one share of the cores."""
+    device = pick_device(choice, "train.device")
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise PipelineError(
+                f"train.processes: more processes than the {torch.cuda.device_count()} CUDA devices here"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    elif device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    threads = num_threads or auto_threads(processes_on_node)
+    torch.set_num_threads(threads)
+    return Runtime(device=device, amp_dtype=mixed_precision(device), threads=threads)

@@ -1,0 +1,263 @@
+"""The epoch loop: optimizer steps over seeded batches, a validation pass, early stopping on
+val, and a checkpoint after every epoch from which a rerun continues bit for bit (on CPU).
+
+Resuming needs no saved random-generator state: each epoch's batch order and its
+torch/numpy/Python seeds are derived from (seed, epoch, rank), so epoch k+1 of a
+resumed run draws exactly what it would have drawn uninterrupted, on any number
+of ranks. The checkpoint holds what does carry over: weights, optimizer,
+schedule and grad-scaler states, the history of epochs and the early-stopping
+state (best epoch, its weights, epochs without improvement).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlpipeline.core.seeding import rng, seed_everything
+from mlpipeline.training.checkpoint import Checkpoints
+from mlpipeline.training.data import Split, epoch_order, steps
+from mlpipeline.training.device import Runtime
+from mlpipeline.training.distributed import World
+from mlpipeline.training.params import TrainParams
+from mlpipeline.training.reporting import EpochRecord, TrainingLog
+
+log = logging.getLogger("train")
+
+EVAL_BATCH_FACTOR = 4  # no activations are kept for a backward pass, so bigger batches fit
+SGD_MOMENTUM = 0.9
+
+
+def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    """AdamW or Nesterov SGD; weight decay on conv and linear weights only (decaying BatchNorm
+    scales and biases only fights the normalization)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": params.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=params.lr)
+    return torch.optim.SGD(groups, lr=params.lr, momentum=SGD_MOMENTUM, nesterov=True)
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-step learning-rate schedule over the whole run (``lr`` is the peak)."""
+    total = params.epochs * steps_per_epoch
+    if params.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=params.lr, total_steps=total)
+    if params.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def smoothed_loss(
+    logits: torch.Tensor, labels: torch.Tensor, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The label-smoothed training objective (as ``F.cross_entropy(label_smoothing=)``) and the
+    batch's summed plain cross-entropy, so train and val losses are the same quantity."""
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    nll = -log_probs.gather(1, labels[:, None]).squeeze(1)
+    loss = nll if smoothing == 0 else (1 - smoothing) * nll - smoothing * log_probs.mean(dim=1)
+    return loss.mean(), nll.detach().sum()
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(rng(seed, "epoch-seed", epoch, rank).integers(2**62))
+
+
+@dataclass
+class Progress:
+    """What an epoch leaves behind besides weights and optimizer state."""
+
+    history: list[EpochRecord] = field(default_factory=list)
+    best: EpochRecord | None = None
+    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    bad_epochs: int = 0  # epochs since the best one
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+
+class Trainer:
+    """One process's share of a training run (the whole run with one process)."""
+
+    def __init__(
+        self, model: nn.Module, params: TrainParams, runtime: Runtime, world: World, train: Split, val: Split
+    ) -> None:
+        self.model = model
+        self.module = world.wrap(model, runtime.device)
+        self.params = params
+        self.runtime = runtime
+        self.world = world
+        self.train = train
+        self.val = val
+        self.batch_size = params.batch_size // world.size  # per rank
+        self.steps_per_epoch = steps(-(-len(train) // world.size), self.batch_size)
+        self.optimizer = make_optimizer(model, params)
+        self.schedule = make_schedule(self.optimizer, params, self.steps_per_epoch)
+        self.scaler = runtime.grad_scaler()
+        self.progress = Progress()
+        self.resumed_after = 0  # epochs restored from a checkpoint
+
+    def train_epoch(
+        self, order: np.ndarray, on_batch: Callable[[], None] | None = None
+    ) -> tuple[float, float]:
+        """One pass of optimizer steps over this rank's ``order``; mean loss and accuracy over all ranks."""
+        device = self.runtime.device
+        self.module.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        for images, labels in self.train.batches(order, self.batch_size, device, drop_last=True):
+            with self.runtime.autocast():
+                logits = self.module(images)
+            loss, nll_sum = smoothed_loss(logits, labels, self.params.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is None:
+                loss.backward()
+                self.optimizer.step()
+            else:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            self.schedule.step()
+            loss_sum += nll_sum
+            correct += (logits.argmax(dim=1) == labels).sum()
+            seen += len(labels)
+            if on_batch is not None:
+                on_batch()
+        return self._mean_over_ranks(loss_sum, correct, seen)
+
+    @torch.inference_mode()
+    def evaluate(self, split: Split) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy of the model on ``split``, shared out across ranks."""
+        device = self.runtime.device
+        self.model.eval()
+        order = np.arange(len(split))[self.world.rank :: self.world.size]
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        batch_size = self.batch_size * EVAL_BATCH_FACTOR
+        for images, labels in split.batches(order, batch_size, device, drop_last=False):
+            with self.runtime.autocast():
+                logits = self.model(images)
+            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+            correct += (logits.argmax(dim=1) == labels).sum()
+        return self._mean_over_ranks(loss_sum, correct, len(order))
+
+    def _mean_over_ranks(
+        self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int
+    ) -> tuple[float, float]:
+        totals = torch.stack(
+            [loss_sum.float(), correct.float(), torch.tensor(float(seen), device=loss_sum.device)]
+        )
+        loss, right, count = self.world.all_reduce(totals).tolist()
+        return loss / count, right / count
+
+    def run_epoch(self, epoch: int, on_batch: Callable[[], None] | None = None) -> EpochRecord:
+        started = time.perf_counter()
+        seed_everything(epoch_seed(self.params.seed, epoch, self.world.rank))  # dropout draws
+        order = epoch_order(len(self.train), self.params.seed, epoch, self.world.rank, self.world.size)
+        train_loss, train_acc = self.train_epoch(order, on_batch)
+        self.world.sync_buffers(self.model)
+        val_loss, val_acc = self.evaluate(self.val)
+        return EpochRecord(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            lr=self.schedule.get_last_lr()[0],
+            seconds=time.perf_counter() - started,
+        )
+
+    def fit(self, checkpoints: Checkpoints | None = None, report: TrainingLog | None = None) -> EpochRecord:
+        """Train until ``epochs`` or early stopping, resuming from ``checkpoints`` if they hold this
+        run; leaves the best epoch's weights in the model and returns that epoch's record."""
+        saved = checkpoints.load() if checkpoints is not None else None
+        if saved is not None:
+            self.load_state_dict(saved)
+            self.resumed_after = self.progress.epoch
+            log.info("resuming after epoch %d from %s", self.progress.epoch, checkpoints.path)
+        if report is not None:
+            for record in self.progress.history:
+                report.epoch_done(record, replayed=True)
+        on_batch = report.batch_done if report is not None else None
+        while self.progress.epoch < self.params.epochs and not self._patience_exhausted():
+            record = self.run_epoch(self.progress.epoch + 1, on_batch)
+            self._record(record)
+            if checkpoints is not None and self.world.is_main:
+                checkpoints.save(self.state_dict())
+            if report is not None:
+                report.epoch_done(record)
+        best = self.progress.best
+        assert best is not None
+        if self._patience_exhausted():
+            log.info(
+                "stopped early: no better %s since epoch %d", self.params.early_stopping.monitor, best.epoch
+            )
+        self.model.load_state_dict(self.progress.best_weights)
+        return best
+
+    def release(self) -> None:
+        """Drop the DDP wrapper. Call it while the process group still exists: the wrapper's
+        reducer holds the group, and freeing it after the group is destroyed can block forever."""
+        self.module = self.model
+
+    def _score(self, record: EpochRecord) -> float:
+        """Lower is better."""
+        return record.val_loss if self.params.early_stopping.monitor == "val_loss" else -record.val_acc
+
+    def _record(self, record: EpochRecord) -> None:
+        progress = self.progress
+        progress.history.append(record)
+        if progress.best is None or self._score(record) < self._score(progress.best):
+            progress.best = record
+            progress.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            progress.bad_epochs = 0
+        else:
+            progress.bad_epochs += 1
+
+    def _patience_exhausted(self) -> bool:
+        patience = self.params.early_stopping.patience
+        return patience is not None and self.progress.bad_epochs >= patience
+
+    def state_dict(self) -> dict[str, Any]:
+        progress = self.progress
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "history": [record.to_dict() for record in progress.history],
+            "best_epoch": progress.best.epoch if progress.best is not None else 0,
+            "best_weights": progress.best_weights,
+            "bad_epochs": progress.bad_epochs,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.runtime.device
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        history = [EpochRecord(**record) for record in state["history"]]
+        self.progress = Progress(
+            history=history,
+            best=history[state["best_epoch"] - 1],
+            best_weights={k: v.to(device) for k, v in state["best_weights"].items()},
+            bad_epochs=state["bad_epochs"],
+        )

@@ -1,0 +1,51 @@
+"""The ``train`` section of params.yaml, validated: every knob of a training run lives here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mlpipeline.core.device import DeviceChoice
+from mlpipeline.core.params import param
+
+Optimizer = Literal["adamw", "sgd"]
+Schedule = Literal["onecycle", "cosine", "constant"]
+Monitor = Literal["val_loss", "val_acc"]
+
+
+@dataclass(frozen=True)
+class ArchitectureParams:
+    widths: list[int] = param(ge=1, le=4096, min_len=1, max_len=8)
+    dropout: float = param(ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class EarlyStoppingParams:
+    monitor: Monitor
+    patience: int | None = param(ge=1)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    model: ArchitectureParams
+    optimizer: Optimizer
+    schedule: Schedule
+    epochs: int = param(ge=1)
+    batch_size: int = param(ge=1)
+    lr: float = param(gt=0, le=10)
+    weight_decay: float = param(ge=0, lt=1)
+    label_smoothing: float = param(ge=0, lt=1)
+    early_stopping: EarlyStoppingParams
+    seed: int = param(ge=0)
+    device: DeviceChoice
+    processes: int = param(ge=1, le=1024)
+    num_threads: int = param(ge=0, le=1024)
+
+    def check(self) -> None:
+        if self.batch_size % self.processes:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) is the global batch and must be divisible by "
+                f"processes ({self.processes})"
+            )
+        if self.processes > 1 and self.device == "mps":
+            raise ValueError("processes > 1 needs cuda or cpu: DistributedDataParallel does not run on mps")

@@ -1,0 +1,107 @@
+"""Per-epoch figures: dvclive files that DVC plots, and a display for whoever is watching.
+
+dvclive writes ``reports/train`` with ``dvcyaml=False`` (dvc.yaml declares the
+metrics and plots itself, so nothing rewrites it at run time) and no experiment
+saving of its own (``dvc exp run`` does that). Everything in ``metrics.json`` and
+the loss, accuracy and learning-rate histories is a pure function of params and
+data, so repeated runs give the same bytes. Epoch wall time cannot: it is logged
+as a history file only (``plots/metrics/epoch_seconds.tsv``), left out of
+``metrics.json``, and dvc.yaml plots it without making it a stage output, whose
+hash would change every run.
+
+On a terminal a progress bar counts batches and the epoch lines scroll above it;
+in a CI log each epoch is one plain line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dvclive import Live
+from tqdm import tqdm
+
+log = logging.getLogger("train")
+
+EPOCH_SECONDS = "epoch_seconds"
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """The figures of one finished epoch (losses without label smoothing, accuracies in [0, 1])."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float  # at the end of the epoch
+    seconds: float
+
+    def line(self, epochs: int) -> str:
+        return (
+            f"epoch {self.epoch}/{epochs}: train loss {self.train_loss:.4f} acc {self.train_acc:.4f}, "
+            f"val loss {self.val_loss:.4f} acc {self.val_acc:.4f}, lr {self.lr:.2e}, {self.seconds:.2f} s"
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """The deterministic figures, under dvclive's names (``train/loss`` nests in metrics.json)."""
+        return {
+            "train/loss": self.train_loss,
+            "train/acc": self.train_acc,
+            "val/loss": self.val_loss,
+            "val/acc": self.val_acc,
+            "lr": self.lr,
+        }
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+class TrainingLog:
+    """Rank 0's record of a run: dvclive history, summary metrics and the terminal display."""
+
+    def __init__(
+        self, out_dir: Path, epochs: int, steps_per_epoch: int, interactive: bool | None = None
+    ) -> None:
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.live = Live(str(out_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+        show_bar = sys.stderr.isatty() if interactive is None else interactive
+        self.bar = tqdm(total=epochs * steps_per_epoch, unit="batch", desc="train") if show_bar else None
+
+    def batch_done(self) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def epoch_done(self, record: EpochRecord, replayed: bool = False) -> None:
+        """Log ``record``; ``replayed`` records come from a checkpoint and are not shown again."""
+        self.live.step = record.epoch
+        for name, value in record.metrics().items():
+            self.live.log_metric(name, value)
+        self.live.log_metric(EPOCH_SECONDS, record.seconds)
+        del self.live.summary[EPOCH_SECONDS]  # history only: keeps metrics.json deterministic
+        self.live.next_step()
+        if replayed:
+            if self.bar is not None:
+                self.bar.update(self.steps_per_epoch)
+        elif self.bar is not None:
+            self.bar.write(record.line(self.epochs))
+        else:
+            log.info(record.line(self.epochs))
+
+    def finish(self, best: EpochRecord, epochs_run: int) -> None:
+        """Summarize the run by its best epoch, whose weights are the model written."""
+        for name, value in best.metrics().items():
+            self.live.log_metric(name, value, plot=False)
+        self.live.summary["best_epoch"] = best.epoch
+        self.live.step = epochs_run
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.live.end()

@@ -1,0 +1,51 @@
+"""Tiny, quickly learnable training inputs and params for the train tests (a second per run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from conftest import repo_params
+from tiny_model import CLASSES, SHAPE, tiny_images, write_tiny_dataset
+
+from mlpipeline.core.params import from_mapping
+from mlpipeline.core.shards import DatasetWriter
+from mlpipeline.training.data import Inputs, open_inputs
+from mlpipeline.training.params import TrainParams
+
+TINY: dict[str, Any] = {
+    "model": {"widths": [8, 16], "dropout": 0.1},
+    "epochs": 4,
+    "batch_size": 16,
+    "lr": 0.01,
+    "early_stopping": {"monitor": "val_loss", "patience": None},
+    "device": "cpu",
+    "processes": 1,
+    "num_threads": 1,
+}
+
+
+def tiny_section(**overrides: Any) -> dict[str, Any]:
+    """The repository's train section with the tiny settings and ``overrides`` on top."""
+    return {**repo_params()["train"], **TINY, **overrides}
+
+
+def tiny_params(**overrides: Any) -> TrainParams:
+    return from_mapping(TrainParams, tiny_section(**overrides), "train")
+
+
+def write_inputs(root: Path, train_per_class: int = 40) -> Inputs:
+    """``root/data/augmented`` (train) and ``root/data/ingested`` (train/val/test), as the stages
+    upstream of train lay them out."""
+    write_tiny_dataset(root / "data" / "ingested", {"train": 12, "val": 10, "test": 4})
+    with DatasetWriter(root / "data" / "augmented", CLASSES, SHAPE) as writer:
+        writer.write("train", *tiny_images(train_per_class, seed=7))
+    return open_inputs(root / "data" / "augmented", root / "data" / "ingested")
+
+
+def write_workdir(root: Path, **overrides: Any) -> Path:
+    """A directory the stage runs in: params.yaml with a tiny train section, and its inputs."""
+    write_inputs(root)
+    (root / "params.yaml").write_text(yaml.safe_dump({"train": tiny_section(**overrides)}))
+    return root
