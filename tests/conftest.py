@@ -26,11 +26,29 @@ GIT_ENV = {
 }
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None, timeout: int = 900):
-    """Run a command with the venv's bin first on PATH; on failure show its output."""
+def run(
+    cmd: list[str],
+    cwd: Path,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: int = 900,
+    log: Path | None = None,
+):
+    """Run a command with the venv's bin first on PATH; on failure show its output.
+
+    Output is captured through pipes, or written to ``log`` (then read back as ``stdout``) for
+    commands that leave a background process behind: it inherits the pipes, and reading them to
+    the end would wait for it too.
+    """
     full_env = {**os.environ, **GIT_ENV, **(env or {})}
     full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
-    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    options = dict(cwd=cwd, env=full_env, text=True, timeout=timeout)
+    if log is None:
+        result = subprocess.run(cmd, capture_output=True, **options)
+    else:
+        with open(log, "w") as out:
+            result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, **options)
+        result.stdout, result.stderr = log.read_text(), ""
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from conftest import REPO_ROOT, run, set_params
+from conftest_s3 import S3Remote
 
 # Overrides of params.yaml that make the whole pipeline run in seconds.
 TINY_PARAMS = REPO_ROOT / "tests" / "tiny_params.yaml"
@@ -24,10 +25,16 @@ _RESTORED = re.compile(r"^Stage '([^']+)' is cached - skipping run", re.MULTILIN
 
 
 def dvc(
-    repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+    repo: Path,
+    *args: str,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run dvc in ``repo`` with that copy's own code first on the import path."""
-    return run(["dvc", *args], repo, check=check, env={"PYTHONPATH": str(repo / "src"), **(env or {})})
+    """Run dvc in ``repo`` with that copy's own code first on the import path (``log``: see ``run``)."""
+    return run(
+        ["dvc", *args], repo, check=check, env={"PYTHONPATH": str(repo / "src"), **(env or {})}, log=log
+    )
 
 
 def stages_ran(output: str) -> list[str]:
@@ -97,3 +104,18 @@ def git_clone(source: Path, dest: Path) -> Path:
     """A fresh clone: git-tracked files only, no DVC cache, no ``.dvc/config.local``."""
     run(["git", "clone", "-q", str(source), str(dest)], dest.parent)
     return dest
+
+
+def make_producer(repo: Path, remote: S3Remote) -> Path:
+    """The first machine: the project with the tests' tiny params, committed, using ``remote``."""
+    use_tiny_params(repo)
+    commit_all(repo, "tiny params for tests")
+    remote.configure(repo)
+    return repo
+
+
+def make_consumer(producer: Path, remote: S3Remote, dest: Path) -> Path:
+    """Another machine: a fresh clone of the producer's commit, configured for the same remote."""
+    clone = git_clone(producer, dest)
+    remote.configure(clone)
+    return clone

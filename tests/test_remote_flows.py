@@ -1,9 +1,11 @@
 """The S3 remote end to end, against a real S3-protocol server (rclone on loopback).
 
-Flows of issue 5: push, then pull into a fresh clone; a stage restored from a pushed run-cache;
-the server dying in the middle of a push. Every second machine is a ``git clone`` with its own
-``.dvc/config.local`` pointing at the test's bucket prefix, as a teammate's checkout would be.
-Generic over stages: outputs are read from ``dvc.lock``, stages that ran from DVC's output.
+Flows of issue 5: push, then pull into a fresh clone; a GPU machine that pulls only what
+training needs and runs only training and evaluation; a stage restored from a pushed run-cache;
+the server dying in the middle of a push (experiments: ``tests/test_experiments.py``). Every
+second machine is a ``git clone`` with its own ``.dvc/config.local`` pointing at the test's
+bucket prefix, as a teammate's checkout would be. Outputs are read from ``dvc.lock``, stages that
+ran from DVC's output; only the GPU flow names stages, since its point is which ones run.
 """
 
 from __future__ import annotations
@@ -16,38 +18,29 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import set_params
+import yaml
+from conftest import run, set_params
 from conftest_s3 import BUCKET, S3Remote, start_server
 from dvcflow import (
     assert_up_to_date,
     commit_all,
     dvc,
     file_digests,
-    git_clone,
+    make_consumer,
+    make_producer,
     output_digests,
     stages_ran,
     stages_restored,
-    use_tiny_params,
 )
 
 from mlpipeline.devtools import s3server
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
-
-def make_producer(repo: Path, remote: S3Remote) -> Path:
-    """The first machine: the project with the tests' tiny params, committed, using ``remote``."""
-    use_tiny_params(repo)
-    commit_all(repo, "tiny params for tests")
-    remote.configure(repo)
-    return repo
-
-
-def make_consumer(producer: Path, remote: S3Remote, dest: Path) -> Path:
-    """Another machine: a fresh clone of the producer's commit, configured for the same remote."""
-    clone = git_clone(producer, dest)
-    remote.configure(clone)
-    return clone
+# What the CPU box computes and shares, what the GPU box runs, and the data it needs for that.
+DATA_STAGES = ["ingest", "synthesize", "augment"]
+TRAINING_STAGES = ["train", "evaluate"]
+TRAINING_INPUTS = ["data/ingested", "data/augmented"]
 
 
 def test_pull_into_a_fresh_clone_gives_identical_outputs_and_nothing_to_run(
@@ -65,6 +58,36 @@ def test_pull_into_a_fresh_clone_gives_identical_outputs_and_nothing_to_run(
     assert output_digests(consumer) == produced
     assert json.loads(dvc(consumer, "status", "--json").stdout) == {}
     assert_up_to_date(consumer)
+
+
+def test_gpu_machine_pulls_only_the_training_inputs_and_runs_only_train_and_evaluate(
+    pipeline_repo: Path, s3_remote: S3Remote, tmp_path: Path
+) -> None:
+    cpu_box = make_producer(pipeline_repo, s3_remote)
+    dvc(cpu_box, "repro")
+    commit_all(cpu_box, "pipeline results")
+    lr = yaml.safe_load((cpu_box / "params.yaml").read_text())["train"]["lr"]
+    set_params(cpu_box, {"train.lr": 2 * lr})
+    commit_all(cpu_box, "a new training setting, to be trained on the GPU box")
+    dvc(cpu_box, "push", *DATA_STAGES)
+    unpushed = json.loads(dvc(cpu_box, "status", "--cloud", "--json", *TRAINING_STAGES).stdout)
+    assert unpushed and set(unpushed.values()) == {"new"}, unpushed  # the old model stays home
+
+    gpu_box = make_consumer(cpu_box, s3_remote, tmp_path / "gpu")
+    trained = dvc(gpu_box, "repro", "--pull", "--allow-missing")
+    assert stages_ran(trained.stdout) == TRAINING_STAGES, trained.stdout
+    inputs = [gpu_box / path for path in TRAINING_INPUTS]
+    assert file_digests(gpu_box, inputs) == file_digests(
+        cpu_box, [cpu_box / path for path in TRAINING_INPUTS]
+    )
+    assert not (gpu_box / "data" / "synthetic").exists()  # only what training reads came down
+    commit_all(gpu_box, "trained with the new setting")
+    dvc(gpu_box, "push")
+
+    run(["git", "pull", "-q", str(gpu_box), "main"], cpu_box)
+    dvc(cpu_box, "pull", "models")
+    assert output_digests(cpu_box, TRAINING_STAGES) == output_digests(gpu_box, TRAINING_STAGES)
+    assert_up_to_date(cpu_box)
 
 
 def test_a_stage_computed_elsewhere_is_restored_from_the_pushed_run_cache(
