@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import peak_rss_mib
 
 from mlpipeline.augmentation import Transforms, augment
 from mlpipeline.core.params import load_section
@@ -57,17 +57,6 @@ def write_inputs(root: Path, side: int, count: int) -> None:
             writer.write("train", *random_images(min(WRITE_CHUNK, count - start), side, start))
     with DatasetWriter(root / "synthetic", CLASSES, (1, side, side)) as writer:
         writer.add_split("train")
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS. Linux's VmHWM starts afresh at exec; ``ru_maxrss`` would carry
-    over the parent's peak, which grew while writing the inputs."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        (line,) = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
-        return int(line.split()[1]) / 2**10
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def child(root: Path) -> None:
