@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import resource
 import sys
 from pathlib import Path
@@ -16,3 +17,17 @@ def peak_rss_mib() -> float:
         return int(line.split()[1]) / 2**10
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def print_run(row: str, side: int, count: int, result: dict) -> None:
+    """One table row of a throughput run: size, images, seconds, images/s, peak RSS, threads."""
+    seconds = result["seconds"]
+    cells = (f"{side}x{side}", f"{count:,}", f"{seconds:.2f}", f"{count / seconds:,.0f}")
+    memory = (f"{result['rss_mib']:.0f}", f"{result['rss_before_mib']:.0f}", result["threads"])
+    print(row.format(*cells, *memory), flush=True)
+
+
+def print_scaling(side: int, counts: list[int], times: dict[int, float]) -> None:
+    """How time grows with the image count: linear growth prints ~10x time for 10x images."""
+    steps = [f"{b // a}x images -> {times[b] / times[a]:.1f}x time" for a, b in itertools.pairwise(counts)]
+    print(f"        scaling at {side}x{side}: {', '.join(steps)}")

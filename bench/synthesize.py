@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import peak_rss_mib
+from common import peak_rss_mib, print_run, print_scaling
 
 from mlpipeline.core.device import limit_threads
 from mlpipeline.core.params import load_section
@@ -76,14 +75,9 @@ def run_scaling(counts: tuple[int, ...], threads: int | None) -> None:
                 ).stdout.splitlines()[-1]
             )
             shutil.rmtree(out)
-            times[count] = seconds = result["seconds"]
-            cells = (f"{side}x{side}", f"{count:,}", f"{seconds:.2f}", f"{count / seconds:,.0f}")
-            memory = (f"{result['rss_mib']:.0f}", f"{result['rss_before_mib']:.0f}", result["threads"])
-            print(ROW.format(*cells, *memory), flush=True)
-        steps = [
-            f"{b // a}x images -> {times[b] / times[a]:.1f}x time" for a, b in itertools.pairwise(counts)
-        ]
-        print(f"        scaling at {side}x{side}: {', '.join(steps)}")
+            times[count] = result["seconds"]
+            print_run(ROW, side, count, result)
+        print_scaling(side, counts, times)
         shutil.rmtree(real)
 
 
