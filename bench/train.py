@@ -19,6 +19,7 @@ import functools
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +27,15 @@ from mlpipeline.core.params import load_section
 from mlpipeline.core.seeding import seed_everything
 from mlpipeline.model import ModelConfig, build_model, channel_stats
 from mlpipeline.stages.train import TRAIN_DATA, VAL_DATA
-from mlpipeline.training.data import TRAIN_SPLIT, VAL_SPLIT, epoch_order, open_inputs, place, steps
+from mlpipeline.training.data import (
+    REAL_SPLIT,
+    SYNTHETIC_SPLIT,
+    VAL_SPLIT,
+    epoch_order,
+    open_inputs,
+    place,
+    steps,
+)
 from mlpipeline.training.device import configure
 from mlpipeline.training.distributed import World
 from mlpipeline.training.loop import Trainer
@@ -59,7 +68,8 @@ def main() -> None:
     params = load_section(TrainParams, "train")
     runtime = configure(params.device, params.num_threads)
     inputs = open_inputs(TRAIN_DATA, VAL_DATA)
-    images, labels = inputs.train.load(TRAIN_SPLIT)
+    real, synthetic = inputs.train.load(REAL_SPLIT), inputs.train.load(SYNTHETIC_SPLIT)
+    images, labels = (np.concatenate(pair) for pair in zip(real, synthetic, strict=True))  # all of them
     val_images, val_labels = inputs.val.load(VAL_SPLIT)
     mean, std = channel_stats(images)
     config = ModelConfig(
@@ -69,7 +79,8 @@ def main() -> None:
     model = runtime.place(build_model(config))
     bare_model = copy.deepcopy(model)
     train = place(images, labels, runtime.device)
-    trainer = Trainer(model, params, runtime, World(), train, place(val_images, val_labels, runtime.device))
+    val = place(val_images, val_labels, runtime.device)
+    trainer = Trainer(model, params, runtime, World(), train, val, phase="train")
     bare_optimizer = torch.optim.AdamW(
         bare_model.parameters(), lr=params.lr, weight_decay=params.weight_decay
     )
@@ -86,7 +97,7 @@ def main() -> None:
     per_epoch = steps(len(train), params.batch_size) * params.batch_size
     bare_times, loop_times = [], []
     for epoch in range(args.epochs + 1):  # the first round warms up and is not counted
-        order = epoch_order(len(train), params.seed, epoch)
+        order = epoch_order(len(train), params.seed, "train", epoch)
         index = torch.from_numpy(order).to(runtime.device)
         bare = time_it(
             functools.partial(

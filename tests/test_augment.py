@@ -132,12 +132,14 @@ def test_counts_labels_and_dtypes(ingested: Path, synthetic: Path, tmp_path: Pat
     out = run_augment(ingested, synthetic, tmp_path, {"copies": 2, "batch_size": 500})
     real_images, real_labels = Dataset(ingested).load("train")
     synth_images, synth_labels = Dataset(synthetic).load("train")
-    images, labels = out.load("train")
+    images, labels = out.load("real")
 
-    assert out.splits == ["train"]
+    assert out.splits == ["real", "synthetic"]  # one split per source
     assert images.dtype == np.uint8 and labels.dtype == np.int64
-    assert images.shape == (3 * (len(real_images) + len(synth_images)), 1, 8, 8)
-    np.testing.assert_array_equal(labels, expected_labels([real_labels, synth_labels], 500, 3))
+    assert images.shape == (3 * len(real_images), 1, 8, 8)
+    assert out.load("synthetic")[0].shape == (3 * len(synth_images), 1, 8, 8)
+    np.testing.assert_array_equal(labels, expected_labels([real_labels], 500, 3))
+    np.testing.assert_array_equal(out.load("synthetic")[1], expected_labels([synth_labels], 500, 3))
     np.testing.assert_array_equal(images[:500], real_images[:500])  # each batch: originals first
     assert out.classes == Dataset(ingested).classes
     assert out.info.attributes["sources"] == {
@@ -148,10 +150,11 @@ def test_counts_labels_and_dtypes(ingested: Path, synthetic: Path, tmp_path: Pat
 
 
 def test_no_val_or_test_image_in_output(ingested: Path, synthetic: Path, tmp_path: Path) -> None:
-    images, _ = run_augment(ingested, synthetic, tmp_path, {"copies": 3}).load("train")
+    out = run_augment(ingested, synthetic, tmp_path, {"copies": 3})
     real = Dataset(ingested)
     held_out = image_hashes(real.load("val")[0]) | image_hashes(real.load("test")[0])
-    assert held_out and not image_hashes(images) & held_out
+    for split in out.splits:
+        assert held_out and not image_hashes(out.load(split)[0]) & held_out
 
 
 def test_same_inputs_and_params_give_the_same_bytes(ingested: Path, synthetic: Path, tmp_path: Path) -> None:
@@ -163,23 +166,23 @@ def test_same_inputs_and_params_give_the_same_bytes(ingested: Path, synthetic: P
     for name in files:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     other_seed = run_augment(ingested, synthetic, tmp_path / "other", {"seed": 8})
-    assert not np.array_equal(other_seed.load("train")[0], Dataset(second / "augmented").load("train")[0])
+    assert not np.array_equal(other_seed.load("real")[0], Dataset(second / "augmented").load("real")[0])
 
 
 def test_more_copies_keep_the_copies_already_made(ingested: Path, no_synthetic: Path, tmp_path: Path) -> None:
     overrides = {"keep_originals": False, "batch_size": 100_000}
-    two = run_augment(ingested, no_synthetic, tmp_path / "two", {**overrides, "copies": 2}).load("train")[0]
-    three = run_augment(ingested, no_synthetic, tmp_path / "three", {**overrides, "copies": 3}).load("train")[
+    two = run_augment(ingested, no_synthetic, tmp_path / "two", {**overrides, "copies": 2}).load("real")[0]
+    three = run_augment(ingested, no_synthetic, tmp_path / "three", {**overrides, "copies": 3}).load("real")[
         0
     ]
     np.testing.assert_array_equal(three[: len(two)], two)
 
 
 def test_copies_zero_writes_the_originals_unchanged(ingested: Path, synthetic: Path, tmp_path: Path) -> None:
-    images, labels = run_augment(ingested, synthetic, tmp_path, {"copies": 0}).load("train")
-    real, synth = Dataset(ingested).load("train"), Dataset(synthetic).load("train")
-    np.testing.assert_array_equal(images, np.concatenate([real[0], synth[0]]))
-    np.testing.assert_array_equal(labels, np.concatenate([real[1], synth[1]]))
+    out = run_augment(ingested, synthetic, tmp_path, {"copies": 0})
+    for split, source in (("real", ingested), ("synthetic", synthetic)):
+        for written, original in zip(out.load(split), Dataset(source).load("train"), strict=True):
+            np.testing.assert_array_equal(written, original)
 
 
 @pytest.mark.parametrize(
@@ -193,13 +196,15 @@ def test_include_switches_select_the_sources(
     out = run_augment(ingested, synthetic, tmp_path, overrides)
     assert list(out.info.attributes["sources"]) == expected
     sizes = {"real": Dataset(ingested).count("train"), "synthetic": Dataset(synthetic).count("train")}
-    assert out.count("train") == 2 * sum(sizes[name] for name in expected)
+    assert {name: out.count(name) for name in sizes} == {
+        name: 2 * size if name in expected else 0 for name, size in sizes.items()
+    }
 
 
 def test_keep_originals_false_writes_only_copies(ingested: Path, no_synthetic: Path, tmp_path: Path) -> None:
     out = run_augment(ingested, no_synthetic, tmp_path, {"keep_originals": False, "copies": 2})
     real_images, _ = Dataset(ingested).load("train")
-    assert out.count("train") == 2 * len(real_images)
+    assert out.count("real") == 2 * len(real_images)
     assert out.info.attributes["sources"]["real"]["originals"] == 0
 
 
@@ -207,7 +212,7 @@ def test_empty_synthetic_set_is_fine_but_nothing_at_all_is_refused(
     ingested: Path, no_synthetic: Path, tmp_path: Path
 ) -> None:
     out = run_augment(ingested, no_synthetic, tmp_path / "ok", {"copies": 1})
-    assert out.count("train") == 2 * Dataset(ingested).count("train")
+    assert out.count("real") == 2 * Dataset(ingested).count("train") and out.count("synthetic") == 0
     assert out.info.attributes["sources"]["synthetic"] == {"images": 0, "originals": 0, "augmented": 0}
     with pytest.raises(PipelineError, match="selected sources have no train images: synthetic"):
         run_augment(ingested, no_synthetic, tmp_path / "empty", {"include_real": False})
@@ -216,7 +221,7 @@ def test_empty_synthetic_set_is_fine_but_nothing_at_all_is_refused(
 
 def test_synthetic_source_is_not_read_when_switched_off(ingested: Path, tmp_path: Path) -> None:
     out = run_augment(ingested, tmp_path / "missing", tmp_path, {"include_synthetic": False, "copies": 0})
-    assert out.count("train") == Dataset(ingested).count("train")
+    assert out.count("real") == Dataset(ingested).count("train")
 
 
 def test_synthetic_set_that_does_not_match_the_real_one_is_refused(ingested: Path, tmp_path: Path) -> None:

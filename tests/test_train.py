@@ -5,11 +5,13 @@ DistributedSampler."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tiny_model import CLASSES, SHAPE, tiny_images
 from tiny_training import tiny_params, tiny_section, write_inputs
 
 from mlpipeline.core.errors import PipelineError
@@ -59,32 +61,83 @@ def test_training_learns_and_reports(tmp_path: Path) -> None:
     for name in ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_seconds"):
         rows = (tmp_path / "report" / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()
         assert rows[0] == f"step\t{name.split('/')[-1]}" and len(rows) == 1 + len(history)
-    assert result.checkpoints.path.exists()  # the stage's main() removes it after writing the model
+    assert result.checkpoints[-1].path.exists()  # the stage's main() removes it after writing the model
 
 
-def test_resumed_run_equals_uninterrupted_bitwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    params = tiny_params(epochs=5)
-    inputs = write_inputs(tmp_path)
+@pytest.mark.parametrize(
+    ("synthetic_per_class", "crash_phase", "crash_epoch", "resumed_after"),
+    [(0, "train", 4, 3), (20, "pretrain", 2, 0), (20, "train", 2, 1)],
+)
+def test_resumed_run_equals_uninterrupted_bitwise(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    synthetic_per_class: int,
+    crash_phase: str,
+    crash_epoch: int,
+    resumed_after: int,
+) -> None:
+    params = tiny_params(epochs=5, synthetic={"use": "pretrain", "pretrain_epochs": 2})
+    inputs = write_inputs(tmp_path, synthetic_per_class=synthetic_per_class)
     whole = train(params, inputs, tmp_path / "whole", tmp_path / "ckpt-whole")
 
     run_epoch = Trainer.run_epoch
 
-    def crash_in_epoch_4(self: Trainer, epoch: int, on_batch=None) -> EpochRecord:
-        if epoch == 4:
-            raise KeyboardInterrupt  # as if Ctrl-C or a kill arrived during the fourth epoch
+    def crash(self: Trainer, epoch: int, on_batch=None) -> EpochRecord:
+        if (self.phase, epoch) == (crash_phase, crash_epoch):
+            raise KeyboardInterrupt  # as if Ctrl-C or a kill arrived during that epoch
         return run_epoch(self, epoch, on_batch)
 
-    monkeypatch.setattr(Trainer, "run_epoch", crash_in_epoch_4)
+    monkeypatch.setattr(Trainer, "run_epoch", crash)
     with pytest.raises(KeyboardInterrupt):
         train(params, inputs, tmp_path / "resumed", tmp_path / "ckpt")
     monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
     resumed = train(params, inputs, tmp_path / "resumed", tmp_path / "ckpt")
 
-    assert resumed.trainer.resumed_after == 3
+    assert resumed.trainer.resumed_after == resumed_after
     assert weights_digest(resumed.trainer.model) == weights_digest(whole.trainer.model)
     strip = [{**r.to_dict(), "seconds": 0} for r in resumed.trainer.progress.history]
     assert strip == [{**r.to_dict(), "seconds": 0} for r in whole.trainer.progress.history]
     assert report_files(tmp_path / "resumed") == report_files(tmp_path / "whole")
+
+
+def test_pretraining_on_synthetic_images_comes_first_and_the_curves_run_on(tmp_path: Path) -> None:
+    params = tiny_params(epochs=3, synthetic={"use": "pretrain", "pretrain_epochs": 2})
+    inputs = write_inputs(tmp_path, train_per_class=40, synthetic_per_class=20)
+    result = train(params, inputs, tmp_path / "report", tmp_path / "ckpt")
+
+    assert [(p.name, len(p.labels), p.params.epochs) for p in result.phases] == [
+        ("pretrain", 60, 2),
+        ("train", 120, 3),
+    ]
+    assert [r.epoch for r in result.trainer.progress.history] == [1, 2, 3]  # the last phase's
+    assert result.best.val_acc >= 0.9
+    val_loss = (tmp_path / "report" / "plots" / "metrics" / "val" / "loss.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in val_loss[1:]] == ["1", "2", "3", "4", "5"]
+    summary = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert summary["best_epoch"] == 2 + result.best.epoch  # counted as the curves count
+    assert len({c.directory for c in result.checkpoints}) == 2  # one per phase
+
+
+def test_mix_trains_once_on_real_and_synthetic_images(tmp_path: Path) -> None:
+    params = tiny_params(epochs=2, synthetic={"use": "mix", "pretrain_epochs": 2})
+    result = train(params, write_inputs(tmp_path, synthetic_per_class=20), None, tmp_path / "ckpt")
+    assert [(p.name, len(p.labels)) for p in result.phases] == [("train", 180)]
+
+
+def test_pretraining_without_real_images_is_refused(tmp_path: Path) -> None:
+    write_inputs(tmp_path)
+    with DatasetWriter(tmp_path / "synthetic-only", CLASSES, SHAPE) as writer:
+        writer.add_split("real")
+        writer.write("synthetic", *tiny_images(10, seed=8))
+    inputs = open_inputs(tmp_path / "synthetic-only", tmp_path / "data" / "ingested")
+    with pytest.raises(
+        PipelineError, match=r"synthetic-only: no real training images .*train\.synthetic\.use: mix"
+    ):
+        train(tiny_params(), inputs, None, tmp_path / "ckpt")
+    mixed = train(
+        tiny_params(synthetic={"use": "mix", "pretrain_epochs": 1}), inputs, None, tmp_path / "ckpt"
+    )
+    assert [(p.name, len(p.labels)) for p in mixed.phases] == [("train", 30)]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
@@ -111,11 +164,11 @@ def test_min_steps_adds_epochs_on_small_training_sets(tmp_path: Path) -> None:
 def test_checkpoint_of_other_params_or_data_is_ignored(tmp_path: Path) -> None:
     inputs = write_inputs(tmp_path)
     first = train(tiny_params(epochs=2), inputs, None, tmp_path / "ckpt")
-    assert first.checkpoints.path.exists()
+    assert first.checkpoints[-1].path.exists()
 
     other = train(tiny_params(epochs=2, lr=0.02), inputs, None, tmp_path / "ckpt")
     assert other.trainer.resumed_after == 0
-    assert other.checkpoints.directory != first.checkpoints.directory
+    assert other.checkpoints[-1].directory != first.checkpoints[-1].directory
 
     again = train(tiny_params(epochs=2), inputs, None, tmp_path / "ckpt")
     assert again.trainer.resumed_after == 2  # same params and data: picked up
@@ -124,16 +177,18 @@ def test_checkpoint_of_other_params_or_data_is_ignored(tmp_path: Path) -> None:
 def test_run_key_covers_params_and_data_bytes(tmp_path: Path) -> None:
     inputs = write_inputs(tmp_path)
     params = tiny_params()
-    key = run_key(params, [inputs.train, inputs.val])
-    assert key == run_key(tiny_params(), [inputs.train, inputs.val])
-    assert key != run_key(tiny_params(seed=1), [inputs.train, inputs.val])
+    key = run_key(params, [inputs.train, inputs.val], "train")
+    assert key == run_key(tiny_params(), [inputs.train, inputs.val], "train")
+    assert key != run_key(tiny_params(seed=1), [inputs.train, inputs.val], "train")
+    assert key != run_key(params, [inputs.train, inputs.val], "pretrain")
 
-    images, labels = inputs.train.load("train")
+    images, labels = inputs.train.load("real")
     images[0, 0, 0, 0] ^= 1  # one bit of one pixel
     with DatasetWriter(tmp_path / "changed", inputs.classes, inputs.image_shape) as writer:
-        writer.write("train", images, labels)
+        writer.write("real", images, labels)
+        writer.add_split("synthetic")
     changed = open_inputs(tmp_path / "changed", tmp_path / "data" / "ingested")
-    assert key != run_key(params, [changed.train, changed.val])
+    assert key != run_key(params, [changed.train, changed.val], "train")
 
 
 def test_unreadable_checkpoint_is_ignored(tmp_path: Path) -> None:
@@ -171,9 +226,10 @@ def test_model_round_trip_gives_the_same_predictions(tmp_path: Path) -> None:
 
 def test_mismatched_inputs_are_refused_by_file(tmp_path: Path) -> None:
     write_inputs(tmp_path)
-    images, labels = open_inputs(tmp_path / "data/augmented", tmp_path / "data/ingested").train.load("train")
+    images, labels = open_inputs(tmp_path / "data/augmented", tmp_path / "data/ingested").train.load("real")
     with DatasetWriter(tmp_path / "other", ["a", "b", "c"], (1, 8, 8)) as writer:
-        writer.write("train", images, labels)
+        writer.write("real", images, labels)
+        writer.add_split("synthetic")
     with pytest.raises(
         PipelineError, match=r"other/dataset.json and .*ingested/dataset.json disagree on the classes"
     ):
@@ -203,11 +259,12 @@ def test_bad_params_name_the_key(overrides: dict, message: str) -> None:
 
 
 def test_epoch_order_deals_like_distributed_sampler() -> None:
-    whole = epoch_order(10, seed=3, epoch=1)
+    whole = epoch_order(10, seed=3, phase="train", epoch=1)
     assert sorted(whole) == list(range(10))
-    shares = [epoch_order(10, seed=3, epoch=1, rank=r, world_size=3) for r in range(3)]
+    shares = [epoch_order(10, seed=3, phase="train", epoch=1, rank=r, world_size=3) for r in range(3)]
     assert [len(s) for s in shares] == [4, 4, 4]  # padded from 10 to 12 with the head of the order
     dealt = np.concatenate([s[:, None] for s in shares], axis=1).ravel()
     np.testing.assert_array_equal(dealt, np.concatenate([whole, whole[:2]]))
-    np.testing.assert_array_equal(epoch_order(10, 3, 1), whole)  # a pure function: resumable
-    assert not np.array_equal(epoch_order(10, 3, 2), whole)
+    np.testing.assert_array_equal(epoch_order(10, 3, "train", 1), whole)  # a pure function: resumable
+    assert not np.array_equal(epoch_order(10, 3, "train", 2), whole)
+    assert not np.array_equal(epoch_order(10, 3, "pretrain", 1), whole)

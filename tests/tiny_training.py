@@ -36,12 +36,15 @@ def tiny_params(**overrides: Any) -> TrainParams:
     return from_mapping(TrainParams, tiny_section(**overrides), "train")
 
 
-def write_inputs(root: Path, train_per_class: int = 40) -> Inputs:
-    """``root/data/augmented`` (train) and ``root/data/ingested`` (train/val/test), as the stages
-    upstream of train lay them out."""
+def write_inputs(root: Path, train_per_class: int = 40, synthetic_per_class: int = 0) -> Inputs:
+    """``root/data/augmented`` (real, synthetic) and ``root/data/ingested`` (train/val/test), as
+    the stages upstream of train lay them out."""
     write_tiny_dataset(root / "data" / "ingested", {"train": 12, "val": 10, "test": 4})
     with DatasetWriter(root / "data" / "augmented", CLASSES, SHAPE) as writer:
-        writer.write("train", *tiny_images(train_per_class, seed=7))
+        writer.write("real", *tiny_images(train_per_class, seed=7))
+        writer.add_split("synthetic")
+        if synthetic_per_class:
+            writer.write("synthetic", *tiny_images(synthetic_per_class, seed=8))
     return open_inputs(root / "data" / "augmented", root / "data" / "ingested")
 
 

@@ -1,8 +1,9 @@
 """Augment: the training images (real and synthetic) -> originals plus randomly transformed copies.
 
 Reads the ``train`` split of ``data/ingested`` (real) and of ``data/synthetic``,
-each switchable, one shard at a time, and writes ``data/augmented`` (one split,
-``train``): per batch the originals (``keep_originals``) then ``copies``
+each switchable, one shard at a time, and writes ``data/augmented`` with one split
+per source, ``real`` and ``synthetic`` (empty when switched off), so training can
+use them differently: per batch the originals (``keep_originals``) then ``copies``
 augmented copies, so memory stays bounded by one shard whatever the count.
 Val and test are never read: augmented data cannot leak into evaluation.
 Each copy's randomness is named by (seed, source, shard, batch, copy number),
@@ -33,6 +34,7 @@ SYNTHETIC = Path("data/synthetic")
 OUTPUT = Path("data/augmented")
 PREVIEW = Path("reports/augment/samples.png")
 SPLIT = "train"
+SOURCES = ("real", "synthetic")  # also the names of the output's splits
 PREVIEW_COPIES = 6
 SHORT_NAMES = {"real": "real", "synthetic": "synth"}  # preview cells are 32 px wide
 
@@ -143,14 +145,16 @@ def augment_dataset(
     attributes = {"copies": params.copies, "keep_originals": params.keep_originals, "sources": counts}
     samples = Preview()
     with DatasetWriter(output, real.classes, real.image_shape, attributes) as writer:
+        for name in SOURCES:
+            writer.add_split(name)
         for (name, shard, batch), originals, labels in batches(sources, params.batch_size):
             picks = samples.start_rows(name, originals, labels)
             if params.keep_originals:
-                writer.write(SPLIT, originals, labels)
+                writer.write(name, originals, labels)
             for copy in range(1, params.copies + 1):
                 stream = (name, shard, batch, copy)
                 copies = augment(torch.from_numpy(originals), params.transforms, params.seed, *stream).numpy()
-                writer.write(SPLIT, copies, labels)
+                writer.write(name, copies, labels)
                 samples.add_copies(name, picks, copies)
     atomic.write_bytes(preview, samples.png(real.classes))
     return counts

@@ -1,11 +1,14 @@
 """Train: augmented training images + real val images -> ``models/`` and training curves.
 
-Reads ``data/augmented`` (split train) and ``data/ingested`` (split val); the
-input shape, channels and classes come from their ``dataset.json``, the input
-normalization from the training images. Writes ``models/`` (safetensors weights
-and a JSON config, the best val epoch's) and dvclive's ``reports/train``.
+Reads ``data/augmented`` (splits real and synthetic) and ``data/ingested`` (split
+val); the input shape, channels and classes come from their ``dataset.json``, the
+input normalization from the images of the last phase (see ``training.phases``:
+pretraining on the synthetic images, then the real ones). Writes ``models/``
+(safetensors weights and a JSON config, the best val epoch's) and dvclive's
+``reports/train``.
 ``train.processes > 1`` re-launches this module under torchrun (DDP).
-Interrupted runs resume from ``.cache/checkpoints/<key>/``, removed on success.
+Interrupted runs resume from ``.cache/checkpoints/<key>/`` (one key per phase), removed
+on success.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from mlpipeline.core.params import load_section
 from mlpipeline.core.seeding import seed_everything
 from mlpipeline.model import ModelConfig, build_model, channel_stats, save_model
 from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, run_key
-from mlpipeline.training.data import TRAIN_SPLIT, VAL_SPLIT, Inputs, open_inputs, place
+from mlpipeline.training.data import REAL_SPLIT, SYNTHETIC_SPLIT, VAL_SPLIT, Inputs, open_inputs, place
 from mlpipeline.training.device import Runtime, auto_threads, configure
 from mlpipeline.training.distributed import World, in_worker, launch, process_group, world_from_env
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
+from mlpipeline.training.phases import Phase, check_sources, plan
 from mlpipeline.training.reporting import EpochRecord, TrainingLog
 
 TRAIN_DATA = Path("data/augmented")
@@ -33,11 +37,12 @@ REPORT_DIR = Path("reports/train")
 
 @dataclass
 class Trained:
-    trainer: Trainer
+    trainer: Trainer  # the last phase's
     config: ModelConfig
     best: EpochRecord
     runtime: Runtime
-    checkpoints: Checkpoints
+    phases: list[Phase]
+    checkpoints: list[Checkpoints]  # one per phase
 
 
 def train(
@@ -55,8 +60,10 @@ def train(
     world = world or World()
     runtime = configure(params.device, params.num_threads, world.local_rank, world.local_size)
     with process_group(world, runtime.device):
-        images, labels = inputs.train.load(TRAIN_SPLIT)
-        mean, std = channel_stats(images)
+        phases = plan(
+            params, inputs.train.load(REAL_SPLIT), inputs.train.load(SYNTHETIC_SPLIT), inputs.train.root
+        )
+        mean, std = channel_stats(phases[-1].images)
         config = ModelConfig(
             classes=inputs.classes,
             image_shape=list(inputs.image_shape),
@@ -67,28 +74,36 @@ def train(
         )
         seed_everything(params.seed)  # the same initial weights on every rank
         model = runtime.place(build_model(config))
-        trainer = Trainer(
-            model,
-            params,
-            runtime,
-            world,
-            train=place(images, labels, runtime.device),
-            val=place(*inputs.val.load(VAL_SPLIT), runtime.device),
-        )
-        checkpoints = Checkpoints(run_key(params, [inputs.train, inputs.val]), checkpoint_root)
-        report = None
-        if world.is_main and report_dir is not None:
-            report = TrainingLog(report_dir, trainer.epochs, trainer.steps_per_epoch)
-        best = trainer.fit(checkpoints, report)
-        trainer.release()
+        val = place(*inputs.val.load(VAL_SPLIT), runtime.device)
+        report = TrainingLog(report_dir) if world.is_main and report_dir is not None else None
+        all_checkpoints = []
+        for phase in phases:  # each starts from the weights the one before left in the model
+            trainer = Trainer(
+                model,
+                phase.params,
+                runtime,
+                world,
+                train=place(phase.images, phase.labels, runtime.device),
+                val=val,
+                phase=phase.name,
+            )
+            checkpoints = Checkpoints(
+                run_key(params, [inputs.train, inputs.val], phase.name), checkpoint_root
+            )
+            all_checkpoints.append(checkpoints)
+            if report is not None:
+                report.start_phase(phase.name, trainer.epochs, trainer.steps_per_epoch)
+            best = trainer.fit(checkpoints, report)
+            trainer.release()
         if report is not None:
             report.finish(best, trainer.progress.epoch)
-    return Trained(trainer, config, best, runtime, checkpoints)
+    return Trained(trainer, config, best, runtime, phases, all_checkpoints)
 
 
 def main() -> None:
     params = load_section(TrainParams, "train")
     inputs = open_inputs(TRAIN_DATA, VAL_DATA)  # refuse bad inputs before any launch
+    check_sources(params, inputs.train.count(REAL_SPLIT), inputs.train.root)
     if params.processes > 1 and not in_worker():
         launch(__spec__.name, params.processes, params.num_threads or auto_threads(params.processes))
         return
@@ -99,18 +114,22 @@ def main() -> None:
             return
         with atomic.directory(MODEL_DIR) as out:
             save_model(result.trainer.model, result.config, out)
-        result.checkpoints.clear()
+        for checkpoints in result.checkpoints:
+            checkpoints.clear()
         trainer, best = result.trainer, result.best
         processes = f" x {world.size} processes" if world.size > 1 else ""
         resumed = f", resumed after epoch {trainer.resumed_after}" if trainer.resumed_after else ""
         report["read"] = (
-            f"{len(trainer.train)} train images from {TRAIN_DATA}, {len(trainer.val)} val from {VAL_DATA}"
+            f"{inputs.train.count(REAL_SPLIT)} real and {inputs.train.count(SYNTHETIC_SPLIT)} synthetic "
+            f"train images from {TRAIN_DATA}, {len(trainer.val)} val from {VAL_DATA}"
         )
-        report["trained"] = (
-            f"{trainer.progress.epoch} epochs on {result.runtime.describe()}{processes}{resumed}, "
-            f"best epoch {best.epoch} (val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f})"
+        phases = ", then ".join(f"{phase.name} on {len(phase.labels)} images" for phase in result.phases)
+        report["ran"] = (
+            f"{phases}, on {result.runtime.describe()}{processes}{resumed}; best epoch {best.epoch} of "
+            f"{trainer.progress.epoch} (val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f})"
         )
-        report["wrote"] = f"{MODEL_DIR} and {REPORT_DIR}, removed checkpoints {result.checkpoints.directory}"
+        removed = ", ".join(str(checkpoints.directory) for checkpoints in result.checkpoints)
+        report["wrote"] = f"{MODEL_DIR} and {REPORT_DIR}, removed checkpoints {removed}"
 
 
 if __name__ == "__main__":

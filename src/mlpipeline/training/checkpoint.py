@@ -39,9 +39,10 @@ _CHUNK = 1 << 20
 log = logging.getLogger("train")
 
 
-def run_key(params: TrainParams, datasets: Iterable[Dataset]) -> str:
-    """A hash of what the trained model depends on: params, input bytes, code, torch version."""
+def run_key(params: TrainParams, datasets: Iterable[Dataset], phase: str) -> str:
+    """A hash of what a phase's model depends on: params, input bytes, code, torch version."""
     digest = hashlib.sha256()
+    digest.update(phase.encode())
     digest.update(atomic.to_json_text(dataclasses.asdict(params)).encode())
     digest.update(f"torch {torch.__version__}".encode())
     for dataset in datasets:

@@ -22,14 +22,16 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.seeding import rng
 from mlpipeline.core.shards import META_FILE, Dataset
 
-TRAIN_SPLIT = "train"
+REAL_SPLIT = "real"  # augment's splits: one per source
+SYNTHETIC_SPLIT = "synthetic"
 VAL_SPLIT = "val"
 DEVICE_MEMORY_SHARE = 0.5  # at most this share of free GPU memory holds the dataset
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """The two datasets training reads, checked to agree on classes and image shape."""
+    """The two datasets training reads (augmented real and synthetic images; real val images),
+    checked to agree on classes and image shape."""
 
     train: Dataset
     val: Dataset
@@ -51,9 +53,12 @@ def open_inputs(train_dir: Path, val_dir: Path) -> Inputs:
         raise PipelineError(f"{where} disagree on the classes: {train.classes} vs {val.classes}")
     if train.image_shape != val.image_shape:
         raise PipelineError(f"{where} disagree on the image shape: {train.image_shape} vs {val.image_shape}")
-    for dataset, split in ((train, TRAIN_SPLIT), (val, VAL_SPLIT)):
-        if dataset.count(split) == 0:
-            raise PipelineError(f"{dataset.root / META_FILE}: the {split} split is empty")
+    if val.count(VAL_SPLIT) == 0:
+        raise PipelineError(f"{val.root / META_FILE}: the {VAL_SPLIT} split is empty")
+    if train.count(REAL_SPLIT) + train.count(SYNTHETIC_SPLIT) == 0:  # a missing split fails here too
+        raise PipelineError(
+            f"{train.root / META_FILE}: no training images in splits {REAL_SPLIT}, {SYNTHETIC_SPLIT}"
+        )
     return Inputs(train, val)
 
 
@@ -99,12 +104,15 @@ def place(images: np.ndarray, labels: np.ndarray, device: torch.device) -> Split
     return Split(host.images.to(device), host.labels.to(device))
 
 
-def epoch_order(count: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """This rank's share of epoch ``epoch``'s shuffled order, as DistributedSampler deals it:
-    one seeded permutation, padded with its head to a multiple of the world size, every
-    ``world_size``-th item from ``rank``. A pure function of its arguments, so a resumed run
-    draws the same order as an uninterrupted one without saving any generator state."""
-    order = rng(seed, "epoch-order", epoch).permutation(count)
+def epoch_order(
+    count: int, seed: int, phase: str, epoch: int, rank: int = 0, world_size: int = 1
+) -> np.ndarray:
+    """This rank's share of the shuffled order of ``phase``'s epoch ``epoch``, as
+    DistributedSampler deals it: one seeded permutation, padded with its head to a multiple of
+    the world size, every ``world_size``-th item from ``rank``. A pure function of its arguments,
+    so a resumed run draws the same order as an uninterrupted one without saving any generator
+    state."""
+    order = rng(seed, "epoch-order", phase, epoch).permutation(count)
     padding = (-count) % world_size
     order = np.concatenate([order, order[:padding]])
     return order[rank::world_size]

@@ -36,8 +36,8 @@ log = logging.getLogger("train")
 EVAL_BATCH_FACTOR = 4  # no activations are kept for a backward pass, so bigger batches fit
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return int(rng(seed, "epoch-seed", epoch, rank).integers(2**62))
+def epoch_seed(seed: int, phase: str, epoch: int, rank: int) -> int:
+    return int(rng(seed, "epoch-seed", phase, epoch, rank).integers(2**62))
 
 
 @dataclass
@@ -55,12 +55,24 @@ class Progress:
 
 
 class Trainer:
-    """One process's share of a training run (the whole run with one process)."""
+    """One process's share of one phase of a training run (the whole phase with one process).
+
+    ``phase`` names the random streams, so a pretraining phase and the run after it draw
+    independently.
+    """
 
     def __init__(
-        self, model: nn.Module, params: TrainParams, runtime: Runtime, world: World, train: Split, val: Split
+        self,
+        model: nn.Module,
+        params: TrainParams,
+        runtime: Runtime,
+        world: World,
+        train: Split,
+        val: Split,
+        phase: str,
     ) -> None:
         self.model = model
+        self.phase = phase
         self.module = world.wrap(model, runtime.device)
         self.params = params
         self.runtime = runtime
@@ -133,8 +145,10 @@ class Trainer:
 
     def run_epoch(self, epoch: int, on_batch: Callable[[], None] | None = None) -> EpochRecord:
         started = time.perf_counter()
-        seed_everything(epoch_seed(self.params.seed, epoch, self.world.rank))  # dropout draws
-        order = epoch_order(len(self.train), self.params.seed, epoch, self.world.rank, self.world.size)
+        seed_everything(epoch_seed(self.params.seed, self.phase, epoch, self.world.rank))  # dropout draws
+        order = epoch_order(
+            len(self.train), self.params.seed, self.phase, epoch, self.world.rank, self.world.size
+        )
         train_loss, train_acc = self.train_epoch(order, on_batch)
         self.world.sync_buffers(self.model)
         val_loss, val_acc = self.evaluate(self.val)

@@ -11,6 +11,7 @@ from mlpipeline.core.params import param
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["onecycle", "cosine", "constant"]
 Monitor = Literal["val_loss", "val_acc"]
+SyntheticUse = Literal["pretrain", "mix"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,16 @@ class EarlyStoppingParams:
 
 
 @dataclass(frozen=True)
+class SyntheticParams:
+    """How training uses the synthetic images: ``pretrain`` runs ``pretrain_epochs`` on them alone,
+    then the real run starts from those weights with a fresh optimizer and schedule; ``mix``
+    shuffles them in with the real images (fine when they look just like the real ones)."""
+
+    use: SyntheticUse
+    pretrain_epochs: int = param(ge=1)
+
+
+@dataclass(frozen=True)
 class TrainParams:
     model: ArchitectureParams
     optimizer: Optimizer
@@ -36,6 +47,7 @@ class TrainParams:
     lr: float = param(gt=0, le=10)
     weight_decay: float = param(ge=0, lt=1)
     label_smoothing: float = param(ge=0, lt=1)
+    synthetic: SyntheticParams
     early_stopping: EarlyStoppingParams
     seed: int = param(ge=0)
     device: DeviceChoice

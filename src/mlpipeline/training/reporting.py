@@ -9,8 +9,10 @@ as a history file only (``plots/metrics/epoch_seconds.tsv``), left out of
 ``metrics.json``, and dvc.yaml plots it without making it a stage output, whose
 hash would change every run.
 
-On a terminal a progress bar counts batches and the epoch lines scroll above it;
-in a CI log each epoch is one plain line.
+A run of several phases (pretraining, then training) logs them as one history: the
+curves' x axis counts epochs across the phases. On a terminal a progress bar per phase
+counts batches and the epoch lines scroll above it; in a CI log each epoch is one plain
+line.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 
 from dvclive import Live
 from tqdm import tqdm
+
+from mlpipeline.training.phases import TRAIN
 
 log = logging.getLogger("train")
 
@@ -64,14 +68,23 @@ class EpochRecord:
 class TrainingLog:
     """Rank 0's record of a run: dvclive history, summary metrics and the terminal display."""
 
-    def __init__(
-        self, out_dir: Path, epochs: int, steps_per_epoch: int, interactive: bool | None = None
-    ) -> None:
-        self.epochs = epochs
-        self.steps_per_epoch = steps_per_epoch
+    def __init__(self, out_dir: Path, interactive: bool | None = None) -> None:
         self.live = Live(str(out_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-        show_bar = sys.stderr.isatty() if interactive is None else interactive
-        self.bar = tqdm(total=epochs * steps_per_epoch, unit="batch", desc="train") if show_bar else None
+        self.show_bar = sys.stderr.isatty() if interactive is None else interactive
+        self.bar: tqdm | None = None
+        self.phase = ""
+        self.epochs = 0
+        self.steps_per_epoch = 0
+        self.logged = 0  # epochs logged so far, all phases
+        self.offset = 0  # epochs logged by the phases before this one
+
+    def start_phase(self, phase: str, epochs: int, steps_per_epoch: int) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.phase, self.epochs, self.steps_per_epoch = phase, epochs, steps_per_epoch
+        self.offset = self.logged
+        if self.show_bar:
+            self.bar = tqdm(total=epochs * steps_per_epoch, unit="batch", desc=phase)
 
     def batch_done(self) -> None:
         if self.bar is not None:
@@ -79,7 +92,8 @@ class TrainingLog:
 
     def epoch_done(self, record: EpochRecord, replayed: bool = False) -> None:
         """Log ``record``; ``replayed`` records come from a checkpoint and are not shown again."""
-        self.live.step = record.epoch
+        self.live.step = self.offset + record.epoch
+        self.logged = self.live.step
         for name, value in record.metrics().items():
             self.live.log_metric(name, value)
         self.live.log_metric(EPOCH_SECONDS, record.seconds)
@@ -88,17 +102,21 @@ class TrainingLog:
         if replayed:
             if self.bar is not None:
                 self.bar.update(self.steps_per_epoch)
-        elif self.bar is not None:
-            self.bar.write(record.line(self.epochs))
         else:
-            log.info(record.line(self.epochs))
+            line = record.line(self.epochs)
+            line = line if self.phase == TRAIN else f"{self.phase} {line}"
+            if self.bar is not None:
+                self.bar.write(line)
+            else:
+                log.info(line)
 
     def finish(self, best: EpochRecord, epochs_run: int) -> None:
-        """Summarize the run by its best epoch, whose weights are the model written."""
+        """Summarize the run by the last phase's best epoch, whose weights are the model written
+        (``best_epoch`` counts across phases, as the curves do)."""
         for name, value in best.metrics().items():
             self.live.log_metric(name, value, plot=False)
-        self.live.summary["best_epoch"] = best.epoch
-        self.live.step = epochs_run
+        self.live.summary["best_epoch"] = self.offset + best.epoch
+        self.live.step = self.offset + epochs_run
         self.close()
 
     def close(self) -> None:
