@@ -14,7 +14,7 @@ a user does. Prints the file count and size per output, the medians and the DVC/
 (target: DVC within 1.5x), and each side's fixed cost (a push with nothing to push; a boto3
 process with no file) to read them by: on small outputs the fixed costs dominate.
 
-Usage: ``nice -n 10 python bench/remote.py [--repeat 5] [--tiny]``
+Usage: ``nice -n 10 python bench/remote.py [--repeat 5] [--tiny] [--count N]``
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the tests' repo-copy and dvc helpers
 
-from conftest import copy_repo  # noqa: E402
+from conftest import copy_repo, set_params  # noqa: E402
 from dvcflow import dvc, use_tiny_params  # noqa: E402
 
 from mlpipeline.devtools import s3server  # noqa: E402
@@ -101,6 +101,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="tests' tiny params: quick, smaller outputs")
+    parser.add_argument(
+        "--count", type=int, help="synthesize.count: larger outputs than the demo's few MB (after --tiny)"
+    )
     parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw:
@@ -112,6 +115,8 @@ def main() -> None:
         repo = copy_repo(work / "repo")
         if args.tiny:
             use_tiny_params(repo)
+        if args.count is not None:
+            set_params(repo, {"synthesize.count": args.count})
         dvc(repo, "repro")
         outputs = cached_outputs(repo)
         files = [f.relative_to(repo).as_posix() for paths in outputs.values() for f in paths]
