@@ -50,7 +50,7 @@ def child(real: Path, count: int, out: Path) -> None:
     params = dataclasses.replace(load_section(SynthesizeParams, "synthesize"), count=count)
     rss_before = peak_rss_mib()
     started = time.perf_counter()
-    synthesize(params, real, out / "synthetic", out / "samples.png")
+    synthesize(params, real, out / "synthetic", out)
     seconds = time.perf_counter() - started
     report = {"seconds": seconds, "rss_mib": peak_rss_mib(), "rss_before_mib": rss_before}
     print(json.dumps({**report, "threads": torch.get_num_threads()}))

@@ -23,6 +23,7 @@ from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
 from mlpipeline.stages.ingest import IngestParams, ingest, write_ingested
 from mlpipeline.stages.synthesize import SynthesizeParams, synthesize
 from mlpipeline.synthetic import class_counts, get_generator, register_generator
+from mlpipeline.synthetic.realism import Sampler, transfer_score
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -46,7 +47,7 @@ def write_real(out: Path, images: np.ndarray, labels: np.ndarray, classes: list[
 
 
 def run_synthesize(real: Path, out: Path, overrides: dict[str, Any] | None = None) -> Dataset:
-    synthesize(synth_params(overrides), real, out / "synthetic", out / "samples.png")
+    synthesize(synth_params(overrides), real, out / "synthetic", out)
     return Dataset(out / "synthetic")
 
 
@@ -108,6 +109,26 @@ def test_digits_have_the_shape_levels_balance_and_look_of_the_real_ones(digits: 
     attributes = out.info.attributes
     assert attributes["generator"] == "glyphs" and attributes["params"]["glyphs"]["fonts"][0] == "DejaVuSans"
     assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    transfer = json.loads((tmp_path / "metrics.json").read_text())["transfer"]
+    assert 0.45 < transfer["accuracy"] < 0.9 and sorted(transfer["recall"]) == DIGITS  # ~0.6 measured
+    assert transfer["synthetic_images"] == 2000 and transfer["real_images"] == len(real_labels)
+
+
+def test_transfer_score_tells_real_like_images_from_unrelated_ones(digits: Path) -> None:
+    images, labels = Dataset(digits).load("train")  # every other image on each side: all classes
+
+    def score(synthetic_images: np.ndarray, synthetic_labels: np.ndarray) -> float:
+        synthetic, real = (
+            Sampler(len(synthetic_labels), 0, "synthetic"),
+            Sampler(len(labels[1::2]), 0, "real"),
+        )
+        synthetic.add(synthetic_images, synthetic_labels)
+        real.add(images[1::2], labels[1::2])
+        return transfer_score(synthetic, real, DIGITS)["accuracy"]
+
+    assert score(images[::2], labels[::2]) > 0.95  # real images standing in for synthetic ones
+    shuffled = np.random.default_rng(0).permutation(labels[::2])
+    assert score(images[::2], shuffled) < 0.3  # images that say nothing about their labels
 
 
 def test_match_real_follows_the_real_class_proportions(digits: Path, tmp_path: Path) -> None:
@@ -126,6 +147,8 @@ def test_count_zero_writes_an_empty_dataset_and_a_preview_even_for_non_glyph_cla
     assert out.splits == ["train"] and out.count("train") == 0 and out.classes == ["cat", "dog"]
     assert out.load("train")[0].shape == (0, 1, 8, 8)
     assert Image.open(tmp_path / "samples.png").size[1] > 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics == {"transfer": {"synthetic_images": 0, "real_images": 6}}  # no score made up
 
 
 @pytest.mark.parametrize(
@@ -199,11 +222,15 @@ def test_same_inputs_and_params_give_the_same_bytes_whatever_the_thread_count(
             torch.set_num_threads(count)
             run_synthesize(digits, tmp_path / str(n), {"count": 5000})
             outputs.append(
-                {**digest(tmp_path / str(n) / "synthetic"), **digest(tmp_path / str(n) / "samples.png")}
+                {
+                    **digest(tmp_path / str(n) / "synthetic"),
+                    **digest(tmp_path / str(n) / "samples.png"),
+                    **digest(tmp_path / str(n) / "metrics.json"),
+                }
             )
     finally:
         torch.set_num_threads(threads)
-    assert outputs[0] == outputs[1] and len(outputs[0]) == 3
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 4
     run_synthesize(digits, tmp_path / "other-seed", {"count": 5000, "seed": 1})
     assert digest(tmp_path / "other-seed" / "synthetic") != digest(tmp_path / "0" / "synthetic")
 

@@ -208,6 +208,13 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
     assert result.best == best and len(history) == best.epoch + 2
 
 
+def test_monitor_last_keeps_the_final_epoch(tmp_path: Path) -> None:
+    params = tiny_params(epochs=4, early_stopping={"monitor": "last", "patience": None})
+    result = train(params, write_inputs(tmp_path), tmp_path / "report", tmp_path / "ckpt")
+    assert result.best == result.trainer.progress.history[-1] and result.best.epoch == 4
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["best_epoch"] == 4
+
+
 def test_model_round_trip_gives_the_same_predictions(tmp_path: Path) -> None:
     inputs = write_inputs(tmp_path)
     result = train(tiny_params(), inputs, None, tmp_path / "ckpt")
@@ -248,6 +255,10 @@ def test_mismatched_inputs_are_refused_by_file(tmp_path: Path) -> None:
             r"train\.model\.widths must have 1 to 8 item\(s\), got 0",
         ),
         ({"early_stopping": {"monitor": "loss", "patience": 3}}, r"train\.early_stopping\.monitor must be"),
+        (
+            {"early_stopping": {"monitor": "last", "patience": 3}},
+            r"train\.early_stopping patience needs monitor",
+        ),
         ({"batch_size": 15, "processes": 2}, r"train batch_size \(15\) .* divisible by processes \(2\)"),
         ({"processes": 2, "device": "mps", "batch_size": 16}, r"train processes > 1 needs cuda or cpu"),
         ({"lr": "fast"}, r"train\.lr must be a number"),

@@ -3,7 +3,9 @@
 Reads ``data/ingested`` (classes, image shape, and the train split's pixel
 statistics), runs the generator named by ``synthesize.generator`` in seeded
 batches, and streams ``synthesize.count`` images into ``data/synthetic`` (one
-split, ``train``, in the ingested shard format) plus a preview grid. Rendering
+split, ``train``, in the ingested shard format) plus, in ``reports/synthesize``, a
+preview grid and the transfer score (``synthetic.realism``: how well a classifier
+fitted on the synthetic images alone does on the real ones). Rendering
 runs on the CPU on purpose: CPU results are byte-identical across machines, so
 DVC's cache and run-cache hit everywhere, and the CPU is fast enough.
 ``count: 0`` writes a valid empty dataset, so the pipeline stays whole.
@@ -24,10 +26,13 @@ from mlpipeline.core.shards import Dataset, DatasetWriter
 from mlpipeline.synthetic import SynthesisTask, ValueStats, class_counts, generate, get_generator
 from mlpipeline.synthetic.glyphs import GlyphParams
 from mlpipeline.synthetic.preview import PerClassSamples, samples_png
+from mlpipeline.synthetic.realism import Sampler, transfer_score
 
 REAL = Path("data/ingested")
 OUTPUT = Path("data/synthetic")
-PREVIEW = Path("reports/synthesize/samples.png")
+REPORTS = Path("reports/synthesize")
+PREVIEW = "samples.png"
+METRICS = "metrics.json"
 PREVIEW_PER_SOURCE = 6
 SPLIT = "train"
 
@@ -45,21 +50,25 @@ def synthesize(
     params: SynthesizeParams,
     real_dir: Path,
     out_dir: Path,
-    preview_path: Path,
+    report_dir: Path,
     device: torch.device | None = None,
-) -> list[int]:
-    """Write ``params.count`` synthetic images and the preview; returns the per-class counts."""
+) -> tuple[list[int], dict[str, object]]:
+    """Write ``params.count`` synthetic images, the preview and the transfer score; returns the
+    per-class counts and the score."""
     device = device or torch.device("cpu")
     factory = get_generator(params.generator)  # a misspelt name fails even when count is 0
     real = Dataset(real_dir)
     real_samples = PerClassSamples(len(real.classes), PREVIEW_PER_SOURCE)
     stats = ValueStats(real.image_shape[0])
+    real_for_score = Sampler(real.count(SPLIT), params.seed, "real")
     for images, labels in real.iter_shards(SPLIT):
         stats.add(images)
         real_samples.add(images, labels)
+        real_for_score.add(images, labels)
     values = stats.value_map(f"{real_dir} ({SPLIT} split)")
     counts = class_counts(params.count, params.class_balance, real.info.splits[SPLIT].class_counts)
     synthetic_samples = PerClassSamples(len(real.classes), PREVIEW_PER_SOURCE)
+    synthetic_for_score = Sampler(params.count, params.seed, "synthetic")
     attributes = {
         "generator": params.generator,
         "params": asdict(params),
@@ -74,20 +83,24 @@ def synthesize(
             for images, labels in generate(render, counts, params.seed, real.image_shape, device):
                 writer.write(SPLIT, images, labels)
                 synthetic_samples.add(images, labels)
+                synthetic_for_score.add(images, labels)
         sources = {"real": real_samples, "synth": synthetic_samples}
-        atomic.write_bytes(preview_path, samples_png(real.classes, sources))
-    return counts
+        atomic.write_bytes(report_dir / PREVIEW, samples_png(real.classes, sources))
+        score = transfer_score(synthetic_for_score, real_for_score, real.classes)
+        atomic.write_json(report_dir / METRICS, {"transfer": score})
+    return counts, score
 
 
 def main() -> None:
     with stage.summary("synthesize") as report:
         params = load_section(SynthesizeParams, "synthesize")
         limit_threads()
-        counts = synthesize(params, REAL, OUTPUT, PREVIEW)
+        counts, score = synthesize(params, REAL, OUTPUT, REPORTS)
         report["wrote"] = (
             f"{OUTPUT} ({sum(counts)} '{params.generator}' images, {min(counts)}..{max(counts)} per class)"
         )
-        report["preview"] = str(PREVIEW)
+        accuracy = f", transfer accuracy {score['accuracy']:.4f}" if "accuracy" in score else ""
+        report["reports"] = f"{REPORTS / PREVIEW}, {REPORTS / METRICS}{accuracy}"
 
 
 if __name__ == "__main__":

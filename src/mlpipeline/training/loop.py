@@ -195,14 +195,19 @@ class Trainer:
         reducer holds the group, and freeing it after the group is destroyed can block forever."""
         self.module = self.model
 
-    def _score(self, record: EpochRecord) -> float:
-        """Lower is better."""
-        return record.val_loss if self.params.early_stopping.monitor == "val_loss" else -record.val_acc
+    def _improves(self, record: EpochRecord) -> bool:
+        """Whether ``record`` beats the best epoch so far (with ``monitor: last`` every epoch does)."""
+        best, monitor = self.progress.best, self.params.early_stopping.monitor
+        if best is None or monitor == "last":
+            return True
+        if monitor == "val_loss":
+            return record.val_loss < best.val_loss
+        return record.val_acc > best.val_acc
 
     def _record(self, record: EpochRecord) -> None:
         progress = self.progress
         progress.history.append(record)
-        if progress.best is None or self._score(record) < self._score(progress.best):
+        if self._improves(record):
             progress.best = record
             progress.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             progress.bad_epochs = 0

@@ -10,7 +10,7 @@ from mlpipeline.core.params import param
 
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["onecycle", "cosine", "constant"]
-Monitor = Literal["val_loss", "val_acc"]
+Monitor = Literal["val_loss", "val_acc", "last"]
 SyntheticUse = Literal["pretrain", "mix"]
 
 
@@ -24,6 +24,10 @@ class ArchitectureParams:
 class EarlyStoppingParams:
     monitor: Monitor
     patience: int | None = param(ge=1)
+
+    def check(self) -> None:
+        if self.monitor == "last" and self.patience is not None:
+            raise ValueError("patience needs monitor val_loss or val_acc: with last no epoch is ever worse")
 
 
 @dataclass(frozen=True)
