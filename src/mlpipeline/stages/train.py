@@ -4,8 +4,8 @@ Reads ``data/augmented`` (splits real and synthetic) and ``data/ingested`` (spli
 val); the input shape, channels and classes come from their ``dataset.json``, the
 input normalization from the images of the last phase (see ``training.phases``:
 pretraining on the synthetic images, then the real ones). Writes ``models/``
-(safetensors weights and a JSON config, the best val epoch's) and dvclive's
-``reports/train``.
+(safetensors weights and a JSON config, of the epoch ``early_stopping.monitor``
+keeps) and dvclive's ``reports/train``.
 ``train.processes > 1`` re-launches this module under torchrun (DDP).
 Interrupted runs resume from ``.cache/checkpoints/<key>/`` (one key per phase), removed
 on success.
