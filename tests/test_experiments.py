@@ -65,16 +65,29 @@ def experiments(repo: Path) -> dict[str, Experiment]:
     return found
 
 
-def wait_for_queue(repo: Path, names: list[str], timeout: float = QUEUE_TIMEOUT) -> dict[str, Experiment]:
-    """Poll until every experiment in ``names`` has finished (or fail after ``timeout`` seconds)."""
+def queue_states(repo: Path) -> dict[str, str]:
+    """Task name -> Queued | Running | Success | Failed, parsed from ``dvc queue status``'s table."""
+    states = {}
+    for line in dvc(repo, "queue", "status").stdout.splitlines()[1:]:
+        fields = line.split()  # task, name, created (may hold a space), status
+        if len(fields) >= 4:
+            states[fields[1]] = fields[-1].lower()
+    return states
+
+
+def wait_for_queue(repo: Path, names: list[str], timeout: float = QUEUE_TIMEOUT) -> None:
+    """Poll until every task in ``names`` has finished (or fail after ``timeout`` seconds).
+
+    Polls ``dvc queue status``, not ``dvc exp show``: exp show also reads each running executor's
+    temporary git repo, and fails with "Empty git repo" while a worker is still setting one up.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        found = experiments(repo)
-        if all(name in found and found[name].state in FINISHED for name in names):
-            return found
+        states = queue_states(repo)
+        if all(states.get(name) in FINISHED for name in names):
+            return
         if time.monotonic() > deadline:
-            status = dvc(repo, "queue", "status", check=False).stdout
-            pytest.fail(f"queued experiments not finished after {timeout:.0f} s:\n{status}")
+            pytest.fail(f"queued experiments not finished after {timeout:.0f} s: {states}")
         time.sleep(2)
 
 
