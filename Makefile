@@ -9,14 +9,14 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lint format clean s3-up s3-down check-remote
+.PHONY: help setup repro test lint format lock clean s3-up s3-down check-remote
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 
 setup: $(STAMP) ## Create .venv and install the project with its dev tools
@@ -47,6 +47,18 @@ s3-down: setup ## Stop the local S3 server and drop its endpoint from .dvc/confi
 
 check-remote: setup ## Tell in one line whether the DVC remote is reachable and writable
 	python -m mlpipeline.remote_check
+
+# Resolved in a fresh venv with no constraints, so the file holds what pyproject.toml alone
+# takes today; its header comment is kept. Then `make setup` installs the new versions.
+LOCK_VENV := .cache/lock-venv
+
+lock: ## Re-resolve the newest versions pyproject.toml allows into constraints.txt
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	{ grep '^#' constraints.txt; $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^torch=='; } \
+		> constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
 
 clean: ## Remove the virtualenv and caches (not data or DVC's cache)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
