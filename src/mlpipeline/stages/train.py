@@ -125,8 +125,9 @@ def main() -> None:
         )
         phases = ", then ".join(f"{phase.name} on {len(phase.labels)} images" for phase in result.phases)
         report["ran"] = (
-            f"{phases}, on {result.runtime.describe()}{processes}{resumed}; best epoch {best.epoch} of "
-            f"{trainer.progress.epoch} (val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f})"
+            f"{phases}, on {result.runtime.describe()}{processes}{resumed}; kept epoch {best.epoch} of "
+            f"{trainer.progress.epoch} of the {result.phases[-1].name} phase "
+            f"(val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f})"
         )
         removed = ", ".join(str(checkpoints.directory) for checkpoints in result.checkpoints)
         report["wrote"] = f"{MODEL_DIR} and {REPORT_DIR}, removed checkpoints {removed}"
