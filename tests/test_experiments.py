@@ -66,13 +66,13 @@ def experiments(repo: Path) -> dict[str, Experiment]:
 
 
 def queue_states(repo: Path) -> dict[str, str]:
-    """Task name -> Queued | Running | Success | Failed, parsed from ``dvc queue status``'s table."""
-    states = {}
-    for line in dvc(repo, "queue", "status").stdout.splitlines()[1:]:
-        fields = line.split()  # task, name, created (may hold a space), status
-        if len(fields) >= 4:
-            states[fields[1]] = fields[-1].lower()
-    return states
+    """Task name -> queued | running | success | failed, parsed from ``dvc queue status``'s table
+    (its header line, a row per task, a blank line, then the workers' line)."""
+    table = dvc(repo, "queue", "status").stdout.split("\n\n")[0].splitlines()
+    if not table or table[0].split()[:2] != ["Task", "Name"]:
+        return {}  # "No experiment tasks in the queue."
+    rows = (line.split() for line in table[1:])  # task, name, created (may hold a space), status
+    return {fields[1]: fields[-1].lower() for fields in rows if len(fields) >= 4}
 
 
 def wait_for_queue(repo: Path, names: list[str], timeout: float = QUEUE_TIMEOUT) -> None:
