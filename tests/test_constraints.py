@@ -6,6 +6,7 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -54,3 +55,10 @@ def test_the_environment_holds_the_pinned_versions() -> None:
         if installed.get(name, version) != version
     }
     assert not wrong, f"installed versions differ from constraints.txt (pinned, installed): {wrong}"
+
+
+def test_the_pre_commit_hook_runs_the_pinned_ruff() -> None:
+    # `make lint` and the pre-commit hook must judge the code alike; `make lock` may move ruff.
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    (hook,) = [repo for repo in config["repos"] if repo["repo"].endswith("/ruff-pre-commit")]
+    assert hook["rev"] == f"v{pinned()['ruff']}", "bump the ruff rev in .pre-commit-config.yaml too"
