@@ -18,8 +18,8 @@ import copy
 import functools
 import statistics
 import time
+from dataclasses import replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,6 +40,7 @@ from mlpipeline.training.device import configure
 from mlpipeline.training.distributed import World
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
+from mlpipeline.training.phases import plan
 
 
 def bare_epoch(
@@ -68,8 +69,11 @@ def main() -> None:
     params = load_section(TrainParams, "train")
     runtime = configure(params.device, params.num_threads)
     inputs = open_inputs(TRAIN_DATA, VAL_DATA)
-    real, synthetic = inputs.train.load(REAL_SPLIT), inputs.train.load(SYNTHETIC_SPLIT)
-    images, labels = (np.concatenate(pair) for pair in zip(real, synthetic, strict=True))  # all of them
+    mixed = replace(params, synthetic=replace(params.synthetic, use="mix"))  # one phase on all images
+    (phase,) = plan(
+        mixed, inputs.train.load(REAL_SPLIT), inputs.train.load(SYNTHETIC_SPLIT), inputs.train.root
+    )
+    images, labels = phase.images, phase.labels
     val_images, val_labels = inputs.val.load(VAL_SPLIT)
     mean, std = channel_stats(images)
     config = ModelConfig(
@@ -80,7 +84,7 @@ def main() -> None:
     bare_model = copy.deepcopy(model)
     train = place(images, labels, runtime.device)
     val = place(val_images, val_labels, runtime.device)
-    trainer = Trainer(model, params, runtime, World(), train, val, phase="train")
+    trainer = Trainer(model, params, runtime, World(), train, val, phase=phase.name)
     bare_optimizer = torch.optim.AdamW(
         bare_model.parameters(), lr=params.lr, weight_decay=params.weight_decay
     )
@@ -97,7 +101,7 @@ def main() -> None:
     per_epoch = steps(len(train), params.batch_size) * params.batch_size
     bare_times, loop_times = [], []
     for epoch in range(args.epochs + 1):  # the first round warms up and is not counted
-        order = epoch_order(len(train), params.seed, "train", epoch)
+        order = epoch_order(len(train), params.seed, phase.name, epoch)
         index = torch.from_numpy(order).to(runtime.device)
         bare = time_it(
             functools.partial(
