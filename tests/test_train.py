@@ -11,17 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_model import CLASSES, SHAPE, tiny_images
-from tiny_training import tiny_params, tiny_section, write_inputs
+from tiny_model import tiny_images
+from tiny_training import tiny_params, tiny_section, write_inputs, write_training_set
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
-from mlpipeline.core.shards import DatasetWriter
 from mlpipeline.inference import predict_probabilities
 from mlpipeline.model import load_model, save_model
 from mlpipeline.stages.train import train
 from mlpipeline.training.checkpoint import Checkpoints, run_key
-from mlpipeline.training.data import epoch_order, open_inputs
+from mlpipeline.training.data import REAL_SPLIT, epoch_order, open_inputs
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.optim import epochs_to_run
 from mlpipeline.training.params import TrainParams
@@ -126,9 +125,7 @@ def test_mix_trains_once_on_real_and_synthetic_images(tmp_path: Path) -> None:
 
 def test_pretraining_without_real_images_is_refused(tmp_path: Path) -> None:
     write_inputs(tmp_path)
-    with DatasetWriter(tmp_path / "synthetic-only", CLASSES, SHAPE) as writer:
-        writer.add_split("real")
-        writer.write("synthetic", *tiny_images(10, seed=8))
+    write_training_set(tmp_path / "synthetic-only", None, tiny_images(10, seed=8))
     inputs = open_inputs(tmp_path / "synthetic-only", tmp_path / "data" / "ingested")
     with pytest.raises(
         PipelineError, match=r"synthetic-only: no real training images .*train\.synthetic\.use: mix"
@@ -182,11 +179,9 @@ def test_run_key_covers_params_and_data_bytes(tmp_path: Path) -> None:
     assert key != run_key(tiny_params(seed=1), [inputs.train, inputs.val], "train")
     assert key != run_key(params, [inputs.train, inputs.val], "pretrain")
 
-    images, labels = inputs.train.load("real")
+    images, labels = inputs.train.load(REAL_SPLIT)
     images[0, 0, 0, 0] ^= 1  # one bit of one pixel
-    with DatasetWriter(tmp_path / "changed", inputs.classes, inputs.image_shape) as writer:
-        writer.write("real", images, labels)
-        writer.add_split("synthetic")
+    write_training_set(tmp_path / "changed", (images, labels))
     changed = open_inputs(tmp_path / "changed", tmp_path / "data" / "ingested")
     assert key != run_key(params, [changed.train, changed.val], "train")
 
@@ -232,11 +227,8 @@ def test_model_round_trip_gives_the_same_predictions(tmp_path: Path) -> None:
 
 
 def test_mismatched_inputs_are_refused_by_file(tmp_path: Path) -> None:
-    write_inputs(tmp_path)
-    images, labels = open_inputs(tmp_path / "data/augmented", tmp_path / "data/ingested").train.load("real")
-    with DatasetWriter(tmp_path / "other", ["a", "b", "c"], (1, 8, 8)) as writer:
-        writer.write("real", images, labels)
-        writer.add_split("synthetic")
+    images, labels = write_inputs(tmp_path).train.load(REAL_SPLIT)
+    write_training_set(tmp_path / "other", (images, labels), classes=["a", "b", "c"], shape=(1, 8, 8))
     with pytest.raises(
         PipelineError, match=r"other/dataset.json and .*ingested/dataset.json disagree on the classes"
     ):

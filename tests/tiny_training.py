@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from conftest import repo_params
 from tiny_model import CLASSES, SHAPE, tiny_images, write_tiny_dataset
 
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shards import DatasetWriter
-from mlpipeline.training.data import Inputs, open_inputs
+from mlpipeline.training.data import REAL_SPLIT, SYNTHETIC_SPLIT, Inputs, open_inputs
 from mlpipeline.training.params import TrainParams
 
 TINY: dict[str, Any] = {
@@ -40,12 +42,27 @@ def write_inputs(root: Path, train_per_class: int = 40, synthetic_per_class: int
     """``root/data/augmented`` (real, synthetic) and ``root/data/ingested`` (train/val/test), as
     the stages upstream of train lay them out."""
     write_tiny_dataset(root / "data" / "ingested", {"train": 12, "val": 10, "test": 4})
-    with DatasetWriter(root / "data" / "augmented", CLASSES, SHAPE) as writer:
-        writer.write("real", *tiny_images(train_per_class, seed=7))
-        writer.add_split("synthetic")
-        if synthetic_per_class:
-            writer.write("synthetic", *tiny_images(synthetic_per_class, seed=8))
+    synthetic = tiny_images(synthetic_per_class, seed=8) if synthetic_per_class else None
+    write_training_set(root / "data" / "augmented", tiny_images(train_per_class, seed=7), synthetic)
     return open_inputs(root / "data" / "augmented", root / "data" / "ingested")
+
+
+Images = tuple[np.ndarray, np.ndarray]  # uint8 N x C x H x W, int64 N
+
+
+def write_training_set(
+    root: Path,
+    real: Images | None,
+    synthetic: Images | None = None,
+    classes: Sequence[str] = CLASSES,
+    shape: tuple[int, ...] = SHAPE,
+) -> None:
+    """A training set as augment lays it out: both splits, ``None`` for an empty one."""
+    with DatasetWriter(root, list(classes), shape) as writer:
+        for split, data in ((REAL_SPLIT, real), (SYNTHETIC_SPLIT, synthetic)):
+            writer.add_split(split)
+            if data is not None:
+                writer.write(split, *data)
 
 
 def write_workdir(root: Path, **overrides: Any) -> Path:
