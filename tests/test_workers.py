@@ -1,0 +1,38 @@
+"""The worker count comes from the environment, and the ordered map returns results in input order."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.workers import WORKERS_ENV, available_cores, ordered_map, worker_count
+
+
+def test_worker_count_defaults_to_the_available_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert worker_count() == available_cores()
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert worker_count() == 3
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "two", "1.5"])
+def test_a_bad_worker_count_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv(WORKERS_ENV, raw)
+    with pytest.raises(PipelineError, match=f"^{WORKERS_ENV}="):
+        worker_count()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_results_come_back_in_input_order(workers: int) -> None:
+    items = list(range(40, 0, -1))  # later items are cheaper: out-of-order completion is likely
+    assert list(ordered_map(math.factorial, items, workers)) == [math.factorial(i) for i in items]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_error_in_a_worker_reaches_the_caller(workers: int) -> None:
+    with pytest.raises(ValueError, match="not-a-number"):
+        list(ordered_map(int, ["1", "2", "not-a-number", "4"], workers))
