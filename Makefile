@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lint format lock clean s3-up s3-down check-remote
+.PHONY: help setup repro test lint format lock clean s3-up s3-down check-remote report
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,13 @@ lint: setup ## Check lint and formatting with ruff
 format: setup ## Apply ruff's fixes and formatting
 	ruff check --fix src tests bench
 	ruff format src tests bench
+
+# BASE: any git revision; IMAGES_URL: where a PR comment finds the PNGs (default: beside report.md).
+BASE ?= main
+IMAGES_URL ?=
+
+report: setup ## Compare BASE (default main) with the workspace: reports/compare/report.md + PNGs
+	python -m mlpipeline.compare.report --base '$(BASE)' $(if $(IMAGES_URL),--images-url '$(IMAGES_URL)')
 
 # A local S3 server (rclone) for trying push/pull with no cloud account. S3_PORT=0: a free port.
 S3_DIR ?= .cache/s3
