@@ -97,7 +97,7 @@ def test_a_base_that_never_ran_the_pipeline_is_named_in_one_line(pipeline_repo: 
     markdown = (repo / report.OUTPUT / report.REPORT).read_text()
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("report: ")]
     assert line.startswith(
-        "report: Not found at `before-results`: no metrics or plots at all (did the pipeline ever run there?)"
+        "report: Not found at `before-results`: no metrics at all (did the pipeline ever run there?)"
     )
     assert line.removeprefix("report: ") in markdown
     assert "workspace_reports_evaluate_misclassified.png" in linked_files(markdown)

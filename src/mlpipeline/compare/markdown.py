@@ -50,7 +50,7 @@ def listing(comparison: Comparison, rev: str, items: list[str]) -> str:
     """The files, or for a BASE without a single metrics file, the likely reason instead."""
     lacking = [path for path in comparison.metrics if any(item.startswith(path) for item in items)]
     if rev == comparison.base and lacking and len(lacking) == len(comparison.metrics):
-        return "no metrics or plots at all (did the pipeline ever run there?)"
+        return "no metrics at all (did the pipeline ever run there?)"
     return ", ".join(items)
 
 
