@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lint format lock clean s3-up s3-down check-remote
+.PHONY: help setup repro test lint format lock clean s3-up s3-down check-remote report plots-page browser
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ setup: $(STAMP) ## Create .venv and install the project with its dev tools
 repro: setup ## Run the whole pipeline (dvc repro) on the built-in demo data
 	dvc repro
 
-test: setup ## Run the whole test suite
+test: setup browser ## Run the whole test suite
 	pytest
 
 lint: setup ## Check lint and formatting with ruff
@@ -34,6 +34,28 @@ lint: setup ## Check lint and formatting with ruff
 format: setup ## Apply ruff's fixes and formatting
 	ruff check --fix src tests bench
 	ruff format src tests bench
+
+# BASE: any git revision; IMAGES_URL: where a PR comment finds the PNGs (default: beside report.md).
+BASE ?= main
+IMAGES_URL ?=
+
+report: setup ## Compare BASE (default main) with the workspace: reports/compare/report.md + PNGs
+	python -m mlpipeline.compare.report --base '$(BASE)' $(if $(IMAGES_URL),--images-url '$(IMAGES_URL)')
+
+# The page `dvc plots show` fills (.dvc/config: plots.html_template), with the Vega scripts inside
+# it so plots draw offline; committed, rebuilt from the npm versions vendor/vega pins.
+PLOTS_PAGE := .dvc/plots-offline.html
+
+plots-page: setup ## Rebuild the offline plots page from the Vega packages pinned in vendor/vega (npm)
+	cd vendor/vega && npm ci --ignore-scripts --no-audit --no-fund
+	python -m mlpipeline.devtools.plots_page vendor/vega/node_modules $(PLOTS_PAGE)
+
+# Debian's Chromium, for the test that draws the plots page in a real browser: installed where
+# missing when run as root with apt-get (CI); elsewhere that test is skipped with a note.
+browser: ## Install Debian's chromium for the browser test, where missing
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+		|| echo "make: no chromium here: the plots page browser test will be skipped"
 
 # A local S3 server (rclone) for trying push/pull with no cloud account. S3_PORT=0: a free port.
 S3_DIR ?= .cache/s3

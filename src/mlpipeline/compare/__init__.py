@@ -1,0 +1,1 @@
+"""Compare a git revision with the workspace for review: params, metrics and plots (``make report``)."""
