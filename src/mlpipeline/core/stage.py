@@ -11,8 +11,6 @@ from contextlib import contextmanager
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.urls import redact_text
 
-EXIT_USER_ERROR = 2
-
 
 class _RedactingFormatter(logging.Formatter):
     """Hides the password of every URL in a log line (``ingest.source`` may hold one)."""
@@ -28,13 +26,13 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def run(stage: str, body: Callable[[], None]) -> None:
-    """Run a stage body; a ``PipelineError`` becomes one ``error:`` line and exit code 2."""
+    """Run a stage body; a ``PipelineError`` becomes one ``error:`` line and its exit code (2)."""
     setup_logging()
     try:
         body()
     except PipelineError as exc:
         print(f"{stage}: error: {redact_text(str(exc))}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print(f"{stage}: interrupted", file=sys.stderr)
         sys.exit(130)
