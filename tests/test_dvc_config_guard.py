@@ -153,3 +153,12 @@ def test_the_pre_commit_hook_runs_this_script_on_both_configs() -> None:
     assert not re.search(hook["files"], ".dvc/config.bak")
     assert hook["additional_dependencies"] == [f"configobj=={pinned()['configobj']}"]
     assert {"ruff-check", "ruff-format"} <= set(hooks)
+
+
+def test_outside_git_the_committed_config_is_checked(tmp_path: Path) -> None:
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("access_key_id = abc\n" + CLEAN)
+    assert tracked_configs(tmp_path) == [tmp_path / ".dvc" / "config"]
+    result = run([sys.executable, str(SCRIPT)], tmp_path, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith(".dvc/config: credential access_key_id in a committed DVC config")

@@ -54,11 +54,14 @@ def credentials(text: str) -> list[str]:
     Raises ``ConfigObjError`` for a text DVC could not read either.
     """
     parsed = ConfigObj(text.splitlines(), interpolation=False).dict()
-    return [
-        f"[{section}] {key}" if key in CREDENTIAL_KEYS else f"[{section}] {key} (a password inside the URL)"
-        for section, key, value in _settings(parsed)
-        if key in CREDENTIAL_KEYS or any(_has_password(item) for item in _items(value))
-    ]
+    found = []
+    for section, key, value in _settings(parsed):
+        where = f"[{section}] {key}" if section else key
+        if key in CREDENTIAL_KEYS:
+            found.append(where)
+        elif any(_has_password(item) for item in _items(value)):
+            found.append(f"{where} (a password inside the URL)")
+    return found
 
 
 def _settings(node: Mapping, section: str = "") -> Iterator[tuple[str, str, object]]:
@@ -94,15 +97,12 @@ def problems(path: Path, tracked_local: bool = False) -> list[str]:
 
 
 def tracked_configs(repo: Path = Path(".")) -> list[Path]:
-    """The DVC config files git tracks in ``repo``: ``.dvc/config`` and a force-added config.local."""
+    """The DVC config files git tracks in ``repo``: ``.dvc/config`` and a force-added config.local
+    (outside a git repository: ``.dvc/config``)."""
     listed = subprocess.run(
-        ["git", "ls-files", "--", str(CONFIG), str(LOCAL_CONFIG)],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return [repo / name for name in listed]
+        ["git", "ls-files", "--", str(CONFIG), str(LOCAL_CONFIG)], cwd=repo, capture_output=True, text=True
+    )
+    return [repo / name for name in listed.stdout.split()] if listed.returncode == 0 else [repo / CONFIG]
 
 
 def main(argv: list[str] | None = None) -> int:
