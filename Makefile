@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lint format lock clean s3-up s3-down check-remote report plots-page browser
+.PHONY: help setup repro test lint format lock clean s3-up s3-down check-remote report plots-page browser verify
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ s3-down: setup ## Stop the local S3 server and drop its endpoint from .dvc/confi
 
 check-remote: setup ## Tell in one line whether the DVC remote is reachable and writable
 	python -m mlpipeline.remote_check
+
+verify: setup ## Rehash the workspace outputs and the DVC cache against dvc.lock; one line per mismatch
+	python -m mlpipeline.verify
 
 # Resolved in a fresh venv with no constraints, so the file holds what pyproject.toml alone
 # takes today; its header comment is kept. Then `make setup` installs the new versions.

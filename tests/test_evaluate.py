@@ -20,7 +20,8 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shards import Dataset
 from mlpipeline.evaluation.report import message_png, misclassified_png, predictions_csv, worst_errors
-from mlpipeline.model import ModelConfig, build_model, channel_stats, save_model
+from mlpipeline.model import ModelConfig, build_model, channel_stats
+from mlpipeline.model_files import save_model
 from mlpipeline.stages.evaluate import EvaluateParams, evaluate
 
 OUTPUTS = ("metrics.json", "predictions.csv", "misclassified.png")

@@ -17,7 +17,7 @@ from tiny_model import CLASSES, tiny_images, tiny_model, write_tiny_model
 
 from mlpipeline.core.params import from_mapping
 from mlpipeline.inference import predict_probabilities
-from mlpipeline.model import load_model, save_model
+from mlpipeline.model_files import load_model, save_model
 from mlpipeline.predict import predict_paths
 from mlpipeline.stages.ingest import IngestParams, ingest
 
@@ -101,11 +101,11 @@ def test_cli_writes_output_file_and_exits_zero_when_all_succeed(
     assert pd.read_csv(out)["label"].tolist() == ["left", "left", "center"]
 
 
-def test_cli_without_a_model_is_one_line_exit_2(tmp_path: Path) -> None:
+def test_cli_without_a_model_is_one_line_exit_3(tmp_path: Path) -> None:
     result = run(
         [sys.executable, "-m", "mlpipeline.predict", "x.png", "--model", "nowhere"], tmp_path, check=False
     )
-    assert result.returncode == 2
+    assert result.returncode == 3  # the model cannot be used (see test_model_files)
     assert result.stderr.strip() == "predict: error: nowhere/model.json: not found (has the train stage run?)"
 
 

@@ -17,7 +17,7 @@ from tiny_training import tiny_params, tiny_section, write_inputs, write_trainin
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
 from mlpipeline.inference import predict_probabilities
-from mlpipeline.model import load_model, save_model
+from mlpipeline.model_files import load_model, save_model
 from mlpipeline.stages.train import train
 from mlpipeline.training.checkpoint import Checkpoints, run_key
 from mlpipeline.training.data import REAL_SPLIT, epoch_order, open_inputs

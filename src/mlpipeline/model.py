@@ -2,38 +2,45 @@
 
 ``ModelConfig`` holds everything needed to rebuild the network and feed it:
 architecture sizes, input shape, class names and the input normalization
-measured on the training data. Train writes it; evaluate and predict read it.
+measured on the training data. Train writes it; evaluate and predict read it
+through ``mlpipeline.model_files``, which refuses a model directory that cannot be used.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save
+from pydantic import ConfigDict, Field, with_config
 from torch import nn
 
-from mlpipeline.core import atomic
-from mlpipeline.core.errors import PipelineError
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model.json"
+Positive = Annotated[int, Field(ge=1)]
 
 
+# Strict: model.json is written by train, so a string where a number belongs is damage, not
+# something to coerce. Unknown keys are refused too (a typo would otherwise pass unnoticed).
+@with_config(ConfigDict(strict=True, extra="forbid"))
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture and input contract of a trained model (written as ``model.json``)."""
 
-    classes: list[str]
-    image_shape: list[int]  # C, H, W
-    widths: list[int]  # channels of each conv block
-    dropout: float
-    mean: list[float]  # per-channel mean of training pixels, in [0, 1]
-    std: list[float]  # per-channel std of training pixels
+    classes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=2)]
+    image_shape: Annotated[list[Positive], Field(min_length=3, max_length=3)]  # C, H, W
+    widths: Annotated[list[Positive], Field(min_length=1)]  # channels of each conv block
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    mean: list[Annotated[float, Field(ge=0, le=1)]]  # per-channel mean of training pixels, in [0, 1]
+    std: list[Annotated[float, Field(gt=0)]]  # per-channel std of training pixels
+
+    def __post_init__(self) -> None:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes repeat a name: {self.classes}")
+        channels = self.image_shape[0] if self.image_shape else 0
+        if not len(self.mean) == len(self.std) == channels:
+            raise ValueError(
+                f"mean and std need one value per channel ({channels}), got {self.mean}, {self.std}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -82,44 +89,9 @@ def build_model(config: ModelConfig) -> ConvNet:
     return ConvNet(config)
 
 
-def save_model(model: nn.Module, config: ModelConfig, out_dir: Path | str) -> None:
-    """Write weights (safetensors) and config (JSON) atomically into ``out_dir``."""
-    out_dir = Path(out_dir)
-    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-    atomic.write_bytes(out_dir / WEIGHTS_FILE, save(state))
-    atomic.write_json(out_dir / CONFIG_FILE, dataclasses.asdict(config))
-
-
-def load_model(model_dir: Path | str, device: torch.device | str = "cpu") -> tuple[ConvNet, ModelConfig]:
-    """Rebuild the network from ``model.json`` and load ``model.safetensors``, in eval mode."""
-    model_dir = Path(model_dir)
-    config_path = model_dir / CONFIG_FILE
-    try:
-        config = ModelConfig(**json.loads(config_path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise PipelineError(f"{config_path}: not found (has the train stage run?)")
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise PipelineError(f"{config_path}: not a valid model config ({exc})")
-    model = build_model(config)
-    weights_path = model_dir / WEIGHTS_FILE
-    try:
-        model.load_state_dict(load_file(weights_path))
-    except FileNotFoundError:
-        raise PipelineError(f"{weights_path}: not found (has the train stage run?)")
-    except (RuntimeError, OSError) as exc:
-        raise PipelineError(f"{weights_path}: weights do not match {CONFIG_FILE} ({exc})")
-    return model.to(device).eval(), config
-
-
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images N x C x H x W, scaled to [0, 1]."""
     pixels = images.astype(np.float64) / 255.0
     mean = pixels.mean(axis=(0, 2, 3))
     std = np.maximum(pixels.std(axis=(0, 2, 3)), 1e-6)
     return [float(m) for m in mean], [float(s) for s in std]
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The bare module inside a DistributedDataParallel or torch.compile wrapper."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)

@@ -5,8 +5,16 @@
 Folders are searched recursively for PNG/JPEG/BMP files. Every image goes
 through ``decode_image`` with the model's channels and size, the same
 preprocessing as ingestion. A file that cannot be read or decoded gets one
-``error`` line on stderr naming it; the others are still predicted, and the
-exit code is 1. Output: CSV ``path,label,probability`` on stdout or ``--output``.
+``error`` line on stderr naming it; the others are still predicted.
+Output: CSV ``path,label,probability`` on stdout or ``--output``.
+
+Exit codes, so a script can tell the failures apart:
+
+- 0: every image predicted;
+- 1: some images could not be read or decoded (the others are in the output);
+- 2: bad arguments or another error, on one line;
+- 3: the model cannot be used (``model.json`` or ``model.safetensors`` missing, damaged,
+  or not matching each other), on one line naming the file; nothing predicted.
 
 From Python, ``predict_paths`` returns a DataFrame. A model of any git revision
 can be fetched first with ``dvc.api``::
@@ -34,7 +42,8 @@ from mlpipeline.core.device import DeviceChoice, pick_device
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.images import IMAGE_SUFFIXES, Resample, decode_image
 from mlpipeline.inference import predict_probabilities
-from mlpipeline.model import ModelConfig, load_model
+from mlpipeline.model import ModelConfig
+from mlpipeline.model_files import load_model
 from mlpipeline.sources import natural_key
 
 # Ingestion's default; used until model.json records the resample method the data was ingested with.
@@ -79,7 +88,8 @@ def predict_paths(
 
     ``error`` is missing (NA) for a predicted image; for a file that could not be
     read or decoded it holds the one-line reason, and ``label``/``probability``
-    are missing. Memory stays bounded by ``batch_size`` decoded images.
+    are missing. Memory stays bounded by ``batch_size`` decoded images. Raises
+    ``ModelError`` (a ``PipelineError``) if the model directory cannot be used.
     """
     torch_device = pick_device(device, "device")
     model, config = load_model(model_dir, torch_device)

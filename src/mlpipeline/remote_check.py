@@ -13,6 +13,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from mlpipeline.core.urls import redact, redact_text
+
 PROBE_PREFIX = ".mlpipeline-remote-check-"
 
 
@@ -21,8 +23,9 @@ class RemoteCheckFailed(Exception):
 
 
 def _reason(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, with the password of any URL it quotes hidden."""
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return redact_text(lines[0]) if lines else type(exc).__name__
 
 
 def check_remote(repo_root: Path | str = ".", remote: str | None = None) -> str:
@@ -37,10 +40,11 @@ def check_remote(repo_root: Path | str = ".", remote: str | None = None) -> str:
     with repo:
         try:
             target = repo.cloud.get_remote(remote, "push")
-        except DvcException as exc:
+        except (DvcException, ImportError) as exc:  # ImportError: the scheme's DVC plugin is missing
             raise RemoteCheckFailed(f"remote check: {_reason(exc)}") from exc
         settings = repo.config["remote"][target.name]
-        where = settings["url"] + (f" at {settings['endpointurl']}" if settings.get("endpointurl") else "")
+        endpoint = settings.get("endpointurl")
+        where = redact(settings["url"]) + (f" at {redact(endpoint)}" if endpoint else "")
         label = f"remote '{target.name}' ({where})"
         fs, probe = target.fs, target.fs.join(target.path, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
         try:

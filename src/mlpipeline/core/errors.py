@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+EXIT_USER_ERROR = 2
+
 
 class PipelineError(Exception):
     """A problem the user can fix: bad input data, a bad param, a missing file.
 
     The message is one line that names the file or the param at fault. Anything
-    else that escapes a stage is a bug and keeps its traceback.
+    else that escapes a stage is a bug and keeps its traceback. ``exit_code`` is
+    the process's exit status; a subclass may set its own, so a caller such as a
+    script around ``predict`` can tell one kind of failure from the others.
     """
+
+    exit_code = EXIT_USER_ERROR

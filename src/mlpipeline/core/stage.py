@@ -9,22 +9,30 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.urls import redact_text
 
-EXIT_USER_ERROR = 2
+
+class _RedactingFormatter(logging.Formatter):
+    """Hides the password of every URL in a log line (``ingest.source`` may hold one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter("%(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def run(stage: str, body: Callable[[], None]) -> None:
-    """Run a stage body; a ``PipelineError`` becomes one ``error:`` line and exit code 2."""
+    """Run a stage body; a ``PipelineError`` becomes one ``error:`` line and its exit code (2)."""
     setup_logging()
     try:
         body()
     except PipelineError as exc:
-        print(f"{stage}: error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        print(f"{stage}: error: {redact_text(str(exc))}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print(f"{stage}: interrupted", file=sys.stderr)
         sys.exit(130)

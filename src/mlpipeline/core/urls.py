@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "***"
+# A URL inside free text: a scheme, "://", then everything up to white space or a quote.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def redact(url: str) -> str:
@@ -25,3 +28,12 @@ def redact(url: str) -> str:
     user, colon, _ = userinfo.partition(":")
     netloc = f"{user}:{REDACTED}@{host}" if colon else f"{userinfo}@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message, a log line) with every URL in it passed through ``redact``.
+
+    For messages built from text we do not control, such as an exception from a storage
+    client that quotes the endpoint it failed to reach.
+    """
+    return _URL_IN_TEXT.sub(lambda match: redact(match.group()), text)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import psutil
 
+from mlpipeline.core.urls import redact, redact_text
+
 HOST = "127.0.0.1"
 # Fake credentials: the server still checks every request's signature, so clients go through
 # real SigV4 auth. (rclone rejects very short access keys.)
@@ -248,7 +250,8 @@ def _bucket_of(repo: Path, remote: str | None) -> str:
     url = config["remote"].get(name, {}).get("url", "")
     if not url.startswith("s3://"):
         raise ServerError(
-            f"remote '{name}' is {url or 'missing'}, not an s3:// URL: nothing for a local S3 server to serve"
+            f"remote '{name}' is {redact(url) or 'missing'}, not an s3:// URL: "
+            "nothing for a local S3 server to serve"
         )
     return url.removeprefix("s3://").split("/", 1)[0]
 
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(down(repo, args.dir, remote=args.remote))
     except (ServerError, ConfigError) as exc:
-        print(f"s3server: error: {exc}", file=sys.stderr)
+        print(f"s3server: error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

@@ -24,7 +24,8 @@ from mlpipeline.evaluation.baseline import BaselineParams, baseline_probabilitie
 from mlpipeline.evaluation.metrics import score
 from mlpipeline.evaluation.report import misclassified_png, predictions_csv
 from mlpipeline.inference import predict_probabilities
-from mlpipeline.model import CONFIG_FILE, ModelConfig, load_model
+from mlpipeline.model import ModelConfig
+from mlpipeline.model_files import CONFIG_FILE, load_model
 
 MODEL_DIR = Path("models")
 DATA_DIR = Path("data/ingested")

@@ -19,7 +19,8 @@ from pathlib import Path
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.params import load_section
 from mlpipeline.core.seeding import seed_everything
-from mlpipeline.model import ModelConfig, build_model, channel_stats, save_model
+from mlpipeline.model import ModelConfig, build_model, channel_stats
+from mlpipeline.model_files import save_model
 from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, run_key
 from mlpipeline.training.data import REAL_SPLIT, SYNTHETIC_SPLIT, VAL_SPLIT, Inputs, open_inputs, place
 from mlpipeline.training.device import Runtime, auto_threads, configure

@@ -1,0 +1,113 @@
+"""`make verify`: a corrupted cache object or a workspace output that differs from dvc.lock (or a
+.dvc file) is named in one line, where `dvc checkout` would restore the bad bytes in silence."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run
+
+from mlpipeline.verify import verify
+
+VERIFY = [sys.executable, "-m", "mlpipeline.verify"]
+
+
+def cache_file(repo: Path, content: bytes) -> Path:
+    digest = hashlib.md5(content).hexdigest()
+    return repo / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
+
+
+def overwrite(path: Path, content: bytes) -> None:
+    path.chmod(0o644)  # DVC makes its cache files read-only
+    path.write_bytes(content)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DVC repo with a stage's directory output (in dvc.lock) and a `dvc add`-ed file (a .dvc file)."""
+    repo = tmp_path_factory.mktemp("verify") / "repo"
+    repo.mkdir()
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    command = "mkdir -p out && echo hello > out/x.txt && echo world > out/y.txt"
+    run(["dvc", "stage", "add", "-q", "-n", "make", "-o", "out", command], repo)
+    run(["dvc", "repro", "-q"], repo)
+    (repo / "weights.bin").write_bytes(b"\x00\x01weights")
+    run(["dvc", "add", "-q", "weights.bin"], repo)
+    return repo
+
+
+@pytest.fixture
+def repo(built: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the built repo for each test (the copy keeps the cache: DVC links nothing here)."""
+    copy = tmp_path / "repo"
+    run(["cp", "-a", str(built), str(copy)], tmp_path)
+    return copy
+
+
+def test_an_intact_repo_passes(repo: Path) -> None:
+    result = run(VERIFY, repo)
+    assert result.stdout.splitlines() == [
+        "verify: 7 files hashed against dvc.lock and .dvc files: all match; "
+        "0 not present here (not pulled, or the stage has not run)"
+    ]
+
+
+def test_a_corrupted_cache_file_is_named_though_dvc_checkout_restores_it_silently(repo: Path) -> None:
+    cached = cache_file(repo, b"hello\n")
+    overwrite(cached, b"HELLO\n")
+    (repo / "out" / "x.txt").unlink()
+    checkout = run(["dvc", "checkout"], repo)  # DVC's behaviour: the bad bytes come back, exit 0
+    assert (repo / "out" / "x.txt").read_bytes() == b"HELLO\n" and "error" not in checkout.stderr.lower()
+
+    result = run(VERIFY, repo, check=False)
+    assert result.returncode == 1
+    shown = cached.relative_to(repo)
+    bad, good = hashlib.md5(b"HELLO\n").hexdigest(), hashlib.md5(b"hello\n").hexdigest()
+    assert result.stdout.splitlines()[:2] == [
+        f"out/x.txt: differs from dvc.lock (md5 {bad}, recorded {good}); "
+        "dvc status tells whether an edit or a bad checkout did it",
+        f"{shown} (the cache of out/x.txt): corrupted, its bytes hash to {bad}; delete it, "
+        "then dvc pull out/x.txt or dvc repro, and dvc checkout --force out/x.txt",
+    ]
+    assert result.stdout.splitlines()[2].startswith(
+        "verify: 7 files hashed against dvc.lock and .dvc files: 2 differ"
+    )
+
+
+def test_bit_rot_that_keeps_size_and_mtime_is_found(repo: Path) -> None:
+    """DVC's state database would trust this file: same size, same mtime."""
+    weights = repo / "weights.bin"
+    stat = weights.stat()
+    weights.write_bytes(b"\x00\x03weights")
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    report = verify(repo)
+    assert [line.split(":")[0] for line in report.mismatches] == ["weights.bin"]
+    assert "differs from weights.bin.dvc" in report.mismatches[0]
+
+
+def test_a_corrupted_directory_listing_is_named(repo: Path) -> None:
+    (listing,) = (repo / ".dvc" / "cache" / "files" / "md5").glob("*/*.dir")
+    overwrite(listing, listing.read_bytes().replace(b"x.txt", b"z.txt"))
+    report = verify(repo)
+    assert len(report.mismatches) == 1
+    assert report.mismatches[0].startswith(f"{listing.relative_to(repo)} (the cache of out): corrupted")
+
+
+def test_files_not_here_are_counted_not_judged(repo: Path) -> None:
+    overwrite(cache_file(repo, b"world\n"), b"world\n")
+    cache_file(repo, b"world\n").unlink()
+    (repo / "weights.bin").unlink()
+    report = verify(repo)
+    assert report.mismatches == [] and report.absent == 2 and report.checked == 5
+
+
+def test_outside_a_dvc_repository_is_one_line(tmp_path: Path) -> None:
+    result = run(VERIFY, tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("verify: error: .: not a DVC repository (")
+    assert len(result.stderr.splitlines()) == 1
