@@ -11,6 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ class ModelConfig:
     dropout: float
     mean: list[float]  # per-channel mean of training pixels, in [0, 1]
     std: list[float]  # per-channel std of training pixels
+    # How ingest turned files into pixels (images.Preprocessing.to_json), for predict to repeat;
+    # None in models trained before ingest recorded it.
+    preprocessing: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:

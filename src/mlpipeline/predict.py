@@ -3,8 +3,9 @@
     python -m mlpipeline.predict PATH... [--model models] [--output predictions.csv]
 
 Folders are searched recursively for PNG/JPEG/BMP files. Every image goes
-through ``decode_image`` with the model's channels and size, the same
-preprocessing as ingestion. A file that cannot be read or decoded gets one
+through ``decode_image`` with the preprocessing ``model.json`` recorded from
+ingestion (channels, size, resampling, mode conversion), so it is decoded
+exactly as the training images were. A file that cannot be read or decoded gets one
 ``error`` line on stderr naming it; the others are still predicted, and the
 exit code is 1. Output: CSV ``path,label,probability`` on stdout or ``--output``.
 
@@ -32,13 +33,11 @@ import pandas as pd
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import DeviceChoice, pick_device
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.images import IMAGE_SUFFIXES, Resample, decode_image
+from mlpipeline.images import IMAGE_SUFFIXES, Preprocessing, decode_image
 from mlpipeline.inference import predict_probabilities
-from mlpipeline.model import ModelConfig, load_model
+from mlpipeline.model import CONFIG_FILE, ModelConfig, load_model
 from mlpipeline.sources import natural_key
 
-# Ingestion's default; used until model.json records the resample method the data was ingested with.
-DEFAULT_RESAMPLE: Resample = "bicubic"
 COLUMNS = ["path", "label", "probability"]
 
 
@@ -83,6 +82,7 @@ def predict_paths(
     """
     torch_device = pick_device(device, "device")
     model, config = load_model(model_dir, torch_device)
+    preprocessing = model_preprocessing(config, Path(model_dir) / CONFIG_FILE)
     files = expand_paths(paths)
     labels: list[str | None] = [None] * len(files)
     probabilities = np.full(len(files), np.nan)
@@ -92,7 +92,7 @@ def predict_paths(
         decoded: dict[int, np.ndarray] = {}
         for i in pending[start : start + batch_size]:
             try:
-                decoded[i] = _decode(files[i][0], config)
+                decoded[i] = _decode(files[i][0], preprocessing)
             except PipelineError as exc:
                 errors[i] = str(exc)
         if not decoded:
@@ -106,15 +106,34 @@ def predict_paths(
     )
 
 
-def _decode(path: str, config: ModelConfig) -> np.ndarray:
-    """The file as ingestion would have stored it: the model's channels, size and resampling."""
+def model_preprocessing(config: ModelConfig, config_path: Path) -> Preprocessing:
+    """The preprocessing the model's training images had, checked against its input shape.
+
+    A model trained before ingest recorded it gets what ingest did then: bicubic, no
+    conversion, no JPEG draft.
+    """
+    channels, height, width = config.image_shape
+    if config.preprocessing is None:
+        return Preprocessing(channels, (height, width), "bicubic", False, 255, False)
+    try:
+        preprocessing = Preprocessing.from_json(config.preprocessing)
+    except ValueError as exc:
+        raise PipelineError(f"{config_path}: {exc}")
+    if (preprocessing.channels, *preprocessing.image_size) != (channels, height, width):
+        raise PipelineError(
+            f"{config_path}: preprocessing gives {preprocessing.channels}x"
+            f"{'x'.join(map(str, preprocessing.image_size))} images, image_shape is {config.image_shape}"
+        )
+    return preprocessing
+
+
+def _decode(path: str, preprocessing: Preprocessing) -> np.ndarray:
+    """The file as ingestion stored the training images."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise PipelineError(f"{path}: cannot be read ({exc.strerror})")
-    channels, height, width = config.image_shape
-    resample = getattr(config, "resample", DEFAULT_RESAMPLE)
-    return decode_image(data, path, channels, (height, width), resample)
+    return decode_image(data, path, preprocessing)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
