@@ -29,12 +29,14 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.urls import redact
 from mlpipeline.images import IMAGE_SUFFIXES
 
-# Fail fast on an unreachable S3 endpoint: one connection attempt of a few seconds, not
-# botocore's and s3fs's retries with backoff (a 138-line traceback after 10 s).
-S3_OPTIONS = {
-    "retries": 1,
-    "config_kwargs": {"connect_timeout": 3, "read_timeout": 30, "retries": {"max_attempts": 1}},
+# The first look at an S3 source fails fast: one attempt with a short connect timeout, not
+# botocore's and s3fs's retries with backoff (which took 10 s to end in a 138-line traceback).
+# Reading the files afterwards keeps s3fs's retries: a million reads meet transient errors.
+S3_PROBE_OPTIONS = {
+    "skip_instance_cache": True,
+    "config_kwargs": {"connect_timeout": 3, "retries": {"max_attempts": 1}},
 }
+S3_PROBE_RETRIES = 1
 REMOTE_ERROR_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec")
 
 
@@ -107,20 +109,30 @@ def open_source(url: str, manifest: str | None) -> Source:
     """Check that ``url`` is a reachable folder and find its labels; errors are one line."""
     shown = redact(url)
     try:
-        fs, root = url_to_fs(url, **(S3_OPTIONS if url.startswith(("s3://", "s3a://")) else {}))
+        fs, root = url_to_fs(url)
+        probe = _probe_fs(url)
     except (ImportError, ValueError) as exc:
         raise PipelineError(f"{shown}: cannot open ingest.source ({exc})")
     root = root.rstrip("/")
     with reaching(shown):
-        if not fs.isdir(root):
-            if fs.exists(root):
+        if not probe.isdir(root):
+            if probe.exists(root):
                 raise PipelineError(
                     f"{shown}: ingest.source must be a folder (a manifest inside it goes in ingest.manifest)"
                 )
             raise PipelineError(f"{shown}: source not found (set ingest.source to a folder)")
-        source = Source(fs, url, root, manifest, labels=[])
+        source = Source(probe, url, root, manifest, labels=[])
         labels = _class_labels(source) if manifest is None else _manifest_labels(source)
     return Source(fs, url, root, manifest, sorted(labels, key=natural_key))
+
+
+def _probe_fs(url: str) -> fsspec.AbstractFileSystem:
+    """The filesystem for the first look at ``url``: for S3, one that gives up at once."""
+    if not url.startswith(("s3://", "s3a://")):
+        return url_to_fs(url)[0]
+    probe = url_to_fs(url, **S3_PROBE_OPTIONS)[0]
+    probe.retries = S3_PROBE_RETRIES
+    return probe
 
 
 @contextmanager

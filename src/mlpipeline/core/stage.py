@@ -11,10 +11,15 @@ from contextlib import contextmanager
 from mlpipeline.core.errors import PipelineError
 
 EXIT_USER_ERROR = 2
+# Libraries that log routine facts at INFO ("Found credentials in environment variables"):
+# a stage's stderr is its summary line or its one error line, so only their warnings show.
+QUIET_LOGGERS = ("botocore", "aiobotocore", "s3fs", "fsspec")
 
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr, force=True)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def run(stage: str, body: Callable[[], None]) -> None:
