@@ -126,6 +126,12 @@ def test_hidden_files_are_skipped_and_other_files_counted(raw: Path) -> None:
     assert dict(result.summary.ignored) == {".gif": 1, ".tiff": 1, ".txt": 1, ".webp": 1}
 
 
+def test_source_inside_a_hidden_folder(tmp_path: Path) -> None:
+    """Only hidden names below the source are skipped: .cache/raw is a source like any other."""
+    raw = make_folder(tmp_path / ".cache" / "raw", COUNTS)
+    assert ingested(raw).classes == ["a", "b", "c"]
+
+
 # --- validation errors name the file ---------------------------------------------------------------
 
 

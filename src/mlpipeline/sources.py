@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.urls import redact
@@ -42,7 +43,7 @@ REMOTE_ERROR_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec")
 
 @dataclass(frozen=True)
 class RawSample:
-    location: str  # the path within the source's filesystem
+    location: str  # the path within the source's filesystem (its root, as fsspec keys it, + name)
     name: str  # stable, machine-independent name: relative to the source root (or as the manifest says)
     label: str
     shown: str  # the source (password redacted) joined with the name: what messages name
@@ -90,14 +91,14 @@ class Source:
         if not images:
             raise PipelineError(f"{_join(self.shown, label)}/: class '{label}' has no images")
         for name in sorted(images, key=natural_key):
-            yield RawSample(_location(self.fs, f"{self.root}/{name}"), name, label, _join(self.shown, name))
+            yield RawSample(f"{self.root}/{name}", name, label, _join(self.shown, name))
 
     def _manifest_rows(self) -> Iterator[RawSample]:
         assert self.manifest is not None
         base = posixpath.dirname(self.manifest)
         for row, rel, label in _read_manifest(self):
             name = _inside(base, rel, f"{_join(self.shown, self.manifest)}: line {row}")
-            yield RawSample(_location(self.fs, f"{self.root}/{name}"), rel, label, _join(self.shown, name))
+            yield RawSample(f"{self.root}/{name}", rel, label, _join(self.shown, name))
 
 
 def natural_key(text: str) -> list[int | str]:
@@ -155,14 +156,26 @@ def read_files(
 
     Remote files are fetched concurrently. ``cat_ranges`` rather than ``cat``: it reads each
     path as given, where ``cat`` would expand glob characters (``scan[1].png``) and miss it.
+    Local files are read with plain ``open``: fsspec's path handling cost a sixth of the time
+    of decoding a small PNG.
     """
+    if isinstance(fs, LocalFileSystem):
+        return [(sample, _read_local(sample.location)) for sample in samples]
     with reaching(samples[0].shown if samples else ""):
         contents = fs.cat_ranges([s.location for s in samples], None, None, on_error="return")
     return [(sample, _read_result(data)) for sample, data in zip(samples, contents, strict=True)]
 
 
+def _read_local(path: str) -> bytes | str:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        return _read_result(error)
+
+
 def _read_result(data: bytes | Exception) -> bytes | str:
-    if isinstance(data, FileNotFoundError):
+    if isinstance(data, (FileNotFoundError, NotADirectoryError)):
         return "file not found"
     if isinstance(data, Exception):
         return f"cannot be read ({_cause(data)})"
@@ -174,7 +187,7 @@ def _class_labels(source: Source) -> list[str]:
     labels = [
         posixpath.basename(d["name"].rstrip("/"))
         for d in entries
-        if d["type"] == "directory" and not _hidden(d["name"])
+        if d["type"] == "directory" and not _hidden(posixpath.basename(d["name"].rstrip("/")))
     ]
     if not labels:
         raise PipelineError(f"{source.shown}: no class folders (the folder layout is <class>/<image>)")
@@ -242,11 +255,6 @@ def _cause(exc: BaseException) -> str:
     """A one-line reason, without any URL's password."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return re.sub(r"\w+://\S+", lambda m: redact(m.group(0)), text)
-
-
-def _location(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """The path as the filesystem keys it (no protocol), so ``fs.cat`` results match."""
-    return fs._strip_protocol(path)
 
 
 def _join(source: str, name: str) -> str:
