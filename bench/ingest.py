@@ -1,8 +1,8 @@
 """Ingest at scale: wall time, images/s, peak RSS and bytes on disk, against a bare Pillow loop.
 
 N PNGs of 32x32 RGB in the image-folder layout (100 classes of smooth colour blobs with noise),
-for N = 100k, 300k and 1M (``--quick``: 100k only). Generated once under ``.cache/bench``: the
-largest folder is written, the smaller ones are hard links to its first N files. Not timed.
+for N = 100k, 300k and 1M (``--quick``: 100k only). Generated once under ``.cache/bench``
+(not timed): one pool of images, and per N a folder of hard links to its first N.
 
 For each N, run as DVC runs it (a child process, ``nice -n 10`` recommended):
 - the ingest stage with ``MLPIPELINE_WORKERS=1`` and ``=2``;
@@ -37,6 +37,7 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / ".cache" / "bench"
+POOL = BENCH_DIR / "rgb32-pool"
 CLASSES = 100
 SIDE = 32
 COUNTS = (100_000, 300_000, 1_000_000)
@@ -44,7 +45,7 @@ FLOOR = """
 import os, sys, numpy as np
 from PIL import Image
 root, side = sys.argv[1], int(sys.argv[2])
-for label in sorted(os.listdir(root)):
+for label in sorted(d for d in os.listdir(root) if not d.startswith(".")):
     for name in sorted(os.listdir(os.path.join(root, label))):
         with open(os.path.join(root, label, name), "rb") as handle:
             image = Image.open(handle)
@@ -80,29 +81,30 @@ def _write_images(args: tuple[str, int, int]) -> None:
         Image.fromarray(pixels).save(image_path(root, index))
 
 
-def generate(count: int, largest: int) -> Path:
-    """``count`` images under BENCH_DIR: the ``largest`` set written, smaller ones linked from it."""
+def generate(count: int) -> Path:
+    """A folder of ``count`` images: hard links to the first ``count`` of one shared pool."""
     root = BENCH_DIR / f"rgb32-{count}"
     stamp = root / ".complete"
     if stamp.exists():
         return root
-    full = BENCH_DIR / f"rgb32-{largest}"
     started = time.perf_counter()
-    if not (full / ".complete").exists():
-        shutil.rmtree(full, ignore_errors=True)
-        steps = [(str(full), s, min(s + 10_000, largest)) for s in range(0, largest, 10_000)]
-        with ProcessPoolExecutor(os.cpu_count()) as pool:
-            list(pool.map(_write_images, steps))
-        (full / ".complete").write_text(f"{largest}\n")
-    if root != full:
-        shutil.rmtree(root, ignore_errors=True)
-        for index in range(count):
-            target = image_path(root, index)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(image_path(full, index), target)
-        stamp.write_text(f"{count}\n")
+    fill_pool(count)
+    shutil.rmtree(root, ignore_errors=True)
+    for index in range(count):
+        target = image_path(root, index)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(image_path(POOL, index), target)
+    stamp.write_text(f"{count}\n")
     print(f"prepared {root} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return root
+
+
+def fill_pool(count: int) -> None:
+    """Write the pool's images up to ``count``, 10k a step; a step whose last image exists is done."""
+    steps = [(str(POOL), s, min(s + 10_000, count)) for s in range(0, count, 10_000)]
+    todo = [step for step in steps if not image_path(POOL, step[2] - 1).exists()]
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(_write_images, todo))
 
 
 def watch(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, float]:
@@ -143,9 +145,9 @@ def run_floor(source: Path) -> Measure:
     )
 
 
-def measure(count: int, largest: int, repeat: int) -> dict[str, Measure]:
+def measure(count: int, repeat: int) -> dict[str, Measure]:
     """The fastest of ``repeat`` runs of each case, run in turn (so a busy spell hits all alike)."""
-    source = generate(count, largest)
+    source = generate(count)
     runs: dict[str, list[Measure]] = {"floor": [], "1 worker": [], "2 workers": []}
     for _ in range(repeat):
         runs["floor"].append(run_floor(source))
@@ -166,7 +168,7 @@ def main() -> None:
     header = f"{'images':>9} {'case':<10} " + " ".join(f"{c:>9}" for c in columns)
     results = {}
     for count in counts:
-        results[count] = measure(count, max(counts), args.repeat)
+        results[count] = measure(count, args.repeat)
         print(header if count == counts[0] else "", flush=True)
         for name, m in results[count].items():
             print(
