@@ -21,12 +21,15 @@ def test_outputs_are_identical_for_one_and_two_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raw = make_folder(tmp_path / "raw", {"a": 90, "b": 70, "c": 40})  # several batches per worker
+    monkeypatch.setattr(ingest, "PARALLEL_FROM", 10)  # small sources are decoded in-process
+    used, ordered_map = [], ingest.ordered_map
+    monkeypatch.setattr(ingest, "ordered_map", lambda f, items, n: used.append(n) or ordered_map(f, items, n))
     outputs = {}
     for workers in ("1", "2"):
         monkeypatch.setenv("MLPIPELINE_WORKERS", workers)
         run_ingest(ingest_params(raw), tmp_path / f"out-{workers}")
         outputs[workers] = output_bytes(tmp_path / f"out-{workers}")
-    assert outputs["1"] == outputs["2"]
+    assert used == [1, 2] and outputs["1"] == outputs["2"]
     assert {name for name in outputs["1"] if name.endswith(".safetensors")} == {
         "train-00000.safetensors",
         "val-00000.safetensors",

@@ -22,7 +22,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -56,6 +56,7 @@ MANIFEST_COLUMNS = (
 )
 STATUSES = (*SPLITS, "duplicate", "held_out", "skipped")  # the manifest's split column, by code
 DUPLICATE, HELD_OUT, SKIPPED = (STATUSES.index(s) for s in ("duplicate", "held_out", "skipped"))
+PARALLEL_FROM = 4096  # fewer images are decoded in this process: starting workers would cost more
 READ_BYTES = 8 * 2**20  # pixels read back from the scratch per step of a split
 SHOWN_BAD_FILES = 3  # bad files named on the error line (all of them go to BAD_FILES)
 
@@ -176,13 +177,17 @@ def decode_all(source: Source, classes: list[str], params: IngestParams, scratch
     preprocessing = params.preprocessing()
     in_flight: deque[list[RawSample]] = deque()
 
+    listed = source.samples()
+    head = list(islice(listed, PARALLEL_FROM))
+    workers = worker_count() if len(head) == PARALLEL_FROM else 1  # spawning costs more than a few images
+    samples = chain(head, listed)
+
     def batches() -> Iterator[Batch]:
-        samples = source.samples()
         while chunk := list(islice(samples, BATCH_IMAGES)):
             in_flight.append(chunk)
             yield Batch(source.fs, chunk, preprocessing, params.max_image_pixels)
 
-    for decoded in ordered_map(decode_batch, batches(), worker_count()):
+    for decoded in ordered_map(decode_batch, batches(), workers):
         chunk = in_flight.popleft()
         scratch.append(chunk, np.array([index[s.label] for s in chunk], dtype=np.int32), decoded)
     scratch.flush()
