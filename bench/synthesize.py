@@ -27,7 +27,7 @@ from common import peak_rss_mib, print_run, print_scaling
 
 from mlpipeline.core.device import limit_threads
 from mlpipeline.core.params import load_section
-from mlpipeline.stages.ingest import IngestParams, ingest, write_ingested
+from mlpipeline.stages.ingest import IngestParams, ingest
 from mlpipeline.stages.synthesize import SynthesizeParams, synthesize
 
 SCRATCH = Path(".cache/bench/synthesize")
@@ -39,8 +39,7 @@ def write_real(side: int) -> Path:
     """The demo digits ingested at ``side`` x ``side``, as the synthesize stage's input."""
     params = dataclasses.replace(load_section(IngestParams, "ingest"), image_size=[side, side])
     out = SCRATCH / f"real-{side}x{side}"
-    result, classes = ingest(params)
-    write_ingested(result, classes, params, out)
+    ingest(params, out)
     return out
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,47 @@ def test_directory_appears_only_on_success(tmp_path: Path) -> None:
         (aside / "z").write_text("3")
     assert [p.name for p in target.iterdir()] == ["z"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped), so nothing runs under it."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def leftover(parent: Path, name: str, pid: int) -> Path:
+    """A temporary as a killed stage leaves it: the aside folder with a partial shard."""
+    aside = parent / f".{name}.tmp-{atomic.HOST}-{pid}"
+    aside.mkdir(parents=True)
+    (aside / "train-00000.safetensors").write_bytes(b"partial")
+    return aside
+
+
+def test_next_run_removes_temporaries_of_dead_processes(tmp_path: Path) -> None:
+    stale_dir = leftover(tmp_path, "out", dead_pid())
+    stale_file = tmp_path / f".model.json.tmp-{atomic.HOST}-{dead_pid()}"
+    stale_file.write_text("half")
+    old_style = tmp_path / f".out.tmp-{dead_pid()}"  # named before the host was part of the name
+    old_style.mkdir()
+    with atomic.directory(tmp_path / "out") as aside:
+        (aside / "x").write_text("1")
+    atomic.write_text(tmp_path / "model.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "out"]
+    assert not stale_dir.exists() and not stale_file.exists() and not old_style.exists()
+
+
+def test_temporaries_of_live_processes_and_other_hosts_are_kept(tmp_path: Path) -> None:
+    """A concurrent run (alive here, or on another machine sharing the folder) keeps its temporary."""
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as sleeper:
+        try:
+            live = leftover(tmp_path, "out", sleeper.pid)
+            elsewhere = tmp_path / f".out.tmp-other-host-{dead_pid()}"
+            elsewhere.mkdir()
+            unrelated = tmp_path / f".outer.tmp-{atomic.HOST}-{dead_pid()}"
+            unrelated.mkdir()
+            with atomic.directory(tmp_path / "out") as aside:
+                (aside / "x").write_text("1")
+            assert live.exists() and elsewhere.exists() and unrelated.exists()
+        finally:
+            sleeper.kill()

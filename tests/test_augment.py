@@ -21,7 +21,7 @@ from mlpipeline.core.params import ParamError, from_mapping
 from mlpipeline.core.seeding import rng
 from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
 from mlpipeline.stages.augment import AugmentParams, augment_dataset
-from mlpipeline.stages.ingest import IngestParams, ingest, write_ingested
+from mlpipeline.stages.ingest import IngestParams, ingest
 
 ALL_OFF = {
     "transforms.affine.probability": 0.0,
@@ -80,9 +80,8 @@ def ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo digits ingested with the repository's params (real train/val/test splits)."""
     params = from_mapping(IngestParams, repo_params()["ingest"], "ingest")
     params = dataclasses.replace(params, source=str(REPO_ROOT / params.source))
-    result, classes = ingest(params)
     out = tmp_path_factory.mktemp("ingested") / "ingested"
-    write_ingested(result, classes, params, out)
+    ingest(params, out)
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import shutil
 from pathlib import Path
 
@@ -11,15 +12,16 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pytest
-from imagedata import ingest_params, make_folder, noise, write_png
+from imagedata import Output, ingest_params, make_folder, noise, run_ingest, write_png
 from PIL import Image
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import Dataset
 from mlpipeline.splitting import SPLITS
-from mlpipeline.stages.ingest import MANIFEST, ingest, write_ingested
+from mlpipeline.stages.ingest import MANIFEST
 
 COUNTS = {"a": 8, "b": 6, "c": 5}
+_RUNS = itertools.count()
 
 
 @pytest.fixture
@@ -28,16 +30,24 @@ def raw(tmp_path: Path) -> Path:
     return make_folder(tmp_path / "raw", COUNTS)
 
 
+@pytest.fixture(autouse=True)
+def out_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MLPIPELINE_WORKERS", "1")  # tests/test_ingest_workers.py runs several
+    return tmp_path
+
+
+def ingested(source: Path | str, out: Path | None = None, **overrides) -> Output:
+    """Ingest ``source`` (with ``overrides`` of the repository's params) and read back the output."""
+    out = out or Path(source).parent / f"out-{next(_RUNS)}"
+    return run_ingest(ingest_params(source, **overrides), out)
+
+
 def refusal(source: Path | str, **overrides) -> str:
     with pytest.raises(PipelineError) as caught:
-        ingest(ingest_params(source, **overrides))
+        ingested(source, **overrides)
     message = str(caught.value)
     assert "\n" not in message
     return message
-
-
-def split_of(result, name: str) -> str:
-    return result.manifest.set_index("source").loc[name, "split"]
 
 
 # --- the happy paths -------------------------------------------------------------------------------
@@ -45,23 +55,22 @@ def split_of(result, name: str) -> str:
 
 def test_folder_is_read_in_natural_order(tmp_path: Path) -> None:
     raw = make_folder(tmp_path / "raw", {"10": 4, "2": 4, "1": 4})
-    result, classes = ingest(ingest_params(raw))
-    assert classes == ["1", "2", "10"]
-    assert result.images.shape == (12, 1, 8, 8) and result.images.dtype == np.uint8
-    assert result.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    result = ingested(raw)
+    assert result.classes == ["1", "2", "10"]
+    images = result.images()
+    assert images.shape == (12, 1, 8, 8) and images.dtype == np.uint8
+    assert result.manifest["label"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert result.manifest["source"].tolist()[:2] == ["1/000.png", "1/001.png"]
-    expected = np.asarray(Image.open(raw / "2" / "003.png"))
-    np.testing.assert_array_equal(result.images[7, 0], expected)
+    np.testing.assert_array_equal(images[7, 0], np.asarray(Image.open(raw / "2" / "003.png")))
 
 
 def test_declared_classes_fix_the_order(raw: Path) -> None:
-    _, classes = ingest(ingest_params(raw, classes=["c", "a", "b"]))
-    assert classes == ["c", "a", "b"]
+    assert ingested(raw, classes=["c", "a", "b"]).classes == ["c", "a", "b"]
 
 
 def test_every_class_reaches_every_split(raw: Path) -> None:
-    result, _ = ingest(ingest_params(raw))
-    table = pd.crosstab(result.manifest["class"], result.manifest["split"])
+    manifest = ingested(raw).manifest
+    table = pd.crosstab(manifest["class"], manifest["split"])
     assert (table[list(SPLITS)] >= 1).all().all()
     assert table.sum(axis=1).to_dict() == COUNTS
 
@@ -70,10 +79,10 @@ def test_rgb_images_with_three_channels(tmp_path: Path) -> None:
     for label in "xyz":
         for n in range(4):
             write_png(tmp_path / "rgb" / label / f"{n}.png", noise(hash((label, n)) % 2**32, rgb=True))
-    result, _ = ingest(ingest_params(tmp_path / "rgb", channels=3))
-    assert result.images.shape == (12, 3, 8, 8)
+    result = ingested(tmp_path / "rgb", channels=3)
+    assert result.images().shape == (12, 3, 8, 8)
     pixels = np.asarray(Image.open(tmp_path / "rgb" / "x" / "0.png"))
-    np.testing.assert_array_equal(result.images[0], pixels.transpose(2, 0, 1))
+    np.testing.assert_array_equal(result.pixels("x/0.png"), pixels.transpose(2, 0, 1))
 
 
 def test_jpeg_and_bmp_are_read(raw: Path) -> None:
@@ -81,8 +90,7 @@ def test_jpeg_and_bmp_are_read(raw: Path) -> None:
         buffer = io.BytesIO()
         Image.fromarray(noise(99)).save(buffer, format=fmt)
         (raw / "a" / f"extra.{suffix}").write_bytes(buffer.getvalue())
-    result, _ = ingest(ingest_params(raw))
-    assert {"a/extra.jpg", "a/extra.bmp"} <= set(result.manifest["source"])
+    assert {"a/extra.jpg", "a/extra.bmp"} <= set(ingested(raw).manifest["source"])
 
 
 def test_other_sizes_are_resized_with_the_stated_filter(raw: Path) -> None:
@@ -92,29 +100,36 @@ def test_other_sizes_are_resized_with_the_stated_filter(raw: Path) -> None:
         ("bicubic", Image.Resampling.BICUBIC),
         ("nearest", Image.Resampling.NEAREST),
     ):
-        result, _ = ingest(ingest_params(raw, resample=resample))
-        row = result.manifest["source"].tolist().index("a/big.png")
+        result = ingested(raw, resample=resample)
         expected = np.asarray(Image.fromarray(big).resize((8, 8), pil_filter))
-        np.testing.assert_array_equal(result.images[row, 0], expected)
+        np.testing.assert_array_equal(result.pixels("a/big.png")[0], expected)
 
 
 def test_image_size_sets_the_output_shape(raw: Path) -> None:
-    result, _ = ingest(ingest_params(raw, image_size=[5, 12]))
-    assert result.images.shape[1:] == (1, 5, 12)
+    assert ingested(raw, image_size=[5, 12]).images().shape[1:] == (1, 5, 12)
 
 
 def test_file_names_with_glob_characters(raw: Path) -> None:
     write_png(raw / "a" / "scan[1]*.png", noise(555))
-    result, _ = ingest(ingest_params(raw))
-    assert "a/scan[1]*.png" in set(result.manifest["source"])
+    assert "a/scan[1]*.png" in set(ingested(raw).manifest["source"])
 
 
-def test_hidden_and_non_image_files_are_skipped(raw: Path) -> None:
+def test_hidden_files_are_skipped_and_other_files_counted(raw: Path) -> None:
     (raw / "a" / "notes.txt").write_text("not an image")
     (raw / "a" / ".DS_Store").write_bytes(b"\0")
+    write_png(raw / "a" / ".thumbs" / "x.png", noise(78))
     write_png(raw / ".cache" / "x.png", noise(77))
-    result, classes = ingest(ingest_params(raw))
-    assert classes == ["a", "b", "c"] and len(result.manifest) == sum(COUNTS.values())
+    for fmt, suffix in (("GIF", "gif"), ("WEBP", "webp"), ("TIFF", "tiff")):
+        Image.fromarray(noise(5)).save(raw / "b" / f"extra.{suffix}", format=fmt)
+    result = ingested(raw)
+    assert result.classes == ["a", "b", "c"] and len(result.manifest) == sum(COUNTS.values())
+    assert dict(result.summary.ignored) == {".gif": 1, ".tiff": 1, ".txt": 1, ".webp": 1}
+
+
+def test_source_inside_a_hidden_folder(tmp_path: Path) -> None:
+    """Only hidden names below the source are skipped: .cache/raw is a source like any other."""
+    raw = make_folder(tmp_path / ".cache" / "raw", COUNTS)
+    assert ingested(raw).classes == ["a", "b", "c"]
 
 
 # --- validation errors name the file ---------------------------------------------------------------
@@ -143,20 +158,75 @@ def test_unsupported_format_with_an_image_suffix(raw: Path) -> None:
     assert refusal(raw).startswith(f"{raw}/c/001.png: GIF images are not supported")
 
 
-def test_rgb_image_when_channels_is_one(raw: Path) -> None:
+def test_every_bad_file_is_listed_in_one_run(raw: Path) -> None:
+    (raw / "a" / "001.png").write_bytes(b"")
+    (raw / "b" / "002.png").write_bytes(b"text")
+    (raw / "c" / "003.png").write_bytes(b"")
+    (raw / "c" / "004.png").write_bytes(b"more text")
+    with pytest.raises(PipelineError) as caught:
+        ingested(raw)
+    assert caught.value.files == [  # type: ignore[attr-defined]
+        (f"{raw}/a/001.png", "file is empty"),
+        (f"{raw}/b/002.png", "not a decodable image (expected PNG, JPEG or BMP)"),
+        (f"{raw}/c/003.png", "file is empty"),
+        (f"{raw}/c/004.png", "not a decodable image (expected PNG, JPEG or BMP)"),
+    ]
+    assert str(caught.value) == (
+        f"4 bad files, the first: {raw}/a/001.png: file is empty; {raw}/b/002.png: not a decodable image "
+        f"(expected PNG, JPEG or BMP); {raw}/c/003.png: file is empty"
+    )
+
+
+def test_bad_files_can_be_skipped_and_are_recorded(raw: Path) -> None:
+    (raw / "a" / "001.png").write_bytes(b"")
+    (raw / "b" / "002.png").write_bytes(b"text")
+    result = ingested(raw, on_bad_file="skip")
+    manifest = result.manifest.set_index("source")
+    assert manifest.loc["a/001.png", ["split", "error", "index"]].tolist() == ["skipped", "file is empty", -1]
+    assert manifest.loc["b/002.png", "error"].startswith("not a decodable image")
+    assert manifest.loc["a/001.png", ["file_sha256", "pixel_sha256", "mode"]].tolist() == ["", "", ""]
+    assert result.summary.counts["skipped"] == 2
+    assert len(result.images()) == sum(COUNTS.values()) - 2
+
+
+def test_image_over_the_decompression_bomb_limit(raw: Path) -> None:
+    write_png(raw / "a" / "huge.png", noise(3, size=(30, 20)))
+    assert refusal(raw, max_image_pixels=500) == (
+        f"{raw}/a/huge.png: 20x30 is 600 pixels, over the decompression-bomb limit of 500 "
+        "(ingest.max_image_pixels)"
+    )
+    assert len(ingested(raw, max_image_pixels=600).manifest) == sum(COUNTS.values()) + 1
+
+
+def test_decompression_bomb_is_refused_from_its_header(raw: Path) -> None:
+    """A 20000x20000 PNG (a few hundred KB, 400 M pixels) is refused before any decoding."""
+    header = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(header, format="PNG")
+    (raw / "a" / "bomb.png").write_bytes(header.getvalue())
+    assert refusal(raw).startswith(
+        f"{raw}/a/bomb.png: 20000x20000 is 400,000,000 pixels, "
+        "over the decompression-bomb limit of 178,956,970"
+    )
+
+
+def test_rgb_image_when_channels_is_one_and_conversion_is_off(raw: Path) -> None:
     write_png(raw / "a" / "004.png", noise(5, rgb=True))
-    assert refusal(raw) == f"{raw}/a/004.png: has 3 channel(s) (RGB), ingest.channels is 1"
+    assert refusal(raw, convert=False) == (
+        f"{raw}/a/004.png: has 3 channel(s) (RGB), ingest.channels is 1 (ingest.convert: true converts it)"
+    )
 
 
-def test_gray_image_when_channels_is_three(raw: Path) -> None:
-    assert refusal(raw, channels=3) == f"{raw}/a/000.png: has 1 channel(s) (L), ingest.channels is 3"
+def test_gray_image_when_channels_is_three_and_conversion_is_off(raw: Path) -> None:
+    assert refusal(raw, channels=3, convert=False).startswith(
+        f"19 bad files, the first: {raw}/a/000.png: has 1 channel(s) (L), ingest.channels is 3"
+    )
 
 
-def test_sixteen_bit_image(raw: Path) -> None:
+def test_sixteen_bit_image_when_conversion_is_off(raw: Path) -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(buffer, format="PNG")
     (raw / "a" / "004.png").write_bytes(buffer.getvalue())
-    assert refusal(raw).startswith(f"{raw}/a/004.png: pixel mode I;16")
+    assert refusal(raw, convert=False).startswith(f"{raw}/a/004.png: has 1 16-bit channel(s) (I;16)")
 
 
 def test_label_outside_declared_classes(raw: Path) -> None:
@@ -180,6 +250,11 @@ def test_folder_without_class_folders(tmp_path: Path) -> None:
     assert refusal(tmp_path / "flat").startswith(f"{tmp_path / 'flat'}: no class folders")
 
 
+def test_single_class_is_refused(tmp_path: Path) -> None:
+    raw = make_folder(tmp_path / "raw", {"cat": 10})
+    assert refusal(raw) == f"{raw}: one class only ('cat'); a classifier needs at least two"
+
+
 def test_class_too_small_for_the_split(tmp_path: Path) -> None:
     raw = make_folder(tmp_path / "raw", {"a": 8, "b": 3})
     assert refusal(raw) == (
@@ -198,6 +273,11 @@ def test_missing_source(tmp_path: Path) -> None:
     assert refusal(tmp_path / "nowhere").startswith(f"{tmp_path / 'nowhere'}: source not found")
 
 
+def test_source_must_be_a_folder(raw: Path) -> None:
+    manifest = write_manifest(raw / "labels.csv", folder_rows(raw))
+    assert refusal(manifest).startswith(f"{manifest}: ingest.source must be a folder")
+
+
 def test_unknown_protocol() -> None:
     assert refusal("nosuchproto://bucket/data").startswith(
         "nosuchproto://bucket/data: cannot open ingest.source"
@@ -211,8 +291,7 @@ def test_duplicates_with_the_same_label_are_dropped_before_splitting(raw: Path) 
     for n in range(COUNTS["a"]):  # every image of class a twice more
         for copy in ("x", "y"):
             shutil.copy(raw / "a" / f"{n:03d}.png", raw / "a" / f"{n:03d}{copy}.png")
-    result, _ = ingest(ingest_params(raw))
-    manifest = result.manifest
+    manifest = ingested(raw).manifest
     assert (manifest["split"] == "duplicate").sum() == 2 * COUNTS["a"]
     assert set(manifest.loc[manifest["split"] == "duplicate", "source"]) == {
         f"a/{n:03d}{copy}.png" for n in range(COUNTS["a"]) for copy in "xy"
@@ -232,8 +311,7 @@ def test_duplicates_are_found_after_decoding(raw: Path) -> None:
     """A PNG re-encoded differently is the same image: file hashes differ, pixel hashes match."""
     pixels = np.asarray(Image.open(raw / "a" / "000.png"))
     Image.fromarray(pixels).save(raw / "a" / "recoded.png", compress_level=0)
-    result, _ = ingest(ingest_params(raw))
-    rows = result.manifest.set_index("source").loc[["a/000.png", "a/recoded.png"]]
+    rows = ingested(raw).manifest.set_index("source").loc[["a/000.png", "a/recoded.png"]]
     assert rows["file_sha256"].nunique() == 2 and rows["pixel_sha256"].nunique() == 1
     assert rows["split"].tolist()[1] == "duplicate"
 
@@ -251,55 +329,83 @@ def folder_rows(raw: Path, prefix: str = "") -> list[tuple[str, str]]:
     return [(f"{prefix}{p.parent.name}/{p.name}", p.parent.name) for p in sorted(raw.glob("*/*.png"))]
 
 
-def test_manifest_gives_the_same_data_as_the_folder(raw: Path, tmp_path: Path) -> None:
-    manifest = write_manifest(tmp_path / "meta" / "labels.csv", folder_rows(raw, prefix="../raw/"))
-    from_folder, _ = ingest(ingest_params(raw))
-    from_manifest, classes = ingest(ingest_params(manifest))  # layout auto: *.csv is a manifest
-    assert classes == ["a", "b", "c"]
-    np.testing.assert_array_equal(from_manifest.images, from_folder.images)
+def test_manifest_gives_the_same_data_as_the_folder(raw: Path) -> None:
+    from_folder = ingested(raw)
+    write_manifest(raw / "meta" / "labels.csv", folder_rows(raw, prefix="../"))
+    from_manifest = ingested(raw, manifest="meta/labels.csv")
+    assert from_manifest.classes == ["a", "b", "c"]
+    np.testing.assert_array_equal(from_manifest.images(), from_folder.images())
     np.testing.assert_array_equal(from_manifest.manifest["split"], from_folder.manifest["split"])
-    assert from_manifest.manifest["source"].iloc[0] == "../raw/a/000.png"
+    assert from_manifest.manifest["source"].iloc[0] == "../a/000.png"
 
 
-def test_manifest_layout_can_be_forced(raw: Path) -> None:
-    manifest = write_manifest(raw / "labels.txt", folder_rows(raw))
-    result, _ = ingest(ingest_params(manifest, layout="manifest"))
-    assert len(result.manifest) == sum(COUNTS.values())
+def test_manifest_keeps_its_row_order(raw: Path) -> None:
+    rows = folder_rows(raw)[::-1]
+    write_manifest(raw / "labels.csv", rows)
+    assert ingested(raw, manifest="labels.csv").manifest["source"].tolist() == [p for p, _ in rows]
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("../outside.png", "points outside ingest.source, which DVC hashes"),
+        ("a/../../raw/a/000.png", "points outside ingest.source, which DVC hashes"),
+        ("/etc/passwd", "is not a path inside ingest.source (absolute or a URL)"),
+        ("s3://other-bucket/x.png", "is not a path inside ingest.source (absolute or a URL)"),
+    ],
+)
+def test_manifest_paths_outside_the_source_are_refused(raw: Path, path: str, problem: str) -> None:
+    write_png(raw.parent / "outside.png", noise(1000))
+    write_manifest(raw / "labels.csv", [*folder_rows(raw), (path, "a")])
+    assert refusal(raw, manifest="labels.csv") == f"{raw}/labels.csv: line 21: '{path}' {problem}"
+
+
+def test_manifest_itself_must_be_inside_the_source(raw: Path) -> None:
+    write_manifest(raw.parent / "labels.csv", folder_rows(raw, prefix="raw/"))
+    assert refusal(raw, manifest="../labels.csv") == (
+        "ingest.manifest: '../labels.csv' points outside ingest.source, which DVC hashes"
+    )
 
 
 def test_manifest_with_a_byte_order_mark(raw: Path) -> None:
     """Spreadsheets export CSV with a UTF-8 BOM; it must not hide the 'path' column."""
     manifest = write_manifest(raw / "labels.csv", folder_rows(raw))
     manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
-    result, _ = ingest(ingest_params(manifest))
-    assert len(result.manifest) == sum(COUNTS.values())
+    assert len(ingested(raw, manifest="labels.csv").manifest) == sum(COUNTS.values())
 
 
 def test_manifest_missing_column(raw: Path) -> None:
     manifest = write_manifest(raw / "labels.csv", folder_rows(raw), header="file,label")
-    assert refusal(manifest) == f"{manifest}: manifest needs columns 'path,label', missing path"
+    assert (
+        refusal(raw, manifest="labels.csv")
+        == f"{manifest}: manifest needs columns 'path,label', missing path"
+    )
+
+
+def test_manifest_not_found(raw: Path) -> None:
+    assert refusal(raw, manifest="labels.csv").startswith(f"{raw}/labels.csv: manifest not found")
 
 
 def test_manifest_missing_file(raw: Path) -> None:
-    manifest = write_manifest(raw / "labels.csv", [*folder_rows(raw), ("a/nope.png", "a")])
-    assert refusal(manifest) == f"{raw}/a/nope.png: file not found"
+    write_manifest(raw / "labels.csv", [*folder_rows(raw), ("a/nope.png", "a")])
+    assert refusal(raw, manifest="labels.csv") == f"{raw}/a/nope.png: file not found"
 
 
 def test_manifest_empty_label(raw: Path) -> None:
     manifest = write_manifest(raw / "labels.csv", [("a/000.png", ""), *folder_rows(raw)[1:]])
-    assert refusal(manifest) == f"{manifest}: line 2 has an empty path or label"
+    assert refusal(raw, manifest="labels.csv") == f"{manifest}: line 2 has an empty path or label"
 
 
 def test_manifest_label_outside_declared_classes(raw: Path) -> None:
-    manifest = write_manifest(raw / "labels.csv", [*folder_rows(raw)[:-1], ("c/004.png", "q")])
-    assert refusal(manifest, classes=["a", "b", "c"]) == (
+    write_manifest(raw / "labels.csv", [*folder_rows(raw)[:-1], ("c/004.png", "q")])
+    assert refusal(raw, manifest="labels.csv", classes=["a", "b", "c"]) == (
         f"{raw}/c/004.png: label 'q' is not in ingest.classes ['a', 'b', 'c']"
     )
 
 
 def test_manifest_that_is_not_csv(raw: Path) -> None:
     (raw / "labels.csv").write_bytes(b"\xff\xfe\x00binary")
-    assert refusal(raw / "labels.csv").startswith(f"{raw}/labels.csv: not a readable CSV manifest")
+    assert refusal(raw, manifest="labels.csv").startswith(f"{raw}/labels.csv: not a readable CSV manifest")
 
 
 # --- keep_train_fraction, remote filesystems, output -----------------------------------------------
@@ -307,61 +413,71 @@ def test_manifest_that_is_not_csv(raw: Path) -> None:
 
 def test_keep_train_fraction_thins_only_train(tmp_path: Path) -> None:
     raw = make_folder(tmp_path / "raw", {"a": 40, "b": 20})
-    full, _ = ingest(ingest_params(raw))
-    half, _ = ingest(ingest_params(raw, keep_train_fraction=0.5))
-    full_split, half_split = full.manifest["split"], half.manifest["split"]
+    full, half = ingested(raw).manifest, ingested(raw, keep_train_fraction=0.5).manifest
+    full_split, half_split = full["split"], half["split"]
     assert (half_split[full_split != "train"] == full_split[full_split != "train"]).all()
-    per_class = half.manifest[half_split == "train"].groupby("class").size().to_dict()
-    full_train = full.manifest[full_split == "train"].groupby("class").size().to_dict()
+    per_class = half[half_split == "train"].groupby("class").size().to_dict()
+    full_train = full[full_split == "train"].groupby("class").size().to_dict()
     assert per_class == {label: round(n / 2) for label, n in full_train.items()}
     assert set(half_split[full_split == "train"]) == {"train", "held_out"}
 
 
-def test_remote_filesystem_reads_like_a_local_folder(raw: Path) -> None:
+def test_remote_filesystem_reads_like_a_local_folder(raw: Path, tmp_path: Path) -> None:
     memory = fsspec.filesystem("memory")
     root = f"/ingest-test-{id(raw)}"
     try:
         for path in sorted(raw.rglob("*.png")):
             memory.pipe(f"{root}/{path.relative_to(raw).as_posix()}", path.read_bytes())
-        remote, _ = ingest(ingest_params(f"memory://{root}"))
+        remote = ingested(f"memory://{root}", tmp_path / "remote")
         rows = [f"{p.parent.name}/{p.name},{p.parent.name}" for p in sorted(raw.rglob("*.png"))]
         memory.pipe(f"{root}/labels.csv", ("path,label\n" + "\n".join(rows) + "\n").encode())
-        remote_manifest, _ = ingest(ingest_params(f"memory://{root}/labels.csv"))
+        remote_manifest = ingested(f"memory://{root}", tmp_path / "remote-manifest", manifest="labels.csv")
         memory.rm(f"{root}/b/001.png")
-        missing = refusal(f"memory://{root}/labels.csv")
+        with pytest.raises(PipelineError) as caught:
+            ingested(f"memory://{root}", tmp_path / "missing", manifest="labels.csv")
     finally:
         memory.rm(root, recursive=True)
-    local, _ = ingest(ingest_params(raw))
-    np.testing.assert_array_equal(remote.images, local.images)
-    np.testing.assert_array_equal(remote_manifest.images, local.images)
+    local = ingested(raw)
+    np.testing.assert_array_equal(remote.images(), local.images())
+    np.testing.assert_array_equal(remote_manifest.images(), local.images())
     pd.testing.assert_frame_equal(remote.manifest, local.manifest)
-    assert missing == f"memory://{root}/b/001.png: file not found"
+    assert str(caught.value) == f"memory://{root}/b/001.png: file not found"
 
 
 def test_output_matches_the_manifest(raw: Path, tmp_path: Path) -> None:
     shutil.copy(raw / "a" / "000.png", raw / "a" / "dup.png")
-    params = ingest_params(raw)
-    result, classes = ingest(params)
-    counts = write_ingested(result, classes, params, tmp_path / "out")
+    result = ingested(raw, tmp_path / "out")
     dataset = Dataset(tmp_path / "out")
     manifest = pd.read_csv(tmp_path / "out" / MANIFEST)
-    assert counts == {"train": 13, "val": 3, "test": 3, "duplicate": 1, "held_out": 0}
-    assert dataset.classes == classes and dataset.image_shape == (1, 8, 8)
+    assert result.summary.counts == {
+        "train": 13, "val": 3, "test": 3, "duplicate": 1, "held_out": 0, "skipped": 0
+    }  # fmt: skip
+    assert dataset.classes == result.classes and dataset.image_shape == (1, 8, 8)
     for split in SPLITS:
         images, labels = dataset.load(split)
         rows = manifest[manifest["split"] == split]
-        assert len(images) == counts[split] == dataset.count(split)
+        assert len(images) == result.summary.counts[split] == dataset.count(split)
         assert rows["index"].tolist() == list(range(len(rows)))
         for _, row in rows.iterrows():
             assert hashlib.sha256(images[row["index"]].tobytes()).hexdigest() == row["pixel_sha256"]
-            assert labels[row["index"]] == row["label"] == classes.index(row["class"])
+            assert labels[row["index"]] == row["label"] == result.classes.index(row["class"])
     assert manifest.loc[manifest["source"] == "a/dup.png", "index"].item() == -1
+    assert set(manifest["mode"]) == {"L"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]  # the scratch is gone
+
+
+def test_output_records_the_preprocessing(raw: Path, tmp_path: Path) -> None:
+    ingested(raw, tmp_path / "out", resample="nearest", background=0)
+    recorded = Dataset(tmp_path / "out").info.attributes["preprocessing"]
+    assert recorded == {
+        "channels": 1, "image_size": [8, 8], "resample": "nearest", "convert": True, "background": 0,
+        "jpeg_draft": True,
+    }  # fmt: skip
 
 
 def test_output_is_byte_identical_across_runs(raw: Path, tmp_path: Path) -> None:
-    params = ingest_params(raw)
     for out in ("one", "two"):
-        write_ingested(*ingest(params), params, tmp_path / out)
+        ingested(raw, tmp_path / out)
     files = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "two").iterdir())
     for name in files:

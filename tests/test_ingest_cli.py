@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from conftest import REPO_ROOT, repo_params, run
 from imagedata import make_folder, noise, write_png
 
+from mlpipeline.core import atomic
 from mlpipeline.core.shards import Dataset
 
 
@@ -37,8 +39,11 @@ def run_stage(cwd: Path):
 
 def manifest_without(column: str) -> Callable[[Path], None]:
     def damage(root: Path) -> None:
-        rows = [f"{p.relative_to(root).as_posix()},{p.parent.name}" for p in sorted(root.glob("raw/*/*.png"))]
-        (root / "labels.csv").write_text(f"{column},label\n" + "\n".join(rows) + "\n")
+        rows = [
+            f"{p.relative_to(root / 'raw').as_posix()},{p.parent.name}"
+            for p in sorted(root.glob("raw/*/*.png"))
+        ]
+        (root / "raw" / "labels.csv").write_text(f"{column},label\n" + "\n".join(rows) + "\n")
 
     return damage
 
@@ -64,8 +69,23 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], str]] = {
     ),
     "empty file": (lambda root: (root / "raw/c/001.png").write_bytes(b""), "raw/c/001.png: file is empty"),
     "wrong channels": (
-        lambda root: write_png(root / "raw/a/004.png", noise(1, rgb=True)),
+        lambda root: (
+            write_png(root / "raw/a/004.png", noise(1, rgb=True)),
+            edit_params(convert=False)(root),
+        ),
         "raw/a/004.png: has 3 channel(s) (RGB), ingest.channels is 1",
+    ),
+    "single class": (
+        lambda root: (shutil.rmtree(root / "raw/b"), shutil.rmtree(root / "raw/c")),
+        "raw: one class only ('a'); a classifier needs at least two",
+    ),
+    "over the pixel limit": (
+        edit_params(max_image_pixels=63),
+        "19 bad files, the first: raw/a/000.png: 8x8 is 64 pixels, over the decompression-bomb limit of 63",
+    ),
+    "manifest outside the source": (
+        edit_params(manifest="../labels.csv"),
+        "ingest.manifest: '../labels.csv' points outside ingest.source, which DVC hashes",
     ),
     "label not declared": (
         edit_params(classes=["a", "b"]),
@@ -85,21 +105,21 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], str]] = {
         "raw/c/zz.png: same image as raw/a/003.png but a different label; fix or remove one of them",
     ),
     "manifest column": (
-        lambda root: (manifest_without("file")(root), edit_params(source="labels.csv")(root)),
-        "labels.csv: manifest needs columns 'path,label', missing path",
+        lambda root: (manifest_without("file")(root), edit_params(manifest="labels.csv")(root)),
+        "raw/labels.csv: manifest needs columns 'path,label', missing path",
     ),
     "manifest file missing": (
         lambda root: (
             manifest_without("path")(root),
             (root / "raw/a/000.png").unlink(),
-            edit_params(source="labels.csv")(root),
+            edit_params(manifest="labels.csv")(root),
         ),
         "raw/a/000.png: file not found",
     ),
     "source missing": (edit_params(source="nowhere"), "nowhere: source not found"),
     "unknown param": (
         edit_params(sourc="raw"),
-        "params.yaml: ingest.sourc is not a known param (allowed: source, layout, classes, channels, ",
+        "params.yaml: ingest.sourc is not a known param (allowed: source, manifest, classes, channels, ",
     ),
     "fractions": (
         edit_params(split={"train": 0.8, "val": 0.15, "test": 0.15}),
@@ -131,4 +151,37 @@ def test_good_input_writes_one_summary_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("ingest: read 19 images in 3 classes from raw;")
     assert "wrote data/ingested (train 13, val 3, test 3; dropped 0 duplicates, held out 0)" in lines[0]
     assert Dataset(root / "data" / "ingested").splits == ["test", "train", "val"]
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["ingested"]
+
+
+def test_every_bad_file_is_listed_then_a_fixed_run_clears_the_list(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    for name in ("a/001.png", "a/002.png", "b/002.png", "c/003.png"):
+        (root / "raw" / name).write_bytes(b"")
+    result = run_stage(root)
+    assert result.returncode == 2
+    assert result.stderr.startswith("ingest: error: 4 bad files, the first: raw/a/001.png: file is empty; ")
+    assert result.stderr.rstrip().endswith(
+        "(all 4 listed in reports/ingest/bad_files.csv; ingest.on_bad_file: skip leaves them out)"
+    )
+    listed = (root / "reports/ingest/bad_files.csv").read_text().splitlines()
+    assert listed == [
+        "file,error",
+        *(f"raw/{n},file is empty" for n in ("a/001.png", "a/002.png", "b/002.png", "c/003.png")),
+    ]
+    edit_params(on_bad_file="skip")(root)
+    result = run_stage(root)
+    assert result.returncode == 0, result.stderr
+    assert "skipped 4 bad files (see the manifest's error column)" in result.stderr
+    assert not (root / "reports/ingest/bad_files.csv").exists()
+
+
+def test_a_run_removes_what_a_killed_run_left(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for leftover in (f".ingested.tmp-{atomic.HOST}-{dead.pid}", f".ingested.tmp-{dead.pid}"):
+        (root / "data" / leftover).mkdir(parents=True)
+        (root / "data" / leftover / "train-00000.safetensors").write_bytes(b"partial")
+    assert run_stage(root).returncode == 0
     assert sorted(p.name for p in (root / "data").iterdir()) == ["ingested"]

@@ -7,14 +7,25 @@ Stages that need tiny settings to run quickly in tests put them in ``tests/tiny_
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from conftest import run, set_params
-from dvcflow import assert_up_to_date, dvc, locked_outputs, output_digests, use_tiny_params
+from dvcflow import (
+    assert_up_to_date,
+    commit_all,
+    dvc,
+    locked_outputs,
+    output_digests,
+    stages_ran,
+    use_tiny_params,
+)
+from imagedata import make_folder, noise, write_png
 
 from mlpipeline.core.shards import Dataset
 from mlpipeline.splitting import SPLITS
@@ -66,3 +77,25 @@ def test_whole_pipeline_under_dvc(pipeline_repo: Path) -> None:
         assert output.exists(), output
     assert_up_to_date(pipeline_repo)
     assert_forced_runs_identical(pipeline_repo)
+
+
+@pytest.mark.slow
+def test_every_image_a_manifest_lists_is_a_dependency(pipeline_repo: Path) -> None:
+    """Overwriting one listed image makes ingest stale and reruns it: the folder is the dep."""
+    raw = make_folder(pipeline_repo / "data" / "raw" / "mini", {"a": 6, "b": 6, "c": 6})
+    rows = [f"{p.relative_to(raw).as_posix()},{p.parent.name}" for p in sorted(raw.rglob("*.png"))]
+    (raw / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    shutil.move(raw / "c", raw / "images-c")  # listed by the manifest only, under another folder name
+    (raw / "labels.csv").write_text((raw / "labels.csv").read_text().replace("c/", "images-c/"))
+    set_params(pipeline_repo, {"ingest.source": "data/raw/mini", "ingest.manifest": "labels.csv"})
+    dvc(pipeline_repo, "repro", "ingest")
+    commit_all(pipeline_repo, "ingest the mini manifest")
+    assert_up_to_date(pipeline_repo, "ingest")
+
+    write_png(raw / "images-c" / "002.png", noise(999))
+    assert "ingest" in json.loads(dvc(pipeline_repo, "status", "--json", "ingest").stdout)
+    assert stages_ran(dvc(pipeline_repo, "repro", "ingest").stdout) == ["ingest"]
+    manifest = pd.read_csv(pipeline_repo / "data" / "ingested" / "manifest.csv").set_index("source")
+    assert (
+        manifest.loc["images-c/002.png", "pixel_sha256"] == hashlib.sha256(noise(999).tobytes()).hexdigest()
+    )

@@ -3,7 +3,9 @@ model's safetensors round trip."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -11,15 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import repo_params, run
+from conftest import run
+from imagedata import ingest_params, run_ingest
 from PIL import Image
 from tiny_model import CLASSES, tiny_images, tiny_model, write_tiny_model
 
-from mlpipeline.core.params import from_mapping
+from mlpipeline.core.shards import Dataset
 from mlpipeline.inference import predict_probabilities
-from mlpipeline.model_files import load_model, save_model
+from mlpipeline.model_files import ModelError, load_model, save_model
 from mlpipeline.predict import predict_paths
-from mlpipeline.stages.ingest import IngestParams, ingest
 
 CPU = torch.device("cpu")
 
@@ -122,22 +124,45 @@ def test_predict_paths_reports_errors_in_the_frame(files: dict[str, Path], tmp_p
     assert frame[["label", "probability"]][1:].isna().all(axis=None)
 
 
-def test_predict_matches_the_ingested_pixels(tmp_path: Path) -> None:
-    """Raw files predicted directly score exactly as their ingested (resized) arrays do."""
+@pytest.mark.parametrize("resample", ["bicubic", "nearest"])
+def test_predict_matches_the_ingested_pixels(tmp_path: Path, resample: str) -> None:
+    """Raw files predicted directly score exactly as their ingested (resized) arrays do, whatever
+    ``ingest.resample`` was: the model carries the preprocessing ingest recorded."""
     images, labels = tiny_images(10, seed=3)
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-        save_png(tmp_path / "raw" / CLASSES[label] / f"{i}.png", image, scale=2)  # 16x16 -> 8x8
-    section = {**repo_params()["ingest"], "source": str(tmp_path / "raw"), "classes": CLASSES}
-    ingested, _ = ingest(from_mapping(IngestParams, section, "ingest"))
+        save_png(tmp_path / "raw" / CLASSES[label] / f"{i}.png", image[:, :7], scale=3)  # 21x24 -> 8x8
+    params = ingest_params(tmp_path / "raw", classes=CLASSES, resample=resample)
+    ingested = run_ingest(params, tmp_path / "ingested")
     model, config = tiny_model()
-    save_model(model, config, tmp_path / "models")
+    preprocessing = Dataset(tmp_path / "ingested").info.attributes["preprocessing"]
+    save_model(model, dataclasses.replace(config, preprocessing=preprocessing), tmp_path / "models")
 
     paths = [str(tmp_path / "raw" / name) for name in ingested.manifest["source"]]
     frame = predict_paths(paths, tmp_path / "models", device="cpu", batch_size=64)
-    expected = predict_probabilities(model, ingested.images, CPU, batch_size=64)
+    expected = predict_probabilities(model, ingested.images(), CPU, batch_size=64)
     assert frame["error"].isna().all()
     assert frame["label"].tolist() == [CLASSES[i] for i in expected.argmax(axis=1)]
     np.testing.assert_array_equal(frame["probability"], expected.max(axis=1))
+
+
+def test_a_preprocessing_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
+    model, config = tiny_model()
+    save_model(model, config, tmp_path / "m")
+    config_path = tmp_path / "m" / "model.json"
+    written = json.loads(config_path.read_text())
+    written["preprocessing"] = {
+        "channels": 3,
+        "image_size": [8, 8],
+        "resample": "box",
+        "convert": True,
+        "background": 0,
+        "jpeg_draft": False,
+    }
+    config_path.write_text(json.dumps(written))
+    with pytest.raises(
+        ModelError, match=r"model.json: .*preprocessing gives 3x8x8 images, image_shape is \[1, 8, 8\]"
+    ):
+        predict_paths([tmp_path / "m"], tmp_path / "m", device="cpu")
 
 
 def test_model_round_trip_gives_the_same_predictions(tmp_path: Path) -> None:

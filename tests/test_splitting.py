@@ -23,7 +23,7 @@ def test_every_class_is_cut_by_the_fractions() -> None:
     assignment = stratified_split(labels, CLASSES, FRACTIONS, seed=1, source="raw")
     for index, size in enumerate([100, 40, 7]):
         members = assignment[labels == index]
-        found = {split: int((members == split).sum()) for split in SPLITS}
+        found = {split: int((members == code).sum()) for code, split in enumerate(SPLITS)}
         assert found == split_counts(size, FRACTIONS)
     assert split_counts(100, FRACTIONS) == {"train": 70, "val": 15, "test": 15}
 
@@ -31,7 +31,7 @@ def test_every_class_is_cut_by_the_fractions() -> None:
 def test_splits_are_disjoint_and_cover_every_sample() -> None:
     labels = labels_for([50, 30, 20])
     assignment = stratified_split(labels, CLASSES, FRACTIONS, seed=1, source="raw")
-    members = {split: set(np.flatnonzero(assignment == split)) for split in SPLITS}
+    members = {split: set(np.flatnonzero(assignment == code)) for code, split in enumerate(SPLITS)}
     assert set().union(*members.values()) == set(range(len(labels)))
     assert sum(len(m) for m in members.values()) == len(labels)
 
@@ -74,14 +74,29 @@ def test_keep_fraction_thins_each_selected_class() -> None:
     np.testing.assert_array_equal(keep_fraction(labels, selected, 1.0, seed=0), selected)
 
 
+def duplicates(digests: list[bytes], labels: list[int], names: list[str], prefix: int = 4) -> np.ndarray:
+    """``find_duplicates`` over whole digests, of which the keys hold the first ``prefix`` bytes."""
+    keys = np.array([int.from_bytes(d[:prefix].ljust(4, b"\0"), "little") for d in digests], dtype=np.uint32)
+    candidates = np.array([d != b"" for d in digests])
+    return find_duplicates(keys, candidates, np.array(labels), digests.__getitem__, names.__getitem__)
+
+
 def test_duplicates_keep_the_first_occurrence() -> None:
-    drop = find_duplicates(["h1", "h2", "h1", "h3", "h1"], [0, 1, 0, 2, 0], ["a", "b", "c", "d", "e"])
+    digests = [b"h1" * 16, b"h2" * 16, b"h1" * 16, b"h3" * 16, b"h1" * 16]
+    drop = duplicates(digests, [0, 1, 0, 2, 0], ["a", "b", "c", "d", "e"])
     assert drop.tolist() == [False, False, True, False, True]
+
+
+def test_colliding_keys_are_told_apart_by_the_whole_digest() -> None:
+    """Keys are a 4-byte prefix: equal keys of different images are no duplicates."""
+    digests = [b"same" + b"x" * 28, b"same" + b"y" * 28, b"same" + b"x" * 28, b""]
+    drop = duplicates(digests, [0, 1, 0, 1], ["a", "b", "c", "d"])
+    assert drop.tolist() == [False, False, True, False]  # d failed to decode: never a candidate
 
 
 def test_duplicate_with_another_label_names_both_files() -> None:
     with pytest.raises(PipelineError) as caught:
-        find_duplicates(["h1", "h2", "h1"], [0, 1, 1], ["x/a.png", "y/b.png", "y/c.png"])
+        duplicates([b"h1" * 16, b"h2" * 16, b"h1" * 16], [0, 1, 1], ["x/a.png", "y/b.png", "y/c.png"])
     assert str(caught.value) == (
         "y/c.png: same image as x/a.png but a different label; fix or remove one of them"
     )

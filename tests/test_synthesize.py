@@ -20,7 +20,7 @@ from PIL import Image
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
 from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
-from mlpipeline.stages.ingest import IngestParams, ingest, write_ingested
+from mlpipeline.stages.ingest import IngestParams, ingest
 from mlpipeline.stages.synthesize import SynthesizeParams, synthesize
 from mlpipeline.synthetic import class_counts, get_generator, register_generator
 from mlpipeline.synthetic.realism import Sampler, transfer_score
@@ -72,9 +72,8 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo digits ingested with the repository's params: 8x8, 17 grey levels."""
     params = from_mapping(IngestParams, repo_params()["ingest"], "ingest")
     params = dataclasses.replace(params, source=str(REPO_ROOT / params.source))
-    result, classes = ingest(params)
     out = tmp_path_factory.mktemp("real") / "ingested"
-    write_ingested(result, classes, params, out)
+    ingest(params, out)
     return out
 
 

@@ -9,12 +9,14 @@ through ``mlpipeline.model_files``, which refuses a model directory that cannot 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from pydantic import ConfigDict, Field, with_config
 from torch import nn
+
+from mlpipeline.images import Preprocessing
 
 Positive = Annotated[int, Field(ge=1)]
 
@@ -32,6 +34,9 @@ class ModelConfig:
     dropout: Annotated[float, Field(ge=0, lt=1)]
     mean: list[Annotated[float, Field(ge=0, le=1)]]  # per-channel mean of training pixels, in [0, 1]
     std: list[Annotated[float, Field(gt=0)]]  # per-channel std of training pixels
+    # How ingest turned files into pixels (images.Preprocessing.to_json), for predict to repeat;
+    # None in models trained before ingest recorded it.
+    preprocessing: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if len(set(self.classes)) != len(self.classes):
@@ -41,6 +46,23 @@ class ModelConfig:
             raise ValueError(
                 f"mean and std need one value per channel ({channels}), got {self.mean}, {self.std}"
             )
+        made = self.input_preprocessing()
+        if [made.channels, *made.image_size] != list(self.image_shape):
+            raise ValueError(
+                f"preprocessing gives {made.channels}x{made.image_size[0]}x{made.image_size[1]} images, "
+                f"image_shape is {self.image_shape}"
+            )
+
+    def input_preprocessing(self) -> Preprocessing:
+        """How an image file becomes this model's input, as ingest did it for the training images.
+
+        A model trained before ingest recorded it gets what ingest did then: bicubic, no
+        conversion, no JPEG draft.
+        """
+        if self.preprocessing is None:
+            channels, height, width = self.image_shape
+            return Preprocessing(channels, (height, width), "bicubic", False, 255, False)
+        return Preprocessing.from_json(self.preprocessing)
 
     @property
     def num_classes(self) -> int:

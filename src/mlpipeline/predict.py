@@ -3,8 +3,9 @@
     python -m mlpipeline.predict PATH... [--model models] [--output predictions.csv]
 
 Folders are searched recursively for PNG/JPEG/BMP files. Every image goes
-through ``decode_image`` with the model's channels and size, the same
-preprocessing as ingestion. A file that cannot be read or decoded gets one
+through ``decode_image`` with the preprocessing ``model.json`` recorded from
+ingestion (channels, size, resampling, mode conversion), so it is decoded
+exactly as the training images were. A file that cannot be read or decoded gets one
 ``error`` line on stderr naming it; the others are still predicted.
 Output: CSV ``path,label,probability`` on stdout or ``--output``.
 
@@ -40,14 +41,11 @@ import pandas as pd
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import DeviceChoice, pick_device
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.images import IMAGE_SUFFIXES, Resample, decode_image
+from mlpipeline.images import IMAGE_SUFFIXES, Preprocessing, decode_image
 from mlpipeline.inference import predict_probabilities
-from mlpipeline.model import ModelConfig
 from mlpipeline.model_files import load_model
 from mlpipeline.sources import natural_key
 
-# Ingestion's default; used until model.json records the resample method the data was ingested with.
-DEFAULT_RESAMPLE: Resample = "bicubic"
 COLUMNS = ["path", "label", "probability"]
 
 
@@ -93,6 +91,7 @@ def predict_paths(
     """
     torch_device = pick_device(device, "device")
     model, config = load_model(model_dir, torch_device)
+    preprocessing = config.input_preprocessing()
     files = expand_paths(paths)
     labels: list[str | None] = [None] * len(files)
     probabilities = np.full(len(files), np.nan)
@@ -102,7 +101,7 @@ def predict_paths(
         decoded: dict[int, np.ndarray] = {}
         for i in pending[start : start + batch_size]:
             try:
-                decoded[i] = _decode(files[i][0], config)
+                decoded[i] = _decode(files[i][0], preprocessing)
             except PipelineError as exc:
                 errors[i] = str(exc)
         if not decoded:
@@ -116,15 +115,13 @@ def predict_paths(
     )
 
 
-def _decode(path: str, config: ModelConfig) -> np.ndarray:
-    """The file as ingestion would have stored it: the model's channels, size and resampling."""
+def _decode(path: str, preprocessing: Preprocessing) -> np.ndarray:
+    """The file as ingestion stored the training images."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise PipelineError(f"{path}: cannot be read ({exc.strerror})")
-    channels, height, width = config.image_shape
-    resample = getattr(config, "resample", DEFAULT_RESAMPLE)
-    return decode_image(data, path, channels, (height, width), resample)
+    return decode_image(data, path, preprocessing)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -12,24 +12,47 @@ from mlpipeline.core.seeding import rng
 SPLITS = ("train", "val", "test")
 
 
-def find_duplicates(hashes: Sequence[str], labels: Sequence[int], names: Sequence[str]) -> np.ndarray:
+def find_duplicates(
+    keys: np.ndarray,
+    candidates: np.ndarray,
+    labels: np.ndarray,
+    digest: Callable[[int], bytes],
+    name: Callable[[int], str],
+) -> np.ndarray:
     """Mask of samples to drop because an earlier sample has the same content hash.
 
-    The first occurrence (in the given order) is kept. The same content under two
-    different labels cannot be resolved safely, so it is refused, naming both files.
+    ``keys`` holds a short prefix (uint32) of each sample's digest, so memory stays at a few
+    bytes a sample; samples whose prefixes collide are compared by their full ``digest(i)``.
+    Only ``candidates`` (a mask: decoded samples) take part. The first occurrence (in index
+    order) is kept. The same content under two different labels cannot be resolved safely,
+    so it is refused, naming both files.
     """
-    first: dict[str, int] = {}
-    drop = np.zeros(len(hashes), dtype=bool)
-    for i, digest in enumerate(hashes):
-        j = first.setdefault(digest, i)
+    rows = np.flatnonzero(candidates).astype(np.uint64)
+    packed = np.sort((keys[candidates].astype(np.uint64) << np.uint64(32)) | rows)
+    prefix = packed >> np.uint64(32)
+    repeated = np.concatenate(([False], prefix[1:] == prefix[:-1], [False]))
+    del prefix
+    edges = np.diff(repeated.astype(np.int8))  # +1 where a run of equal prefixes starts, -1 after it
+    drop = np.zeros(len(keys), dtype=bool)
+    for first, last in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+        group = packed[first : last + 1] & np.uint64(0xFFFFFFFF)
+        _drop_repeats([int(i) for i in group], labels, digest, name, drop)
+    return drop
+
+
+def _drop_repeats(
+    group: list[int], labels: np.ndarray, digest: Callable[[int], bytes], name: Callable[[int], str], drop
+) -> None:
+    first: dict[bytes, int] = {}
+    for i in group:  # in index order: the packed sort put the row number in the low bits
+        j = first.setdefault(digest(i), i)
         if j == i:
             continue
         if labels[i] != labels[j]:
             raise PipelineError(
-                f"{names[i]}: same image as {names[j]} but a different label; fix or remove one of them"
+                f"{name(i)}: same image as {name(j)} but a different label; fix or remove one of them"
             )
         drop[i] = True
-    return drop
 
 
 def stratified_split(
@@ -41,11 +64,11 @@ def stratified_split(
 ) -> np.ndarray:
     """Assign each sample to a split, class by class, so every split keeps the class mix.
 
-    Returns an array of split names. Each class is shuffled with its own seeded
+    Returns each sample's split as an index into ``SPLITS`` (int8). Each class is shuffled with its own seeded
     stream and cut by ``fractions`` (rounded, train takes the remainder); every
     split must get at least one sample of every class, else the error names ``source``.
     """
-    assignment = np.empty(len(labels), dtype=object)
+    assignment = np.full(len(labels), -1, dtype=np.int8)
     for index, name in enumerate(class_names):
         members = np.flatnonzero(labels == index)
         counts = split_counts(len(members), fractions)
@@ -57,8 +80,8 @@ def stratified_split(
             )
         order = rng(seed, "split", name).permutation(members)
         start = 0
-        for split in SPLITS:
-            assignment[order[start : start + counts[split]]] = split
+        for code, split in enumerate(SPLITS):
+            assignment[order[start : start + counts[split]]] = code
             start += counts[split]
     return assignment
 

@@ -1,18 +1,57 @@
-"""Atomic writes: build aside, then rename, so a crashed stage leaves no half file behind."""
+"""Atomic writes: build aside, then rename, so a crashed stage leaves no half file behind.
+
+A temporary is named ``.<name>.tmp-<host>-<pid>``: a process killed mid-write (SIGKILL, power
+loss) cannot remove its own, so the next write of the same target removes every temporary
+whose process is gone. Only temporaries of this host are judged (a folder shared with another
+machine may hold a live run's), and a process that still runs keeps its temporary, so
+concurrent runs never remove each other's work.
+"""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+HOST = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname()) or "localhost"
+# The owner of a temporary: "<host>-<pid>", or "<pid>" alone as named before the host was added.
+_OWNER = re.compile(r"(?:(?P<host>.+)-)?(?P<pid>\d+)")
+
 
 def _aside(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale(path)
+    return path.with_name(f".{path.name}.tmp-{HOST}-{os.getpid()}")
+
+
+def remove_stale(path: Path) -> None:
+    """Remove the temporaries of ``path`` that processes of this host which no longer run left."""
+    prefix = f".{path.name}.tmp-"
+    for leftover in path.parent.glob(glob.escape(prefix) + "*"):
+        owner = _OWNER.fullmatch(leftover.name[len(prefix) :])
+        if owner is None or owner["host"] not in (None, HOST) or _running(int(owner["pid"])):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists (ours, or another user's: signal 0 only asks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def write_bytes(path: Path | str, data: bytes) -> None:

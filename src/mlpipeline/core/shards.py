@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from safetensors import SafetensorError
@@ -141,6 +142,14 @@ class DatasetWriter:
         if self._tmp is None:
             raise RuntimeError("DatasetWriter must be used as a context manager")
         (self._tmp / name).write_bytes(data)
+
+    @contextmanager
+    def open_file(self, name: str) -> Iterator[BinaryIO]:
+        """Stream a metadata file too large to build in memory (a million-row manifest) beside the shards."""
+        if self._tmp is None:
+            raise RuntimeError("DatasetWriter must be used as a context manager")
+        with open(self._tmp / name, "wb") as handle:
+            yield handle
 
     def _checked(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != self.image_shape:

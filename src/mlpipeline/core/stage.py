@@ -11,6 +11,10 @@ from contextlib import contextmanager
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.urls import redact_text
 
+# Libraries that log routine facts at INFO ("Found credentials in environment variables"):
+# a stage's stderr is its summary line or its one error line, so only their warnings show.
+QUIET_LOGGERS = ("botocore", "aiobotocore", "s3fs", "fsspec")
+
 
 class _RedactingFormatter(logging.Formatter):
     """Hides the password of every URL in a log line (``ingest.source`` may hold one)."""
@@ -23,6 +27,8 @@ def setup_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_RedactingFormatter("%(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def run(stage: str, body: Callable[[], None]) -> None:

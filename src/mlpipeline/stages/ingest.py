@@ -1,32 +1,64 @@
 """Ingest: raw images -> validated, canonical, deduplicated, stratified train/val/test shards.
 
-Reads ``ingest.source`` (an image folder ``<class>/<file>`` or a ``path,label``
-manifest CSV, local or ``s3://``), decodes every image to uint8 C x H x W at
-``ingest.image_size``, refuses bad files by name, drops exact duplicates before
-splitting (so none can leak across splits), and writes ``data/ingested``:
-shards per split, ``dataset.json`` and ``manifest.csv`` with every sample's
-origin, content hashes, label and split. The test split holds real data only.
+Reads ``ingest.source`` (a folder, local or ``s3://``: class folders ``<class>/<file>``, or
+the ``path,label`` CSV ``ingest.manifest`` inside it), decodes every image to uint8
+C x H x W by ``ingest``'s preprocessing (``mlpipeline.images``), lists every bad file,
+drops exact duplicates before splitting (so none can leak across splits), and writes
+``data/ingested``: shards per split, ``dataset.json`` (with the preprocessing, which train
+hands on to predict) and ``manifest.csv`` with every file's origin, pixel mode, content
+hashes, label and split. The test split holds real data only.
+
+Memory stays bounded at any dataset size: images are decoded once, by
+``MLPIPELINE_WORKERS`` processes, into a disk-backed scratch (``mlpipeline.scratch``);
+duplicates and the split are decided from a few bytes an image; each split then streams
+from the scratch into the shard writer, and the manifest is written row by row.
 """
 
 from __future__ import annotations
 
-import hashlib
+import csv
+import io
+from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
+from typing import BinaryIO, Literal
 
 import numpy as np
-import pandas as pd
 
-from mlpipeline.core import stage
+from mlpipeline.core import atomic, stage
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param
 from mlpipeline.core.shards import DatasetWriter
-from mlpipeline.images import Resample, decode_image
-from mlpipeline.sources import Layout, RawSample, list_samples, natural_key, read_files
+from mlpipeline.core.urls import redact
+from mlpipeline.core.workers import ordered_map, worker_count
+from mlpipeline.decoding import BATCH_IMAGES, Batch, decode_batch
+from mlpipeline.images import Preprocessing, Resample
+from mlpipeline.scratch import Scratch
+from mlpipeline.sources import RawSample, Source, open_source
 from mlpipeline.splitting import SPLITS, find_duplicates, keep_fraction, stratified_split
 
 OUTPUT = Path("data/ingested")
+BAD_FILES = Path("reports/ingest/bad_files.csv")
 MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = (
+    "source",
+    "class",
+    "label",
+    "split",
+    "file_sha256",
+    "pixel_sha256",
+    "index",
+    "mode",
+    "error",
+)
+STATUSES = (*SPLITS, "duplicate", "held_out", "skipped")  # the manifest's split column, by code
+DUPLICATE, HELD_OUT, SKIPPED = (STATUSES.index(s) for s in ("duplicate", "held_out", "skipped"))
+PARALLEL_FROM = 4096  # fewer images are decoded in this process: starting workers would cost more
+READ_BYTES = 8 * 2**20  # pixels read back from the scratch per step of a split
+SHOWN_BAD_FILES = 3  # bad files named on the error line (all of them go to BAD_FILES)
 
 
 @dataclass(frozen=True)
@@ -44,11 +76,16 @@ class SplitFractions:
 @dataclass(frozen=True)
 class IngestParams:
     source: str
-    layout: Layout
-    classes: list[str] | None = param(min_len=1)
+    manifest: str | None
+    classes: list[str] | None = param(min_len=2)
     channels: int = param(ge=1, le=3)
     image_size: list[int] = param(ge=1, le=4096, min_len=2, max_len=2)
     resample: Resample
+    convert: bool
+    background: int = param(ge=0, le=255)
+    jpeg_draft: bool
+    max_image_pixels: int = param(ge=1)
+    on_bad_file: Literal["fail", "skip"]
     split: SplitFractions
     keep_train_fraction: float = param(gt=0, le=1)
     seed: int = param(ge=0)
@@ -59,96 +96,211 @@ class IngestParams:
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes lists a class twice")
 
+    def preprocessing(self) -> Preprocessing:
+        size = (self.image_size[0], self.image_size[1])
+        return Preprocessing(
+            self.channels, size, self.resample, self.convert, self.background, self.jpeg_draft
+        )
+
+
+class BadFiles(PipelineError):
+    """Files that could not be ingested, every one of them, in source order: (file, reason)."""
+
+    def __init__(self, files: list[tuple[str, str]]) -> None:
+        self.files = files
+        shown = "; ".join(f"{name}: {reason}" for name, reason in files[:SHOWN_BAD_FILES])
+        super().__init__(shown if len(files) == 1 else f"{len(files)} bad files, the first: {shown}")
+
 
 @dataclass(frozen=True)
-class Ingested:
-    images: np.ndarray  # N x C x H x W uint8, in source order
-    labels: np.ndarray  # N int64
-    manifest: pd.DataFrame  # one row per source file, including dropped ones
+class Summary:
+    """What a run read and wrote, for the stage's one summary line."""
+
+    images: int
+    classes: list[str]
+    counts: dict[str, int]  # per manifest status
+    converted: Counter[str]  # original pixel mode -> images converted from it
+    rotated: int
+    ignored: Counter[str]  # suffix -> files in class folders that are not PNG/JPEG/BMP
 
 
-def decide_classes(samples: list[RawSample], declared: list[str] | None, source: str) -> list[str]:
+def decide_classes(source: Source, declared: list[str] | None) -> list[str]:
     """The class list: as declared in params, or every label found (in natural order)."""
-    found = {s.label for s in samples}
-    if declared is None:
-        return sorted(found, key=natural_key)
-    for sample in samples:
-        if sample.label not in declared:
-            raise PipelineError(f"{sample.shown}: label '{sample.label}' is not in ingest.classes {declared}")
-    empty = [c for c in declared if c not in found]
-    if empty:
-        raise PipelineError(f"{source}: class '{empty[0]}' in ingest.classes has no images")
-    return list(declared)
+    found = source.labels
+    if declared is not None:
+        unknown = [label for label in found if label not in declared]
+        if unknown:
+            first = next(s for s in source.samples() if s.label == unknown[0])
+            raise PipelineError(f"{first.shown}: label '{unknown[0]}' is not in ingest.classes {declared}")
+        empty = [c for c in declared if c not in found]
+        if empty:
+            raise PipelineError(f"{source.shown}: class '{empty[0]}' in ingest.classes has no images")
+    classes = list(declared or found)
+    if len(classes) < 2:
+        raise PipelineError(
+            f"{source.shown}: one class only ('{classes[0]}'); a classifier needs at least two"
+        )
+    return classes
 
 
-def ingest(params: IngestParams) -> tuple[Ingested, list[str]]:
-    """Read, validate, deduplicate and split the source. Pure of output I/O, so tests call it."""
-    fs, samples = list_samples(params.source, params.layout)
-    classes = decide_classes(samples, params.classes, params.source)
-    index = {name: i for i, name in enumerate(classes)}
-    size = (params.image_size[0], params.image_size[1])
-    images = np.empty((len(samples), params.channels, *size), dtype=np.uint8)
-    file_hashes, pixel_hashes = [], []
-    for i, (sample, data) in enumerate(read_files(fs, samples)):
-        images[i] = decode_image(data, sample.shown, params.channels, size, params.resample)
-        file_hashes.append(hashlib.sha256(data).hexdigest())
-        pixel_hashes.append(hashlib.sha256(images[i].tobytes()).hexdigest())
-    labels = np.array([index[s.label] for s in samples], dtype=np.int64)
-
-    duplicate = find_duplicates(pixel_hashes, labels.tolist(), [s.shown for s in samples])
-    kept = ~duplicate
-    split = np.full(len(samples), "duplicate", dtype=object)
-    fractions = {"train": params.split.train, "val": params.split.val, "test": params.split.test}
-    dropped = int(duplicate.sum())
-    where = f"{params.source} ({dropped} duplicate(s) dropped)" if dropped else params.source
-    split[kept] = stratified_split(labels[kept], classes, fractions, params.seed, where)
-    in_train = split == "train"
-    held_out = in_train & ~keep_fraction(labels, in_train, params.keep_train_fraction, params.seed)
-    split[held_out] = "held_out"
-
-    manifest = pd.DataFrame(
-        {
-            "source": [s.name for s in samples],
-            "class": [s.label for s in samples],
-            "label": labels,
-            "split": split,
-            "file_sha256": file_hashes,
-            "pixel_sha256": pixel_hashes,
+def ingest(params: IngestParams, out_dir: Path) -> Summary:
+    """Read, validate, deduplicate, split and write ``params.source`` to ``out_dir``."""
+    source = open_source(params.source, params.manifest)
+    classes = decide_classes(source, params.classes)
+    preprocessing = params.preprocessing()
+    with closing(Scratch(out_dir.parent, (params.channels, *preprocessing.image_size))) as scratch:
+        decode_all(source, classes, params, scratch)
+        if scratch.errors and params.on_bad_file == "fail":
+            raise BadFiles(bad_files(scratch, source))
+        status = assign_splits(scratch, classes, params, source)
+        attributes = {
+            "source": redact(params.source),
+            "resample": params.resample,
+            "preprocessing": preprocessing.to_json(),
         }
+        write_dataset(scratch, status, classes, attributes, out_dir)
+    counts = np.bincount(status, minlength=len(STATUSES))
+    modes = scratch.modes.array()[scratch.converted.array()]
+    return Summary(
+        images=scratch.count,
+        classes=classes,
+        counts={name: int(n) for name, n in zip(STATUSES, counts, strict=True)},
+        converted=Counter({scratch.mode_names[m]: int(n) for m, n in enumerate(np.bincount(modes)) if n}),
+        rotated=int(scratch.rotated.array().sum()),
+        ignored=source.ignored,
     )
-    return Ingested(images=images, labels=labels, manifest=manifest), classes
 
 
-def write_ingested(
-    result: Ingested, classes: list[str], params: IngestParams, out_dir: Path
-) -> dict[str, int]:
-    """Write shards, dataset.json and manifest.csv atomically; returns the per-split counts."""
-    manifest = result.manifest.copy()
-    manifest["index"] = -1
-    attributes = {"source": params.source, "resample": params.resample}
-    with DatasetWriter(out_dir, classes, result.images.shape[1:], attributes) as writer:
-        for split in SPLITS:
-            rows = np.flatnonzero(manifest["split"].to_numpy() == split)
+def decode_all(source: Source, classes: list[str], params: IngestParams, scratch: Scratch) -> None:
+    """Decode every sample into ``scratch``, in source order, over ``MLPIPELINE_WORKERS`` processes."""
+    index = {name: i for i, name in enumerate(classes)}
+    preprocessing = params.preprocessing()
+    in_flight: deque[list[RawSample]] = deque()
+
+    listed = source.samples()
+    head = list(islice(listed, PARALLEL_FROM))
+    workers = worker_count() if len(head) == PARALLEL_FROM else 1  # spawning costs more than a few images
+    samples = chain(head, listed)
+
+    def batches() -> Iterator[Batch]:
+        while chunk := list(islice(samples, BATCH_IMAGES)):
+            in_flight.append(chunk)
+            yield Batch(source.fs, chunk, preprocessing, params.max_image_pixels)
+
+    for decoded in ordered_map(decode_batch, batches(), workers):
+        chunk = in_flight.popleft()
+        scratch.append(chunk, np.array([index[s.label] for s in chunk], dtype=np.int32), decoded)
+    scratch.flush()
+
+
+def bad_files(scratch: Scratch, source: Source) -> list[tuple[str, str]]:
+    """Every refused file as (shown path, reason), in source order."""
+    return [
+        (source.shown_name(name), scratch.errors[row])
+        for row, (name, _, _) in enumerate(scratch.records())
+        if row in scratch.errors
+    ]
+
+
+def assign_splits(scratch: Scratch, classes: list[str], params: IngestParams, source: Source) -> np.ndarray:
+    """Each row's status code (``STATUSES``): split, duplicate, held out, or skipped (bad file)."""
+    labels = scratch.labels.array()
+    decoded = np.ones(scratch.count, dtype=bool)
+    decoded[list(scratch.errors)] = False
+
+    def shown(row: int) -> str:
+        return source.shown_name(next(islice(scratch.records(), row, None))[0])
+
+    duplicate = find_duplicates(scratch.keys.array(), decoded, labels, scratch.pixel_digest, shown)
+    status = np.full(scratch.count, SKIPPED, dtype=np.int8)
+    status[duplicate] = DUPLICATE
+    kept = decoded & ~duplicate
+    dropped = int(duplicate.sum())
+    where = f"{source.shown} ({dropped} duplicate(s) dropped)" if dropped else source.shown
+    fractions = {"train": params.split.train, "val": params.split.val, "test": params.split.test}
+    status[kept] = stratified_split(labels[kept], classes, fractions, params.seed, where)
+    in_train = status == SPLITS.index("train")
+    status[in_train & ~keep_fraction(labels, in_train, params.keep_train_fraction, params.seed)] = HELD_OUT
+    return status
+
+
+def write_dataset(
+    scratch: Scratch, status: np.ndarray, classes: list[str], attributes: dict, out_dir: Path
+) -> None:
+    """Stream each split from the scratch into shards, then the manifest, atomically."""
+    labels = scratch.labels.array()
+    step = max(1, READ_BYTES // scratch.row_bytes)
+    with DatasetWriter(out_dir, classes, scratch.row_shape, attributes) as writer:
+        for code, split in enumerate(SPLITS):
             writer.add_split(split)
-            for start in range(0, len(rows), writer.shard_images):  # one shard's copy at a time
-                part = rows[start : start + writer.shard_images]
-                writer.write(split, result.images[part], result.labels[part])
-            manifest.loc[rows, "index"] = np.arange(len(rows))
-        writer.add_file(MANIFEST, manifest.to_csv(index=False, lineterminator="\n").encode())
-    counts = manifest["split"].value_counts()
-    return {name: int(counts.get(name, 0)) for name in (*SPLITS, "duplicate", "held_out")}
+            rows = np.flatnonzero(status == code)
+            for start in range(0, len(rows), step):
+                part = rows[start : start + step]
+                writer.write(split, scratch.pixels(part), labels[part])
+        with writer.open_file(MANIFEST) as handle:
+            write_manifest(handle, scratch, status, classes)
+
+
+def write_manifest(handle: BinaryIO, scratch: Scratch, status: np.ndarray, classes: list[str]) -> None:
+    """One CSV row per source file, in source order, streamed."""
+    text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+    out = csv.writer(text, lineterminator="\n")
+    out.writerow(MANIFEST_COLUMNS)
+    labels, modes = scratch.labels.array(), scratch.modes.array()
+    next_index = [0] * len(SPLITS)
+    for row, (name, file_digest, pixel_digest) in enumerate(scratch.records()):
+        code, error = int(status[row]), scratch.errors.get(row, "")
+        index = -1
+        if code < len(SPLITS):
+            index, next_index[code] = next_index[code], next_index[code] + 1
+        hashes = ("", "") if error else (file_digest.hex(), pixel_digest.hex())
+        mode = "" if error else scratch.mode_names[modes[row]]
+        label = int(labels[row])
+        out.writerow((name, classes[label], label, STATUSES[code], *hashes, index, mode, error))
+    text.flush()
+    text.detach()
+
+
+def write_bad_files(files: list[tuple[str, str]], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("file", "error"))
+    writer.writerows(files)
+    atomic.write_text(path, buffer.getvalue())
+
+
+def describe_read(summary: Summary, source: str) -> str:
+    """'N images in K classes from SRC', with what was converted, rotated, skipped or ignored."""
+    notes = []
+    if summary.converted:
+        modes = ", ".join(f"{mode} {n}" for mode, n in sorted(summary.converted.items()))
+        notes.append(f"converted {summary.converted.total()} ({modes})")
+    if summary.rotated:
+        notes.append(f"rotated {summary.rotated} by EXIF orientation")
+    if summary.counts["skipped"]:
+        notes.append(f"skipped {summary.counts['skipped']} bad files (see the manifest's error column)")
+    if summary.ignored:
+        suffixes = ", ".join(f"{suffix} {n}" for suffix, n in sorted(summary.ignored.items()))
+        notes.append(f"ignored {summary.ignored.total()} files that are not PNG/JPEG/BMP ({suffixes})")
+    text = f"{summary.images} images in {len(summary.classes)} classes from {redact(source)}"
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def main() -> None:
     with stage.summary("ingest") as report:
         params = load_section(IngestParams, "ingest")
-        result, classes = ingest(params)
-        counts = write_ingested(result, classes, params, OUTPUT)
-        report["read"] = f"{len(result.manifest)} images in {len(classes)} classes from {params.source}"
-        split_text = ", ".join(f"{s} {counts[s]}" for s in SPLITS)
+        try:
+            summary = ingest(params, OUTPUT)
+        except BadFiles as exc:
+            write_bad_files(exc.files, BAD_FILES)
+            every = "listed" if len(exc.files) == 1 else f"all {len(exc.files)} listed"
+            raise PipelineError(f"{exc} ({every} in {BAD_FILES}; ingest.on_bad_file: skip leaves them out)")
+        BAD_FILES.unlink(missing_ok=True)  # the list of an earlier failed run
+        report["read"] = describe_read(summary, params.source)
+        split_text = ", ".join(f"{s} {summary.counts[s]}" for s in SPLITS)
         report["wrote"] = (
-            f"{OUTPUT} ({split_text}; dropped {counts['duplicate']} duplicates, "
-            f"held out {counts['held_out']})"
+            f"{OUTPUT} ({split_text}; dropped {summary.counts['duplicate']} duplicates, "
+            f"held out {summary.counts['held_out']})"
         )
 
 

@@ -72,6 +72,7 @@ def train(
             dropout=params.model.dropout,
             mean=mean,
             std=std,
+            preprocessing=inputs.val.info.attributes.get("preprocessing"),
         )
         seed_everything(params.seed)  # the same initial weights on every rank
         model = runtime.place(build_model(config))

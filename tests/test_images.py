@@ -1,0 +1,139 @@
+"""Decoding real photo collections: EXIF orientation, every pixel mode converted by the stated rule
+(or refused), JPEG draft decoding, and the preprocessing record predict repeats."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagedata import ingest_params, make_folder, noise, run_ingest
+from PIL import Image
+
+from mlpipeline.core.errors import PipelineError
+from mlpipeline.images import Preprocessing, decode, decode_image
+
+GRAY = Preprocessing(1, (8, 8), "bicubic", convert=True, background=255, jpeg_draft=False)
+RGB = Preprocessing(3, (8, 8), "bicubic", convert=True, background=255, jpeg_draft=False)
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def grey_palette(pixels: np.ndarray) -> Image.Image:
+    image = Image.new("P", pixels.shape[::-1])
+    image.putpalette([v for level in range(256) for v in (level, level, level)])
+    image.putdata(pixels.ravel().tolist())
+    return image
+
+
+def test_exif_orientation_is_applied() -> None:
+    """A phone JPEG stored sideways with orientation 6 is ingested as displayed (turned clockwise)."""
+    stored = np.zeros((8, 16), dtype=np.uint8)
+    stored[:, :4] = 255  # a bright left edge, which the display shows at the top
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encoded(Image.fromarray(stored), "JPEG", quality=100, exif=exif)
+    result = decode(data, "phone.jpg", Preprocessing(1, (16, 8), "bicubic", True, 255, False))
+    as_stored = np.asarray(Image.open(io.BytesIO(data)))
+    np.testing.assert_array_equal(result.pixels[0], np.rot90(as_stored, k=-1))
+    assert result.rotated and not result.converted and result.pixels[0, :4].mean() > 200
+
+
+def test_grey_palette_is_gray_even_without_conversion() -> None:
+    pixels = noise(3)
+    strict = Preprocessing(1, (8, 8), "bicubic", convert=False, background=255, jpeg_draft=False)
+    result = decode(encoded(grey_palette(pixels)), "grey.png", strict)
+    np.testing.assert_array_equal(result.pixels[0], pixels)
+    assert result.mode == "P" and not result.converted
+
+
+def test_colour_palette_to_gray_is_a_conversion() -> None:
+    image = Image.fromarray(noise(4, rgb=True)).quantize(16)
+    result = decode(encoded(image), "colour.png", GRAY)
+    np.testing.assert_array_equal(result.pixels[0], np.asarray(image.convert("RGB").convert("L")))
+    assert result.converted
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_alpha_is_composited_on_the_background(channels: int) -> None:
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., :3] = (200, 100, 50)
+    rgba[:4, :, 3] = 255  # top half opaque, bottom half fully transparent
+    pre = Preprocessing(channels, (8, 8), "bicubic", True, background=30, jpeg_draft=False)
+    result = decode(encoded(Image.fromarray(rgba, "RGBA")), "logo.png", pre)
+    colour = (200, 100, 50) if channels == 3 else (round(200 * 0.299 + 100 * 0.587 + 50 * 0.114),)
+    assert result.pixels[:, 0, 0].tolist() == list(colour)
+    assert result.pixels[:, 7, 7].tolist() == [30] * channels
+    assert result.mode == "RGBA" and result.converted
+
+
+def test_cmyk_jpeg_goes_through_pillows_conversion() -> None:
+    data = encoded(Image.fromarray(noise(5, rgb=True)).convert("CMYK"), "JPEG", quality=95)
+    result = decode(data, "print.jpg", RGB)
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).transpose(2, 0, 1)
+    np.testing.assert_array_equal(result.pixels, expected)
+    assert result.mode == "CMYK" and result.converted
+
+
+def test_grayscale_jpeg_in_an_rgb_set_repeats_its_channel() -> None:
+    data = encoded(Image.fromarray(noise(6)), "JPEG", quality=95)
+    result = decode(data, "gray.jpg", RGB)
+    gray = np.asarray(Image.open(io.BytesIO(data)))
+    np.testing.assert_array_equal(result.pixels, np.stack([gray] * 3))
+    assert result.mode == "L" and result.converted
+
+
+def test_sixteen_bit_gray_is_scaled_not_clipped() -> None:
+    wide = np.array([[0, 257 * 100, 65535, 32896] * 2] * 8, dtype=np.uint16)
+    result = decode(encoded(Image.fromarray(wide)), "scan.png", GRAY)
+    assert result.pixels[0, 0, :4].tolist() == [0, 100, 255, 128]
+    assert result.mode.startswith("I") and result.converted
+
+
+def test_without_conversion_a_mismatch_is_refused() -> None:
+    strict = Preprocessing(3, (8, 8), "bicubic", convert=False, background=255, jpeg_draft=False)
+    rgba = encoded(Image.fromarray(np.zeros((8, 8, 4), np.uint8), "RGBA"))
+    with pytest.raises(PipelineError, match=r"^logo.png: has 4 channel\(s\) \(RGBA\), ingest.channels is 3"):
+        decode_image(rgba, "logo.png", strict)
+
+
+def test_jpeg_draft_decodes_large_jpegs_shrunk() -> None:
+    """Draft changes pixels (libjpeg's DCT scaling before the resize), deterministically."""
+    big = np.kron(noise(7, size=(16, 16)), np.ones((8, 8), dtype=np.uint8))  # 128x128
+    data = encoded(Image.fromarray(big), "JPEG", quality=90)
+    drafted = decode_image(data, "big.jpg", Preprocessing(1, (8, 8), "bicubic", True, 255, True))
+    full = decode_image(data, "big.jpg", GRAY)
+    expected = Image.open(io.BytesIO(data))
+    expected.draft("L", (16, 16))  # 128 -> 16: scale 1/8, still twice the target
+    assert expected.size == (16, 16)
+    np.testing.assert_array_equal(drafted[0], np.asarray(expected.resize((8, 8), Image.Resampling.BICUBIC)))
+    assert not np.array_equal(drafted, full)
+    assert np.abs(drafted.astype(int) - full.astype(int)).mean() < 8
+
+
+def test_preprocessing_round_trips_through_json() -> None:
+    assert Preprocessing.from_json(RGB.to_json()) == RGB
+    for bad in ({**RGB.to_json(), "channels": 2}, {**RGB.to_json(), "resample": "cubic"}, {"channels": 1}):
+        with pytest.raises(ValueError):
+            Preprocessing.from_json(bad)
+
+
+def test_ingest_records_modes_and_counts_conversions(tmp_path: Path) -> None:
+    raw = make_folder(tmp_path / "raw", {"a": 6, "b": 6})
+    Image.fromarray(noise(50, rgb=True)).save(raw / "a" / "colour.png")
+    Image.fromarray(np.dstack([noise(51), noise(52)]), "LA").save(raw / "b" / "alpha.png")
+    grey_palette(noise(53)).save(raw / "b" / "palette.png")
+    result = run_ingest(ingest_params(raw), tmp_path / "out")
+    modes = result.manifest.set_index("source")["mode"]
+    assert modes[["a/colour.png", "b/alpha.png", "b/palette.png", "a/000.png"]].tolist() == [
+        "RGB",
+        "LA",
+        "P",
+        "L",
+    ]
+    assert dict(result.summary.converted) == {"LA": 1, "RGB": 1}
