@@ -49,6 +49,7 @@ from mlpipeline.core.seeding import rng
 
 RADIANS_PER_DEGREE = math.pi / 180
 ELASTIC_VARIANCE = (256**2 - 1) / 12  # of the elastic field's white noise, uniform over 256 values
+ELASTIC_CHUNK = 512  # images whose elastic fields are smoothed at once
 KERNEL_ONE = 1 << 10  # the elastic smoothing kernel's centre tap; the others are rounded to integers
 NOISE_TERMS = 8  # uniform bytes summed per noise value
 NOISE_MEAN = NOISE_TERMS * 255 // 2
@@ -198,14 +199,17 @@ def add_elastic(x: np.ndarray, y: np.ndarray, elastic: ElasticParams, draws: np.
     smooth_x, squares_x = smoothing_matrix(width, elastic.sigma * width)
     rows, cols = smooth_y.shape[1], smooth_x.shape[1]
     # Canvas rows first (rows x images x 2 x cols), so each pass is one large matrix product.
-    noise = draws.integers(0, 256, (rows, len(chosen) * 2, cols), dtype=np.uint8)
-    canvas = torch.from_numpy(noise).to(torch.float64).sub_(127.5)
-    smoothed = (canvas.view(-1, cols) @ smooth_x.T).view(rows, -1)
-    field = (smooth_y @ smoothed).view(height, len(chosen), 2, width).numpy()
+    noise = draws.integers(0, 256, (rows, len(chosen), 2, cols), dtype=np.uint8)
     rms = math.sqrt(ELASTIC_VARIANCE * squares_y * squares_x)
-    for axis, coordinates, side in ((0, x, width), (1, y, height)):
-        shift = field[:, :, axis].transpose(1, 0, 2) * (elastic.alpha * side * ONE / rms)
-        coordinates[chosen] += np.rint(shift, out=shift).astype(np.int64)
+    gains = [elastic.alpha * side * ONE / rms for side in (width, height)]
+    for start in range(0, len(chosen), ELASTIC_CHUNK):  # float64 canvases are large: a few at a time
+        images = chosen[start : start + ELASTIC_CHUNK]
+        canvas = torch.from_numpy(noise[:, start : start + len(images)]).to(torch.float64).sub_(127.5)
+        smoothed = (canvas.reshape(-1, cols) @ smooth_x.T).view(rows, -1)
+        field = (smooth_y @ smoothed).view(height, len(images), 2, width).numpy()
+        for axis, coordinates in enumerate((x, y)):
+            shift = field[:, :, axis].transpose(1, 0, 2) * gains[axis]
+            coordinates[images] += np.rint(shift, out=shift).astype(np.int64)
 
 
 def smoothing_matrix(size: int, sigma_px: float) -> tuple[torch.Tensor, int]:
@@ -234,9 +238,13 @@ def gaussian_noise(std: float, shape: tuple[int, ...], draws: np.random.Generato
     its rare slow path, which may round differently on another CPU, and one
     draw that differs there shifts every later one.
     """
-    raw = draws.bit_generator.random_raw(math.prod(shape))
-    pairs = (raw & EVEN_BYTES) + ((raw >> 8) & EVEN_BYTES)  # four 16-bit sums of two bytes
-    sums = (pairs * SUM_OF_LANES) >> 48  # the four sums added up in the top 16 bits
+    sums = draws.bit_generator.random_raw(math.prod(shape))  # 8 bytes each, summed in place:
+    odd = sums >> 8
+    odd &= EVEN_BYTES
+    sums &= EVEN_BYTES
+    sums += odd  # four 16-bit lanes, each the sum of two bytes
+    sums *= SUM_OF_LANES
+    sums >>= 48  # the four lanes added up in the top 16 bits
     levels = np.rint((np.arange(NOISE_TERMS * 255 + 1) - NOISE_MEAN) * (std * ONE**2 / NOISE_STD))
     return levels.astype(np.int32)[sums].reshape(shape)
 
