@@ -93,12 +93,13 @@ def run_scaling(counts: tuple[int, ...]) -> None:
 
 
 def best_seconds(work: Callable[[], None], repeats: int) -> float:
-    """The fastest of ``repeats`` runs: the least disturbed by other processes on a shared machine."""
+    """The least CPU time of ``repeats`` runs: on a shared machine, wall time would also count the
+    other processes' turns on the cores (the kernel runs on one thread)."""
     times = []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started = time.process_time()
         work()
-        times.append(time.perf_counter() - started)
+        times.append(time.process_time() - started)
     return min(times)
 
 
@@ -109,7 +110,7 @@ def one_by_one(images: torch.Tensor, spec: Transforms) -> None:
 
 
 def run_loop_comparison() -> None:
-    print(f"\nvectorized vs per-image loop, transforms only, {LOOP_IMAGES:,} images, best of 3")
+    print(f"\nvectorized vs per-image loop, transforms only, {LOOP_IMAGES:,} images, best of 3, CPU time")
     spec = bench_params().transforms
     for side in SIDES:
         images = torch.from_numpy(random_images(LOOP_IMAGES, side, "loop")[0])

@@ -1,29 +1,61 @@
 """Vectorized image augmentation: random affine, elastic distortion, noise, cutout, dropped values.
 
 ``augment`` transforms a whole batch (uint8 N x C x H x W, any C, H, W) with a
-handful of tensor ops and no Python loop over images (about 100x faster than
-one image per call at 8x8, see ``bench/augment.py``). Every random number is
-drawn with numpy from named streams (``core.seeding.rng``) rather than from
-torch: the draws are then the same on CPU, CUDA and MPS, and each transform has
-its own stream, so switching one off never changes what another one draws.
-Ranges are fractions of the image size where a size is involved, so the same
-params suit 8x8 and 64x64 images.
+handful of array ops and no Python loop over images (see ``bench/augment.py``
+for the speed against one image per call). Ranges are fractions of the image
+size where a size is involved, so the same params suit 8x8 and 64x64 images.
+
+The output bytes are the same on every CPU and device, so is the stage's DVC
+hash (``tests/test_cross_cpu.py`` checks it on every code path the machine
+running the tests can be forced onto, and against the committed ``dvc.lock``):
+
+- Every random number comes from numpy's generators, from named streams
+  (``core.seeding.rng``, one per transform: switching one off never changes
+  what another draws), as integers or as ``random()`` (an integer times a power
+  of two): numpy's bit generators give the same bits everywhere. Not used:
+  torch's generators (CPU and CUDA differ), ``standard_normal`` (exp and log on
+  its rare slow path) and ``Generator.uniform`` (see ``uniform``).
+- Everything computed from the draws is exact: integers; float64 numpy ops
+  from IEEE 754's correctly rounded + - * / and sqrt, one at a time (sin, cos
+  and exp are polynomials of them); and the elastic smoothing's matrix
+  products, whose products and partial sums are small multiples of 1/2, exact
+  in any order of summation.
+- The warp is bilinear interpolation in integers on a 1/256 px grid
+  (``mlpipeline.bitexact`` says why rounding a float result at the end would
+  not do). The per-pixel work on the images' device is int32 gathers,
+  multiplies, adds and shifts: exact on CUDA and MPS as on the CPU (no float at
+  all, so no float64, which MPS lacks), though only the CPU is tested here.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from mlpipeline.bitexact import (
+    ONE,
+    SAMPLE_BITS,
+    Padding,
+    exp_neg,
+    round_to_uint8,
+    sample_bilinear,
+    sin_cos,
+)
 from mlpipeline.core.params import param
 from mlpipeline.core.seeding import rng
 
-Padding = Literal["zeros", "border", "reflection"]
+RADIANS_PER_DEGREE = math.pi / 180
+ELASTIC_VARIANCE = (256**2 - 1) / 12  # of the elastic field's white noise, uniform over 256 values
+ELASTIC_CHUNK = 512  # images whose elastic fields are smoothed at once
+KERNEL_ONE = 1 << 10  # the elastic smoothing kernel's centre tap; the others are rounded to integers
+NOISE_TERMS = 8  # uniform bytes summed per noise value
+NOISE_MEAN = NOISE_TERMS * 255 // 2
+NOISE_STD = math.sqrt(NOISE_TERMS * (256**2 - 1) / 12)
+EVEN_BYTES = np.uint64(0x00FF00FF00FF00FF)
+SUM_OF_LANES = np.uint64(0x0001000100010001)
 
 
 @dataclass(frozen=True)
@@ -72,7 +104,7 @@ class Transforms:
     padding: Padding  # what a warp shows beyond the image edge
     affine: AffineParams
     elastic: ElasticParams
-    noise_std: float = param(ge=0, le=255)  # Gaussian noise, in pixel units of 0..255
+    noise_std: float = param(ge=0, le=255)  # near-Gaussian noise (see gaussian_noise), pixel units
     cutout: CutoutParams
     drop_values: float = param(ge=0, le=1)  # chance of each pixel to be set to 0 (missing value)
 
@@ -81,98 +113,140 @@ def augment(images: torch.Tensor, transforms: Transforms, seed: int, *stream: st
     """One augmented copy of every image in ``images`` (uint8 N x C x H x W); same shape and dtype.
 
     The randomness comes from ``seed`` and ``stream`` only (name the batch in
-    ``stream``), so the same call gives the same bytes on CPU. Works on the
-    device ``images`` lives on.
+    ``stream``), and the bytes are the same on every CPU and device (see the
+    module docstring). The random fields are drawn on the CPU; the gathers and
+    integer sums run on the device ``images`` lives on.
     """
     n, _, height, width = images.shape
-    x = images.to(torch.float32)
     if transforms.affine.active or transforms.elastic.active:
-        grid = affine_grid(transforms.affine, n, (height, width), rng(seed, *stream, "affine"))
-        add_elastic(grid, transforms.elastic, rng(seed, *stream, "elastic"))
-        grid = grid.to(x.device)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode=transforms.padding, align_corners=False)
+        x, y = affine_coordinates(transforms.affine, n, (height, width), rng(seed, *stream, "affine"))
+        add_elastic(x, y, transforms.elastic, rng(seed, *stream, "elastic"))
+        samples = sample_bilinear(images, x, y, transforms.padding)
+    else:
+        samples = images.to(torch.int32) << SAMPLE_BITS
     if transforms.noise_std:
-        noise = rng(seed, *stream, "noise").standard_normal(x.shape, dtype=np.float32)
-        x.add_(torch.from_numpy(noise).to(x.device), alpha=transforms.noise_std)
+        noise = gaussian_noise(transforms.noise_std, images.shape, rng(seed, *stream, "noise"))
+        samples += torch.from_numpy(noise).to(images.device)
+    out = round_to_uint8(samples)
     if transforms.cutout.active:
         mask = cutout_mask(transforms.cutout, n, (height, width), rng(seed, *stream, "cutout"))
-        x.masked_fill_(torch.from_numpy(mask).to(x.device), 0.0)
+        out.masked_fill_(torch.from_numpy(mask).to(images.device), 0)
     if transforms.drop_values:
         draws = rng(seed, *stream, "drop").random((n, 1, height, width), dtype=np.float32)
-        x.masked_fill_(torch.from_numpy(draws < transforms.drop_values).to(x.device), 0.0)
-    return x.round_().clamp_(0, 255).to(torch.uint8)
+        out.masked_fill_(torch.from_numpy(draws < transforms.drop_values).to(images.device), 0)
+    return out
 
 
-def affine_grid(
+def uniform(draws: np.random.Generator, low: float, high: float, shape: int | tuple[int, ...]) -> np.ndarray:
+    """Uniform in [low, high), scaled by numpy ufuncs: ``Generator.uniform`` computes ``low + range * u``
+    in C, which a compiler may fuse into one FMA on CPUs that have it (ARM) and not on others."""
+    return draws.random(shape) * (high - low) + low
+
+
+def affine_coordinates(
     affine: AffineParams, n: int, size: tuple[int, int], draws: np.random.Generator
-) -> torch.Tensor:
-    """Sampling grid (N x H x W x 2, normalized coordinates) of one random affine map per image.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each output pixel samples under one random affine map per image: fixed-point x and y.
 
     The map is built in pixel units around the image centre (so rotation keeps
-    angles on non-square images), inverted (``grid_sample`` pulls from the
-    input) and expressed in the -1..1 coordinates ``affine_grid`` expects.
-    Images the probability leaves out get the identity.
+    angles on non-square images) and inverted (each output pixel pulls from the
+    input). Returns int64 N x H x W arrays in steps of 1/``ONE`` px. Images the
+    probability leaves out get the identity, exactly.
     """
     height, width = size
     chosen = draws.random(n) < affine.probability
-    angle = np.radians(draws.uniform(-affine.rotation, affine.rotation, n)) * chosen
-    shear = np.tan(np.radians(draws.uniform(-affine.shear, affine.shear, n))) * chosen
-    scale = np.where(chosen, draws.uniform(affine.scale[0], affine.scale[1], n), 1.0)
-    shift = draws.uniform(-affine.translate, affine.translate, (n, 2)) * 2 * chosen[:, None]  # normalized
-    cos, sin = np.cos(angle), np.sin(angle)
-    # Inverse of rotate(angle) @ shear_x(shear) @ scale, in pixel units: (1/s) Sh^-1 R^-1.
-    inverse = (
-        np.stack([np.stack([cos + shear * sin, sin - shear * cos], -1), np.stack([-sin, cos], -1)], -2)
-        / scale[:, None, None]
+    angle = np.where(chosen, uniform(draws, -affine.rotation, affine.rotation, n) * RADIANS_PER_DEGREE, 0.0)
+    slant = np.where(chosen, uniform(draws, -affine.shear, affine.shear, n) * RADIANS_PER_DEGREE, 0.0)
+    scale = np.where(chosen, uniform(draws, affine.scale[0], affine.scale[1], n), 1.0)
+    shift = uniform(draws, -affine.translate, affine.translate, (n, 2)) * np.array([width, height])
+    shift *= chosen[:, None]
+    sin, cos = sin_cos(angle)
+    slant_sin, slant_cos = sin_cos(slant)
+    shear = slant_sin / slant_cos
+    # Inverse of rotate(angle) @ shear_x(shear) @ scale: (1/s) Sh^-1 R^-1, rows (i00, i01), (i10, i11).
+    inverse = [[(cos + shear * sin) / scale, (sin - shear * cos) / scale], [-sin / scale, cos / scale]]
+    # Output pixel centres relative to the image centre, minus the shift, in steps of 1/ONE px.
+    across = ((np.arange(width) - (width - 1) / 2) - shift[:, :1]) * ONE  # N x W
+    down = ((np.arange(height) - (height - 1) / 2) - shift[:, 1:]) * ONE  # N x H
+    x, y = (
+        a[:, None, None] * across[:, None, :] + (b[:, None] * down + (side - 1) * ONE / 2)[:, :, None]
+        for (a, b), side in zip(inverse, (width, height), strict=True)
     )
-    # Pixel units -> normalized: x_norm = x_px * 2 / width, y_norm = y_px * 2 / height.
-    to_norm = np.array([2 / width, 2 / height])
-    linear = inverse * to_norm[None, :, None] / to_norm[None, None, :]
-    offset = -np.einsum("nij,nj->ni", linear, shift)
-    theta = torch.from_numpy(np.concatenate([linear, offset[:, :, None]], axis=2).astype(np.float32))
-    return F.affine_grid(theta, [n, 1, height, width], align_corners=False)
+    return np.rint(x, out=x).astype(np.int64), np.rint(y, out=y).astype(np.int64)
 
 
-def add_elastic(grid: torch.Tensor, elastic: ElasticParams, draws: np.random.Generator) -> None:
-    """Add a smooth random displacement field to the chosen images' sampling ``grid`` in place.
+def add_elastic(x: np.ndarray, y: np.ndarray, elastic: ElasticParams, draws: np.random.Generator) -> None:
+    """Add a smooth random displacement to the chosen images' fixed-point coordinates, in place.
 
-    Each field is white noise on a canvas larger by the kernel radius (so the
-    smoothing has no border effect), smoothed by a separable Gaussian and scaled
-    to unit RMS, then to ``alpha``. The smoothing is written as two batched
-    matmuls with banded matrices, the same arithmetic as a separable
-    ``conv2d`` but several times faster on CPU for single-channel fields.
-    Uniform noise (as in Simard et al. 2003) is five times cheaper to draw than
-    Gaussian noise and, summed over a kernel, just as Gaussian.
+    Each field is white noise (uniform over the 256 half-integers -127.5..127.5)
+    on a canvas larger by the kernel radius (so the smoothing has no border
+    effect), smoothed by a separable Gaussian with integer taps, then scaled to
+    an RMS displacement of ``alpha`` times the width (x) or height (y). The
+    smoothing is two float64 matrix products with banded matrices, exact
+    whatever BLAS does: every product and partial sum is a multiple of 1/2
+    below 2**52 (the largest possible, 127.5 * (1024 * (2.51 * sigma_px + 1))**2,
+    stays below it while ``sigma`` times the image side is under 2,000 px).
+    Uniform noise (as in Simard et al. 2003), summed over a kernel, is as
+    Gaussian as Gaussian noise.
     """
     if not elastic.active:
         return
-    n, height, width, _ = grid.shape
+    n, height, width = x.shape
     chosen = np.flatnonzero(draws.random(n) < elastic.probability)
     if not len(chosen):
         return
-    smooth_y, norm_y = _smoothing_matrix(height, elastic.sigma * height)
-    smooth_x, norm_x = _smoothing_matrix(width, elastic.sigma * width)
-    canvas = (len(chosen), 2, smooth_y.shape[1], smooth_x.shape[1])
-    noise = torch.from_numpy(draws.random(canvas, dtype=np.float32)).sub_(0.5)  # variance 1/12
-    field = smooth_y @ noise @ smooth_x.T
-    gain = 2 * elastic.alpha / (math.sqrt(1 / 12) * norm_x * norm_y)  # 2: normalized units span 2
-    grid[torch.from_numpy(chosen)] += field.permute(0, 2, 3, 1).mul_(gain)
+    smooth_y, squares_y = smoothing_matrix(height, elastic.sigma * height)
+    smooth_x, squares_x = smoothing_matrix(width, elastic.sigma * width)
+    rows, cols = smooth_y.shape[1], smooth_x.shape[1]
+    # Canvas rows first (rows x images x 2 x cols), so each pass is one large matrix product.
+    noise = draws.integers(0, 256, (rows, len(chosen), 2, cols), dtype=np.uint8)
+    rms = math.sqrt(ELASTIC_VARIANCE * squares_y * squares_x)
+    gains = [elastic.alpha * side * ONE / rms for side in (width, height)]
+    for start in range(0, len(chosen), ELASTIC_CHUNK):  # float64 canvases are large: a few at a time
+        images = chosen[start : start + ELASTIC_CHUNK]
+        canvas = torch.from_numpy(noise[:, start : start + len(images)]).to(torch.float64).sub_(127.5)
+        smoothed = (canvas.reshape(-1, cols) @ smooth_x.T).view(rows, -1)
+        field = (smooth_y @ smoothed).view(height, len(images), 2, width).numpy()
+        for axis, coordinates in enumerate((x, y)):
+            shift = field[:, :, axis].transpose(1, 0, 2) * gains[axis]
+            coordinates[images] += np.rint(shift, out=shift).astype(np.int64)
 
 
-def _smoothing_matrix(size: int, sigma_px: float) -> tuple[torch.Tensor, float]:
-    """Banded ``size x (size + 2 radius)`` matrix whose rows are a Gaussian kernel; and its L2 norm.
+def smoothing_matrix(size: int, sigma_px: float) -> tuple[torch.Tensor, int]:
+    """Banded ``size x (size + 2 radius)`` float64 matrix whose rows are a Gaussian kernel with
+    integer taps (``KERNEL_ONE`` at the centre); and the sum of the taps' squares.
 
     Multiplying a canvas by it is a valid-mode 1-D convolution; smoothing white
-    noise of variance v with the kernel leaves variance v * norm**2.
+    noise of variance v with it leaves variance v * (sum of squares).
     """
     radius = max(1, math.ceil(3 * sigma_px))
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (taps / sigma_px) ** 2)
-    kernel /= kernel.sum()
-    columns = torch.arange(size)[:, None] + torch.arange(len(taps))[None, :]
-    matrix = torch.zeros(size, size + 2 * radius, dtype=torch.float64)
-    matrix.scatter_(1, columns, kernel.expand(size, -1))
-    return matrix.to(torch.float32), float(kernel.norm())
+    taps = np.arange(-radius, radius + 1) / sigma_px
+    kernel = np.rint(exp_neg(0.5 * taps * taps) * KERNEL_ONE)
+    rows = np.arange(size)[:, None]
+    matrix = np.zeros((size, size + 2 * radius))
+    matrix[rows, rows + np.arange(len(taps))] = kernel
+    return torch.from_numpy(matrix), int(np.square(kernel).sum())
+
+
+def gaussian_noise(std: float, shape: tuple[int, ...], draws: np.random.Generator) -> np.ndarray:
+    """Zero-mean noise of standard deviation ``std`` pixel values, as int32 of ``shape`` in steps of
+    1/``ONE**2`` (the unit ``sample_bilinear`` returns).
+
+    Each value is the sum of eight uniform bytes (Irwin-Hall): its variance is
+    exact, its shape near Gaussian (kurtosis 2.85 against 3, tails cut at 4.9
+    std) and it is integer arithmetic. ``standard_normal`` uses exp and log on
+    its rare slow path, which may round differently on another CPU, and one
+    draw that differs there shifts every later one.
+    """
+    sums = draws.bit_generator.random_raw(math.prod(shape))  # 8 bytes each, summed in place:
+    odd = sums >> 8
+    odd &= EVEN_BYTES
+    sums &= EVEN_BYTES
+    sums += odd  # four 16-bit lanes, each the sum of two bytes
+    sums *= SUM_OF_LANES
+    sums >>= 48  # the four lanes added up in the top 16 bits
+    levels = np.rint((np.arange(NOISE_TERMS * 255 + 1) - NOISE_MEAN) * (std * ONE**2 / NOISE_STD))
+    return levels.astype(np.int32)[sums].reshape(shape)
 
 
 def cutout_mask(

@@ -1,0 +1,115 @@
+"""Arithmetic whose every bit is fixed by the rules, so a stage writes the same bytes on every CPU.
+
+DVC's caches only hit when two machines write the same bytes from the same
+inputs. Integer arithmetic and IEEE 754's basic operations (+ - * / and sqrt,
+each correctly rounded) have one right answer everywhere; little else in float
+does. libm and numpy pick SIMD and FMA variants of sin, cos, exp and log by CPU,
+and these may differ in the last bit; torch's float kernels (``grid_sample``,
+convolutions, matmul) add in an order set by the SIMD width. Rounding to a pixel
+value afterwards does not hide that: a last-bit difference flips the pixel
+whenever the value sits on a rounding boundary, and over millions of pixels one
+does. So everything that reaches an output is computed exactly, all the way:
+
+- sin, cos and exp are fixed polynomials evaluated by numpy one multiply or add
+  at a time (a ufunc is one correctly rounded operation per element, never
+  fused into an FMA, whatever the SIMD width);
+- resampling is bilinear interpolation in integers: coordinates on a grid of
+  1/``ONE`` px, weights in 1/``ONE`` steps, one rounding at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Padding = Literal["zeros", "border", "reflection"]
+
+FRACTION_BITS = 8
+ONE = 1 << FRACTION_BITS  # fixed-point steps per pixel: coordinates on a 1/256 px grid
+SAMPLE_BITS = 2 * FRACTION_BITS  # a bilinear sample is a pixel value in steps of 1/ONE**2
+
+_SIN = [(-1) ** k / math.factorial(2 * k + 1) for k in range(14)]  # to x**27: 3e-17 short at pi
+_COS = [(-1) ** k / math.factorial(2 * k) for k in range(15)]  # to x**28
+_EXP = [1 / math.factorial(k) for k in range(12)]  # on [-1/16, 0], then squared ten times
+_EXP_HALVINGS = 10
+_EXP_LARGEST = 64.0  # e**-64 is 1.6e-28: past any use here
+
+
+def _horner(coefficients: list[float], x: np.ndarray) -> np.ndarray:
+    """sum(c[k] * x**k), one rounded multiply and one rounded add per term."""
+    total = np.full_like(x, coefficients[-1])
+    for coefficient in reversed(coefficients[:-1]):
+        total = total * x + coefficient
+    return total
+
+
+def sin_cos(angle: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sin and cos of float64 ``angle`` (radians, |angle| <= pi), within 1e-15 of the true values."""
+    square = angle * angle
+    return _horner(_SIN, square) * angle, _horner(_COS, square)
+
+
+def exp_neg(x: np.ndarray) -> np.ndarray:
+    """e**-x for float64 ``x`` >= 0 (values past 64 give e**-64), relative error below 1e-12."""
+    power = _horner(_EXP, np.minimum(x, _EXP_LARGEST) / -(2**_EXP_HALVINGS))
+    for _ in range(_EXP_HALVINGS):
+        power = power * power
+    return power
+
+
+def fold(coordinate: np.ndarray, size: int, padding: Padding) -> np.ndarray:
+    """Where a fixed-point coordinate along an axis of ``size`` pixels reads, by ``padding``.
+
+    The same rules as ``grid_sample(align_corners=False)``: the image's edges
+    are half a pixel beyond the outer pixel centres; ``reflection`` mirrors at
+    them (again and again), ``border`` then clamps to the outer centres, and
+    ``zeros`` clamps to one pixel outside, where the padded image holds 0.
+    """
+    if padding == "reflection":
+        span = size * ONE
+        flips, extra = np.divmod(np.abs(coordinate + ONE // 2), span)
+        coordinate = np.where(flips % 2 == 0, extra, span - extra) - ONE // 2
+    if padding == "zeros":
+        return np.clip(coordinate, -ONE, size * ONE)
+    return np.clip(coordinate, 0, (size - 1) * ONE)
+
+
+def sample_bilinear(images: torch.Tensor, x: np.ndarray, y: np.ndarray, padding: Padding) -> torch.Tensor:
+    """Bilinear samples of uint8 ``images`` (N x C x H x W) at fixed-point ``x``, ``y`` (int64 N x H x W).
+
+    Pixel centres are at multiples of ``ONE``. Returns int32 N x C x H x W in
+    steps of 1/``ONE**2`` of a pixel value (at most 255 * 2**16: int32 is
+    exact on every device). The gather and the blend run on ``images``'s
+    device; the indices are worked out on the CPU.
+    """
+    n, channels, height, width = images.shape
+    stride = width + 3  # one column of zeros before the image, two after: every tap is inside
+    # Folded, every coordinate is within a pixel of the image: int32 from here, half the memory.
+    column, row = (fold(c, side, padding).astype(np.int32) for c, side in ((x, width), (y, height)))
+    column += ONE  # in the padded image
+    row += ONE
+    index = row >> FRACTION_BITS
+    index *= stride
+    index += column >> FRACTION_BITS
+    fx, fy = (c & (ONE - 1) for c in (column, row))
+    index = torch.from_numpy(index.reshape(n, 1, -1)).to(images.device, torch.int64)  # as gather takes it
+    fx, fy = (torch.from_numpy(f.reshape(n, 1, -1)).to(images.device) for f in (fx, fy))
+    padded = F.pad(images.to(torch.int32), (1, 2, 1, 2)).view(n, channels, -1)
+
+    def tap(offset: int) -> torch.Tensor:
+        return padded.gather(2, (index + offset).expand(n, channels, -1))
+
+    top_left, bottom_left = tap(0), tap(stride)
+    top = top_left * ONE + (tap(1) - top_left) * fx
+    bottom = bottom_left * ONE + (tap(stride + 1) - bottom_left) * fx
+    return (top * ONE + (bottom - top) * fy).view(n, channels, height, width)
+
+
+def round_to_uint8(samples: torch.Tensor) -> torch.Tensor:
+    """int32 values in steps of 1/``ONE**2`` -> uint8, halves rounded up, clamped to 0..255."""
+    half = 1 << (SAMPLE_BITS - 1)
+    return ((samples + half).clamp_(0, 255 << SAMPLE_BITS) >> SAMPLE_BITS).to(torch.uint8)

@@ -1,0 +1,66 @@
+"""Exact arithmetic for the data stages: integer resampling that agrees with grid_sample, and
+sin/cos/exp polynomials that agree with libm, to within their own rounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlpipeline.bitexact import ONE, SAMPLE_BITS, exp_neg, fold, round_to_uint8, sample_bilinear, sin_cos
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("shape", [(5, 2, 7, 9), (3, 1, 8, 8), (2, 3, 1, 5), (2, 1, 28, 28)])
+def test_sample_bilinear_is_grid_sample_in_exact_arithmetic(
+    shape: tuple[int, int, int, int], padding: str
+) -> None:
+    draws = np.random.default_rng(0)
+    n, _, height, width = shape
+    images = torch.from_numpy(draws.integers(0, 256, shape, dtype=np.uint8))
+    # Anywhere from three images away on one side to three on the other, plus the edge cases.
+    x = draws.integers(-3 * width * ONE, 4 * width * ONE, (n, height, width))
+    y = draws.integers(-3 * height * ONE, 4 * height * ONE, (n, height, width))
+    x[0, 0, :3], y[0, 0, :3] = [-ONE, width * ONE, -ONE // 2], [height * ONE, -ONE - 1, (height - 1) * ONE]
+    samples = sample_bilinear(images, x, y, padding)
+
+    grid = np.stack([(x / ONE + 0.5) * 2 / width - 1, (y / ONE + 0.5) * 2 / height - 1], axis=-1)
+    expected = F.grid_sample(
+        images.double(), torch.from_numpy(grid), mode="bilinear", padding_mode=padding, align_corners=False
+    )
+    assert samples.dtype == torch.int32
+    torch.testing.assert_close(samples.double() / ONE**2, expected, rtol=0, atol=1e-9)
+
+
+def test_identity_coordinates_give_the_image_back() -> None:
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 3, 6, 10), dtype=np.uint8))
+    rows, cols = np.meshgrid(np.arange(6) * ONE, np.arange(10) * ONE, indexing="ij")
+    x, y = np.broadcast_to(cols, (4, 6, 10)), np.broadcast_to(rows, (4, 6, 10))
+    assert torch.equal(round_to_uint8(sample_bilinear(images, x, y, "zeros")), images)
+
+
+def test_reflection_mirrors_at_the_edges_again_and_again() -> None:
+    width = 4
+    x = np.array([-ONE // 2, -ONE, 0, width * ONE - ONE // 2, width * ONE, 2 * width * ONE])
+    expected = np.array([0, 0, 0, width - 1, width - 1, 0]) * ONE
+    assert fold(x, width, "reflection").tolist() == expected.tolist()
+    assert fold(np.array([-5 * ONE, 9 * ONE]), width, "zeros").tolist() == [-ONE, width * ONE]
+
+
+def test_round_to_uint8_rounds_halves_up_and_clamps() -> None:
+    half = 1 << (SAMPLE_BITS - 1)
+    samples = torch.tensor(
+        [-5 * ONE**2, 0, half - 1, half, 254 * ONE**2 + half, 300 * ONE**2], dtype=torch.int32
+    )
+    assert round_to_uint8(samples).tolist() == [0, 0, 0, 1, 255, 255]
+
+
+def test_polynomials_agree_with_libm() -> None:
+    angles = np.linspace(-np.pi, np.pi, 10_001)
+    sin, cos = sin_cos(angles)
+    np.testing.assert_allclose(sin, np.sin(angles), rtol=0, atol=2e-15)
+    np.testing.assert_allclose(cos, np.cos(angles), rtol=0, atol=2e-15)
+    x = np.linspace(0, 60, 10_001)
+    np.testing.assert_allclose(exp_neg(x), np.exp(-x), rtol=1e-12, atol=0)
+    assert exp_neg(np.array([0.0, 1e6])).tolist() == [1.0, pytest.approx(np.exp(-64.0))]

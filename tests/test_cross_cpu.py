@@ -1,0 +1,114 @@
+"""The data stages write the same bytes on every CPU: on each code path this one can be forced
+onto, and as the committed ``dvc.lock`` records.
+
+A fresh clone's ``make repro`` must leave the ``dvc.lock`` entries of ingest, synthesize and
+augment unchanged on any machine, or the shared cache and the run-cache miss. One machine is not
+every CPU, but the libraries let it take the code paths they would take on older ones: torch's
+kernels (``ATEN_CPU_CAPABILITY``), oneDNN's (``ONEDNN_MAX_CPU_ISA``), MKL's
+(``MKL_ENABLE_INSTRUCTIONS``), OpenBLAS's (``OPENBLAS_CORETYPE``), numpy's SIMD loops
+(``NPY_DISABLE_CPU_FEATURES``) and glibc's libm variants (``GLIBC_TUNABLES``). And CI, on
+whatever machine runs it, checks the committed hashes again.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO_ROOT, copy_repo
+from dvcflow import dvc, output_digests
+
+DATA_STAGES = ["ingest", "synthesize", "augment"]
+X86 = platform.machine().lower() in {"x86_64", "amd64"}
+
+
+def aten_levels() -> list[str]:
+    """The ``ATEN_CPU_CAPABILITY`` values this CPU runs, lowest first (torch reports the highest)."""
+    native = torch.backends.cpu.get_cpu_capability().lower()
+    ladder = ["default", "avx2", "avx512"]
+    return ladder[: ladder.index(native) + 1] if native in ladder else ["default", native]
+
+
+def numpy_dispatched_features() -> list[str]:
+    """The SIMD targets numpy picks at run time on this CPU (beyond its build's baseline)."""
+    from numpy._core import _multiarray_umath as umath
+
+    return [name for name in umath.__cpu_dispatch__ if umath.__cpu_features__.get(name)]
+
+
+def lowest_code_paths() -> dict[str, str]:
+    """Every library on the oldest code path it can be told to take on this CPU."""
+    env = {
+        "ATEN_CPU_CAPABILITY": "default",
+        "NPY_DISABLE_CPU_FEATURES": " ".join(numpy_dispatched_features()),
+    }
+    if X86:
+        env |= {
+            "ONEDNN_MAX_CPU_ISA": "SSE41",
+            "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+            "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F,-AVX2,-FMA,-FMA4,-AVX",
+        }
+        if "OPENBLAS_CORETYPE" not in os.environ:  # set on CPUs where OpenBLAS needs it: leave it be
+            env["OPENBLAS_CORETYPE"] = "Prescott"
+    return env
+
+
+def forced_code_paths() -> dict[str, dict[str, str]]:
+    """``lowest``: every library on its oldest path; then each torch level between that and native."""
+    between = aten_levels()[1:-1]
+    return {"lowest": lowest_code_paths()} | {level: {"ATEN_CPU_CAPABILITY": level} for level in between}
+
+
+def code_path_taken(env: dict[str, str]) -> tuple[str, list[str]]:
+    """torch's CPU capability and numpy's dispatched SIMD targets in a process started with ``env``."""
+    probe = (
+        "import torch; from numpy._core import _multiarray_umath as u; "
+        "print(torch.backends.cpu.get_cpu_capability().lower(), "
+        "*[n for n in u.__cpu_dispatch__ if u.__cpu_features__[n]])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True, text=True, check=True
+    )
+    capability, *numpy_targets = out.stdout.split()
+    return capability, numpy_targets
+
+
+def data_stage_outs(repo: Path) -> dict[str, list[dict]]:
+    """The outputs (paths and hashes) ``dvc.lock`` records for the data stages."""
+    stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {name: stages[name]["outs"] for name in DATA_STAGES}
+
+
+def reproduce(repo: Path, env: dict[str, str] | None = None) -> Path:
+    """``dvc repro augment`` (ingest, synthesize, augment) in ``repo``, a fresh copy of the project."""
+    dvc(repo, "repro", "augment", env=env)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data stages run in a fresh copy with every library on this CPU's own code path."""
+    return reproduce(copy_repo(tmp_path_factory.mktemp("native") / "repo"))
+
+
+@pytest.mark.slow
+def test_committed_lock_holds_on_this_machine(native: Path) -> None:
+    assert data_stage_outs(native) == data_stage_outs(REPO_ROOT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "env"), list(forced_code_paths().items()))
+def test_every_cpu_code_path_writes_the_same_bytes(
+    native: Path, tmp_path: Path, name: str, env: dict[str, str]
+) -> None:
+    # The forcing took: torch runs that level, and on the lowest path numpy runs its baseline only.
+    assert code_path_taken(env) == ("default", []) if name == "lowest" else code_path_taken(env)[0] == name
+    forced = reproduce(copy_repo(tmp_path / "repo"), env)
+    assert output_digests(forced, DATA_STAGES) == output_digests(native, DATA_STAGES)
+    assert data_stage_outs(forced) == data_stage_outs(native)
