@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lint format lock clean s3-up s3-down check-remote
+.PHONY: help setup repro test lint format lock clean s3-up s3-down check-remote gc
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,11 @@ s3-down: setup ## Stop the local S3 server and drop its endpoint from .dvc/confi
 
 check-remote: setup ## Tell in one line whether the DVC remote is reachable and writable
 	python -m mlpipeline.remote_check
+
+# Cache hygiene: a dry run unless CONFIRM=1; CLOUD=1 cleans the DVC remote too. KEEP: dvc gc's scope
+# flags (default -w -a -T --all-experiments: workspace, branch tips, tags, experiments).
+gc: setup ## List what `dvc gc` would remove and why (CONFIRM=1 removes it, CLOUD=1 the remote too)
+	python -m mlpipeline.cache_gc $(if $(filter 1,$(CONFIRM)),--confirm) $(if $(filter 1,$(CLOUD)),--cloud) $(KEEP)
 
 # Resolved in a fresh venv with no constraints, so the file holds what pyproject.toml alone
 # takes today; its header comment is kept. Then `make setup` installs the new versions.
