@@ -58,6 +58,7 @@ def test_origins_come_from_the_newest_commit_then_the_run_cache(tmp_path: Path) 
         {
             "data.dvc": dvc_file(("data", "b" * 32)),
             "sub/dvc.lock": lock_file("fit", ("model", "c" * 32 + ".dir")),
+            "raw images/données.dvc": dvc_file(("données", "9" * 32)),  # a name git would quote
         },
     )
     commit_files(repo, "back to the old data", {"data.dvc": dvc_file(("data", "a" * 32)), "junk.dvc": ": ["})
@@ -66,7 +67,7 @@ def test_origins_come_from_the_newest_commit_then_the_run_cache(tmp_path: Path) 
     (runs / "ab" / "abcd" / "entry").write_text("cmd: x\nouts:\n- path: reports/plot.png\n  md5: " + "e" * 32)
 
     entries = {"c" * 32 + ".dir": ["d" * 32]}
-    oids = ["a" * 32, "b" * 32, "c" * 32 + ".dir", "d" * 32, "e" * 32, "f" * 32]
+    oids = ["a" * 32, "b" * 32, "c" * 32 + ".dir", "d" * 32, "e" * 32, "f" * 32, "9" * 32]
     found = find_origins(repo, runs, oids, lambda oid: entries.get(oid, []))
 
     named = {oid[0]: (origin.output, origin.source) for oid, origin in found.items()}
@@ -74,6 +75,7 @@ def test_origins_come_from_the_newest_commit_then_the_run_cache(tmp_path: Path) 
     assert all(old not in source for _, source in named.values())  # the newest commit names it
     assert named["b"][0] == "data" and named["b"][1].startswith(f"from commit {new} (")
     assert named["c"] == named["d"] == ("sub/model", named["b"][1])  # a listing names its files
+    assert named["9"] == ("raw images/données", named["b"][1])
     assert named["e"][0] == "reports/plot.png"
     assert named["e"][1].startswith("from a run no commit records (")
     assert "f" not in named  # recorded nowhere
@@ -255,6 +257,7 @@ def test_gc_lists_then_removes_exactly_what_no_kept_revision_uses(
     make(repo, "gc", "CONFIRM=1", "CLOUD=1")
     assert before[0] - objects_under(cache) == unused["local"]
     assert before[1] - objects_under(remote) == unused["remote"]
+    assert not (old_model | only["old"] | dropped) & (objects_under(cache) | objects_under(remote))
 
     # What each kept revision needs is still there: a fresh clone checks it out and pulls it all
     # (`dvc pull` fails if any object is missing).

@@ -59,6 +59,8 @@ def _commits(root: Path) -> Iterator[Source]:
     """Each commit (any ref) that added or changed a metafile, with those files' contents."""
     log = _git(
         root,
+        "-c",
+        "core.quotePath=false",  # names as they are: cat-file takes them back
         "log",
         "--all",
         "--relative",
@@ -88,10 +90,13 @@ def _read_blobs(root: Path, specs: list[str]) -> list[bytes]:
     blobs, position = [], 0
     for _ in specs:
         end = out.index(b"\n", position)
-        header = out[position:end].split()
-        size = int(header[2]) if len(header) == 3 else 0  # "<spec> missing" has two fields
-        blobs.append(out[end + 1 : end + 1 + size])
-        position = end + 1 + (size + 1 if len(header) == 3 else 0)
+        header, position = out[position:end], end + 1  # "<oid> blob <size>" or "<spec> missing"
+        if header.endswith(b" missing"):
+            blobs.append(b"")
+            continue
+        size = int(header.rsplit(b" ", 1)[1])
+        blobs.append(out[position : position + size])
+        position += size + 1  # the contents, then a newline
     return blobs
 
 
