@@ -17,6 +17,7 @@ Usage (``make gc [CONFIRM=1] [CLOUD=1] [KEEP="dvc gc scope flags"]``)::
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -219,6 +220,17 @@ def store_lines(store: Store) -> list[str]:
     return lines
 
 
+def report(repo, scope: Scope, stores: list[Store], cloud: bool) -> list[str]:
+    """What stays (by scope), then what each store would lose."""
+    header = [f"keeping what these use (dvc gc {scope.flags()}):"]
+    kept = [f"  {line}" for line in scope_lines(repo, scope, cloud)]
+    return (
+        header
+        + kept
+        + [line for store in stores if store.kept or store.unused for line in store_lines(store)]
+    )
+
+
 def _size(count: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if count < 1000 or unit == "GB":
@@ -248,13 +260,7 @@ def run(root: Path, scope: Scope, confirm: bool, cloud: bool, remote: str | None
             _check_remote(root, remote)
         with Repo(str(root)) as repo:
             stores = plan(repo, scope, cloud, remote)
-            print(f"keeping what these use (dvc gc {scope.flags()}):")
-            print("\n".join(f"  {line}" for line in scope_lines(repo, scope, cloud)))
-            print(
-                "\n".join(
-                    line for store in stores if store.kept or store.unused for line in store_lines(store)
-                )
-            )
+            print("\n".join(report(repo, scope, stores, cloud)))
             if confirm:
                 repo.gc(**asdict(scope), cloud=cloud, remote=remote, force=True)
     except DvcException as exc:
@@ -310,6 +316,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    for name in ("dvc", "dvc_objects", "dvc_data"):  # `import dvc` gave them handlers: print once
+        logging.getLogger(name).propagate = False
     args = parse_args(argv)
     if args.remote and not args.cloud:
         raise PipelineError("--remote names the remote to clean: use it with --cloud (CLOUD=1)")
