@@ -123,16 +123,30 @@ def test_scope_mistakes_are_refused_before_anything_is_read(
     assert str(raised.value) == message
 
 
-def test_cleaning_the_shared_remote_waits_for_branches_only_a_teammate_has(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def dvc_project(path: Path) -> Path:
+    """An empty DVC project, committed."""
     from dvc.repo import Repo
 
-    origin = tmp_path / "origin"
-    origin.mkdir()
-    run(["git", "init", "-q", "-b", "main"], origin)
-    Repo.init(str(origin)).close()
-    commit_files(origin, "dvc init", {})
+    path.mkdir()
+    run(["git", "init", "-q", "-b", "main"], path)
+    Repo.init(str(path)).close()
+    commit_files(path, "dvc init", {})
+    return path
+
+
+def test_an_empty_cache_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache_gc.run(dvc_project(tmp_path / "project"), DEFAULT_SCOPE, confirm=True, cloud=False, remote=None)
+    assert capsys.readouterr().out.splitlines()[-5:] == [
+        "  branches (-a): main",
+        "  tags (-T): (none)",
+        "  experiments (--all-experiments): (none)",
+        "the local cache holds no objects",
+        "gc: nothing to remove",
+    ]
+
+
+def test_cleaning_the_shared_remote_waits_for_branches_only_a_teammate_has(tmp_path: Path) -> None:
+    origin = dvc_project(tmp_path / "origin")
     run(["git", "checkout", "-q", "-b", "feature"], origin)
     commit_files(origin, "a teammate's work", {"note.txt": "trained elsewhere"})
     mine = git_clone(origin, tmp_path / "mine")  # local branch: feature only (origin's HEAD)

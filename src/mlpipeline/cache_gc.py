@@ -224,11 +224,11 @@ def report(repo, scope: Scope, stores: list[Store], cloud: bool) -> list[str]:
     """What stays (by scope), then what each store would lose."""
     header = [f"keeping what these use (dvc gc {scope.flags()}):"]
     kept = [f"  {line}" for line in scope_lines(repo, scope, cloud)]
-    return (
-        header
-        + kept
-        + [line for store in stores if store.kept or store.unused for line in store_lines(store)]
-    )
+    holding = [store for store in stores if store.kept or store.unused]  # DVC 2's legacy one: often empty
+    if not holding:
+        where = "the local cache and the remote hold" if cloud else "the local cache holds"
+        return [*header, *kept, f"{where} no objects"]
+    return header + kept + [line for store in holding for line in store_lines(store)]
 
 
 def _size(count: int) -> str:
@@ -291,9 +291,11 @@ def _check_remote(root: Path, remote: str | None) -> None:
 
 def _print_outcome(stores: list[Store], confirm: bool, cloud: bool) -> None:
     count, size = sum(len(s.unused) for s in stores), _size(sum(s.unused_bytes for s in stores))
-    if confirm:
+    if not count:
+        print("gc: nothing to remove")
+    elif confirm:
         print(f"gc: removed {count} objects ({size})")
-    elif count:
+    else:
         remote_hint = "" if cloud else " (CLOUD=1: the remote as well)"
         print(f"gc: dry run, nothing removed: `make gc CONFIRM=1` removes these {count} objects{remote_hint}")
 
