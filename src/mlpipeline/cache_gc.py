@@ -19,20 +19,15 @@ from __future__ import annotations
 import argparse
 import logging
 import subprocess
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlpipeline.cache_listing import Refs, names, report, size
 from mlpipeline.cache_origins import Origin, find_origins
 from mlpipeline.core import stage
 from mlpipeline.core.errors import PipelineError
-
-NAMES_SHOWN = 6  # branches, tags or experiments named before "and N more"
-UNNAMED = Origin("(unnamed)", "in no commit or run-cache entry", rank=1 << 30)
-# A `cache: false` output (metrics, small plots) is in the cache only as the run-cache's copy.
-RUN_CACHE_COPIES = Origin("(outputs git tracks)", "the run-cache's copies of `cache: false` outputs", rank=-1)
 
 
 @dataclass(frozen=True)
@@ -125,6 +120,7 @@ def _relative(repo, path: str) -> str:
 def describe(repo, stores: list[Store], jobs: int | None = None) -> None:
     """Fill in each unused object's size and origin."""
     git_tracked = {str(out) for out in repo.index.outs if not out.use_cache}
+    runs = Path(repo.stage_cache.cache_dir)
     for store in stores:
         store.git_tracked = git_tracked
         if store.unused:
@@ -133,7 +129,6 @@ def describe(repo, stores: list[Store], jobs: int | None = None) -> None:
             store.sizes = {
                 oid: int(info.get("size") or 0) for oid, info in zip(store.unused, infos, strict=True)
             }
-            runs = Path(repo.stage_cache.cache_dir)
             store.origins = find_origins(Path(repo.root_dir), runs, store.unused, _dir_reader(store.odb))
 
 
@@ -151,36 +146,21 @@ def _dir_reader(odb):
     return entries
 
 
-def scope_lines(repo, scope: Scope, cloud: bool = False) -> list[str]:
-    """What the scope keeps, by name, one line per ``dvc gc`` flag (and, for a shared remote, what
-    it does not keep that a teammate may still need)."""
+def refs(repo, scope: Scope, cloud: bool) -> Refs:
+    """The branches, tags and experiments the scope keeps by name, and for a shared remote, the
+    remote-tracking branches it would not keep."""
     from dvc.repo.experiments.utils import exp_refs
 
-    last = f"the last {scope.num} commits of " if scope.num else ""
-    lines = ["the workspace (-w; every scope keeps it)"]
-    if scope.all_branches:
-        lines.append(f"{last}branches (-a): {_names(repo.scm.list_branches())}")
-    if scope.all_tags:
-        lines.append(f"tags (-T): {_names(repo.scm.list_tags())}")
-    if scope.all_experiments:
-        lines.append(f"experiments (--all-experiments): {_names(ref.name for ref in exp_refs(repo.scm))}")
-    if scope.all_commits:
-        lines.append("every commit (-A)")
-    if scope.rev:
-        lines.append(f"{last or 'commit '}{scope.rev} (--rev)")
-    if scope.commit_date:
-        lines.append(f"commits since {scope.commit_date} (--date)")
     missed = remote_branches_not_kept(Path(repo.root_dir)) if cloud and not scope.all_commits else []
-    if missed:
-        lines.append(f"NOT kept, as no local branch points there (git checkout them first): {_names(missed)}")
-    return lines
+    experiments = [ref.name for ref in exp_refs(repo.scm)]
+    return Refs(list(repo.scm.list_branches()), list(repo.scm.list_tags()), experiments, missed)
 
 
 def remote_branches_not_kept(root: Path) -> list[str]:
     """Remote-tracking branches whose tip is no local branch's: ``-a`` keeps local branches only,
     so cleaning the shared remote would drop what a teammate pushed there."""
 
-    def refs(prefix: str) -> list[list[str]]:
+    def tips(prefix: str) -> list[list[str]]:
         listed = subprocess.run(
             ["git", "for-each-ref", "--format=%(objectname) %(refname:lstrip=2)", prefix],
             cwd=root,
@@ -190,53 +170,8 @@ def remote_branches_not_kept(root: Path) -> list[str]:
         ).stdout
         return [line.split(" ", 1) for line in listed.splitlines()]
 
-    local = {sha for sha, _ in refs("refs/heads")}
-    return [name for sha, name in refs("refs/remotes") if sha not in local and not name.endswith("/HEAD")]
-
-
-def _names(names: Iterable[str]) -> str:
-    names = sorted(names)
-    if not names:
-        return "(none)"
-    more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
-    return ", ".join(names[:NAMES_SHOWN]) + more
-
-
-def store_lines(store: Store) -> list[str]:
-    """The store's verdict, then a line per output and source of its unused objects, by output."""
-    if not store.unused:
-        return [f"{store.label}: keeps its {store.kept} objects, nothing to remove"]
-    groups: dict[Origin, list[str]] = defaultdict(list)
-    for oid in store.unused:
-        origin = store.origins.get(oid, UNNAMED)
-        groups[RUN_CACHE_COPIES if origin.output in store.git_tracked else origin].append(oid)
-    width = max(len(origin.output) for origin in groups)
-    total = f"{len(store.unused)} unused ({_size(store.unused_bytes)})"
-    lines = [f"{store.label}: keeps {store.kept} objects, {total}:"]
-    for origin, oids in sorted(groups.items(), key=lambda item: (item[0].output, item[0].rank)):
-        count = f"{len(oids)} object{'s' if len(oids) > 1 else ''}"
-        size = _size(sum(store.sizes.get(oid, 0) for oid in oids))
-        lines.append(f"  {origin.output:<{width}}  {count:>11}  {size:>8}  {origin.source}")
-    return lines
-
-
-def report(repo, scope: Scope, stores: list[Store], cloud: bool) -> list[str]:
-    """What stays (by scope), then what each store would lose."""
-    header = [f"keeping what these use (dvc gc {scope.flags()}):"]
-    kept = [f"  {line}" for line in scope_lines(repo, scope, cloud)]
-    holding = [store for store in stores if store.kept or store.unused]  # DVC 2's legacy one: often empty
-    if not holding:
-        where = "the local cache and the remote hold" if cloud else "the local cache holds"
-        return [*header, *kept, f"{where} no objects"]
-    return header + kept + [line for store in holding for line in store_lines(store)]
-
-
-def _size(count: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    raise AssertionError("unreachable")
+    local = {sha for sha, _ in tips("refs/heads")}
+    return [name for sha, name in tips("refs/remotes") if sha not in local and not name.endswith("/HEAD")]
 
 
 def plan(repo, scope: Scope, cloud: bool, remote: str | None, jobs: int | None = None) -> list[Store]:
@@ -260,7 +195,7 @@ def run(root: Path, scope: Scope, confirm: bool, cloud: bool, remote: str | None
             _check_remote(root, remote)
         with Repo(str(root)) as repo:
             stores = plan(repo, scope, cloud, remote)
-            print("\n".join(report(repo, scope, stores, cloud)))
+            print("\n".join(report(scope, refs(repo, scope, cloud), stores, cloud)))
             if confirm:
                 repo.gc(**asdict(scope), cloud=cloud, remote=remote, force=True)
     except DvcException as exc:
@@ -274,7 +209,7 @@ def _check_shared_branches(root: Path, scope: Scope, confirm: bool) -> None:
     missed = [] if scope.all_commits or not confirm else remote_branches_not_kept(root)
     if missed:
         raise PipelineError(
-            f"{_names(missed)}: no local branch points there, so the remote would lose what "
+            f"{names(missed)}: no local branch points there, so the remote would lose what "
             "they use: `git checkout` each (or `git fetch --prune` if deleted upstream), then rerun"
         )
 
@@ -290,11 +225,11 @@ def _check_remote(root: Path, remote: str | None) -> None:
 
 
 def _print_outcome(stores: list[Store], confirm: bool, cloud: bool) -> None:
-    count, size = sum(len(s.unused) for s in stores), _size(sum(s.unused_bytes for s in stores))
+    count, total = sum(len(s.unused) for s in stores), size(sum(s.unused_bytes for s in stores))
     if not count:
         print("gc: nothing to remove")
     elif confirm:
-        print(f"gc: removed {count} objects ({size})")
+        print(f"gc: removed {count} objects ({total})")
     else:
         remote_hint = "" if cloud else " (CLOUD=1: the remote as well)"
         print(f"gc: dry run, nothing removed: `make gc CONFIRM=1` removes these {count} objects{remote_hint}")
