@@ -165,7 +165,19 @@ def test_released_versions_are_fetched_from_the_remote_and_predict(
         f"predict: error: {NAME}@v9.9.9: '{NAME}' has no version v9.9.9 (registered: v1.0.0, v1.1.0)"
     ]
 
+    # A version whose files left the remote (never pushed, or collected): said plainly.
     offline = git_clone(producer, tmp_path / "offline")
+    s3_remote.configure(offline)
+    lock = run(["git", "show", f"{trained_history.first}:dvc.lock"], producer).stdout
+    listing = re.search(r"path: models\n\s+hash: md5\n\s+md5: (\S+)", lock).group(1)
+    key = f"{s3_remote.prefix}/files/md5/{listing[:2]}/{listing[2:]}"
+    s3server.client(s3_remote.server.endpoint).delete_object(Bucket=s3_remote.bucket, Key=key)
+    gone = predict(offline, f"{NAME}@v1.0.0", check=False)
+    assert gone.returncode == 2
+    (line,) = gone.stderr.strip().splitlines()
+    assert line.startswith(f"predict: error: {NAME}@v1.0.0: cannot fetch the model from remote 'storage' (")
+    assert f"it has no {s3_remote.bucket}/{key}: push the model" in line
+
     dead_endpoint(offline, s3_remote.server)
     failed = predict(offline, f"{NAME}@v1.0.0", env={"AWS_MAX_ATTEMPTS": "1"}, check=False)
     assert failed.returncode == 2

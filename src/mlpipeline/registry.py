@@ -109,8 +109,20 @@ def fetch(root: Path, spec: str, name: str, version: str, target: Path) -> None:
             causes = list(_chain(exc))
             if any(isinstance(cause, ArtifactNotFoundError) for cause in causes):
                 raise PipelineError(f"{spec}: the tagged commit's dvc.yaml declares no artifact '{name}'")
-            reason = str(causes[-1]).strip().splitlines()[0]
-            raise PipelineError(f"{spec}: cannot fetch the model from {remote_label(root)}: {reason}")
+            raise PipelineError(
+                f"{spec}: cannot fetch the model from {remote_label(root)}: {_reason(causes)}"
+            )
+
+
+def _reason(causes: list[BaseException]) -> str:
+    """The root cause in one line; a missing object is said plainly (pushed, or collected since?)."""
+    missing = [cause for cause in causes if isinstance(cause, FileNotFoundError)]
+    if missing:
+        return (
+            f"it has no {missing[-1]}: push the model from a checkout of that version "
+            "(`dvc push models`; `make release` pushes before it tags)"
+        )
+    return str(causes[-1]).strip().splitlines()[0]
 
 
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:
