@@ -14,8 +14,8 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# The local S3 server and per-test remotes (tests marked s3).
-pytest_plugins = ["conftest_s3"]
+# The local S3 server and per-test remotes (tests marked s3); a trained history shared by flows.
+pytest_plugins = ["conftest_s3", "conftest_history"]
 
 # A git identity for repos the tests create: CI machines may have none.
 GIT_ENV = {

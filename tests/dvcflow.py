@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,11 @@ def make_consumer(producer: Path, remote: S3Remote, dest: Path) -> Path:
     clone = git_clone(producer, dest)
     remote.configure(clone)
     return clone
+
+
+def make(repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None):
+    """Run a make target in ``repo`` with this test run's venv, never reinstalling it."""
+    venv = Path(sys.prefix)
+    stamp = venv / ".installed"  # -o: take `setup` as done whatever the files' dates
+    command = ["make", "--no-print-directory", "-o", str(stamp), *args, f"VENV={venv}"]
+    return run(command, repo, check=check, env={"PYTHONPATH": str(repo / "src"), **(env or {})})

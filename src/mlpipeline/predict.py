@@ -1,6 +1,6 @@
 """Predict: the class and its probability for image files or folders, with a trained model.
 
-    python -m mlpipeline.predict PATH... [--model models] [--output predictions.csv]
+    python -m mlpipeline.predict PATH... [--model models|image-classifier@v1.2.0] [--output predictions.csv]
 
 Folders are searched recursively for PNG/JPEG/BMP files. Every image goes
 through ``decode_image`` with the preprocessing ``model.json`` recorded from
@@ -17,6 +17,8 @@ Exit codes, so a script can tell the failures apart:
 - 3: the model cannot be used (``model.json`` or ``model.safetensors`` missing, damaged,
   or not matching each other), on one line naming the file; nothing predicted.
 
+``--model`` takes a model directory or a registered version (``NAME@vX.Y.Z``,
+``NAME@latest``, ``NAME#STAGE``), fetched once into ``.cache/models`` (``mlpipeline.registry``).
 From Python, ``predict_paths`` returns a DataFrame. A model of any git revision
 can be fetched first with ``dvc.api``::
 
@@ -38,6 +40,7 @@ from typing import get_args
 import numpy as np
 import pandas as pd
 
+from mlpipeline import registry
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import DeviceChoice, pick_device
 from mlpipeline.core.errors import PipelineError
@@ -127,14 +130,18 @@ def _decode(path: str, preprocessing: Preprocessing) -> np.ndarray:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mlpipeline.predict", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    parser.add_argument("--model", default="models", help="model directory (default: models)")
+    parser.add_argument(
+        "--model",
+        default="models",
+        help="model directory or version, e.g. image-classifier@v1.2.0 (default: models)",
+    )
     parser.add_argument("--output", help="write the CSV here instead of stdout")
     parser.add_argument("--device", default="auto", choices=get_args(DeviceChoice))
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
-    frame = predict_paths(args.paths, args.model, args.device, args.batch_size)
+    frame = predict_paths(args.paths, registry.model_dir(args.model), args.device, args.batch_size)
     failed = frame["error"].notna()
     for error in frame.loc[failed, "error"]:
         print(f"predict: error: {error}", file=sys.stderr)

@@ -1,0 +1,266 @@
+"""``make gc``: what ``dvc gc`` would remove from the DVC cache (and the remote), what each object
+was and why it goes; with ``--confirm`` DVC removes exactly that.
+
+``dvc gc --dry`` logs bare cache paths. This asks DVC which objects to keep (``Repo.used_objs``,
+the call ``dvc gc`` makes, with the same scope flags), lists every other object of each store
+the way ``dvc gc`` walks them, sizes them and names them (``cache_origins``). The default scope
+keeps the workspace, every branch tip, every tag (model versions are tags) and every
+experiment: ``dvc gc -w -a -T --all-experiments``. ``--confirm`` then runs DVC's own
+``Repo.gc`` with the same flags; ``--cloud`` lists (and cleans) the default remote too.
+
+Usage (``make gc [CONFIRM=1] [CLOUD=1] [KEEP="dvc gc scope flags"]``)::
+
+    python -m mlpipeline.cache_gc [--confirm] [--cloud] [-r REMOTE] [-w] [-a] [-T]
+        [--all-experiments] [-A] [--rev REV] [-n N] [--date YYYY-MM-DD]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlpipeline.cache_listing import Refs, names, report, size
+from mlpipeline.cache_origins import Origin, find_origins
+from mlpipeline.core import stage
+from mlpipeline.core.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What to keep, in ``dvc gc``'s own terms (its flags, its ``Repo.gc`` arguments)."""
+
+    workspace: bool = False
+    all_branches: bool = False
+    all_tags: bool = False
+    all_experiments: bool = False
+    all_commits: bool = False
+    rev: str | None = None
+    num: int | None = None
+    commit_date: str | None = None
+
+    def flags(self) -> str:
+        """The same scope as ``dvc gc`` flags."""
+        switches = {"-w": self.workspace, "-a": self.all_branches, "-T": self.all_tags}
+        switches |= {"--all-experiments": self.all_experiments, "-A": self.all_commits}
+        options = {"--rev": self.rev, "-n": self.num, "--date": self.commit_date}
+        words = [flag for flag, on in switches.items() if on]
+        return " ".join(words + [f"{flag} {value}" for flag, value in options.items() if value])
+
+
+DEFAULT_SCOPE = Scope(workspace=True, all_branches=True, all_tags=True, all_experiments=True)
+
+
+@dataclass
+class Store:
+    """One object store (the local cache, a remote) and what ``dvc gc`` would do to it."""
+
+    label: str
+    odb: Any  # dvc_data HashFileDB
+    kept: int
+    unused: list[str]
+    sizes: dict[str, int] = field(default_factory=dict)
+    origins: dict[str, Origin] = field(default_factory=dict)
+    git_tracked: set[str] = field(default_factory=set)  # `cache: false` outputs: git keeps them
+
+    @property
+    def unused_bytes(self) -> int:
+        return sum(self.sizes.values())
+
+
+def kept_objects(repo, scope: Scope, jobs: int | None = None) -> dict[Any, set]:
+    """The objects each store must keep, exactly as ``dvc gc`` collects them."""
+    return repo.used_objs(
+        **{key: value for key, value in asdict(scope).items() if key not in ("workspace", "rev", "num")},
+        revs=[scope.rev] if scope.rev else None,
+        num=scope.num or 1,
+        force=True,  # a directory whose listing is missing everywhere is skipped, not asked about
+        jobs=jobs,
+    )
+
+
+def local_stores(repo, used: dict[Any, set]) -> list[Store]:
+    """The local cache's object databases (md5 and DVC 2's legacy one), as ``Repo.gc`` walks them."""
+    keep = set().union(*used.values())
+    seen: list[Any] = []
+    for _, odb in repo.cache.by_scheme():
+        if odb and odb not in seen:
+            seen.append(odb)
+    return [_store(f"local cache {_relative(repo, odb.path)}", odb, keep) for odb in seen]
+
+
+def remote_stores(repo, used: dict[Any, set], remote: str | None) -> list[Store]:
+    """The remote's object databases, with what ``Repo.gc(cloud=True)`` would keep in each."""
+    from dvc.repo.gc import _merge_remote_obj_ids
+
+    merged = {odb: set(objs) for odb, objs in used.items()}
+    _merge_remote_obj_ids(repo, remote, merged)  # what Repo.gc does before cleaning a remote
+    return [_store(f"remote {odb.fs.unstrip_protocol(odb.path)}", odb, objs) for odb, objs in merged.items()]
+
+
+def _store(label: str, odb, keep: Iterable) -> Store:
+    """Every object of ``odb`` that is not in ``keep`` (``dvc_data``'s gc: hash names must match)."""
+    keep_values = {info.value for info in keep if info.name == odb.hash_name}
+    stored = list(odb.all())
+    unused = [oid for oid in stored if oid not in keep_values]
+    return Store(label, odb, kept=len(stored) - len(unused), unused=unused)
+
+
+def _relative(repo, path: str) -> str:
+    try:
+        return str(Path(path).relative_to(repo.root_dir))
+    except ValueError:
+        return path
+
+
+def describe(repo, stores: list[Store], jobs: int | None = None) -> None:
+    """Fill in each unused object's size and origin."""
+    git_tracked = {str(out) for out in repo.index.outs if not out.use_cache}
+    runs = Path(repo.stage_cache.cache_dir)
+    for store in stores:
+        store.git_tracked = git_tracked
+        if store.unused:
+            paths = [store.odb.oid_to_path(oid) for oid in store.unused]
+            infos = store.odb.fs.info(paths, batch_size=jobs)
+            store.sizes = {
+                oid: int(info.get("size") or 0) for oid, info in zip(store.unused, infos, strict=True)
+            }
+            store.origins = find_origins(Path(repo.root_dir), runs, store.unused, _dir_reader(store.odb))
+
+
+def _dir_reader(odb):
+    """Read a directory object's entry hashes from ``odb`` (where an unused one is stored)."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
+
+    def entries(oid: str) -> list[str]:
+        try:
+            return [info.value for _, _, info in Tree.load(odb, HashInfo(odb.hash_name, oid))]
+        except Exception:  # unreadable listing: its files stay unnamed, nothing else changes
+            return []
+
+    return entries
+
+
+def refs(repo, scope: Scope, cloud: bool) -> Refs:
+    """The branches, tags and experiments the scope keeps by name, and for a shared remote, the
+    remote-tracking branches it would not keep."""
+    from dvc.repo.experiments.utils import exp_refs
+
+    missed = remote_branches_not_kept(Path(repo.root_dir)) if cloud and not scope.all_commits else []
+    experiments = [ref.name for ref in exp_refs(repo.scm)]
+    return Refs(list(repo.scm.list_branches()), list(repo.scm.list_tags()), experiments, missed)
+
+
+def remote_branches_not_kept(root: Path) -> list[str]:
+    """Remote-tracking branches whose tip is no local branch's: ``-a`` keeps local branches only,
+    so cleaning the shared remote would drop what a teammate pushed there."""
+
+    def tips(prefix: str) -> list[list[str]]:
+        listed = subprocess.run(
+            ["git", "for-each-ref", "--format=%(objectname) %(refname:lstrip=2)", prefix],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [line.split(" ", 1) for line in listed.splitlines()]
+
+    local = {sha for sha, _ in tips("refs/heads")}
+    return [name for sha, name in tips("refs/remotes") if sha not in local and not name.endswith("/HEAD")]
+
+
+def plan(repo, scope: Scope, cloud: bool, remote: str | None, jobs: int | None = None) -> list[Store]:
+    """Every store ``dvc gc`` with this scope would clean, with its unused objects named and sized."""
+    used = kept_objects(repo, scope, jobs)
+    stores = local_stores(repo, used) + (remote_stores(repo, used, remote) if cloud else [])
+    describe(repo, stores, jobs)
+    return stores
+
+
+def run(root: Path, scope: Scope, confirm: bool, cloud: bool, remote: str | None) -> list[Store]:
+    """Print the plan; with ``confirm``, let DVC's ``Repo.gc`` remove it."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.repo.gc import _validate_args
+
+    try:
+        _validate_args(**asdict(scope), cloud=cloud, remote=remote)  # dvc gc's own checks
+        if cloud:
+            _check_shared_branches(root, scope, confirm)
+            _check_remote(root, remote)
+        with Repo(str(root)) as repo:
+            stores = plan(repo, scope, cloud, remote)
+            print("\n".join(report(scope, refs(repo, scope, cloud), stores, cloud)))
+            if confirm:
+                repo.gc(**asdict(scope), cloud=cloud, remote=remote, force=True)
+    except DvcException as exc:
+        raise PipelineError(str(exc).strip().splitlines()[0])
+    _print_outcome(stores, confirm, cloud)
+    return stores
+
+
+def _check_shared_branches(root: Path, scope: Scope, confirm: bool) -> None:
+    """Cleaning the shared remote while a teammate's branch is not kept here would drop its data."""
+    missed = [] if scope.all_commits or not confirm else remote_branches_not_kept(root)
+    if missed:
+        raise PipelineError(
+            f"{names(missed)}: no local branch points there, so the remote would lose what "
+            "they use: `git checkout` each (or `git fetch --prune` if deleted upstream), then rerun"
+        )
+
+
+def _check_remote(root: Path, remote: str | None) -> None:
+    """A remote that cannot be reached fails in one line before anything is listed or deleted."""
+    from mlpipeline.remote_check import RemoteCheckFailed, check_remote
+
+    try:
+        check_remote(root, remote)
+    except RemoteCheckFailed as exc:
+        raise PipelineError(str(exc))
+
+
+def _print_outcome(stores: list[Store], confirm: bool, cloud: bool) -> None:
+    count, total = sum(len(s.unused) for s in stores), size(sum(s.unused_bytes for s in stores))
+    if not count:
+        print("gc: nothing to remove")
+    elif confirm:
+        print(f"gc: removed {count} objects ({total})")
+    else:
+        remote_hint = "" if cloud else " (CLOUD=1: the remote as well)"
+        print(f"gc: dry run, nothing removed: `make gc CONFIRM=1` removes these {count} objects{remote_hint}")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m mlpipeline.cache_gc", description=__doc__.split("\n")[0])
+    parser.add_argument("--confirm", action="store_true", help="remove what the listing shows")
+    parser.add_argument("-c", "--cloud", action="store_true", help="the default remote too")
+    parser.add_argument("-r", "--remote", help="this remote instead of the default one (with --cloud)")
+    keep = parser.add_argument_group("what to keep: dvc gc's flags (default: -w -a -T --all-experiments)")
+    keep.add_argument("-w", "--workspace", action="store_true")
+    keep.add_argument("-a", "--all-branches", action="store_true")
+    keep.add_argument("-T", "--all-tags", action="store_true")
+    keep.add_argument("--all-experiments", action="store_true")
+    keep.add_argument("-A", "--all-commits", action="store_true")
+    keep.add_argument("--rev", metavar="REV")
+    keep.add_argument("-n", "--num", type=int, metavar="N")
+    keep.add_argument("--date", dest="commit_date", metavar="YYYY-MM-DD")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    for name in ("dvc", "dvc_objects", "dvc_data"):  # `import dvc` gave them handlers: print once
+        logging.getLogger(name).propagate = False
+    args = parse_args(argv)
+    if args.remote and not args.cloud:
+        raise PipelineError("--remote names the remote to clean: use it with --cloud (CLOUD=1)")
+    scope = Scope(**{key: getattr(args, key) for key in asdict(DEFAULT_SCOPE)})
+    run(Path.cwd(), scope if scope != Scope() else DEFAULT_SCOPE, args.confirm, args.cloud, args.remote)
+
+
+if __name__ == "__main__":
+    stage.run("gc", main)
