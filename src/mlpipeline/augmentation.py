@@ -13,30 +13,32 @@ params suit 8x8 and 64x64 images.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal, Self
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 
-from mlpipeline.core.params import param
+from mlpipeline.core.params import param, params_dataclass
 from mlpipeline.core.seeding import rng
 
 Padding = Literal["zeros", "border", "reflection"]
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class AffineParams:
     probability: float = param(ge=0, le=1)
     rotation: float = param(ge=0, le=180)  # degrees, uniform in [-rotation, rotation]
-    scale: list[float] = param(gt=0, le=10, min_len=2, max_len=2)  # [low, high], 1 = unchanged
+    scale: list[Annotated[float, Field(gt=0, le=10)]] = param(min_len=2, max_len=2)  # [low, high]; 1: same
     shear: float = param(ge=0, le=60)  # degrees, uniform in [-shear, shear]
     translate: float = param(ge=0, le=1)  # fraction of width / height, either way
 
-    def check(self) -> None:
+    @model_validator(mode="after")
+    def check(self) -> Self:
         if self.scale[0] > self.scale[1]:
             raise ValueError(f"scale must be [low, high] with low <= high, got {self.scale}")
+        return self
 
     @property
     def active(self) -> bool:
@@ -44,7 +46,7 @@ class AffineParams:
         return bool(self.probability and moves)
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class ElasticParams:
     probability: float = param(ge=0, le=1)
     alpha: float = param(ge=0, le=1)  # RMS displacement, fraction of width / height
@@ -55,7 +57,7 @@ class ElasticParams:
         return bool(self.probability and self.alpha)
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class CutoutParams:
     probability: float = param(ge=0, le=1)
     size: float = param(ge=0, le=1)  # side of the erased rectangle, fraction of width / height
@@ -65,7 +67,7 @@ class CutoutParams:
         return bool(self.probability and self.size)
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class Transforms:
     """What one augmented copy goes through, in this order."""
 

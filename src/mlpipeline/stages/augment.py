@@ -15,17 +15,18 @@ shows, per class, an original next to its first augmented copies.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
+from pydantic import model_validator
 
 from mlpipeline.augmentation import Transforms, augment
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import limit_threads
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import load_section, param
+from mlpipeline.core.params import load_section, param, params_dataclass
 from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
 from mlpipeline.previews import image_grid
 
@@ -39,7 +40,7 @@ PREVIEW_COPIES = 6
 SHORT_NAMES = {"real": "real", "synthetic": "synth"}  # preview cells are 32 px wide
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class AugmentParams:
     include_real: bool
     include_synthetic: bool
@@ -49,11 +50,13 @@ class AugmentParams:
     seed: int = param(ge=0)
     batch_size: int = param(ge=1, le=1_000_000)
 
-    def check(self) -> None:
+    @model_validator(mode="after")
+    def check(self) -> Self:
         if not (self.include_real or self.include_synthetic):
             raise ValueError("include_real and include_synthetic are both false: nothing to augment")
         if self.copies == 0 and not self.keep_originals:
             raise ValueError("copies is 0 and keep_originals is false: the output would be empty")
+        return self
 
 
 class Preview:

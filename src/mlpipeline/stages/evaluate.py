@@ -18,7 +18,7 @@ from typing import Any
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import DeviceChoice, pick_device
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import load_section, param
+from mlpipeline.core.params import load_section, param, params_dataclass
 from mlpipeline.core.shards import META_FILE, Dataset
 from mlpipeline.evaluation.baseline import BaselineParams, baseline_probabilities, fit_baseline
 from mlpipeline.evaluation.metrics import score
@@ -31,7 +31,7 @@ DATA_DIR = Path("data/ingested")
 OUTPUT = Path("reports/evaluate")
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class EvaluateParams:
     device: DeviceChoice
     batch_size: int = param(ge=1)

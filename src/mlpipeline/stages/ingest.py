@@ -13,13 +13,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Self
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, TypeAdapter, ValidatorFunctionWrapHandler, WrapValidator, model_validator
 
 from mlpipeline.core import stage
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import load_section, param
+from mlpipeline.core.params import load_section, param, params_dataclass
 from mlpipeline.core.shards import DatasetWriter
 from mlpipeline.images import Resample, decode_image
 from mlpipeline.sources import Layout, RawSample, list_samples, natural_key, read_files
@@ -29,35 +31,53 @@ OUTPUT = Path("data/ingested")
 MANIFEST = "manifest.csv"
 
 
-@dataclass(frozen=True)
+Side = Annotated[int, Field(ge=1, le=4096)]
+SizePair = Annotated[list[Side], Field(min_length=2, max_length=2)]
+
+
+def as_square(value: Any, validate_pair: ValidatorFunctionWrapHandler) -> list[int]:
+    """``image_size: 28`` means ``[28, 28]`` (so ``-S ingest.image_size=28`` works)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [TypeAdapter(Side).validate_python(value)] * 2  # an error names image_size itself
+    return validate_pair(value)
+
+
+ImageSize = Annotated[SizePair, WrapValidator(as_square, json_schema_input_type=Side | SizePair)]
+
+
+@params_dataclass
 class SplitFractions:
     train: float = param(gt=0, lt=1)
     val: float = param(gt=0, lt=1)
     test: float = param(gt=0, lt=1)
 
-    def check(self) -> None:
+    @model_validator(mode="after")
+    def check(self) -> Self:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"fractions must sum to 1, got {total:g}")
+        return self
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class IngestParams:
     source: str
     layout: Layout
     classes: list[str] | None = param(min_len=1)
     channels: int = param(ge=1, le=3)
-    image_size: list[int] = param(ge=1, le=4096, min_len=2, max_len=2)
+    image_size: ImageSize  # [height, width], or one side of a square
     resample: Resample
     split: SplitFractions
     keep_train_fraction: float = param(gt=0, le=1)
     seed: int = param(ge=0)
 
-    def check(self) -> None:
+    @model_validator(mode="after")
+    def check(self) -> Self:
         if self.channels == 2:
             raise ValueError("channels must be 1 (grayscale) or 3 (RGB)")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes lists a class twice")
+        return self
 
 
 @dataclass(frozen=True)

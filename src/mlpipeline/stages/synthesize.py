@@ -13,7 +13,7 @@ DVC's cache and run-cache hit everywhere, and the CPU is fast enough.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +21,7 @@ import torch
 
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import limit_threads
-from mlpipeline.core.params import load_section, param
+from mlpipeline.core.params import load_section, param, params_dataclass
 from mlpipeline.core.shards import Dataset, DatasetWriter
 from mlpipeline.synthetic import SynthesisTask, ValueStats, class_counts, generate, get_generator
 from mlpipeline.synthetic.glyphs import GlyphParams
@@ -37,7 +37,7 @@ PREVIEW_PER_SOURCE = 6
 SPLIT = "train"
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class SynthesizeParams:
     count: int = param(ge=0)
     class_balance: Literal["uniform", "match_real"]
