@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lint format lock clean s3-up s3-down check-remote
+.PHONY: help setup repro test test-fast lint format schema lock clean s3-up s3-down check-remote
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ repro: setup ## Run the whole pipeline (dvc repro) on the built-in demo data
 test: setup ## Run the whole test suite
 	pytest
 
+test-fast: setup ## Run the tests but the slow ones (DVC runs, S3 flows, end-to-end training)
+	pytest -m "not slow and not s3"
+
 lint: setup ## Check lint and formatting with ruff
 	ruff check src tests bench
 	ruff format --check src tests bench
@@ -34,6 +37,9 @@ lint: setup ## Check lint and formatting with ruff
 format: setup ## Apply ruff's fixes and formatting
 	ruff check --fix src tests bench
 	ruff format src tests bench
+
+schema: setup ## Regenerate params.schema.json from the params classes (then commit it)
+	python -m mlpipeline.devtools.params_schema
 
 # A local S3 server (rclone) for trying push/pull with no cloud account. S3_PORT=0: a free port.
 S3_DIR ?= .cache/s3
