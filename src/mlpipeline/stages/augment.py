@@ -27,13 +27,10 @@ from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import limit_threads
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param, params_dataclass
+from mlpipeline.core.paths import AUGMENT_PREVIEW, AUGMENTED, INGESTED, SYNTHETIC
 from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
 from mlpipeline.previews import image_grid
 
-INGESTED = Path("data/ingested")
-SYNTHETIC = Path("data/synthetic")
-OUTPUT = Path("data/augmented")
-PREVIEW = Path("reports/augment/samples.png")
 SPLIT = "train"
 SOURCES = ("real", "synthetic")  # also the names of the output's splits
 PREVIEW_COPIES = 6
@@ -167,11 +164,13 @@ def main() -> None:
     with stage.summary("augment") as report:
         params = load_section(AugmentParams, "augment")
         limit_threads()
-        counts = augment_dataset(params, INGESTED, SYNTHETIC, OUTPUT, PREVIEW)
+        counts = augment_dataset(params, INGESTED, SYNTHETIC, AUGMENTED, AUGMENT_PREVIEW)
         report["read"] = ", ".join(f"{c['images']} {name} {SPLIT} images" for name, c in counts.items())
         originals = sum(c["originals"] for c in counts.values())
         augmented = sum(c["augmented"] for c in counts.values())
-        report["wrote"] = f"{OUTPUT} ({originals} originals + {augmented} augmented copies), {PREVIEW}"
+        report["wrote"] = (
+            f"{AUGMENTED} ({originals} originals + {augmented} augmented copies), {AUGMENT_PREVIEW}"
+        )
 
 
 if __name__ == "__main__":

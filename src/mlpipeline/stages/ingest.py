@@ -22,12 +22,12 @@ from pydantic import Field, TypeAdapter, ValidatorFunctionWrapHandler, WrapValid
 from mlpipeline.core import stage
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param, params_dataclass
+from mlpipeline.core.paths import INGESTED
 from mlpipeline.core.shards import DatasetWriter
 from mlpipeline.images import Resample, decode_image
 from mlpipeline.sources import Layout, RawSample, list_samples, natural_key, read_files
 from mlpipeline.splitting import SPLITS, find_duplicates, keep_fraction, stratified_split
 
-OUTPUT = Path("data/ingested")
 MANIFEST = "manifest.csv"
 
 
@@ -163,11 +163,11 @@ def main() -> None:
     with stage.summary("ingest") as report:
         params = load_section(IngestParams, "ingest")
         result, classes = ingest(params)
-        counts = write_ingested(result, classes, params, OUTPUT)
+        counts = write_ingested(result, classes, params, INGESTED)
         report["read"] = f"{len(result.manifest)} images in {len(classes)} classes from {params.source}"
         split_text = ", ".join(f"{s} {counts[s]}" for s in SPLITS)
         report["wrote"] = (
-            f"{OUTPUT} ({split_text}; dropped {counts['duplicate']} duplicates, "
+            f"{INGESTED} ({split_text}; dropped {counts['duplicate']} duplicates, "
             f"held out {counts['held_out']})"
         )
 
