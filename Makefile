@@ -27,8 +27,8 @@ repro: setup ## Run the whole pipeline (dvc repro) on the built-in demo data
 test: setup ## Run the whole test suite
 	pytest
 
-test-fast: setup ## Run the tests but the slow ones (DVC runs, S3 flows, end-to-end training)
-	pytest -m "not slow and not s3"
+test-fast: setup ## Run all but the slow tests (DVC runs, S3 flows, end-to-end training) on every core
+	pytest -m "not slow" -n auto
 
 lint: setup ## Check lint and formatting with ruff
 	ruff check src tests bench
