@@ -16,7 +16,7 @@ import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, dataclass_transform
 
 import pydantic
 import yaml
@@ -29,8 +29,6 @@ CONFIG = ConfigDict(strict=True, extra="forbid", str_min_length=1, allow_inf_nan
 UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden")
 
 T = TypeVar("T")
-
-params_dataclass = pydantic.dataclasses.dataclass(frozen=True, config=CONFIG)
 
 
 def param(
@@ -50,6 +48,12 @@ def param(
     """
     bounds = {"ge": ge, "gt": gt, "le": le, "lt": lt, "min_length": min_len, "max_length": max_len}
     return dataclasses.field(metadata={k: v for k, v in bounds.items() if v is not None})
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, pydantic.Field, param))
+def params_dataclass(cls: type[T]) -> type[T]:
+    """Declare a section of params.yaml (or a part of one): a frozen pydantic dataclass, strict."""
+    return pydantic.dataclasses.dataclass(frozen=True, config=CONFIG)(cls)
 
 
 class ParamError(PipelineError):
