@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lint format lock clean s3-up s3-down check-remote report plots-page browser verify gc release
+.PHONY: help setup repro test test-fast lint format schema lock clean s3-up s3-down check-remote report plots-page browser verify gc release
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ repro: setup ## Run the whole pipeline (dvc repro) on the built-in demo data
 
 test: setup browser ## Run the whole test suite
 	pytest
+
+test-fast: setup ## Run all but the slow tests (DVC runs, S3 flows, end-to-end training) on every core
+	pytest -m "not slow" -n auto
 
 lint: setup ## Check lint and formatting with ruff
 	ruff check src tests bench
@@ -56,6 +59,9 @@ browser: ## Install Debian's chromium for the browser test, where missing
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
 		|| echo "make: no chromium here: the plots page browser test will be skipped"
+
+schema: setup ## Regenerate params.schema.json from the params classes (then commit it)
+	python -m mlpipeline.devtools.params_schema
 
 # A local S3 server (rclone) for trying push/pull with no cloud account. S3_PORT=0: a free port.
 S3_DIR ?= .cache/s3

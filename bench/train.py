@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from mlpipeline.core.params import load_section
+from mlpipeline.core.paths import AUGMENTED, INGESTED
 from mlpipeline.core.seeding import seed_everything
 from mlpipeline.model import ModelConfig, build_model, channel_stats
-from mlpipeline.stages.train import TRAIN_DATA, VAL_DATA
 from mlpipeline.training.data import (
     REAL_SPLIT,
     SYNTHETIC_SPLIT,
@@ -68,7 +68,7 @@ def main() -> None:
 
     params = load_section(TrainParams, "train")
     runtime = configure(params.device, params.num_threads)
-    inputs = open_inputs(TRAIN_DATA, VAL_DATA)
+    inputs = open_inputs(AUGMENTED, INGESTED)
     mixed = replace(params, synthetic=replace(params.synthetic, use="mix"))  # one phase on all images
     (phase,) = plan(
         mixed, inputs.train.load(REAL_SPLIT), inputs.train.load(SYNTHETIC_SPLIT), inputs.train.root

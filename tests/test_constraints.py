@@ -62,3 +62,13 @@ def test_the_pre_commit_hook_runs_the_pinned_ruff() -> None:
     config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
     (hook,) = [repo for repo in config["repos"] if repo["repo"].endswith("/ruff-pre-commit")]
     assert hook["rev"] == f"v{pinned()['ruff']}", "bump the ruff rev in .pre-commit-config.yaml too"
+
+
+def test_the_params_schema_hook_runs_the_pinned_check_jsonschema() -> None:
+    # A local hook on the venv's copy: no hook repo to clone, and the version constraints.txt pins.
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    hooks = [hook for repo in config["repos"] if repo["repo"] == "local" for hook in repo["hooks"]]
+    (hook,) = [hook for hook in hooks if hook["id"] == "params-schema"]
+    assert hook["language"] == "system" and hook["entry"].split()[0] == ".venv/bin/check-jsonschema"
+    assert "check-jsonschema" in {canonicalize_name(r.name) for r in declared()}
+    assert "check-jsonschema" in pinned()

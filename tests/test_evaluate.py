@@ -111,7 +111,7 @@ def test_stage_error_is_one_line_naming_the_param(workdir: Path) -> None:
     result = run([sys.executable, "-m", "mlpipeline.stages.evaluate"], workdir, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "evaluate: error: params.yaml: evaluate.baseline.C must be > 0, got 0.0"
+        "evaluate: error: params.yaml: evaluate.baseline.C must be > 0, got 0"
     )
     assert not (workdir / "reports").exists()
 

@@ -2,38 +2,41 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import pytest
 import yaml
 from conftest import REPO_ROOT
+from pydantic import Field, model_validator
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import ParamError, from_mapping, load_section, param
+from mlpipeline.core.params import ParamError, from_mapping, load_section, param, params_dataclass
 from mlpipeline.stages.ingest import IngestParams
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class Schedule:
     rate: float = param(gt=0, le=1)
     warmup: int = param(ge=0)
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class Section:
     name: str
     count: int = param(ge=1, le=100)
     verbose: bool
     mode: Literal["fast", "exact"]
-    size: list[int] = param(ge=1, min_len=2, max_len=2)
+    size: list[Annotated[int, Field(ge=1)]] = param(min_len=2, max_len=2)
     tags: list[str] | None
     schedule: Schedule
 
-    def check(self) -> None:
+    @model_validator(mode="after")
+    def check(self) -> Self:
         if self.mode == "fast" and self.count > 10:
             raise ValueError("count must be <= 10 when mode is 'fast'")
+        return self
 
 
 VALID: dict[str, Any] = {
@@ -88,30 +91,32 @@ def test_missing_key() -> None:
     del values["count"]
     error = refusal(values)
     assert error.key == "sec.count"
-    assert "is missing (expected an integer)" in str(error)
+    assert "is missing (expected an integer >= 1 and <= 100)" in str(error)
 
 
 @pytest.mark.parametrize(
     ("dotted", "value", "key", "expected"),
     [
         ("count", "3", "sec.count", "must be an integer >= 1 and <= 100, got '3'"),
-        ("count", 2.5, "sec.count", "must be an integer"),
-        ("count", True, "sec.count", "must be an integer"),
+        ("count", 2.5, "sec.count", "must be an integer >= 1 and <= 100, got 2.5"),
+        ("count", 3.0, "sec.count", "must be an integer >= 1 and <= 100, got 3.0"),
+        ("count", True, "sec.count", "must be an integer >= 1 and <= 100, got True"),
         ("verbose", 1, "sec.verbose", "must be true or false, got 1"),
-        ("name", "", "sec.name", "must be a non-empty string"),
+        ("name", "", "sec.name", "must be a non-empty string, got ''"),
         ("name", 7, "sec.name", "must be a non-empty string, got 7"),
         ("count", 0, "sec.count", "must be >= 1 and <= 100, got 0"),
         ("count", 101, "sec.count", "must be >= 1 and <= 100, got 101"),
-        ("schedule.rate", 0, "sec.schedule.rate", "must be > 0 and <= 1, got 0.0"),
-        ("schedule.rate", float("nan"), "sec.schedule.rate", "must be a number"),
-        ("schedule.rate", True, "sec.schedule.rate", "must be a number"),
+        ("schedule.rate", 0, "sec.schedule.rate", "must be > 0 and <= 1, got 0"),
+        ("schedule.rate", "0.5", "sec.schedule.rate", "must be a number > 0 and <= 1, got '0.5'"),
+        ("schedule.rate", float("nan"), "sec.schedule.rate", "must be a number > 0 and <= 1, got nan"),
+        ("schedule.rate", True, "sec.schedule.rate", "must be a number > 0 and <= 1, got True"),
         ("mode", "quick", "sec.mode", "must be one of 'fast', 'exact', got 'quick'"),
         ("size", [8], "sec.size", "must have 2 item(s), got 1"),
         ("size", [8, 8, 8], "sec.size", "must have 2 item(s), got 3"),
-        ("size", 8, "sec.size", "must be a list of an integer, got 8"),
+        ("size", 8, "sec.size", "must be a list of 2 item(s), each an integer >= 1, got 8"),
         ("size", [8, 0], "sec.size[1]", "must be >= 1, got 0"),
-        ("tags", "a", "sec.tags", "must be a list of a string"),
-        ("tags", ["a", 3], "sec.tags[1]", "must be a non-empty string"),
+        ("tags", "a", "sec.tags", "must be a list, each a non-empty string or null, got 'a'"),
+        ("tags", ["a", 3], "sec.tags[1]", "must be a non-empty string, got 3"),
         ("schedule", 3, "sec.schedule", "must be a mapping, got 3"),
         ("schedule.warmup", -1, "sec.schedule.warmup", "must be >= 0, got -1"),
         ("schedule.extra", 1, "sec.schedule.extra", "is not a known param (allowed: rate, warmup)"),
@@ -120,7 +125,7 @@ def test_missing_key() -> None:
 def test_bad_value_names_its_dotted_key(dotted: str, value: Any, key: str, expected: str) -> None:
     error = refusal(with_value(dotted, value))
     assert error.key == key
-    assert str(error).startswith(f"params.yaml: {key} {expected}")
+    assert str(error) == f"params.yaml: {key} {expected}"
 
 
 def test_optional_list_takes_a_list() -> None:
@@ -195,3 +200,36 @@ def test_ingest_params_rules(tmp_path: Path, dotted: str, value: Any, expected: 
     with pytest.raises(ParamError) as caught:
         load_section(IngestParams, "ingest", path)
     assert str(caught.value).startswith(f"{path}: {expected}")
+
+
+def test_a_yaml_value_json_has_no_type_for_is_refused_in_one_line() -> None:
+    error = refusal(with_value("name", "x") | {"name": datetime.date(2024, 1, 2)})
+    assert str(error) == (
+        "params.yaml: sec holds datetime.date(2024, 1, 2): not a number, string, true/false, list or mapping"
+    )
+
+
+SQUARE_OR_PAIR = "an integer >= 1 and <= 4096 or a list of 2 item(s), each an integer >= 1 and <= 4096"
+
+
+@pytest.mark.parametrize(("value", "size"), [(28, [28, 28]), ([28, 32], [28, 32])])
+def test_image_size_takes_one_side_of_a_square_or_height_and_width(value: Any, size: list[int]) -> None:
+    section = {**yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["ingest"], "image_size": value}
+    assert from_mapping(IngestParams, section, "ingest").image_size == size
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, "ingest.image_size must be >= 1 and <= 4096, got 0"),
+        (True, f"ingest.image_size must be {SQUARE_OR_PAIR}, got True"),
+        ("28", f"ingest.image_size must be {SQUARE_OR_PAIR}, got '28'"),
+        ([28], "ingest.image_size must have 2 item(s), got 1"),
+        ([28, 4097], "ingest.image_size[1] must be >= 1 and <= 4096, got 4097"),
+    ],
+)
+def test_image_size_refusals_name_the_key(value: Any, expected: str) -> None:
+    section = {**yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["ingest"], "image_size": value}
+    with pytest.raises(ParamError) as caught:
+        from_mapping(IngestParams, section, "ingest")
+    assert str(caught.value) == f"params.yaml: {expected}"

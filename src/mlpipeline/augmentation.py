@@ -30,10 +30,11 @@ running the tests can be forced onto, and against the committed ``dvc.lock``):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Annotated, Self
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
 from mlpipeline.bitexact import (
     ONE,
@@ -44,7 +45,7 @@ from mlpipeline.bitexact import (
     sample_bilinear,
     sin_cos,
 )
-from mlpipeline.core.params import param
+from mlpipeline.core.params import param, params_dataclass
 from mlpipeline.core.seeding import rng
 
 RADIANS_PER_DEGREE = math.pi / 180
@@ -58,17 +59,19 @@ EVEN_BYTES = np.uint64(0x00FF00FF00FF00FF)
 SUM_OF_LANES = np.uint64(0x0001000100010001)
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class AffineParams:
     probability: float = param(ge=0, le=1)
     rotation: float = param(ge=0, le=180)  # degrees, uniform in [-rotation, rotation]
-    scale: list[float] = param(gt=0, le=10, min_len=2, max_len=2)  # [low, high], 1 = unchanged
+    scale: list[Annotated[float, Field(gt=0, le=10)]] = param(min_len=2, max_len=2)  # [low, high]; 1: same
     shear: float = param(ge=0, le=60)  # degrees, uniform in [-shear, shear]
     translate: float = param(ge=0, le=1)  # fraction of width / height, either way
 
-    def check(self) -> None:
+    @model_validator(mode="after")
+    def check(self) -> Self:
         if self.scale[0] > self.scale[1]:
             raise ValueError(f"scale must be [low, high] with low <= high, got {self.scale}")
+        return self
 
     @property
     def active(self) -> bool:
@@ -76,7 +79,7 @@ class AffineParams:
         return bool(self.probability and moves)
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class ElasticParams:
     probability: float = param(ge=0, le=1)
     alpha: float = param(ge=0, le=1)  # RMS displacement, fraction of width / height
@@ -87,7 +90,7 @@ class ElasticParams:
         return bool(self.probability and self.alpha)
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class CutoutParams:
     probability: float = param(ge=0, le=1)
     size: float = param(ge=0, le=1)  # side of the erased rectangle, fraction of width / height
@@ -97,7 +100,7 @@ class CutoutParams:
         return bool(self.probability and self.size)
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class Transforms:
     """What one augmented copy goes through, in this order."""
 

@@ -1,26 +1,32 @@
-"""Typed, validated access to one stage's section of ``params.yaml``.
+"""Typed, validated access to one stage's section of ``params.yaml``, through pydantic.
 
-Each stage describes its section as a frozen dataclass whose fields carry their
-allowed range in ``param(...)`` metadata. ``load_section`` reads the YAML and
-refuses, in one line naming the key, anything unknown, missing, mistyped or out
-of range, so a typo in ``params.yaml`` never silently falls back to a default:
-there are no defaults in code, ``params.yaml`` is the single source of truth.
+Each stage describes its section as a ``@params_dataclass`` (a frozen pydantic dataclass) whose
+fields carry their allowed range in ``param(...)``; cross-field rules are pydantic
+``model_validator``s. ``load_section`` reads the YAML and refuses, in one line naming the file and
+the dotted key, anything unknown, missing, mistyped or out of range. Validation is strict ("3" is
+not an integer, 1 is not true, 1.5 is not an integer), so a typo never turns into another value,
+and no field has a default: ``params.yaml`` is the single source of truth. The same classes
+generate ``params.schema.json`` (``make schema``), which editors check params.yaml against.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
+import functools
+import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, dataclass_transform
 
+import pydantic
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from mlpipeline.core.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+CONFIG = ConfigDict(strict=True, extra="forbid", str_min_length=1, allow_inf_nan=False)
+UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden")
 
 T = TypeVar("T")
 
@@ -34,9 +40,20 @@ def param(
     min_len: int | None = None,
     max_len: int | None = None,
 ) -> Any:
-    """Declare a param field with optional numeric bounds (applied to list items too)."""
-    bounds = {"ge": ge, "gt": gt, "le": le, "lt": lt, "min_len": min_len, "max_len": max_len}
+    """A field's allowed range: a number's bounds, or a list's length (its items are bounded in
+    their type: ``list[Annotated[int, Field(ge=1)]]``).
+
+    A ``dataclasses.field`` whose metadata pydantic reads as ``Field`` arguments: unlike
+    ``Field()`` it sets no default, so fields keep params.yaml's order.
+    """
+    bounds = {"ge": ge, "gt": gt, "le": le, "lt": lt, "min_length": min_len, "max_length": max_len}
     return dataclasses.field(metadata={k: v for k, v in bounds.items() if v is not None})
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, pydantic.Field, param))
+def params_dataclass(cls: type[T]) -> type[T]:
+    """Declare a section of params.yaml (or a part of one): a frozen pydantic dataclass, strict."""
+    return pydantic.dataclasses.dataclass(frozen=True, config=CONFIG)(cls)
 
 
 class ParamError(PipelineError):
@@ -65,122 +82,97 @@ def load_section(cls: type[T], section: str, path: Path | str = PARAMS_FILE) -> 
     return from_mapping(cls, document[section], section, source=str(path))
 
 
+@functools.cache
+def _adapter(cls: type[T]) -> TypeAdapter[T]:
+    return TypeAdapter(cls)
+
+
 def from_mapping(cls: type[T], values: Any, key: str, source: str = str(PARAMS_FILE)) -> T:
-    """Build and validate dataclass ``cls`` from a mapping found at dotted ``key``."""
-    if not isinstance(values, Mapping):
-        raise ParamError(key, f"must be a mapping, got {_describe(values)}", source)
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        allowed = ", ".join(fields)
-        raise ParamError(f"{key}.{unknown[0]}", f"is not a known param (allowed: {allowed})", source)
-    kwargs = {}
-    for name, field in fields.items():
-        sub_key = f"{key}.{name}"
-        if name not in values:
-            raise ParamError(sub_key, f"is missing (expected {_type_name(hints[name])})", source)
-        kwargs[name] = _coerce(values[name], hints[name], sub_key, field.metadata, source)
-    instance = cls(**kwargs)
-    check = getattr(instance, "check", None)
-    if check is not None:
-        try:
-            check()
-        except ValueError as exc:
-            raise ParamError(key, str(exc), source) from None
-    return instance
+    """Build and validate ``cls`` from the value found at dotted ``key`` of ``source``."""
+
+    def not_json(value: Any) -> None:
+        raise ParamError(key, f"holds {value!r}: not a number, string, true/false, list or mapping", source)
+
+    # Through JSON, which YAML's types map onto: from Python objects pydantic's strict mode would
+    # take only dataclass instances, not mappings, for the nested sections.
+    try:
+        return _adapter(cls).validate_json(json.dumps(values, default=not_json))
+    except ValidationError as exc:
+        unknown_first = sorted(exc.errors(), key=lambda error: error["type"] not in UNKNOWN_KEY)
+        raise _translate(unknown_first[0], _adapter(cls).json_schema(), key, source) from None
 
 
-def _coerce(value: Any, tp: Any, key: str, bounds: Mapping[str, Any], source: str) -> Any:
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_mapping(tp, value, key, source)
-    if origin in (Union, types.UnionType):
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        inner = [o for o in options if o is not type(None)]
-        return _coerce(value, inner[0], key, bounds, source)
-    if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            allowed = ", ".join(repr(c) for c in choices)
-            raise ParamError(key, f"must be one of {allowed}, got {value!r}", source)
-        return value
-    if origin in (list, tuple):
-        (item_type, *_) = get_args(tp)
-        if not isinstance(value, list):
-            raise ParamError(
-                key, f"must be a list of {_type_name(item_type)}, got {_describe(value)}", source
-            )
-        _check_length(value, key, bounds, source)
-        items = [_coerce(v, item_type, f"{key}[{i}]", bounds, source) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    return _coerce_scalar(value, tp, key, bounds, source)
+def _translate(error: Any, schema: dict[str, Any], key: str, source: str) -> ParamError:
+    """One line for a person out of one pydantic error, in the terms of the field's JSON schema."""
+    dotted = key + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+    return ParamError(dotted, _problem(error, schema), source)
 
 
-def _coerce_scalar(value: Any, tp: Any, key: str, bounds: Mapping[str, Any], source: str) -> Any:
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ParamError(key, f"must be true or false, got {_describe(value)}", source)
-        return value
-    if tp is str:
-        if not isinstance(value, str) or not value:
-            raise ParamError(key, f"must be a non-empty string, got {_describe(value)}", source)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamError(key, f"must be an integer{_range_text(bounds)}, got {_describe(value)}", source)
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ParamError(key, f"must be a number{_range_text(bounds)}, got {_describe(value)}", source)
-        value = float(value)
-    else:
-        raise TypeError(f"unsupported param type {tp!r} for {key}")
-    if not _in_range(value, bounds):
-        raise ParamError(key, f"must be{_range_text(bounds)}, got {value!r}", source)
-    return value
+def _problem(error: Any, schema: dict[str, Any]) -> str:
+    kind, loc, value = error["type"], error["loc"], error["input"]
+    node = _node_at(schema, loc)
+    if kind in UNKNOWN_KEY:
+        return f"is not a known param (allowed: {', '.join(_node_at(schema, loc[:-1])['properties'])})"
+    if kind in ("missing", "missing_argument"):
+        return f"is missing (expected {_expected(schema, node)})"
+    if kind == "value_error":  # a cross-field rule: its message names the fields
+        return str(error["ctx"]["error"])
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"must be{_range(_branch(schema, node, 'type'))}, got {value!r}"
+    if kind in ("too_short", "too_long"):
+        return f"must have {_count(_branch(schema, node, 'items'))} item(s), got {len(value)}"
+    return f"must be {_expected(schema, node)}, got {_describe(value)}"
 
 
-def _check_length(value: list, key: str, bounds: Mapping[str, Any], source: str) -> None:
-    lo, hi = bounds.get("min_len"), bounds.get("max_len")
-    if (lo is not None and len(value) < lo) or (hi is not None and len(value) > hi):
-        if lo == hi:
-            want = f"{lo}"
-        elif hi is None:
-            want = f"at least {lo}"
+def _deref(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    return schema["$defs"][ref.rsplit("/", 1)[-1]] if ref else node
+
+
+def _branch(schema: dict[str, Any], node: dict[str, Any], needed: str) -> dict[str, Any]:
+    """``node`` itself, or the branch of its ``anyOf`` that has ``needed`` (e.g. the non-null one)."""
+    options = [_deref(schema, option) for option in node.get("anyOf", [])]
+    return next((option for option in options if needed in option), node)
+
+
+def _node_at(schema: dict[str, Any], loc: tuple[Any, ...]) -> dict[str, Any]:
+    node = schema
+    for part in loc:
+        if isinstance(part, int):
+            node = _deref(schema, _branch(schema, node, "items")["items"])
         else:
-            want = f"at most {hi}" if lo is None else f"{lo} to {hi}"
-        raise ParamError(key, f"must have {want} item(s), got {len(value)}", source)
+            node = _deref(schema, _branch(schema, node, "properties")["properties"].get(part, {}))
+    return node
 
 
-def _in_range(value: float, bounds: Mapping[str, Any]) -> bool:
-    checks = {
-        "ge": lambda b: value >= b,
-        "gt": lambda b: value > b,
-        "le": lambda b: value <= b,
-        "lt": lambda b: value < b,
-    }
-    return all(test(bounds[name]) for name, test in checks.items() if name in bounds)
+def _expected(schema: dict[str, Any], node: dict[str, Any]) -> str:
+    node = _deref(schema, node)
+    if "anyOf" in node:
+        return " or ".join(_expected(schema, option) for option in node["anyOf"])
+    if "enum" in node:
+        return "one of " + ", ".join(repr(choice) for choice in node["enum"])
+    kind = node.get("type")
+    if kind == "array":
+        count = "" if _count(node) is None else f" of {_count(node)} item(s)"
+        return f"a list{count}, each {_expected(schema, node['items'])}"
+    names = {"integer": "an integer", "number": "a number", "boolean": "true or false", "null": "null"}
+    names |= {"object": "a mapping", "string": "a non-empty string" if node.get("minLength") else "a string"}
+    return names.get(kind, "a value") + _range(node)
 
 
-def _range_text(bounds: Mapping[str, Any]) -> str:
-    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    parts = [f"{symbols[name]} {bounds[name]}" for name in symbols if name in bounds]
+def _range(node: dict[str, Any]) -> str:
+    symbols = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+    parts = [f"{symbol} {node[name]}" for name, symbol in symbols.items() if name in node]
     return f" {' and '.join(parts)}" if parts else ""
 
 
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    if origin is Literal:
-        return "one of " + ", ".join(repr(c) for c in get_args(tp))
-    if origin in (list, tuple):
-        return f"a list of {_type_name(get_args(tp)[0])}"
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, "null")
+def _count(node: dict[str, Any]) -> str | None:
+    low, high = node.get("minItems"), node.get("maxItems")
+    if low == high:
+        return None if low is None else f"{low}"
+    if high is None:
+        return f"at least {low}"
+    return f"at most {high}" if low is None else f"{low} to {high}"
 
 
 def _describe(value: Any) -> str:

@@ -7,20 +7,18 @@ reference too, and its predicted class is their argmax, as for the network.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.svm import SVC
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import param
+from mlpipeline.core.params import param, params_dataclass
 from mlpipeline.splitting import keep_fraction
 
 CALIBRATION_FOLDS = 5
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class BaselineParams:
     C: float = param(gt=0)
     gamma: float | None = param(gt=0)  # None: scikit-learn's "scale", 1 / (pixels * pixel variance)

@@ -15,31 +15,29 @@ shows, per class, an original next to its first augmented copies.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
+from pydantic import model_validator
 
 from mlpipeline.augmentation import Transforms, augment
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import limit_threads
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import load_section, param
+from mlpipeline.core.params import load_section, param, params_dataclass
+from mlpipeline.core.paths import AUGMENT_PREVIEW, AUGMENTED, INGESTED, SYNTHETIC
 from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
 from mlpipeline.previews import image_grid
 
-INGESTED = Path("data/ingested")
-SYNTHETIC = Path("data/synthetic")
-OUTPUT = Path("data/augmented")
-PREVIEW = Path("reports/augment/samples.png")
 SPLIT = "train"
 SOURCES = ("real", "synthetic")  # also the names of the output's splits
 PREVIEW_COPIES = 6
 SHORT_NAMES = {"real": "real", "synthetic": "synth"}  # preview cells are 32 px wide
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class AugmentParams:
     include_real: bool
     include_synthetic: bool
@@ -49,11 +47,13 @@ class AugmentParams:
     seed: int = param(ge=0)
     batch_size: int = param(ge=1, le=1_000_000)
 
-    def check(self) -> None:
+    @model_validator(mode="after")
+    def check(self) -> Self:
         if not (self.include_real or self.include_synthetic):
             raise ValueError("include_real and include_synthetic are both false: nothing to augment")
         if self.copies == 0 and not self.keep_originals:
             raise ValueError("copies is 0 and keep_originals is false: the output would be empty")
+        return self
 
 
 class Preview:
@@ -164,11 +164,13 @@ def main() -> None:
     with stage.summary("augment") as report:
         params = load_section(AugmentParams, "augment")
         limit_threads()
-        counts = augment_dataset(params, INGESTED, SYNTHETIC, OUTPUT, PREVIEW)
+        counts = augment_dataset(params, INGESTED, SYNTHETIC, AUGMENTED, AUGMENT_PREVIEW)
         report["read"] = ", ".join(f"{c['images']} {name} {SPLIT} images" for name, c in counts.items())
         originals = sum(c["originals"] for c in counts.values())
         augmented = sum(c["augmented"] for c in counts.values())
-        report["wrote"] = f"{OUTPUT} ({originals} originals + {augmented} augmented copies), {PREVIEW}"
+        report["wrote"] = (
+            f"{AUGMENTED} ({originals} originals + {augmented} augmented copies), {AUGMENT_PREVIEW}"
+        )
 
 
 if __name__ == "__main__":

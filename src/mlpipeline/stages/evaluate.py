@@ -18,7 +18,8 @@ from typing import Any
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import DeviceChoice, pick_device
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import load_section, param
+from mlpipeline.core.params import load_section, param, params_dataclass
+from mlpipeline.core.paths import EVALUATE_REPORTS, INGESTED, MODELS
 from mlpipeline.core.shards import META_FILE, Dataset
 from mlpipeline.evaluation.baseline import BaselineParams, baseline_probabilities, fit_baseline
 from mlpipeline.evaluation.metrics import score
@@ -27,12 +28,8 @@ from mlpipeline.inference import predict_probabilities
 from mlpipeline.model import ModelConfig
 from mlpipeline.model_files import CONFIG_FILE, load_model
 
-MODEL_DIR = Path("models")
-DATA_DIR = Path("data/ingested")
-OUTPUT = Path("reports/evaluate")
 
-
-@dataclass(frozen=True)
+@params_dataclass
 class EvaluateParams:
     device: DeviceChoice
     batch_size: int = param(ge=1)
@@ -96,14 +93,14 @@ def write_reports(result: Evaluation, out_dir: Path) -> None:
 def main() -> None:
     with stage.summary("evaluate") as report:
         params = load_section(EvaluateParams, "evaluate")
-        result = evaluate(params, MODEL_DIR, DATA_DIR)
-        write_reports(result, OUTPUT)
+        result = evaluate(params, MODELS, INGESTED)
+        write_reports(result, EVALUATE_REPORTS)
         net, svm = result.metrics["test"], result.metrics["baseline"]
         report["read"] = (
-            f"{MODEL_DIR}, {result.test_count} test and {result.train_count} train images from {DATA_DIR}"
+            f"{MODELS}, {result.test_count} test and {result.train_count} train images from {INGESTED}"
         )
         report["wrote"] = (
-            f"{OUTPUT} (accuracy {net['accuracy']:.4f}, baseline {svm['accuracy']:.4f}; "
+            f"{EVALUATE_REPORTS} (accuracy {net['accuracy']:.4f}, baseline {svm['accuracy']:.4f}; "
             f"macro-F1 {net['macro_f1']:.4f}, baseline {svm['macro_f1']:.4f})"
         )
 

@@ -24,13 +24,15 @@ from contextlib import closing
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Annotated, Any, BinaryIO, Literal, Self
 
 import numpy as np
+from pydantic import Field, TypeAdapter, ValidatorFunctionWrapHandler, WrapValidator, model_validator
 
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import load_section, param
+from mlpipeline.core.params import load_section, param, params_dataclass
+from mlpipeline.core.paths import INGESTED
 from mlpipeline.core.shards import DatasetWriter
 from mlpipeline.core.urls import redact
 from mlpipeline.core.workers import ordered_map, worker_count
@@ -40,7 +42,6 @@ from mlpipeline.scratch import Scratch
 from mlpipeline.sources import RawSample, Source, open_source
 from mlpipeline.splitting import SPLITS, find_duplicates, keep_fraction, stratified_split
 
-OUTPUT = Path("data/ingested")
 BAD_FILES = Path("reports/ingest/bad_files.csv")
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = (
@@ -61,25 +62,41 @@ READ_BYTES = 8 * 2**20  # pixels read back from the scratch per step of a split
 SHOWN_BAD_FILES = 3  # bad files named on the error line (all of them go to BAD_FILES)
 
 
-@dataclass(frozen=True)
+Side = Annotated[int, Field(ge=1, le=4096)]
+SizePair = Annotated[list[Side], Field(min_length=2, max_length=2)]
+
+
+def as_square(value: Any, validate_pair: ValidatorFunctionWrapHandler) -> list[int]:
+    """``image_size: 28`` means ``[28, 28]`` (so ``-S ingest.image_size=28`` works)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [TypeAdapter(Side).validate_python(value)] * 2  # an error names image_size itself
+    return validate_pair(value)
+
+
+ImageSize = Annotated[SizePair, WrapValidator(as_square, json_schema_input_type=Side | SizePair)]
+
+
+@params_dataclass
 class SplitFractions:
     train: float = param(gt=0, lt=1)
     val: float = param(gt=0, lt=1)
     test: float = param(gt=0, lt=1)
 
-    def check(self) -> None:
+    @model_validator(mode="after")
+    def check(self) -> Self:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"fractions must sum to 1, got {total:g}")
+        return self
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class IngestParams:
     source: str
     manifest: str | None
     classes: list[str] | None = param(min_len=2)
     channels: int = param(ge=1, le=3)
-    image_size: list[int] = param(ge=1, le=4096, min_len=2, max_len=2)
+    image_size: ImageSize  # [height, width], or one side of a square
     resample: Resample
     convert: bool
     background: int = param(ge=0, le=255)
@@ -90,11 +107,13 @@ class IngestParams:
     keep_train_fraction: float = param(gt=0, le=1)
     seed: int = param(ge=0)
 
-    def check(self) -> None:
+    @model_validator(mode="after")
+    def check(self) -> Self:
         if self.channels == 2:
             raise ValueError("channels must be 1 (grayscale) or 3 (RGB)")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes lists a class twice")
+        return self
 
     def preprocessing(self) -> Preprocessing:
         size = (self.image_size[0], self.image_size[1])
@@ -290,7 +309,7 @@ def main() -> None:
     with stage.summary("ingest") as report:
         params = load_section(IngestParams, "ingest")
         try:
-            summary = ingest(params, OUTPUT)
+            summary = ingest(params, INGESTED)
         except BadFiles as exc:
             write_bad_files(exc.files, BAD_FILES)
             every = "listed" if len(exc.files) == 1 else f"all {len(exc.files)} listed"
@@ -299,7 +318,7 @@ def main() -> None:
         report["read"] = describe_read(summary, params.source)
         split_text = ", ".join(f"{s} {summary.counts[s]}" for s in SPLITS)
         report["wrote"] = (
-            f"{OUTPUT} ({split_text}; dropped {summary.counts['duplicate']} duplicates, "
+            f"{INGESTED} ({split_text}; dropped {summary.counts['duplicate']} duplicates, "
             f"held out {summary.counts['held_out']})"
         )
 

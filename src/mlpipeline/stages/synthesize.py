@@ -13,7 +13,7 @@ DVC's cache and run-cache hit everywhere, and the CPU is fast enough.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -21,23 +21,21 @@ import torch
 
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import limit_threads
-from mlpipeline.core.params import load_section, param
+from mlpipeline.core.params import load_section, param, params_dataclass
+from mlpipeline.core.paths import INGESTED, SYNTHESIZE_REPORTS, SYNTHETIC
 from mlpipeline.core.shards import Dataset, DatasetWriter
 from mlpipeline.synthetic import SynthesisTask, ValueStats, class_counts, generate, get_generator
 from mlpipeline.synthetic.glyphs import GlyphParams
 from mlpipeline.synthetic.preview import PerClassSamples, samples_png
 from mlpipeline.synthetic.realism import Sampler, transfer_score
 
-REAL = Path("data/ingested")
-OUTPUT = Path("data/synthetic")
-REPORTS = Path("reports/synthesize")
 PREVIEW = "samples.png"
 METRICS = "metrics.json"
 PREVIEW_PER_SOURCE = 6
 SPLIT = "train"
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class SynthesizeParams:
     count: int = param(ge=0)
     class_balance: Literal["uniform", "match_real"]
@@ -95,12 +93,12 @@ def main() -> None:
     with stage.summary("synthesize") as report:
         params = load_section(SynthesizeParams, "synthesize")
         limit_threads()
-        counts, score = synthesize(params, REAL, OUTPUT, REPORTS)
+        counts, score = synthesize(params, INGESTED, SYNTHETIC, SYNTHESIZE_REPORTS)
         report["wrote"] = (
-            f"{OUTPUT} ({sum(counts)} '{params.generator}' images, {min(counts)}..{max(counts)} per class)"
+            f"{SYNTHETIC} ({sum(counts)} '{params.generator}' images, {min(counts)}..{max(counts)} per class)"
         )
         accuracy = f", transfer accuracy {score['accuracy']:.4f}" if "accuracy" in score else ""
-        report["reports"] = f"{REPORTS / PREVIEW}, {REPORTS / METRICS}{accuracy}"
+        report["reports"] = f"{SYNTHESIZE_REPORTS / PREVIEW}, {SYNTHESIZE_REPORTS / METRICS}{accuracy}"
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.params import load_section
+from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS
 from mlpipeline.core.seeding import seed_everything
 from mlpipeline.model import ModelConfig, build_model, channel_stats
 from mlpipeline.model_files import save_model
@@ -29,11 +30,6 @@ from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.phases import Phase, check_sources, plan
 from mlpipeline.training.reporting import EpochRecord, TrainingLog
-
-TRAIN_DATA = Path("data/augmented")
-VAL_DATA = Path("data/ingested")
-MODEL_DIR = Path("models")
-REPORT_DIR = Path("reports/train")
 
 
 @dataclass
@@ -104,17 +100,17 @@ def train(
 
 def main() -> None:
     params = load_section(TrainParams, "train")
-    inputs = open_inputs(TRAIN_DATA, VAL_DATA)  # refuse bad inputs before any launch
+    inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
     check_sources(params, inputs.train.count(REAL_SPLIT), inputs.train.root)
     if params.processes > 1 and not in_worker():
         launch(__spec__.name, params.processes, params.num_threads or auto_threads(params.processes))
         return
     world = world_from_env()
     with stage.summary("train") as report:
-        result = train(params, inputs, REPORT_DIR, world=world)
+        result = train(params, inputs, TRAIN_REPORTS, world=world)
         if not world.is_main:
             return
-        with atomic.directory(MODEL_DIR) as out:
+        with atomic.directory(MODELS) as out:
             save_model(result.trainer.model, result.config, out)
         for checkpoints in result.checkpoints:
             checkpoints.clear()
@@ -123,7 +119,7 @@ def main() -> None:
         resumed = f", resumed after epoch {trainer.resumed_after}" if trainer.resumed_after else ""
         report["read"] = (
             f"{inputs.train.count(REAL_SPLIT)} real and {inputs.train.count(SYNTHETIC_SPLIT)} synthetic "
-            f"train images from {TRAIN_DATA}, {len(trainer.val)} val from {VAL_DATA}"
+            f"train images from {AUGMENTED}, {len(trainer.val)} val from {INGESTED}"
         )
         phases = ", then ".join(f"{phase.name} on {len(phase.labels)} images" for phase in result.phases)
         report["ran"] = (
@@ -132,7 +128,7 @@ def main() -> None:
             f"(val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f})"
         )
         removed = ", ".join(str(checkpoints.directory) for checkpoints in result.checkpoints)
-        report["wrote"] = f"{MODEL_DIR} and {REPORT_DIR}, removed checkpoints {removed}"
+        report["wrote"] = f"{MODELS} and {TRAIN_REPORTS}, removed checkpoints {removed}"
 
 
 if __name__ == "__main__":

@@ -19,14 +19,15 @@ the same params mean the same look at any image size.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Self
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import param
+from mlpipeline.core.params import param, params_dataclass
 from mlpipeline.synthetic.atlas import build_atlas, sample_distance
 from mlpipeline.synthetic.fonts import has_glyph, resolve_fonts
 from mlpipeline.synthetic.generators import Renderer, SynthesisTask, register_generator
@@ -34,24 +35,26 @@ from mlpipeline.synthetic.generators import Renderer, SynthesisTask, register_ge
 SUPERSAMPLE = 4  # render at 4x the output size, then count ink per 4x4 block
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class GlyphParams:
     fonts: list[str] = param(min_len=1)
     rotation: float = param(ge=0, le=180)
-    scale: list[float] = param(gt=0, le=2, min_len=2, max_len=2)
+    scale: list[Annotated[float, Field(gt=0, le=2)]] = param(min_len=2, max_len=2)
     shear: float = param(ge=0, le=2)
     translate: float = param(ge=0, le=0.5)
-    stroke: list[float] = param(ge=-0.1, le=0.1, min_len=2, max_len=2)
+    stroke: list[Annotated[float, Field(ge=-0.1, le=0.1)]] = param(min_len=2, max_len=2)
     edge_noise: float = param(ge=0, le=0.1)
     pixel_noise: float = param(ge=0, le=1)
 
-    def check(self) -> None:
+    @model_validator(mode="after")
+    def check(self) -> Self:
         for name in ("scale", "stroke"):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"{name} must be [low, high] with low <= high, got {[low, high]}")
         if len(set(self.fonts)) != len(self.fonts):
             raise ValueError("fonts lists a font twice")
+        return self
 
 
 def check_classes(classes: list[str], fonts: list[Path]) -> list[list[Path]]:

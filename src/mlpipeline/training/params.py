@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, model_validator
 
 from mlpipeline.core.device import DeviceChoice
-from mlpipeline.core.params import param
+from mlpipeline.core.params import param, params_dataclass
 
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["onecycle", "cosine", "constant"]
@@ -14,23 +15,25 @@ Monitor = Literal["val_loss", "val_acc", "last"]
 SyntheticUse = Literal["pretrain", "mix"]
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class ArchitectureParams:
-    widths: list[int] = param(ge=1, le=4096, min_len=1, max_len=8)
+    widths: list[Annotated[int, Field(ge=1, le=4096)]] = param(min_len=1, max_len=8)
     dropout: float = param(ge=0, lt=1)
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class EarlyStoppingParams:
     monitor: Monitor
     patience: int | None = param(ge=1)
 
-    def check(self) -> None:
+    @model_validator(mode="after")
+    def check(self) -> Self:
         if self.monitor == "last" and self.patience is not None:
             raise ValueError("patience needs monitor val_loss or val_acc: with last no epoch is ever worse")
+        return self
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class SyntheticParams:
     """How training uses the synthetic images: ``pretrain`` runs ``pretrain_epochs`` on them alone,
     then the real run starts from those weights with a fresh optimizer and schedule; ``mix``
@@ -40,7 +43,7 @@ class SyntheticParams:
     pretrain_epochs: int = param(ge=1)
 
 
-@dataclass(frozen=True)
+@params_dataclass
 class TrainParams:
     model: ArchitectureParams
     optimizer: Optimizer
@@ -58,7 +61,8 @@ class TrainParams:
     processes: int = param(ge=1, le=1024)
     num_threads: int = param(ge=0, le=1024)
 
-    def check(self) -> None:
+    @model_validator(mode="after")
+    def check(self) -> Self:
         if self.batch_size % self.processes:
             raise ValueError(
                 f"batch_size ({self.batch_size}) is the global batch and must be divisible by "
@@ -66,3 +70,4 @@ class TrainParams:
             )
         if self.processes > 1 and self.device == "mps":
             raise ValueError("processes > 1 needs cuda or cpu: DistributedDataParallel does not run on mps")
+        return self
