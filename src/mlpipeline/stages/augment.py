@@ -7,15 +7,18 @@ use them differently: per batch the originals (``keep_originals``) then ``copies
 augmented copies, so memory stays bounded by one shard whatever the count.
 Val and test are never read: augmented data cannot leak into evaluation.
 Each copy's randomness is named by (seed, source, shard, batch, copy number),
-so the output depends only on the inputs and the params, and raising
-``copies`` keeps the copies already made. ``reports/augment/samples.png``
+so the output depends only on the inputs and the params, whichever of the
+``MLPIPELINE_WORKERS`` processes computes it, and raising ``copies`` keeps the
+copies already made. ``reports/augment/samples.png``
 shows, per class, an original next to its first augmented copies.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ from mlpipeline.core.device import limit_threads
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param
 from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
+from mlpipeline.core.workers import ordered_map, worker_count
 from mlpipeline.previews import image_grid
 
 INGESTED = Path("data/ingested")
@@ -127,9 +131,10 @@ def batches(
 
 
 def augment_dataset(
-    params: AugmentParams, ingested: Path, synthetic: Path, output: Path, preview: Path
+    params: AugmentParams, ingested: Path, synthetic: Path, output: Path, preview: Path, workers: int = 1
 ) -> dict[str, dict[str, int]]:
-    """Stream the selected sources through ``augment`` into ``output``; returns counts per source."""
+    """Stream the selected sources through ``augment`` into ``output``, the batches spread over
+    ``workers`` processes (the bytes do not depend on it); returns counts per source."""
     real, sources = open_sources(params, ingested, synthetic)
     counts = {
         name: {
@@ -144,31 +149,48 @@ def augment_dataset(
         raise PipelineError(f"augment: the selected sources have no {SPLIT} images: {chosen}")
     attributes = {"copies": params.copies, "keep_originals": params.keep_originals, "sources": counts}
     samples = Preview()
+    work = partial(augment_copies, transforms=params.transforms, seed=params.seed, copies=params.copies)
     with DatasetWriter(output, real.classes, real.image_shape, attributes) as writer:
         for name in SOURCES:
             writer.add_split(name)
-        for (name, shard, batch), originals, labels in batches(sources, params.batch_size):
+        # tee keeps each batch for the writer until its copies come back: the map's window, no more.
+        mine, theirs = itertools.tee(batches(sources, params.batch_size))
+        done = ordered_map(work, theirs, workers, initializer=limit_threads)
+        for ((name, _, _), originals, labels), copies in zip(mine, done, strict=True):
             picks = samples.start_rows(name, originals, labels)
             if params.keep_originals:
                 writer.write(name, originals, labels)
-            for copy in range(1, params.copies + 1):
-                stream = (name, shard, batch, copy)
-                copies = augment(torch.from_numpy(originals), params.transforms, params.seed, *stream).numpy()
-                writer.write(name, copies, labels)
-                samples.add_copies(name, picks, copies)
+            for copy in copies:
+                writer.write(name, copy, labels)
+                samples.add_copies(name, picks, copy)
     atomic.write_bytes(preview, samples.png(real.classes))
     return counts
+
+
+def augment_copies(
+    item: tuple[tuple[str, int, int], np.ndarray, np.ndarray], transforms: Transforms, seed: int, copies: int
+) -> list[np.ndarray]:
+    """The ``copies`` augmented copies of one batch; their randomness is named by (source, shard,
+    batch, copy number), so whichever worker process computes them, the bytes are the same."""
+    (name, shard, batch), originals, _ = item
+    images = torch.from_numpy(originals)
+    return [
+        augment(images, transforms, seed, name, shard, batch, copy).numpy() for copy in range(1, copies + 1)
+    ]
 
 
 def main() -> None:
     with stage.summary("augment") as report:
         params = load_section(AugmentParams, "augment")
         limit_threads()
-        counts = augment_dataset(params, INGESTED, SYNTHETIC, OUTPUT, PREVIEW)
+        workers = worker_count()
+        counts = augment_dataset(params, INGESTED, SYNTHETIC, OUTPUT, PREVIEW, workers)
         report["read"] = ", ".join(f"{c['images']} {name} {SPLIT} images" for name, c in counts.items())
         originals = sum(c["originals"] for c in counts.values())
         augmented = sum(c["augmented"] for c in counts.values())
-        report["wrote"] = f"{OUTPUT} ({originals} originals + {augmented} augmented copies), {PREVIEW}"
+        report["wrote"] = (
+            f"{OUTPUT} ({originals} originals + {augmented} augmented copies, {workers} worker(s)), {PREVIEW}"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ split, ``train``, in the ingested shard format) plus, in ``reports/synthesize``,
 preview grid and the transfer score (``synthetic.realism``: how well a classifier
 fitted on the synthetic images alone does on the real ones). Rendering
 runs on the CPU on purpose: CPU results are byte-identical across machines, so
-DVC's cache and run-cache hit everywhere, and the CPU is fast enough.
+DVC's cache and run-cache hit everywhere, and the CPU is fast enough, spread
+over ``MLPIPELINE_WORKERS`` processes (each batch's randomness is named by its
+index, so the bytes are the same for any worker count).
 ``count: 0`` writes a valid empty dataset, so the pipeline stays whole.
 """
 
@@ -23,6 +25,7 @@ from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import limit_threads
 from mlpipeline.core.params import load_section, param
 from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.core.workers import worker_count
 from mlpipeline.synthetic import SynthesisTask, ValueStats, class_counts, generate, get_generator
 from mlpipeline.synthetic.glyphs import GlyphParams
 from mlpipeline.synthetic.preview import PerClassSamples, samples_png
@@ -52,9 +55,10 @@ def synthesize(
     out_dir: Path,
     report_dir: Path,
     device: torch.device | None = None,
+    workers: int = 1,
 ) -> tuple[list[int], dict[str, object]]:
     """Write ``params.count`` synthetic images, the preview and the transfer score; returns the
-    per-class counts and the score."""
+    per-class counts and the score. ``workers`` processes render; the bytes do not depend on it."""
     device = device or torch.device("cpu")
     factory = get_generator(params.generator)  # a misspelt name fails even when count is 0
     real = Dataset(real_dir)
@@ -79,8 +83,7 @@ def synthesize(
         writer.add_split(SPLIT)
         if params.count > 0:
             task = SynthesisTask(real.classes, real.image_shape, values, params, device)
-            render = factory(task)
-            for images, labels in generate(render, counts, params.seed, real.image_shape, device):
+            for images, labels in generate(factory, task, counts, params.seed, workers):
                 writer.write(SPLIT, images, labels)
                 synthetic_samples.add(images, labels)
                 synthetic_for_score.add(images, labels)
@@ -95,9 +98,11 @@ def main() -> None:
     with stage.summary("synthesize") as report:
         params = load_section(SynthesizeParams, "synthesize")
         limit_threads()
-        counts, score = synthesize(params, REAL, OUTPUT, REPORTS)
+        workers = worker_count()
+        counts, score = synthesize(params, REAL, OUTPUT, REPORTS, workers=workers)
         report["wrote"] = (
-            f"{OUTPUT} ({sum(counts)} '{params.generator}' images, {min(counts)}..{max(counts)} per class)"
+            f"{OUTPUT} ({sum(counts)} '{params.generator}' images, {min(counts)}..{max(counts)} per class, "
+            f"{workers} worker(s))"
         )
         accuracy = f", transfer accuracy {score['accuracy']:.4f}" if "accuracy" in score else ""
         report["reports"] = f"{REPORTS / PREVIEW}, {REPORTS / METRICS}{accuracy}"
