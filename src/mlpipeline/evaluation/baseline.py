@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.kernel_approximation import Nystroem
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.svm import SVC, LinearSVC
 from threadpoolctl import threadpool_limits
 
@@ -34,9 +33,8 @@ CALIBRATION_FOLDS = 5
 EXACT_BUDGET = 1e9
 NAMES = {"exact": "rbf_svm", "nystroem": "rbf_nystroem_linear_svm"}  # the metrics' baseline.model
 
-MAX_ITER = 5000  # liblinear's passes; its default 1000 stops short on raw pixels
-
 Kernel = Literal["auto", "exact", "nystroem"]
+Baseline = CalibratedClassifierCV | Pipeline  # exact: the calibrated SVC; nystroem: map + calibrated SVM
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ def choose_kernel(params: BaselineParams, train_count: int, test_count: int, pix
 
 def fit_baseline(
     images: np.ndarray, labels: np.ndarray, params: BaselineParams, kernel: str = "exact"
-) -> CalibratedClassifierCV:
+) -> Baseline:
     """Fit the calibrated SVM (``kernel``: exact or nystroem) on the given training images.
     Deterministic: the folds are unshuffled, libsvm is not random and the Nystroem basis is seeded."""
     counts = np.bincount(labels)
@@ -76,24 +74,27 @@ def fit_baseline(
         )
     rows = flatten(images)
     folds = min(CALIBRATION_FOLDS, smallest)
-    svm = _svm(params, kernel, rows, len(rows) - len(rows) // folds)
-    return CalibratedClassifierCV(svm, cv=folds, ensemble=False).fit(rows, labels)
-
-
-def _svm(params: BaselineParams, kernel: str, rows: np.ndarray, fold_size: int) -> BaseEstimator:
-    """The exact SVC, or a Nystroem map onto at most a calibration fold's images + a linear SVM."""
     if kernel == "exact":
-        return SVC(kernel="rbf", C=params.C, gamma="scale" if params.gamma is None else params.gamma)
+        svm = SVC(kernel="rbf", C=params.C, gamma="scale" if params.gamma is None else params.gamma)
+        return CalibratedClassifierCV(svm, cv=folds, ensemble=False).fit(rows, labels)
+    return _fit_nystroem(rows, labels, params, folds)
+
+
+def _fit_nystroem(rows: np.ndarray, labels: np.ndarray, params: BaselineParams, folds: int) -> Pipeline:
+    """The Nystroem map, fitted once on all rows (it never sees a label, so the calibration folds
+    cannot leak through it), then the calibrated linear SVM on the mapped rows."""
     gamma = 1.0 / (rows.shape[1] * rows.var()) if params.gamma is None else params.gamma  # as "scale"
-    components = min(params.components, fold_size)
-    basis = Nystroem(kernel="rbf", gamma=gamma, n_components=components, random_state=params.seed)
-    return make_pipeline(basis, LinearSVC(C=params.C, max_iter=MAX_ITER, random_state=params.seed))
+    components = min(params.components, len(rows))
+    basis = Nystroem(kernel="rbf", gamma=gamma, n_components=components, random_state=params.seed).fit(rows)
+    linear = LinearSVC(C=params.C, random_state=params.seed)
+    calibrated = CalibratedClassifierCV(linear, cv=folds, ensemble=False).fit(basis.transform(rows), labels)
+    return make_pipeline(basis, calibrated)
 
 
-_predicting: CalibratedClassifierCV | None = None  # this process's fitted baseline
+_predicting: Baseline | None = None  # this process's fitted baseline
 
 
-def start_predicting(model: CalibratedClassifierCV) -> None:
+def start_predicting(model: Baseline) -> None:
     """Hold ``model`` for ``predict_batch`` in this process, with one BLAS thread: the worker
     processes are the parallelism, and more threads per process would only fight over the cores."""
     global _predicting
@@ -107,7 +108,7 @@ def predict_batch(batch: tuple[np.ndarray, np.ndarray], num_classes: int) -> np.
     return baseline_probabilities(_predicting, batch[0], num_classes)
 
 
-def baseline_probabilities(model: CalibratedClassifierCV, images: np.ndarray, num_classes: int) -> np.ndarray:
+def baseline_probabilities(model: Baseline, images: np.ndarray, num_classes: int) -> np.ndarray:
     """Probabilities N x ``num_classes``; a class the SVM never saw in training gets 0."""
     probabilities = np.zeros((len(images), num_classes))
     probabilities[:, model.classes_] = model.predict_proba(flatten(images))

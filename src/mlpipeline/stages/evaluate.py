@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.calibration import CalibratedClassifierCV
 
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import DeviceChoice, pick_device
@@ -34,6 +33,7 @@ from mlpipeline.core.shards import META_FILE, Dataset
 from mlpipeline.core.workers import ordered_map, worker_count
 from mlpipeline.evaluation.baseline import (
     NAMES,
+    Baseline,
     BaselineParams,
     choose_kernel,
     fit_baseline,
@@ -129,7 +129,7 @@ def evaluate(params: EvaluateParams, model_dir: Path, data_dir: Path, workers: i
     )
 
 
-def fit_on_train(data: Dataset, params: BaselineParams) -> tuple[str, CalibratedClassifierCV, int]:
+def fit_on_train(data: Dataset, params: BaselineParams) -> tuple[str, Baseline, int]:
     """The kernel chosen, the baseline fitted on the train split's seeded subset, and its size."""
     kernel = choose_kernel(params, data.count(TRAIN), data.count(TEST), int(np.prod(data.image_shape)))
     images, labels = pick_rows(data, TRAIN, params.max_train, params.seed)
