@@ -100,33 +100,45 @@ def evaluate(params: EvaluateParams, model_dir: Path, data_dir: Path, workers: i
     if not data.count(TEST):
         raise PipelineError(f"{data.root / META_FILE}: the {TEST} split is empty")
     kernel, svm, fitted = fit_on_train(data, params.baseline)
-    classes, k = data.classes, len(data.classes)
-    network, baseline = Scores(k, params.ece_bins), Scores(k, params.ece_bins)
-    worst = WorstErrors(params.misclassified)
-    predicted: list[tuple[np.ndarray, np.ndarray]] = []
-    mine, theirs = itertools.tee(
-        split_batches(data, TEST, params.batch_size)
-    )  # tee: the map's window, no more
-    svm_batches = ordered_map(
-        partial(predict_batch, num_classes=k), theirs, workers, partial(start_predicting, svm)
-    )
+    report = Scoreboard(len(data.classes), params)
+    mine, theirs = itertools.tee(split_batches(data, TEST, params.batch_size))  # kept for the map's window
+    start = partial(start_predicting, svm)
+    svm_batches = ordered_map(partial(predict_batch, num_classes=len(data.classes)), theirs, workers, start)
     for (images, labels), svm_probabilities in zip(mine, svm_batches, strict=True):
-        probabilities = predict_probabilities(model, images, device, params.batch_size)
-        network.add(labels, probabilities)
-        baseline.add(labels, svm_probabilities)
-        worst.add(images, labels, probabilities)
-        predicted.append((labels, probabilities.argmax(axis=1)))
-    labels, choices = (np.concatenate(column) for column in zip(*predicted, strict=True))
-    return Evaluation(
-        metrics={
-            "test": network.result(classes),
-            "baseline": {**baseline.result(classes), "model": NAMES[kernel]},
-        },
-        predictions_csv=predictions_csv(labels, choices, classes),
-        misclassified_png=misclassified_png(worst, classes),
-        test_count=network.samples,
-        train_count=fitted,
-    )
+        report.add(
+            images, labels, predict_probabilities(model, images, device, params.batch_size), svm_probabilities
+        )
+    return report.evaluation(data.classes, NAMES[kernel], fitted)
+
+
+class Scoreboard:
+    """Everything the reports need, added batch by batch: the two models' scores, the worst
+    mistakes and, per test image, its label and the network's choice (for the confusion plot)."""
+
+    def __init__(self, num_classes: int, params: EvaluateParams) -> None:
+        self.network = Scores(num_classes, params.ece_bins)
+        self.baseline = Scores(num_classes, params.ece_bins)
+        self.worst = WorstErrors(params.misclassified)
+        self.choices: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, images: np.ndarray, labels: np.ndarray, network: np.ndarray, baseline: np.ndarray) -> None:
+        self.network.add(labels, network)
+        self.baseline.add(labels, baseline)
+        self.worst.add(images, labels, network)
+        self.choices.append((labels, network.argmax(axis=1)))
+
+    def evaluation(self, classes: list[str], baseline_model: str, fitted: int) -> Evaluation:
+        labels, choices = (np.concatenate(column) for column in zip(*self.choices, strict=True))
+        return Evaluation(
+            metrics={
+                "test": self.network.result(classes),
+                "baseline": {**self.baseline.result(classes), "model": baseline_model},
+            },
+            predictions_csv=predictions_csv(labels, choices, classes),
+            misclassified_png=misclassified_png(self.worst, classes),
+            test_count=self.network.samples,
+            train_count=fitted,
+        )
 
 
 def fit_on_train(data: Dataset, params: BaselineParams) -> tuple[str, Baseline, int]:
