@@ -16,6 +16,7 @@ shows, per class, an original next to its first augmented copies.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -30,7 +31,7 @@ from mlpipeline.core.device import limit_threads
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param
 from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
-from mlpipeline.core.workers import ordered_map, worker_count
+from mlpipeline.core.workers import ordered_map, workers_for
 from mlpipeline.previews import image_grid
 
 INGESTED = Path("data/ingested")
@@ -131,10 +132,16 @@ def batches(
 
 
 def augment_dataset(
-    params: AugmentParams, ingested: Path, synthetic: Path, output: Path, preview: Path, workers: int = 1
+    params: AugmentParams,
+    ingested: Path,
+    synthetic: Path,
+    output: Path,
+    preview: Path,
+    workers: int | None = None,
 ) -> dict[str, dict[str, int]]:
     """Stream the selected sources through ``augment`` into ``output``, the batches spread over
-    ``workers`` processes (the bytes do not depend on it); returns counts per source."""
+    ``workers`` processes (None: ``workers_for`` the batches; the bytes do not depend on it);
+    returns counts per source."""
     real, sources = open_sources(params, ingested, synthetic)
     counts = {
         name: {
@@ -148,6 +155,8 @@ def augment_dataset(
         chosen = " and ".join(f"{n} ({d.root})" for n, d in sources.items())
         raise PipelineError(f"augment: the selected sources have no {SPLIT} images: {chosen}")
     attributes = {"copies": params.copies, "keep_originals": params.keep_originals, "sources": counts}
+    if workers is None:
+        workers = workers_for(sum(math.ceil(c["images"] / params.batch_size) for c in counts.values()))
     samples = Preview()
     work = partial(augment_copies, transforms=params.transforms, seed=params.seed, copies=params.copies)
     with DatasetWriter(output, real.classes, real.image_shape, attributes) as writer:
@@ -183,14 +192,11 @@ def main() -> None:
     with stage.summary("augment") as report:
         params = load_section(AugmentParams, "augment")
         limit_threads()
-        workers = worker_count()
-        counts = augment_dataset(params, INGESTED, SYNTHETIC, OUTPUT, PREVIEW, workers)
+        counts = augment_dataset(params, INGESTED, SYNTHETIC, OUTPUT, PREVIEW)
         report["read"] = ", ".join(f"{c['images']} {name} {SPLIT} images" for name, c in counts.items())
         originals = sum(c["originals"] for c in counts.values())
         augmented = sum(c["augmented"] for c in counts.values())
-        report["wrote"] = (
-            f"{OUTPUT} ({originals} originals + {augmented} augmented copies, {workers} worker(s)), {PREVIEW}"
-        )
+        report["wrote"] = f"{OUTPUT} ({originals} originals + {augmented} augmented copies), {PREVIEW}"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ keeps the summary columns.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -30,7 +31,7 @@ from mlpipeline.core.device import DeviceChoice, pick_device
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param
 from mlpipeline.core.shards import META_FILE, Dataset
-from mlpipeline.core.workers import ordered_map, worker_count
+from mlpipeline.core.workers import ordered_map, workers_for
 from mlpipeline.evaluation.baseline import (
     NAMES,
     Baseline,
@@ -89,10 +90,12 @@ def split_batches(data: Dataset, split: str, batch_size: int) -> Iterator[tuple[
             yield images[start : start + batch_size], labels[start : start + batch_size]
 
 
-def evaluate(params: EvaluateParams, model_dir: Path, data_dir: Path, workers: int = 1) -> Evaluation:
+def evaluate(
+    params: EvaluateParams, model_dir: Path, data_dir: Path, workers: int | None = None
+) -> Evaluation:
     """Score the network and the baseline on the test split as it streams past, the baseline's
-    batches predicted by ``workers`` processes (the bytes do not depend on it). No output I/O,
-    so tests call it."""
+    batches predicted by ``workers`` processes (None: ``workers_for`` the batches; the bytes do
+    not depend on it). No output I/O, so tests call it."""
     data = Dataset(data_dir)
     device = pick_device(params.device, "evaluate.device")
     model, config = load_model(model_dir, device)
@@ -100,6 +103,8 @@ def evaluate(params: EvaluateParams, model_dir: Path, data_dir: Path, workers: i
     if not data.count(TEST):
         raise PipelineError(f"{data.root / META_FILE}: the {TEST} split is empty")
     kernel, svm, fitted = fit_on_train(data, params.baseline)
+    if workers is None:
+        workers = workers_for(math.ceil(data.count(TEST) / params.batch_size))
     report = Scoreboard(len(data.classes), params)
     mine, theirs = itertools.tee(split_batches(data, TEST, params.batch_size))  # kept for the map's window
     start = partial(start_predicting, svm)
@@ -157,7 +162,7 @@ def write_reports(result: Evaluation, out_dir: Path) -> None:
 def main() -> None:
     with stage.summary("evaluate") as report:
         params = load_section(EvaluateParams, "evaluate")
-        result = evaluate(params, MODEL_DIR, DATA_DIR, worker_count())
+        result = evaluate(params, MODEL_DIR, DATA_DIR)
         write_reports(result, OUTPUT)
         net, svm = result.metrics["test"], result.metrics["baseline"]
         report["read"] = (

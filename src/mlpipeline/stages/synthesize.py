@@ -15,6 +15,7 @@ index, so the bytes are the same for any worker count).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,8 +26,9 @@ from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import limit_threads
 from mlpipeline.core.params import load_section, param
 from mlpipeline.core.shards import Dataset, DatasetWriter
-from mlpipeline.core.workers import worker_count
+from mlpipeline.core.workers import workers_for
 from mlpipeline.synthetic import SynthesisTask, ValueStats, class_counts, generate, get_generator
+from mlpipeline.synthetic.generators import batch_size
 from mlpipeline.synthetic.glyphs import GlyphParams
 from mlpipeline.synthetic.preview import PerClassSamples, samples_png
 from mlpipeline.synthetic.realism import Sampler, transfer_score
@@ -55,10 +57,11 @@ def synthesize(
     out_dir: Path,
     report_dir: Path,
     device: torch.device | None = None,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> tuple[list[int], dict[str, object]]:
     """Write ``params.count`` synthetic images, the preview and the transfer score; returns the
-    per-class counts and the score. ``workers`` processes render; the bytes do not depend on it."""
+    per-class counts and the score. ``workers`` processes render (None: ``workers_for`` the
+    batches); the bytes do not depend on it."""
     device = device or torch.device("cpu")
     factory = get_generator(params.generator)  # a misspelt name fails even when count is 0
     real = Dataset(real_dir)
@@ -83,6 +86,8 @@ def synthesize(
         writer.add_split(SPLIT)
         if params.count > 0:
             task = SynthesisTask(real.classes, real.image_shape, values, params, device)
+            if workers is None:
+                workers = workers_for(math.ceil(params.count / batch_size(real.image_shape)))
             for images, labels in generate(factory, task, counts, params.seed, workers):
                 writer.write(SPLIT, images, labels)
                 synthetic_samples.add(images, labels)
@@ -98,11 +103,9 @@ def main() -> None:
     with stage.summary("synthesize") as report:
         params = load_section(SynthesizeParams, "synthesize")
         limit_threads()
-        workers = worker_count()
-        counts, score = synthesize(params, REAL, OUTPUT, REPORTS, workers=workers)
+        counts, score = synthesize(params, REAL, OUTPUT, REPORTS)
         report["wrote"] = (
-            f"{OUTPUT} ({sum(counts)} '{params.generator}' images, {min(counts)}..{max(counts)} per class, "
-            f"{workers} worker(s))"
+            f"{OUTPUT} ({sum(counts)} '{params.generator}' images, {min(counts)}..{max(counts)} per class)"
         )
         accuracy = f", transfer accuracy {score['accuracy']:.4f}" if "accuracy" in score else ""
         report["reports"] = f"{REPORTS / PREVIEW}, {REPORTS / METRICS}{accuracy}"
