@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", help=f"image counts (default: {COUNTS})")
     args = parser.parse_args()
     counts = args.counts or (COUNTS[:1] if args.quick else COUNTS)
-    print(f"{worker_count()} worker(s) per stage (MLPIPELINE_WORKERS); scratch in {SCRATCH}")
+    print(f"up to {worker_count()} worker(s) per stage (MLPIPELINE_WORKERS); scratch in {SCRATCH}")
     print(ROW.format("images", "stage", "handled", "seconds", "images/s", "peak RSS MiB", "disk MiB"))
     results = {count: run_pipeline(count) for count in counts}
     if len(results) > 1:
