@@ -107,9 +107,10 @@ def no_synthetic(ingested: Path) -> Path:
 
 
 def run_augment(
-    ingested: Path, synthetic: Path, out: Path, overrides: dict[str, Any] | None = None
+    ingested: Path, synthetic: Path, out: Path, overrides: dict[str, Any] | None = None, workers: int = 1
 ) -> Dataset:
-    augment_dataset(augment_params(overrides), ingested, synthetic, out / "augmented", out / "samples.png")
+    params = augment_params(overrides)
+    augment_dataset(params, ingested, synthetic, out / "augmented", out / "samples.png", workers)
     return Dataset(out / "augmented")
 
 
@@ -157,15 +158,17 @@ def test_no_val_or_test_image_in_output(ingested: Path, synthetic: Path, tmp_pat
         assert held_out and not image_hashes(out.load(split)[0]) & held_out
 
 
-def test_same_inputs_and_params_give_the_same_bytes(ingested: Path, synthetic: Path, tmp_path: Path) -> None:
+def test_same_inputs_and_params_give_the_same_bytes_for_one_or_two_workers(
+    ingested: Path, synthetic: Path, tmp_path: Path
+) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
-    run_augment(ingested, synthetic, first)
-    run_augment(ingested, synthetic, second)
+    run_augment(ingested, synthetic, first, {"batch_size": 300}, workers=1)  # 6 batches
+    run_augment(ingested, synthetic, second, {"batch_size": 300}, workers=2)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     for name in files:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
-    other_seed = run_augment(ingested, synthetic, tmp_path / "other", {"seed": 8})
+    other_seed = run_augment(ingested, synthetic, tmp_path / "other", {"seed": 8, "batch_size": 300})
     assert not np.array_equal(other_seed.load("real")[0], Dataset(second / "augmented").load("real")[0])
 
 

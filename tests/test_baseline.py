@@ -1,33 +1,80 @@
-"""The SVM baseline: learns tiny data, is deterministic, honours its training-size cap."""
+"""The SVM baseline: learns tiny data, is deterministic, honours its training-size cap (picked
+shard by shard), and switches to the Nystroem approximation where the exact kernel costs too much."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
-from tiny_model import tiny_images
+from tiny_model import CLASSES, SHAPE, tiny_images
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.evaluation.baseline import BaselineParams, baseline_probabilities, fit_baseline
+from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.evaluation.baseline import (
+    EXACT_BUDGET,
+    BaselineParams,
+    baseline_probabilities,
+    choose_kernel,
+    fit_baseline,
+)
+from mlpipeline.evaluation.subset import pick_rows
+from mlpipeline.splitting import keep_fraction
 
-PARAMS = BaselineParams(C=3.0, gamma=None, max_train=10_000, seed=0)
+PARAMS = BaselineParams(C=3.0, gamma=None, max_train=10_000, seed=0, kernel="auto", components=1000)
 
 
-def test_baseline_learns_tiny_data_and_is_deterministic() -> None:
+@pytest.mark.parametrize("kernel", ["exact", "nystroem"])
+def test_baseline_learns_tiny_data_and_is_deterministic(kernel: str) -> None:
     train_images, train_labels = tiny_images(10, seed=0)
     test_images, test_labels = tiny_images(10, seed=1)
-    first = baseline_probabilities(fit_baseline(train_images, train_labels, PARAMS), test_images, 3)
-    second = baseline_probabilities(fit_baseline(train_images, train_labels, PARAMS), test_images, 3)
+    fit = lambda: fit_baseline(train_images, train_labels, PARAMS, kernel)  # noqa: E731
+    first = baseline_probabilities(fit(), test_images, 3)
+    second = baseline_probabilities(fit(), test_images, 3)
     assert first.shape == (30, 3)
     np.testing.assert_allclose(first.sum(axis=1), 1.0)
     assert (first.argmax(axis=1) == test_labels).mean() > 0.9  # chance is 1/3
     np.testing.assert_array_equal(first, second)
 
 
-def test_max_train_fits_on_a_stratified_subset() -> None:
-    images, labels = tiny_images(20, seed=0)
-    capped = BaselineParams(C=3.0, gamma=0.05, max_train=15, seed=0)
-    model = fit_baseline(images, labels, capped)
-    assert model.calibrated_classifiers_[0].estimator.shape_fit_ == (15, 64)  # 5 images per class
+def write_shuffled(root: Path, per_class: int, shard_images: int) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = tiny_images(per_class, seed=0)
+    order = np.random.default_rng(1).permutation(len(labels))  # classes interleaved across shards
+    images, labels = images[order], labels[order]
+    with DatasetWriter(root, CLASSES, SHAPE, max_shard_bytes=shard_images * int(np.prod(SHAPE))) as writer:
+        writer.write("train", images, labels)
+    return images, labels
+
+
+def test_rows_picked_shard_by_shard_are_keep_fractions_choice(tmp_path: Path) -> None:
+    images, labels = write_shuffled(tmp_path / "ds", per_class=40, shard_images=7)
+    chosen, chosen_labels = pick_rows(Dataset(tmp_path / "ds"), "train", limit=50, seed=3)
+    keep = keep_fraction(labels, np.ones(len(labels), bool), 50 / len(labels), seed=3)
+    np.testing.assert_array_equal(chosen, images[keep])
+    np.testing.assert_array_equal(chosen_labels, labels[keep])
+    assert np.bincount(chosen_labels).tolist() == [17, 17, 17]  # round(40 * 50 / 120) per class
+
+
+def test_a_split_under_the_cap_is_taken_whole(tmp_path: Path) -> None:
+    images, labels = write_shuffled(tmp_path / "ds", per_class=5, shard_images=4)
+    chosen, chosen_labels = pick_rows(Dataset(tmp_path / "ds"), "train", limit=15, seed=0)
+    np.testing.assert_array_equal(chosen, images)
+    np.testing.assert_array_equal(chosen_labels, labels)
+
+
+def test_auto_keeps_the_exact_kernel_within_the_budget_only() -> None:
+    pixels = 64
+    assert choose_kernel(PARAMS, train_count=1257, test_count=269, pixels=pixels) == "exact"  # the demo
+    assert choose_kernel(PARAMS, train_count=700_000, test_count=150_000, pixels=3072) == "nystroem"
+    # the cap bounds the training side: a huge train split with a small test split is still costed
+    # at max_train images
+    capped = dataclasses.replace(PARAMS, max_train=1000)
+    small_test = int(EXACT_BUDGET / (1000 * pixels)) - 1000
+    assert choose_kernel(capped, 10**7, small_test, pixels) == "exact"
+    assert choose_kernel(capped, 10**7, small_test + 1, pixels) == "nystroem"
+    forced = dataclasses.replace(PARAMS, kernel="exact")
+    assert choose_kernel(forced, 700_000, 150_000, 3072) == "exact"
 
 
 def test_class_absent_from_training_gets_zero_probability() -> None:

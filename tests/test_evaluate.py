@@ -19,7 +19,14 @@ from tiny_model import CLASSES, write_tiny_dataset, write_tiny_model
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shards import Dataset
-from mlpipeline.evaluation.report import message_png, misclassified_png, predictions_csv, worst_errors
+from mlpipeline.evaluation.baseline import NAMES
+from mlpipeline.evaluation.report import (
+    WorstErrors,
+    message_png,
+    misclassified_png,
+    predictions_csv,
+    worst_errors,
+)
 from mlpipeline.model import ModelConfig, build_model, channel_stats
 from mlpipeline.model_files import save_model
 from mlpipeline.stages.evaluate import EvaluateParams, evaluate
@@ -49,8 +56,10 @@ def test_evaluate_scores_network_and_baseline(workdir: Path) -> None:
     result = evaluate(cpu_params(), workdir / "models", workdir / "data" / "ingested")
 
     assert set(result.metrics) == {"test", "baseline"}
+    assert set(result.metrics["test"]) == SUMMARY
+    assert set(result.metrics["baseline"]) == SUMMARY | {"model"}
+    assert result.metrics["baseline"]["model"] == "rbf_svm"  # the exact kernel, well within its budget
     for figures in result.metrics.values():
-        assert set(figures) == SUMMARY
         assert list(figures["per_class"]) == CLASSES
         assert sum(row["support"] for row in figures["per_class"].values()) == 24
     assert result.metrics["baseline"]["accuracy"] > 0.9  # chance is 1/3
@@ -60,6 +69,18 @@ def test_evaluate_scores_network_and_baseline(workdir: Path) -> None:
     assert result.metrics["test"]["accuracy"] == pytest.approx(right, abs=1e-6) and right < 1.0
     assert Image.open(io.BytesIO(result.misclassified_png)).format == "PNG"
     assert result.misclassified_png != message_png("no misclassified test images")
+
+
+@pytest.mark.parametrize("kernel", ["exact", "nystroem"])
+def test_outputs_are_identical_for_one_and_two_workers(workdir: Path, kernel: str) -> None:
+    write_tiny_dataset(workdir / "data" / "ingested", {"train": 12, "val": 4, "test": 300})
+    section = {**repo_params()["evaluate"], "device": "cpu", "batch_size": 64}
+    section["baseline"] = {**section["baseline"], "kernel": kernel, "components": 20}
+    params = from_mapping(EvaluateParams, section, "evaluate")
+    one, two = (evaluate(params, workdir / "models", workdir / "data" / "ingested", n) for n in (1, 2))
+    assert one == two
+    assert one.metrics["baseline"]["model"] == NAMES[kernel]
+    assert one.test_count == 900 and one.metrics["test"]["accuracy"] < 1.0
 
 
 def test_model_for_other_classes_is_refused(workdir: Path) -> None:
@@ -78,16 +99,31 @@ def test_worst_errors_are_most_confident_first_then_by_index() -> None:
     assert worst_errors(labels, probabilities, limit=2).tolist() == [0, 2]
 
 
+def test_streamed_worst_errors_are_the_whole_splits_choice() -> None:
+    generator = np.random.default_rng(5)
+    labels = generator.integers(0, 3, 500)
+    probabilities = generator.dirichlet(np.ones(3), 500).round(2)  # rounded: many ties on confidence
+    images = generator.integers(0, 256, (500, 1, 4, 4), dtype=np.uint8)
+    worst = WorstErrors(limit=20)
+    for start in range(0, 500, 37):
+        worst.add(images[start : start + 37], labels[start : start + 37], probabilities[start : start + 37])
+    expected = worst_errors(labels, probabilities, limit=20)
+    np.testing.assert_array_equal(worst.index, expected)
+    np.testing.assert_array_equal(np.stack(worst.images), images[expected])
+    np.testing.assert_array_equal(worst.predicted, probabilities[expected].argmax(axis=1))
+
+
 def test_misclassified_png_says_so_when_nothing_is_wrong() -> None:
     labels = np.array([0, 1])
-    images = np.zeros((2, 1, 8, 8), np.uint8)
-    png = misclassified_png(images, labels, np.eye(2)[labels], ["a", "b"], limit=8)
+    worst = WorstErrors(limit=8)
+    worst.add(np.zeros((2, 1, 8, 8), np.uint8), labels, np.eye(2)[labels])
+    png = misclassified_png(worst, ["a", "b"])
     assert png == message_png("no misclassified test images")
     assert Image.open(io.BytesIO(png)).format == "PNG"
 
 
 def test_predictions_csv_names_classes() -> None:
-    text = predictions_csv(np.array([1, 0]), np.array([[0.1, 0.9], [0.2, 0.8]]), ["cat", "dog"])
+    text = predictions_csv(np.array([1, 0]), np.array([1, 1]), ["cat", "dog"])
     assert text == "actual,predicted\ndog,dog\ncat,dog\n"
 
 

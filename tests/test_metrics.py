@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from mlpipeline.evaluation.metrics import confusion_matrix, expected_calibration_error, score
+from mlpipeline.evaluation.metrics import Scores, confusion_matrix, expected_calibration_error, score
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -45,6 +45,14 @@ def test_score_matches_scikit_learn() -> None:
     np.testing.assert_array_equal(
         confusion_matrix(labels, predicted, 4), sk.confusion_matrix(labels, predicted)
     )
+
+
+def test_scores_added_batch_by_batch_equal_the_whole() -> None:
+    labels, probabilities = fixed_predictions()
+    scores = Scores(len(CLASSES), ece_bins=15)
+    for start, stop in ((0, 7), (7, 120), (120, 200)):
+        scores.add(labels[start:stop], probabilities[start:stop])
+    assert scores.result(CLASSES) == score(labels, probabilities, CLASSES, ece_bins=15)
 
 
 def test_log_loss_stays_finite_for_a_certain_wrong_prediction() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -121,8 +122,9 @@ def test_damaged_shard_is_named(tmp_path: Path, damage, expected: str) -> None:
     [
         (None, "not found"),
         ("{", "not valid JSON"),
-        ('{"format_version": 99}', "format_version 99, expected 1"),
-        ('{"format_version": 1, "classes": []}', "malformed dataset metadata"),
+        ('{"format_version": 99}', "format_version 99, expected 2"),
+        ('{"format_version": 1}', "format_version 1, written by an older mlpipeline without shard"),
+        ('{"format_version": 2, "classes": []}', "malformed dataset metadata"),
     ],
 )
 def test_bad_metadata_is_named(tmp_path: Path, content: str | None, expected: str) -> None:
@@ -135,6 +137,27 @@ def test_bad_metadata_is_named(tmp_path: Path, content: str | None, expected: st
     with pytest.raises(PipelineError) as caught:
         Dataset(root)
     assert str(caught.value).startswith(f"{meta}: {expected}")
+
+
+def test_each_shard_fingerprint_is_the_sha256_of_its_bytes(tmp_path: Path) -> None:
+    root = write(tmp_path / "ds", {"train": [12], "val": [3]}, max_shard_bytes=5 * PIXELS)
+    info = Dataset(root).info
+    for split in info.splits.values():
+        assert split.sha256 == {
+            name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in split.shards
+        }
+    assert len(info.splits["train"].sha256) == 3
+
+
+def test_fingerprints_that_do_not_match_the_shard_list_are_refused(tmp_path: Path) -> None:
+    root = write(tmp_path / "ds", {"train": [12]})
+    meta = json.loads((root / META_FILE).read_text())
+    del meta["splits"]["train"]["sha256"]["train-00001.safetensors"]
+    (root / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(
+        PipelineError, match=r"dataset.json: malformed dataset metadata .*sha256 lists \['train-00000"
+    ):
+        Dataset(root)
 
 
 def test_writer_refuses_arrays_that_break_the_format(tmp_path: Path) -> None:

@@ -46,8 +46,10 @@ def write_real(out: Path, images: np.ndarray, labels: np.ndarray, classes: list[
     return out
 
 
-def run_synthesize(real: Path, out: Path, overrides: dict[str, Any] | None = None) -> Dataset:
-    synthesize(synth_params(overrides), real, out / "synthetic", out)
+def run_synthesize(
+    real: Path, out: Path, overrides: dict[str, Any] | None = None, workers: int = 1
+) -> Dataset:
+    synthesize(synth_params(overrides), real, out / "synthetic", out, workers=workers)
     return Dataset(out / "synthetic")
 
 
@@ -232,6 +234,17 @@ def test_same_inputs_and_params_give_the_same_bytes_whatever_the_thread_count(
     assert outputs[0] == outputs[1] and len(outputs[0]) == 4
     run_synthesize(digits, tmp_path / "other-seed", {"count": 5000, "seed": 1})
     assert digest(tmp_path / "other-seed" / "synthetic") != digest(tmp_path / "0" / "synthetic")
+
+
+def test_same_bytes_for_one_or_two_workers(digits: Path, tmp_path: Path) -> None:
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / str(workers)
+        run_synthesize(digits, out, {"count": 4500}, workers=workers)  # 2 batches of 8x8 images
+        outputs.append(
+            {**digest(out / "synthetic"), **digest(out / "samples.png"), **digest(out / "metrics.json")}
+        )
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 4
 
 
 def test_stroke_offsets_thicken_and_thin_the_glyphs(digits: Path, tmp_path: Path) -> None:

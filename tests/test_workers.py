@@ -7,7 +7,14 @@ import math
 import pytest
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.workers import WORKERS_ENV, available_cores, ordered_map, worker_count
+from mlpipeline.core.workers import (
+    MIN_BATCHES_PER_WORKER,
+    WORKERS_ENV,
+    available_cores,
+    ordered_map,
+    worker_count,
+    workers_for,
+)
 
 
 def test_worker_count_defaults_to_the_available_cores(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,3 +43,12 @@ def test_results_come_back_in_input_order(workers: int) -> None:
 def test_an_error_in_a_worker_reaches_the_caller(workers: int) -> None:
     with pytest.raises(ValueError, match="not-a-number"):
         list(ordered_map(int, ["1", "2", "not-a-number", "4"], workers))
+
+
+def test_small_work_stays_in_one_process_and_large_work_gets_every_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(WORKERS_ENV, "4")
+    assert workers_for(0) == workers_for(MIN_BATCHES_PER_WORKER - 1) == 1  # the demo's few batches
+    assert workers_for(2 * MIN_BATCHES_PER_WORKER) == 2
+    assert workers_for(1000) == 4

@@ -2,17 +2,22 @@
 
 A dataset is one directory::
 
-    dataset.json                  classes, image shape, per-split counts and shard list
+    dataset.json                  classes, image shape, per-split counts, shard list and
+                                  each shard's sha256
     <split>-00000.safetensors     "images" uint8 N x C x H x W, "labels" int64 N
 
 Few, size-bounded files keep DVC hashing and S3 transfers cheap; safetensors is
 safe to load (no pickle) and byte-deterministic for the same arrays, so equal
 inputs give equal md5s. Shards are read one at a time, so memory stays bounded
-by the shard size, not the dataset size.
+by the shard size, not the dataset size. The shard fingerprints are hashed from
+the bytes as they are written, so ``dataset.json`` alone identifies the data:
+whoever needs a key for it (training's checkpoints) hashes that one small file
+instead of re-reading gigabytes of shards.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +32,7 @@ from safetensors.numpy import load_file, save
 from mlpipeline.core import atomic
 from mlpipeline.core.errors import PipelineError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shard fingerprints (sha256) in dataset.json
 META_FILE = "dataset.json"
 MAX_SHARD_BYTES = 32 * 1024 * 1024
 
@@ -37,6 +42,7 @@ class SplitInfo:
     count: int
     class_counts: list[int]
     shards: list[str]
+    sha256: dict[str, str]  # shard name -> hex digest of its bytes
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,12 @@ class DatasetInfo:
             "classes": list(self.classes),
             "image_shape": list(self.image_shape),
             "splits": {
-                name: {"count": s.count, "class_counts": s.class_counts, "shards": s.shards}
+                name: {
+                    "count": s.count,
+                    "class_counts": s.class_counts,
+                    "shards": s.shards,
+                    "sha256": s.sha256,
+                }
                 for name, s in self.splits.items()
             },
             "attributes": self.attributes,
@@ -94,6 +105,7 @@ class DatasetWriter:
         self._buffers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._pending_count: dict[str, int] = {}
         self._shards: dict[str, list[str]] = {}
+        self._sha256: dict[str, str] = {}
         self._class_counts: dict[str, np.ndarray] = {}
         self._tmp_cm = None
         self._tmp: Path | None = None
@@ -180,7 +192,9 @@ class DatasetWriter:
         images, labels = self._buffers[split]
         name = f"{split}-{len(self._shards[split]):05d}.safetensors"
         assert self._tmp is not None
-        (self._tmp / name).write_bytes(save({"images": images[:count], "labels": labels[:count]}))
+        data = save({"images": images[:count], "labels": labels[:count]})
+        (self._tmp / name).write_bytes(data)
+        self._sha256[name] = hashlib.sha256(data).hexdigest()
         self._shards[split].append(name)
         self._pending_count[split] = 0
 
@@ -193,6 +207,7 @@ class DatasetWriter:
                 count=int(self._class_counts[split].sum()),
                 class_counts=[int(c) for c in self._class_counts[split]],
                 shards=self._shards[split],
+                sha256={name: self._sha256[name] for name in self._shards[split]},
             )
             for split in sorted(self._shards)
         }
@@ -270,13 +285,31 @@ def read_info(root: Path | str) -> DatasetInfo:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PipelineError(f"{path}: not valid JSON ({exc})")
     try:
-        if raw["format_version"] != FORMAT_VERSION:
-            raise PipelineError(f"{path}: format_version {raw['format_version']}, expected {FORMAT_VERSION}")
-        splits = {
-            name: SplitInfo(int(s["count"]), [int(c) for c in s["class_counts"]], list(s["shards"]))
-            for name, s in raw["splits"].items()
-        }
+        check_version(raw["format_version"], path)
+        splits = {name: _split_info(s) for name, s in raw["splits"].items()}
         shape = tuple(int(d) for d in raw["image_shape"])
         return DatasetInfo(list(raw["classes"]), shape, splits, dict(raw.get("attributes", {})))  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError) as exc:
         raise PipelineError(f"{path}: malformed dataset metadata ({exc!r})")
+
+
+def check_version(version: object, path: Path) -> None:
+    """Refuse any other format version. Version 1 lacks the shard fingerprints that training's
+    checkpoint key relies on, and every stage lists ``core`` as a DVC dependency, so ``dvc repro``
+    rewrites such a dataset anyway: reading it half-way would only hide a stale workspace."""
+    if version == FORMAT_VERSION:
+        return
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise PipelineError(
+            f"{path}: format_version {version}, written by an older mlpipeline without shard "
+            f"fingerprints; rerun the stage that writes it (dvc repro)"
+        )
+    raise PipelineError(f"{path}: format_version {version}, expected {FORMAT_VERSION}")
+
+
+def _split_info(raw: dict[str, Any]) -> SplitInfo:
+    shards = list(raw["shards"])
+    sha256 = {str(name): str(digest) for name, digest in raw["sha256"].items()}
+    if sorted(sha256) != sorted(shards):
+        raise ValueError(f"sha256 lists {sorted(sha256)}, shards are {sorted(shards)}")
+    return SplitInfo(int(raw["count"]), [int(c) for c in raw["class_counts"]], shards, sha256)

@@ -77,3 +77,13 @@ def ordered_map(
         finally:
             for future in window:
                 future.cancel()
+
+
+MIN_BATCHES_PER_WORKER = 8  # a spawned worker costs about a second (a fresh interpreter imports torch)
+
+
+def workers_for(batches: int) -> int:
+    """``worker_count()``, but no more workers than ``batches // MIN_BATCHES_PER_WORKER`` (at least
+    one): spawning pays only when each worker gets several batches, so small data (the demo) stays
+    in one process. The bytes are the same either way."""
+    return max(1, min(worker_count(), batches // MIN_BATCHES_PER_WORKER))

@@ -1,7 +1,8 @@
 """Classification metrics from true labels and predicted probabilities.
 
-The network and the baseline go through the same ``score``, so their figures
-are comparable by construction. The predicted class is the argmax of the
+The network and the baseline go through the same ``Scores``, so their figures
+are comparable by construction; it adds batches as they come, so a test split
+of any size is scored in bounded memory. The predicted class is the argmax of the
 probabilities (the lowest index on a tie, as numpy breaks it).
 """
 
@@ -22,59 +23,82 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """Mean negative log-probability of the true class."""
-    true_class = probabilities[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(true_class, LOG_EPS, 1.0))))
+class Scores:
+    """The sums ``score`` reads, added batch by batch: memory is K x K counts and a few bins,
+    whatever the number of samples, so a test split of any size is scored as it streams past."""
+
+    def __init__(self, num_classes: int, ece_bins: int) -> None:
+        self.ece_bins = ece_bins
+        self.counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.log_loss_sum = 0.0
+        self.calibration_gap = np.zeros(ece_bins)
+        self.samples = 0
+
+    def add(self, labels: np.ndarray, probabilities: np.ndarray) -> None:
+        """Add a batch: true labels N and predicted probabilities N x K."""
+        self.counts += confusion_matrix(labels, probabilities.argmax(axis=1), len(self.counts))
+        true_class = probabilities[np.arange(len(labels)), labels]
+        self.log_loss_sum -= float(np.sum(np.log(np.clip(true_class, LOG_EPS, 1.0))))
+        self.calibration_gap += calibration_gap(labels, probabilities, self.ece_bins)
+        self.samples += len(labels)
+
+    def result(self, classes: Sequence[str]) -> dict[str, Any]:
+        """Accuracy, macro-F1, log-loss, ECE and per-class precision/recall/F1/support.
+
+        A class never predicted has precision 0 and a class absent from the labels
+        recall 0 (scikit-learn's ``zero_division=0``); macro-F1 averages over every
+        class in ``classes``.
+        """
+        hits = np.diag(self.counts)
+        support = self.counts.sum(axis=1)
+        predicted = self.counts.sum(axis=0)
+        precision = _ratio(hits, predicted)
+        recall = _ratio(hits, support)
+        f1 = _ratio(2 * hits, support + predicted)  # = 2PR / (P + R), and 0 where both are 0
+        per_class = {
+            name: {
+                "precision": _round(precision[i]),
+                "recall": _round(recall[i]),
+                "f1": _round(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(classes)
+        }
+        return {
+            "accuracy": _round(hits.sum() / self.samples),
+            "macro_f1": _round(f1.mean()),
+            "log_loss": _round(self.log_loss_sum / self.samples),
+            "ece": _round(np.abs(self.calibration_gap).sum() / self.samples),
+            "per_class": per_class,
+        }
 
 
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
-    """Top-label ECE over ``bins`` equal-width confidence bins (Guo et al., 2017).
+def calibration_gap(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> np.ndarray:
+    """Per confidence bin, the sum of (correct - top probability) over the samples in it.
 
-    Bin ``i`` holds the samples whose top probability lies in ``(i/bins, (i+1)/bins]``;
-    ECE is the sample-weighted mean of ``|accuracy - mean confidence|`` over the
-    bins: how far "90% sure" is from "right 90% of the time".
+    Bin ``i`` holds the samples whose top probability lies in ``(i/bins, (i+1)/bins]``.
+    The top-label expected calibration error (Guo et al., 2017) is the sum of the bins'
+    absolute gaps over the sample count: how far "90% sure" is from "right 90% of the time".
     """
     confidence = probabilities.max(axis=1)
     correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
     index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
-    gap = np.bincount(index, weights=correct - confidence, minlength=bins)
-    return float(np.abs(gap).sum() / len(labels))
+    return np.bincount(index, weights=correct - confidence, minlength=bins)
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    """Top-label ECE over ``bins`` equal-width confidence bins, of one batch holding every sample."""
+    return float(np.abs(calibration_gap(labels, probabilities, bins)).sum() / len(labels))
 
 
 def score(
     labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], ece_bins: int
 ) -> dict[str, Any]:
-    """Accuracy, macro-F1, log-loss, ECE and per-class precision/recall/F1/support.
-
-    A class never predicted has precision 0 and a class absent from ``labels``
-    recall 0 (scikit-learn's ``zero_division=0``); macro-F1 averages over every
-    class in ``classes``.
-    """
-    counts = confusion_matrix(labels, probabilities.argmax(axis=1), len(classes))
-    hits = np.diag(counts)
-    support = counts.sum(axis=1)
-    predicted = counts.sum(axis=0)
-    precision = _ratio(hits, predicted)
-    recall = _ratio(hits, support)
-    f1 = _ratio(2 * hits, support + predicted)  # = 2PR / (P + R), and 0 where both are 0
-    per_class = {
-        name: {
-            "precision": _round(precision[i]),
-            "recall": _round(recall[i]),
-            "f1": _round(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, name in enumerate(classes)
-    }
-    return {
-        "accuracy": _round(hits.sum() / len(labels)),
-        "macro_f1": _round(f1.mean()),
-        "log_loss": _round(log_loss(labels, probabilities)),
-        "ece": _round(expected_calibration_error(labels, probabilities, ece_bins)),
-        "per_class": per_class,
-    }
+    """``Scores.result`` for one batch holding every sample."""
+    scores = Scores(len(classes), ece_bins)
+    scores.add(labels, probabilities)
+    return scores.result(classes)
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

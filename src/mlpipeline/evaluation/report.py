@@ -14,10 +14,10 @@ from mlpipeline.previews import image_grid
 GRID_COLUMNS = 8
 
 
-def predictions_csv(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> str:
+def predictions_csv(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> str:
     """``actual,predicted`` class names per test image, the input of DVC's confusion template."""
     names = np.asarray(classes, dtype=object)
-    frame = pd.DataFrame({"actual": names[labels], "predicted": names[probabilities.argmax(axis=1)]})
+    frame = pd.DataFrame({"actual": names[labels], "predicted": names[predicted]})
     return frame.to_csv(index=False, lineterminator="\n")
 
 
@@ -30,22 +30,46 @@ def worst_errors(labels: np.ndarray, probabilities: np.ndarray, limit: int) -> n
     return wrong[order][:limit]
 
 
-def misclassified_png(
-    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], limit: int
-) -> bytes:
+class WorstErrors:
+    """The ``limit`` most confident mistakes of a stream of batches, with their images: the
+    same choice as ``worst_errors`` over the whole split, in memory for ``limit`` images."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen = 0
+        self.index = np.zeros(0, dtype=np.int64)
+        self.confidence = np.zeros(0)
+        self.labels = np.zeros(0, dtype=np.int64)
+        self.predicted = np.zeros(0, dtype=np.int64)
+        self.images: list[np.ndarray] = []
+
+    def add(self, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> None:
+        """Add the next batch (in stream order): keep its worst mistakes if they beat the kept ones."""
+        chosen = worst_errors(labels, probabilities, self.limit)
+        predicted = probabilities[chosen].argmax(axis=1)
+        index = np.concatenate([self.index, chosen + self.seen])
+        confidence = np.concatenate([self.confidence, probabilities[chosen, predicted]])
+        keep = np.lexsort((index, -confidence))[: self.limit]
+        new_images = [image.copy() for image in images[chosen]]  # not views: the batch may go
+        self.images = [(self.images + new_images)[i] for i in keep]
+        self.labels = np.concatenate([self.labels, labels[chosen]])[keep]
+        self.predicted = np.concatenate([self.predicted, predicted])[keep]
+        self.index, self.confidence = index[keep], confidence[keep]
+        self.seen += len(labels)
+
+
+def misclassified_png(worst: WorstErrors, classes: Sequence[str]) -> bytes:
     """A grid of the most confident mistakes, each captioned ``true->predicted``.
 
     With no mistake the PNG says so, so the plot output always exists and its
     bytes still depend only on the inputs.
     """
-    chosen = worst_errors(labels, probabilities, limit)
-    if not len(chosen):
+    if not worst.images:
         return message_png("no misclassified test images")
-    predicted = probabilities.argmax(axis=1)
-    captions = [f"{classes[labels[i]]}->{classes[predicted[i]]}" for i in chosen]
-    rows = range(0, len(chosen), GRID_COLUMNS)
+    captions = [f"{classes[t]}->{classes[p]}" for t, p in zip(worst.labels, worst.predicted, strict=True)]
+    rows = range(0, len(worst.images), GRID_COLUMNS)
     return image_grid(
-        [[images[i] for i in chosen[start : start + GRID_COLUMNS]] for start in rows],
+        [worst.images[start : start + GRID_COLUMNS] for start in rows],
         cell_labels=[captions[start : start + GRID_COLUMNS] for start in rows],
     )
 

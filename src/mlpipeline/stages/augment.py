@@ -7,14 +7,18 @@ use them differently: per batch the originals (``keep_originals``) then ``copies
 augmented copies, so memory stays bounded by one shard whatever the count.
 Val and test are never read: augmented data cannot leak into evaluation.
 Each copy's randomness is named by (seed, source, shard, batch, copy number),
-so the output depends only on the inputs and the params, and raising
-``copies`` keeps the copies already made. ``reports/augment/samples.png``
+so the output depends only on the inputs and the params, whichever of the
+``MLPIPELINE_WORKERS`` processes computes it, and raising ``copies`` keeps the
+copies already made. ``reports/augment/samples.png``
 shows, per class, an original next to its first augmented copies.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Self
 
@@ -29,6 +33,7 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param, params_dataclass
 from mlpipeline.core.paths import AUGMENT_PREVIEW, AUGMENTED, INGESTED, SYNTHETIC
 from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
+from mlpipeline.core.workers import ordered_map, workers_for
 from mlpipeline.previews import image_grid
 
 SPLIT = "train"
@@ -127,9 +132,16 @@ def batches(
 
 
 def augment_dataset(
-    params: AugmentParams, ingested: Path, synthetic: Path, output: Path, preview: Path
+    params: AugmentParams,
+    ingested: Path,
+    synthetic: Path,
+    output: Path,
+    preview: Path,
+    workers: int | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Stream the selected sources through ``augment`` into ``output``; returns counts per source."""
+    """Stream the selected sources through ``augment`` into ``output``, the batches spread over
+    ``workers`` processes (None: ``workers_for`` the batches; the bytes do not depend on it);
+    returns counts per source."""
     real, sources = open_sources(params, ingested, synthetic)
     counts = {
         name: {
@@ -143,21 +155,37 @@ def augment_dataset(
         chosen = " and ".join(f"{n} ({d.root})" for n, d in sources.items())
         raise PipelineError(f"augment: the selected sources have no {SPLIT} images: {chosen}")
     attributes = {"copies": params.copies, "keep_originals": params.keep_originals, "sources": counts}
+    if workers is None:
+        workers = workers_for(sum(math.ceil(c["images"] / params.batch_size) for c in counts.values()))
     samples = Preview()
+    work = partial(augment_copies, transforms=params.transforms, seed=params.seed, copies=params.copies)
     with DatasetWriter(output, real.classes, real.image_shape, attributes) as writer:
         for name in SOURCES:
             writer.add_split(name)
-        for (name, shard, batch), originals, labels in batches(sources, params.batch_size):
+        # tee keeps each batch for the writer until its copies come back: the map's window, no more.
+        mine, theirs = itertools.tee(batches(sources, params.batch_size))
+        done = ordered_map(work, theirs, workers, initializer=limit_threads)
+        for ((name, _, _), originals, labels), copies in zip(mine, done, strict=True):
             picks = samples.start_rows(name, originals, labels)
             if params.keep_originals:
                 writer.write(name, originals, labels)
-            for copy in range(1, params.copies + 1):
-                stream = (name, shard, batch, copy)
-                copies = augment(torch.from_numpy(originals), params.transforms, params.seed, *stream).numpy()
-                writer.write(name, copies, labels)
-                samples.add_copies(name, picks, copies)
+            for copy in copies:
+                writer.write(name, copy, labels)
+                samples.add_copies(name, picks, copy)
     atomic.write_bytes(preview, samples.png(real.classes))
     return counts
+
+
+def augment_copies(
+    item: tuple[tuple[str, int, int], np.ndarray, np.ndarray], transforms: Transforms, seed: int, copies: int
+) -> list[np.ndarray]:
+    """The ``copies`` augmented copies of one batch; their randomness is named by (source, shard,
+    batch, copy number), so whichever worker process computes them, the bytes are the same."""
+    (name, shard, batch), originals, _ = item
+    images = torch.from_numpy(originals)
+    return [
+        augment(images, transforms, seed, name, shard, batch, copy).numpy() for copy in range(1, copies + 1)
+    ]
 
 
 def main() -> None:

@@ -3,17 +3,28 @@
 Reads ``models/`` and ``data/ingested`` (the test split, real data only, and
 the train split to fit the baseline) and writes ``reports/evaluate``:
 ``metrics.json`` (network under ``test``, baseline under ``baseline``, the same
-keys in both), ``predictions.csv`` for DVC's confusion template, and
+keys in both, plus ``baseline.model``: the exact RBF-SVM or its Nystroem
+approximation), ``predictions.csv`` for DVC's confusion template, and
 ``misclassified.png``, the network's most confident mistakes.
+Everything streams: the test split is scored batch by batch and the baseline's
+training subset is copied out shard by shard, so memory is set by the shard,
+batch and subset sizes, not by the number of images. The baseline's batches are
+predicted by ``MLPIPELINE_WORKERS`` processes.
 Per-class figures make wide tables; ``dvc exp show --drop '.*per_class.*'``
 keeps the summary columns.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import DeviceChoice, pick_device
@@ -21,12 +32,24 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param, params_dataclass
 from mlpipeline.core.paths import EVALUATE_REPORTS, INGESTED, MODELS
 from mlpipeline.core.shards import META_FILE, Dataset
-from mlpipeline.evaluation.baseline import BaselineParams, baseline_probabilities, fit_baseline
-from mlpipeline.evaluation.metrics import score
-from mlpipeline.evaluation.report import misclassified_png, predictions_csv
+from mlpipeline.core.workers import ordered_map, workers_for
+from mlpipeline.evaluation.baseline import (
+    NAMES,
+    Baseline,
+    BaselineParams,
+    choose_kernel,
+    fit_baseline,
+    predict_batch,
+    start_predicting,
+)
+from mlpipeline.evaluation.metrics import Scores
+from mlpipeline.evaluation.report import WorstErrors, misclassified_png, predictions_csv
+from mlpipeline.evaluation.subset import pick_rows
 from mlpipeline.inference import predict_probabilities
 from mlpipeline.model import ModelConfig
 from mlpipeline.model_files import CONFIG_FILE, load_model
+
+TEST, TRAIN = "test", "train"
 
 
 @params_dataclass
@@ -44,7 +67,7 @@ class Evaluation:
     predictions_csv: str
     misclassified_png: bytes
     test_count: int
-    train_count: int
+    train_count: int  # training images the baseline was fitted on
 
 
 def check_compatible(config: ModelConfig, data: Dataset, model_dir: Path) -> None:
@@ -58,30 +81,75 @@ def check_compatible(config: ModelConfig, data: Dataset, model_dir: Path) -> Non
         )
 
 
-def evaluate(params: EvaluateParams, model_dir: Path, data_dir: Path) -> Evaluation:
-    """Score the network and the baseline on the test split. No output I/O, so tests call it."""
+def split_batches(data: Dataset, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``split`` as (images, labels) batches cut within each shard: one shard in memory, and the
+    same batches for any worker count."""
+    for images, labels in data.iter_shards(split):
+        for start in range(0, len(labels), batch_size):
+            yield images[start : start + batch_size], labels[start : start + batch_size]
+
+
+def evaluate(
+    params: EvaluateParams, model_dir: Path, data_dir: Path, workers: int | None = None
+) -> Evaluation:
+    """Score the network and the baseline on the test split as it streams past, the baseline's
+    batches predicted by ``workers`` processes (None: ``workers_for`` the batches; the bytes do
+    not depend on it). No output I/O, so tests call it."""
     data = Dataset(data_dir)
     device = pick_device(params.device, "evaluate.device")
     model, config = load_model(model_dir, device)
     check_compatible(config, data, model_dir)
-    classes = data.classes
-    images, labels = data.load("test")
-    if not len(labels):
-        raise PipelineError(f"{data.root / META_FILE}: the test split is empty")
-    network = predict_probabilities(model, images, device, params.batch_size)
-    train_images, train_labels = data.load("train")
-    svm = fit_baseline(train_images, train_labels, params.baseline)
-    baseline = baseline_probabilities(svm, images, len(classes))
-    return Evaluation(
-        metrics={
-            "test": score(labels, network, classes, params.ece_bins),
-            "baseline": score(labels, baseline, classes, params.ece_bins),
-        },
-        predictions_csv=predictions_csv(labels, network, classes),
-        misclassified_png=misclassified_png(images, labels, network, classes, params.misclassified),
-        test_count=len(labels),
-        train_count=len(train_labels),
-    )
+    if not data.count(TEST):
+        raise PipelineError(f"{data.root / META_FILE}: the {TEST} split is empty")
+    kernel, svm, fitted = fit_on_train(data, params.baseline)
+    if workers is None:
+        workers = workers_for(math.ceil(data.count(TEST) / params.batch_size))
+    report = Scoreboard(len(data.classes), params)
+    mine, theirs = itertools.tee(split_batches(data, TEST, params.batch_size))  # kept for the map's window
+    start = partial(start_predicting, svm)
+    svm_batches = ordered_map(partial(predict_batch, num_classes=len(data.classes)), theirs, workers, start)
+    for (images, labels), svm_probabilities in zip(mine, svm_batches, strict=True):
+        report.add(
+            images, labels, predict_probabilities(model, images, device, params.batch_size), svm_probabilities
+        )
+    return report.evaluation(data.classes, NAMES[kernel], fitted)
+
+
+class Scoreboard:
+    """Everything the reports need, added batch by batch: the two models' scores, the worst
+    mistakes and, per test image, its label and the network's choice (for the confusion plot)."""
+
+    def __init__(self, num_classes: int, params: EvaluateParams) -> None:
+        self.network = Scores(num_classes, params.ece_bins)
+        self.baseline = Scores(num_classes, params.ece_bins)
+        self.worst = WorstErrors(params.misclassified)
+        self.choices: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, images: np.ndarray, labels: np.ndarray, network: np.ndarray, baseline: np.ndarray) -> None:
+        self.network.add(labels, network)
+        self.baseline.add(labels, baseline)
+        self.worst.add(images, labels, network)
+        self.choices.append((labels, network.argmax(axis=1)))
+
+    def evaluation(self, classes: list[str], baseline_model: str, fitted: int) -> Evaluation:
+        labels, choices = (np.concatenate(column) for column in zip(*self.choices, strict=True))
+        return Evaluation(
+            metrics={
+                "test": self.network.result(classes),
+                "baseline": {**self.baseline.result(classes), "model": baseline_model},
+            },
+            predictions_csv=predictions_csv(labels, choices, classes),
+            misclassified_png=misclassified_png(self.worst, classes),
+            test_count=self.network.samples,
+            train_count=fitted,
+        )
+
+
+def fit_on_train(data: Dataset, params: BaselineParams) -> tuple[str, Baseline, int]:
+    """The kernel chosen, the baseline fitted on the train split's seeded subset, and its size."""
+    kernel = choose_kernel(params, data.count(TRAIN), data.count(TEST), int(np.prod(data.image_shape)))
+    images, labels = pick_rows(data, TRAIN, params.max_train, params.seed)
+    return kernel, fit_baseline(images, labels, params, kernel), len(labels)
 
 
 def write_reports(result: Evaluation, out_dir: Path) -> None:
@@ -100,7 +168,8 @@ def main() -> None:
             f"{MODELS}, {result.test_count} test and {result.train_count} train images from {INGESTED}"
         )
         report["wrote"] = (
-            f"{EVALUATE_REPORTS} (accuracy {net['accuracy']:.4f}, baseline {svm['accuracy']:.4f}; "
+            f"{EVALUATE_REPORTS} (accuracy {net['accuracy']:.4f}, "
+            f"baseline {svm['model']} {svm['accuracy']:.4f}; "
             f"macro-F1 {net['macro_f1']:.4f}, baseline {svm['macro_f1']:.4f})"
         )
 

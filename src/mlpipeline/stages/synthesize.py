@@ -7,12 +7,15 @@ split, ``train``, in the ingested shard format) plus, in ``reports/synthesize``,
 preview grid and the transfer score (``synthetic.realism``: how well a classifier
 fitted on the synthetic images alone does on the real ones). Rendering
 runs on the CPU on purpose: CPU results are byte-identical across machines, so
-DVC's cache and run-cache hit everywhere, and the CPU is fast enough.
+DVC's cache and run-cache hit everywhere, and the CPU is fast enough, spread
+over ``MLPIPELINE_WORKERS`` processes (each batch's randomness is named by its
+index, so the bytes are the same for any worker count).
 ``count: 0`` writes a valid empty dataset, so the pipeline stays whole.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -24,7 +27,9 @@ from mlpipeline.core.device import limit_threads
 from mlpipeline.core.params import load_section, param, params_dataclass
 from mlpipeline.core.paths import INGESTED, SYNTHESIZE_REPORTS, SYNTHETIC
 from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.core.workers import workers_for
 from mlpipeline.synthetic import SynthesisTask, ValueStats, class_counts, generate, get_generator
+from mlpipeline.synthetic.generators import batch_size
 from mlpipeline.synthetic.glyphs import GlyphParams
 from mlpipeline.synthetic.preview import PerClassSamples, samples_png
 from mlpipeline.synthetic.realism import Sampler, transfer_score
@@ -50,9 +55,11 @@ def synthesize(
     out_dir: Path,
     report_dir: Path,
     device: torch.device | None = None,
+    workers: int | None = None,
 ) -> tuple[list[int], dict[str, object]]:
     """Write ``params.count`` synthetic images, the preview and the transfer score; returns the
-    per-class counts and the score."""
+    per-class counts and the score. ``workers`` processes render (None: ``workers_for`` the
+    batches); the bytes do not depend on it."""
     device = device or torch.device("cpu")
     factory = get_generator(params.generator)  # a misspelt name fails even when count is 0
     real = Dataset(real_dir)
@@ -77,8 +84,9 @@ def synthesize(
         writer.add_split(SPLIT)
         if params.count > 0:
             task = SynthesisTask(real.classes, real.image_shape, values, params, device)
-            render = factory(task)
-            for images, labels in generate(render, counts, params.seed, real.image_shape, device):
+            if workers is None:
+                workers = workers_for(math.ceil(params.count / batch_size(real.image_shape)))
+            for images, labels in generate(factory, task, counts, params.seed, workers):
                 writer.write(SPLIT, images, labels)
                 synthetic_samples.add(images, labels)
                 synthetic_for_score.add(images, labels)

@@ -4,21 +4,24 @@ A generator is one function: given a ``SynthesisTask`` (classes, image shape,
 the real data's ``ValueMap``, the params section), it checks that it can draw
 those classes and returns a renderer ``(labels, torch.Generator) -> uint8
 N x C x H x W``. Register it with ``@register_generator("name")`` and select it
-with ``synthesize.generator: name``; the batching, seeding, class balance and
-writing are shared.
+with ``synthesize.generator: name``; the batching, seeding, class balance,
+worker processes and writing are shared.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from mlpipeline.core.device import limit_threads
 from mlpipeline.core.params import ParamError
 from mlpipeline.core.seeding import rng
+from mlpipeline.core.workers import ordered_map
 from mlpipeline.synthetic.values import ValueMap
 
 Renderer = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -67,29 +70,54 @@ def batch_size(image_shape: Sequence[int]) -> int:
 
 
 def generate(
-    render: Renderer,
-    counts: Sequence[int],
-    seed: int,
-    image_shape: Sequence[int],
-    device: torch.device,
+    factory: GeneratorFactory, task: SynthesisTask, counts: Sequence[int], seed: int, workers: int = 1
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (uint8 images, int64 labels) batches holding exactly ``counts[c]`` images of class c.
+    """Yield (uint8 images, int64 labels) batches holding exactly ``counts[c]`` images of class c,
+    rendered by ``workers`` processes, in the same order and with the same bytes for any count.
 
-    Each batch draws its labels without replacement from what remains, so the
-    classes are interleaved in a seeded random order and memory stays one batch.
+    ``factory`` and ``task`` are sent to each worker (so both must pickle: a module-level
+    factory does), which builds its own renderer once.
     """
+    global _renderer
+    # Built here first, so a generator's refusal (a class it cannot draw) is one clean error rather
+    # than a broken worker pool; other processes build their own.
+    _renderer = (factory(task), task.device)
+    starter = partial(_start_renderer, factory, task) if workers > 1 else None
+    plan = enumerate(batch_labels(counts, seed, task.image_shape))
+    return ordered_map(partial(_render_batch, seed=seed), plan, workers, initializer=starter)
+
+
+def batch_labels(counts: Sequence[int], seed: int, image_shape: Sequence[int]) -> Iterator[np.ndarray]:
+    """Each batch's labels, drawn without replacement from what remains: the classes come
+    interleaved in a seeded random order. Cheap and sequential, so drawn in the stage's process."""
     remaining = np.asarray(counts, dtype=np.int64)
     label_rng = rng(seed, "synthesize", "labels")
-    torch_gen = torch.Generator(device=device)
-    torch_gen.manual_seed(int(rng(seed, "synthesize", "render").integers(2**63)))
     size = batch_size(image_shape)
     while remaining.sum() > 0:
-        n = int(min(size, remaining.sum()))
-        drawn = label_rng.multivariate_hypergeometric(remaining, n)
+        drawn = label_rng.multivariate_hypergeometric(remaining, int(min(size, remaining.sum())))
         remaining -= drawn
-        labels = label_rng.permutation(np.repeat(np.arange(len(drawn), dtype=np.int64), drawn))
-        images = render(torch.from_numpy(labels).to(device), torch_gen)
-        yield images.cpu().numpy(), labels
+        yield label_rng.permutation(np.repeat(np.arange(len(drawn), dtype=np.int64), drawn))
+
+
+_renderer: tuple[Renderer, torch.device] | None = None  # this process's renderer, built once
+
+
+def _start_renderer(factory: GeneratorFactory, task: SynthesisTask) -> None:
+    global _renderer
+    limit_threads()
+    _renderer = (factory(task), task.device)
+
+
+def _render_batch(batch: tuple[int, np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render one batch. Its randomness is named by the batch's index, not drawn from a generator
+    that earlier batches advanced, so any process renders it to the same bytes."""
+    index, labels = batch
+    assert _renderer is not None, "_start_renderer runs first in every worker"
+    render, device = _renderer
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(rng(seed, "synthesize", "render", index).integers(2**63)))
+    images = render(torch.from_numpy(labels).to(device), generator)
+    return images.cpu().numpy(), labels
 
 
 def class_counts(total: int, balance: str, real_counts: Sequence[int]) -> list[int]:

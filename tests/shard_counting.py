@@ -1,0 +1,50 @@
+"""A counting fake of the shard reader, for tests that a stage streams: it fails the moment a stage
+reads a shard while more than one earlier shard's worth of images is still held in memory, and
+refuses ``Dataset.load`` (the whole split at once) outright."""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlpipeline.core.shards import Dataset
+
+
+class ShardCounter:
+    """Tracks every shard array read (views of it included, as numpy keeps their base alive)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads = 0
+        self.live_images = 0
+        self.largest_shard = 0
+        self.peak_held = 0  # most images from earlier reads alive at a read
+        read = Dataset._read_shard
+
+        def counting_read(dataset: Dataset, path: Path) -> tuple[np.ndarray, np.ndarray]:
+            images, labels = read(dataset, path)
+            self._check_before_adding(len(images))
+            self.live_images += len(images)
+            weakref.finalize(images, self._release, len(images))
+            return images, labels
+
+        def refuse_load(dataset: Dataset, split: str) -> None:
+            raise AssertionError(f"Dataset.load('{split}') holds the whole split in memory")
+
+        monkeypatch.setattr(Dataset, "_read_shard", counting_read)
+        monkeypatch.setattr(Dataset, "load", refuse_load)
+
+    def _check_before_adding(self, count: int) -> None:
+        self.reads += 1
+        self.largest_shard = max(self.largest_shard, count)
+        self.peak_held = max(self.peak_held, self.live_images)
+        if self.live_images > self.largest_shard:
+            raise AssertionError(
+                f"read {self.reads}: {self.live_images} images of earlier shards still held "
+                f"(a shard holds at most {self.largest_shard})"
+            )
+
+    def _release(self, count: int) -> None:
+        self.live_images -= count
