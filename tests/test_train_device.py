@@ -23,7 +23,7 @@ def hardware(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(torch.cuda, "set_device", lambda d: touched.setdefault("cuda_device", d))
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
         monkeypatch.setattr(torch, "set_num_threads", lambda n: touched.setdefault("threads", n))
-        monkeypatch.setattr(device_module, "cpu_count", lambda: 8)
+        monkeypatch.setattr(device_module, "available_cores", lambda: 8)
         monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
         return touched
 

@@ -10,7 +10,6 @@ across threads add in a different order).
 
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from torch import nn
 
 from mlpipeline.core.device import DeviceChoice, pick_device
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.workers import available_cores
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,9 @@ class Runtime:
         return f"{self.device}, {precision[self.amp_dtype]}, {threads}"
 
 
-def cpu_count() -> int:
-    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def auto_threads(processes_on_node: int) -> int:
     """Share the cores among the node's training processes: oversubscription makes each slower."""
-    return max(1, cpu_count() // processes_on_node)
+    return max(1, available_cores() // processes_on_node)
 
 
 def mixed_precision(device: torch.device) -> torch.dtype | None:
