@@ -71,3 +71,15 @@ def test_forcing_an_absent_device_names_the_param(hardware) -> None:
     hardware(cuda=0, mps=False)
     with pytest.raises(PipelineError, match=r"^train\.device: mps is not available"):
         configure("mps", num_threads=0)
+
+
+def test_determinism_and_autotuning_are_set_for_each_device_anew(hardware) -> None:
+    """A CPU run's deterministic mode must not leak into a later CUDA run in the same process:
+    there the first cuBLAS call would raise without CUBLAS_WORKSPACE_CONFIG."""
+    hardware(cuda=1)
+    configure("cpu", num_threads=1)
+    assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+    configure("cuda", num_threads=1)
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    configure("cpu", num_threads=1)
+    assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark

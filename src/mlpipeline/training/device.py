@@ -73,9 +73,9 @@ def configure(
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    elif device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
+    # Both flags are process-wide: set them for this device, whatever an earlier run left.
+    torch.use_deterministic_algorithms(device.type == "cpu")
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     threads = num_threads or auto_threads(processes_on_node)
     torch.set_num_threads(threads)
     return Runtime(device=device, amp_dtype=mixed_precision(device), threads=threads)
