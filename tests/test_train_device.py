@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -16,10 +18,17 @@ def hardware(monkeypatch: pytest.MonkeyPatch):
     """Pretend the machine has the given accelerators; records what configure() touched."""
     touched: dict[str, object] = {}
 
-    def present(cuda: int = 0, mps: bool = False, bf16: bool = True) -> dict[str, object]:
+    def present(cuda: int = 0, mps: bool = False, capability: tuple[int, int] = (8, 0)) -> dict[str, object]:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+        # What torch.cuda.is_bf16_supported reads: the GPU's compute capability, and whether a
+        # bf16 tensor can be made at all (it can on every CUDA GPU, emulated before Ampere).
+        monkeypatch.setattr(torch.version, "hip", None)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        major, minor = capability
+        properties = SimpleNamespace(major=major, minor=minor)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+        monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
         monkeypatch.setattr(torch.cuda, "set_device", lambda d: touched.setdefault("cuda_device", d))
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
         monkeypatch.setattr(torch, "set_num_threads", lambda n: touched.setdefault("threads", n))
@@ -39,12 +48,14 @@ def test_auto_prefers_cuda_then_mps_then_cpu(hardware, cuda: int, mps: bool, exp
 
 
 def test_cuda_uses_bf16_where_supported_else_fp16_with_a_scaler(hardware) -> None:
-    touched = hardware(cuda=1, bf16=True)
+    touched = hardware(cuda=1, capability=(8, 0))
     runtime = configure("auto", num_threads=0)
     assert runtime.amp_dtype == torch.bfloat16 and runtime.grad_scaler() is None
     assert touched["cuda_device"] == torch.device("cuda", 0) and torch.backends.cudnn.benchmark
 
-    hardware(cuda=1, bf16=False)
+    hardware(cuda=1, capability=(7, 5))  # a T4: bf16 only emulated, no bf16 tensor cores
+    runtime = configure("auto", num_threads=0)
+    assert runtime.amp_dtype == torch.float16 and runtime.grad_scaler() is not None
     assert mixed_precision(torch.device("cuda", 0)) == torch.float16
 
 

@@ -56,9 +56,11 @@ def auto_threads(processes_on_node: int) -> int:
 
 
 def mixed_precision(device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs with bf16 tensor cores (Ampere and later), else fp16. Emulated bf16 does not
+    count: torch's default check counts it, and on a V100 or T4 it is slow where it runs at all."""
     if device.type != "cuda":
         return None  # CPU autocast is slow on most CPUs; MPS stays in float32 for robustness
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def configure(
