@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_section(TrainParams, "train")
-    runtime = configure(params.device, params.num_threads)
+    runtime = configure(params.device, params.precision, params.num_threads)
     inputs = open_inputs(TRAIN_DATA, VAL_DATA)
     mixed = replace(params, synthetic=replace(params.synthetic, use="mix"))  # one phase on all images
     (phase,) = plan(

@@ -271,3 +271,24 @@ def test_epoch_order_deals_like_distributed_sampler() -> None:
     np.testing.assert_array_equal(epoch_order(10, 3, "train", 1), whole)  # a pure function: resumable
     assert not np.array_equal(epoch_order(10, 3, "train", 2), whole)
     assert not np.array_equal(epoch_order(10, 3, "pretrain", 1), whole)
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype", "scaled"), [("bf16", torch.bfloat16, False), ("fp16", torch.float16, True)]
+)
+def test_mixed_precision_trains_end_to_end(
+    tmp_path: Path, precision: str, dtype: torch.dtype, scaled: bool
+) -> None:
+    """The GPU's two autocast paths, run on the CPU (whose autocast takes both dtypes): bf16 alone,
+    fp16 with a grad scaler whose state the checkpoint carries."""
+    params = tiny_params(precision=precision, epochs=3)
+    result = train(params, write_inputs(tmp_path), None, tmp_path / "ckpt")
+
+    assert (
+        result.runtime.amp_dtype == dtype
+        and result.runtime.describe() == f"cpu, {precision} autocast, 1 thread"
+    )
+    assert (result.trainer.scaler is not None) == scaled
+    assert result.best.val_acc >= 0.9  # chance is 1/3
+    saved = result.checkpoints[-1].load()
+    assert saved is not None and bool(saved["scaler"]) == scaled

@@ -44,53 +44,53 @@ def hardware(monkeypatch: pytest.MonkeyPatch):
 )
 def test_auto_prefers_cuda_then_mps_then_cpu(hardware, cuda: int, mps: bool, expected: str) -> None:
     hardware(cuda=cuda, mps=mps)
-    assert str(configure("auto", num_threads=0).device) == expected
+    assert str(configure("auto", "auto", num_threads=0).device) == expected
 
 
 def test_cuda_uses_bf16_where_supported_else_fp16_with_a_scaler(hardware) -> None:
     touched = hardware(cuda=1, capability=(8, 0))
-    runtime = configure("auto", num_threads=0)
+    runtime = configure("auto", "auto", num_threads=0)
     assert runtime.amp_dtype == torch.bfloat16 and runtime.grad_scaler() is None
     assert touched["cuda_device"] == torch.device("cuda", 0) and torch.backends.cudnn.benchmark
 
     hardware(cuda=1, capability=(7, 5))  # a T4: bf16 only emulated, no bf16 tensor cores
-    runtime = configure("auto", num_threads=0)
+    runtime = configure("auto", "auto", num_threads=0)
     assert runtime.amp_dtype == torch.float16 and runtime.grad_scaler() is not None
     assert mixed_precision(torch.device("cuda", 0)) == torch.float16
 
 
 def test_each_process_takes_its_own_gpu_and_a_share_of_cores(hardware) -> None:
     touched = hardware(cuda=4)
-    runtime = configure("cuda", num_threads=0, local_rank=2, processes_on_node=4)
+    runtime = configure("cuda", "auto", num_threads=0, local_rank=2, processes_on_node=4)
     assert runtime.device == torch.device("cuda", 2) and touched["threads"] == 2
 
     with pytest.raises(PipelineError, match=r"^train\.processes: more processes than the 4 CUDA devices"):
-        configure("cuda", num_threads=0, local_rank=4, processes_on_node=5)
+        configure("cuda", "auto", num_threads=0, local_rank=4, processes_on_node=5)
 
 
 def test_cpu_is_deterministic_with_the_cores_or_the_set_thread_count(hardware) -> None:
     touched = hardware()
-    runtime = configure("auto", num_threads=0)
+    runtime = configure("auto", "auto", num_threads=0)
     assert runtime.device == torch.device("cpu") and runtime.amp_dtype is None
     assert runtime.threads == 8 and touched["threads"] == 8
     assert torch.are_deterministic_algorithms_enabled()
-    assert configure("cpu", num_threads=3).threads == 3
+    assert configure("cpu", "auto", num_threads=3).threads == 3
     assert auto_threads(processes_on_node=3) == 2 and auto_threads(processes_on_node=16) == 1
 
 
 def test_forcing_an_absent_device_names_the_param(hardware) -> None:
     hardware(cuda=0, mps=False)
     with pytest.raises(PipelineError, match=r"^train\.device: mps is not available"):
-        configure("mps", num_threads=0)
+        configure("mps", "auto", num_threads=0)
 
 
 def test_determinism_and_autotuning_are_set_for_each_device_anew(hardware) -> None:
     """A CPU run's deterministic mode must not leak into a later CUDA run in the same process:
     there the first cuBLAS call would raise without CUBLAS_WORKSPACE_CONFIG."""
     hardware(cuda=1)
-    configure("cpu", num_threads=1)
+    configure("cpu", "auto", num_threads=1)
     assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
-    configure("cuda", num_threads=1)
+    configure("cuda", "auto", num_threads=1)
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
-    configure("cpu", num_threads=1)
+    configure("cpu", "auto", num_threads=1)
     assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark

@@ -58,7 +58,9 @@ def train(
     checkpoints, so tests call it directly.
     """
     world = world or World()
-    runtime = configure(params.device, params.num_threads, world.local_rank, world.local_size)
+    runtime = configure(
+        params.device, params.precision, params.num_threads, world.local_rank, world.local_size
+    )
     with process_group(world, runtime.device):
         phases = plan(
             params, inputs.train.load(REAL_SPLIT), inputs.train.load(SYNTHETIC_SPLIT), inputs.train.root
