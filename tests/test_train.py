@@ -19,14 +19,17 @@ from mlpipeline.core.params import ParamError, from_mapping
 from mlpipeline.inference import predict_probabilities
 from mlpipeline.model import load_model, save_model
 from mlpipeline.stages.train import train
+from mlpipeline.training import device as device_module
 from mlpipeline.training.checkpoint import Checkpoints, run_key
 from mlpipeline.training.data import REAL_SPLIT, epoch_order, open_inputs
+from mlpipeline.training.device import Runtime
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.optim import epochs_to_run
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.reporting import EpochRecord
 
 CPU = torch.device("cpu")
+RUNTIME = Runtime(CPU, amp_dtype=None, threads=1)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -171,19 +174,43 @@ def test_checkpoint_of_other_params_or_data_is_ignored(tmp_path: Path) -> None:
     assert again.trainer.resumed_after == 2  # same params and data: picked up
 
 
+def test_checkpoint_of_another_precision_or_thread_count_is_not_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``precision: auto`` and ``num_threads: 0`` resolve per machine: a float32 checkpoint must not
+    be resumed by a bf16 run (nor the other way round: not bitwise equal), nor by more threads."""
+    inputs = write_inputs(tmp_path)
+    params = tiny_params(epochs=2, precision="auto", num_threads=0)
+    monkeypatch.setattr(device_module, "available_cores", lambda: 1)
+    first = train(params, inputs, None, tmp_path / "ckpt")
+    assert (first.runtime.amp_dtype, first.runtime.threads) == (None, 1)
+
+    auto = device_module.mixed_precision
+    monkeypatch.setattr(device_module, "mixed_precision", lambda device, precision: torch.bfloat16)
+    bf16 = train(params, inputs, None, tmp_path / "ckpt")  # as where auto picks bf16
+    assert bf16.runtime.amp_dtype == torch.bfloat16 and bf16.trainer.resumed_after == 0
+    monkeypatch.setattr(device_module, "mixed_precision", auto)
+    monkeypatch.setattr(device_module, "available_cores", lambda: 2)
+    assert train(params, inputs, None, tmp_path / "ckpt").trainer.resumed_after == 0
+
+    monkeypatch.setattr(device_module, "available_cores", lambda: 1)
+    again = train(params, inputs, None, tmp_path / "ckpt")
+    assert again.trainer.resumed_after == 2  # the first run's own checkpoint: picked up
+
+
 def test_run_key_covers_params_and_data_bytes(tmp_path: Path) -> None:
     inputs = write_inputs(tmp_path)
     params = tiny_params()
-    key = run_key(params, [inputs.train, inputs.val], "train")
-    assert key == run_key(tiny_params(), [inputs.train, inputs.val], "train")
-    assert key != run_key(tiny_params(seed=1), [inputs.train, inputs.val], "train")
-    assert key != run_key(params, [inputs.train, inputs.val], "pretrain")
+    key = run_key(params, RUNTIME, [inputs.train, inputs.val], "train")
+    assert key == run_key(tiny_params(), RUNTIME, [inputs.train, inputs.val], "train")
+    assert key != run_key(tiny_params(seed=1), RUNTIME, [inputs.train, inputs.val], "train")
+    assert key != run_key(params, RUNTIME, [inputs.train, inputs.val], "pretrain")
 
     images, labels = inputs.train.load(REAL_SPLIT)
     images[0, 0, 0, 0] ^= 1  # one bit of one pixel
     write_training_set(tmp_path / "changed", (images, labels))
     changed = open_inputs(tmp_path / "changed", tmp_path / "data" / "ingested")
-    assert key != run_key(params, [changed.train, changed.val], "train")
+    assert key != run_key(params, RUNTIME, [changed.train, changed.val], "train")
 
 
 def test_unreadable_checkpoint_is_ignored(tmp_path: Path) -> None:

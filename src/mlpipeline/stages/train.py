@@ -90,7 +90,7 @@ def train(
                 phase=phase.name,
             )
             checkpoints = Checkpoints(
-                run_key(params, [inputs.train, inputs.val], phase.name), checkpoint_root
+                run_key(params, runtime, [inputs.train, inputs.val], phase.name), checkpoint_root
             )
             all_checkpoints.append(checkpoints)
             if report is not None:

@@ -3,7 +3,8 @@
 DVC 3 has no checkpoint outputs, and a ``persist`` output takes the stage out of
 the run-cache, so checkpoints live outside DVC, in ``.cache/checkpoints/<key>/``
 (gitignored). The key hashes everything the run's result depends on: the train
-params, the content of the input datasets (``dataset.json`` and every shard), the
+params and what they resolved to on this machine (device type, precision, thread
+count), the content of the input datasets (``dataset.json`` and every shard), the
 package's source code (which also fixes the checkpoint format) and the torch
 version. A checkpoint from other params, data or code has another key and is
 never resumed. The latest epoch's checkpoint replaces the previous one
@@ -30,6 +31,7 @@ import torch
 import mlpipeline
 from mlpipeline.core import atomic
 from mlpipeline.core.shards import META_FILE, Dataset
+from mlpipeline.training.device import Runtime
 from mlpipeline.training.params import TrainParams
 
 CHECKPOINT_ROOT = Path(".cache/checkpoints")
@@ -39,11 +41,14 @@ _CHUNK = 1 << 20
 log = logging.getLogger("train")
 
 
-def run_key(params: TrainParams, datasets: Iterable[Dataset], phase: str) -> str:
-    """A hash of what a phase's model depends on: params, input bytes, code, torch version."""
+def run_key(params: TrainParams, runtime: Runtime, datasets: Iterable[Dataset], phase: str) -> str:
+    """A hash of what a phase's model depends on: params, how they resolved on this machine
+    (device type, precision, threads: ``auto`` and ``0`` resolve per machine), input bytes,
+    code, torch version."""
     digest = hashlib.sha256()
     digest.update(phase.encode())
     digest.update(atomic.to_json_text(dataclasses.asdict(params)).encode())
+    digest.update(f"{runtime.device.type} {runtime.precision} {runtime.threads} threads".encode())
     digest.update(f"torch {torch.__version__}".encode())
     for dataset in datasets:
         names = [META_FILE, *(s for split in dataset.info.splits.values() for s in split.shards)]
