@@ -86,7 +86,8 @@ class Split:
         for step in range(count):
             rows = index[step * batch_size : (step + 1) * batch_size]
             images, labels = self.images[rows], self.labels[rows]
-            if images.device != device:  # pinned host memory: copy while the GPU works
+            if images.device.type != device.type:  # pinned host memory: copy while the GPU works
+                # (types, not devices: a tensor on MPS reports mps:0, and mps:0 != mps)
                 images = images.pin_memory().to(device, non_blocking=True)
                 labels = labels.pin_memory().to(device, non_blocking=True)
             yield images, labels
