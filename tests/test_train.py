@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny_model import tiny_images
 from tiny_training import tiny_params, tiny_section, write_inputs, write_training_set
 
@@ -319,3 +320,16 @@ def test_mixed_precision_trains_end_to_end(
     assert result.best.val_acc >= 0.9  # chance is 1/3
     saved = result.checkpoints[-1].load()
     assert saved is not None and bool(saved["scaler"]) == scaled
+
+
+def test_validation_runs_in_float32_under_mixed_precision(tmp_path: Path) -> None:
+    """Val figures (curves, early stopping) must be those evaluate and predict will see: fp32."""
+    last = {"monitor": "last", "patience": None}
+    inputs = write_inputs(tmp_path)
+    result = train(tiny_params(precision="bf16", early_stopping=last), inputs, None, tmp_path / "ckpt")
+
+    images, labels = (torch.from_numpy(array) for array in inputs.val.load("val"))
+    with torch.inference_mode():
+        logits = result.trainer.model.eval()(images)
+    assert result.best.val_loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5, abs=0)
+    assert result.best.val_acc == (logits.argmax(dim=1) == labels).float().mean().item()

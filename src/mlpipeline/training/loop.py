@@ -120,7 +120,10 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(self, split: Split) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy of the model on ``split``, shared out across ranks."""
+        """Mean cross-entropy and accuracy of the model on ``split``, shared out across ranks.
+
+        In float32 whatever the training precision: evaluate and predict run the model in
+        float32, so the val curves and early stopping must see the same logits."""
         device = self.runtime.device
         self.model.eval()
         order = np.arange(len(split))[self.world.rank :: self.world.size]
@@ -128,9 +131,8 @@ class Trainer:
         correct = torch.zeros((), device=device)
         batch_size = self.batch_size * EVAL_BATCH_FACTOR
         for images, labels in split.batches(order, batch_size, device, drop_last=False):
-            with self.runtime.autocast():
-                logits = self.model(images)
-            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+            logits = self.model(images)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(dim=1) == labels).sum()
         return self._mean_over_ranks(loss_sum, correct, len(order))
 
