@@ -4,8 +4,10 @@ DistributedSampler."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +21,11 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
 from mlpipeline.inference import predict_probabilities
 from mlpipeline.model import load_model, save_model
+from mlpipeline.stages import train as train_stage
 from mlpipeline.stages.train import train
 from mlpipeline.training import device as device_module
 from mlpipeline.training.checkpoint import Checkpoints, run_key
-from mlpipeline.training.data import REAL_SPLIT, epoch_order, open_inputs
+from mlpipeline.training.data import REAL_SPLIT, Split, epoch_order, open_inputs, place
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.optim import epochs_to_run
@@ -119,6 +122,27 @@ def test_pretraining_on_synthetic_images_comes_first_and_the_curves_run_on(tmp_p
     summary = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert summary["best_epoch"] == 2 + result.best.epoch  # counted as the curves count
     assert len({c.directory for c in result.checkpoints}) == 2  # one per phase
+
+
+def test_a_phase_releases_its_training_data_before_the_next_is_placed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU the next phase's images must not join the previous phase's on the device (the
+    peak would hold both, and the free-memory check would count the old ones)."""
+    placed: list[weakref.ref] = []
+    alive_when_placed: list[list[bool]] = []
+
+    def tracking_place(images: np.ndarray, labels: np.ndarray, device: torch.device) -> Split:
+        gc.collect()
+        alive_when_placed.append([ref() is not None for ref in placed])
+        split = place(images, labels, device)
+        placed.append(weakref.ref(split.images))
+        return split
+
+    monkeypatch.setattr(train_stage, "place", tracking_place)
+    params = tiny_params(epochs=1, synthetic={"use": "pretrain", "pretrain_epochs": 1})
+    train(params, write_inputs(tmp_path, synthetic_per_class=20), None, tmp_path / "ckpt")
+    assert alive_when_placed == [[], [True], [True, False]]  # val (kept), pretrain, then train
 
 
 def test_mix_trains_once_on_real_and_synthetic_images(tmp_path: Path) -> None:

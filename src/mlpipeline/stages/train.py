@@ -79,7 +79,9 @@ def train(
         val = place(*inputs.val.load(VAL_SPLIT), runtime.device)
         report = TrainingLog(report_dir) if world.is_main and report_dir is not None else None
         all_checkpoints = []
+        trainer: Trainer | None = None
         for phase in phases:  # each starts from the weights the one before left in the model
+            trainer = None  # the last phase's training data leaves the device before this one's comes
             trainer = Trainer(
                 model,
                 phase.params,
@@ -97,6 +99,7 @@ def train(
                 report.start_phase(phase.name, trainer.epochs, trainer.steps_per_epoch)
             best = trainer.fit(checkpoints, report)
             trainer.release()
+        assert trainer is not None
         if report is not None:
             report.finish(best, trainer.progress.epoch)
     return Trained(trainer, config, best, runtime, phases, all_checkpoints)

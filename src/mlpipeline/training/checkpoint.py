@@ -1,4 +1,5 @@
-"""Epoch checkpoints that let an interrupted training resume to the very same result.
+"""Epoch checkpoints that let an interrupted training resume where it stopped: to the very same
+bytes on CPU (deterministic kernels), to a statistically equivalent model on a GPU.
 
 DVC 3 has no checkpoint outputs, and a ``persist`` output takes the stage out of
 the run-cache, so checkpoints live outside DVC, in ``.cache/checkpoints/<key>/``
