@@ -1,9 +1,11 @@
 """Throughput of the template's training loop against a bare PyTorch loop, in one run.
 
-Same model architecture and initial weights, same uint8 tensors in memory, same
-batch size and batch order, same loss: the bare loop does only index, forward,
-backward and step; the template's adds what the stage needs (the LR schedule,
-loss and accuracy bookkeeping, grad scaling and autocast hooks when on a GPU).
+Same model architecture and initial weights, same batches delivered the same way
+(data placed where the device reads it fastest), same precision (autocast and a
+grad scaler where the runtime uses them), same batch size, order and loss: the
+bare loop does only forward, backward and step; the template's adds what the
+stage needs (the LR schedule, loss and accuracy bookkeeping). Runs on whatever
+device ``train.device`` picks.
 Epochs alternate between the two so load changes on the machine hit both alike;
 the medians are compared. Reads the train stage's inputs and params; run from the
 repository root after ``dvc repro augment``:
@@ -20,6 +22,7 @@ import statistics
 import time
 from dataclasses import replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,12 +34,13 @@ from mlpipeline.training.data import (
     REAL_SPLIT,
     SYNTHETIC_SPLIT,
     VAL_SPLIT,
+    Split,
     epoch_order,
     open_inputs,
     place,
     steps,
 )
-from mlpipeline.training.device import configure
+from mlpipeline.training.device import Runtime, configure
 from mlpipeline.training.distributed import World
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
@@ -46,19 +50,28 @@ from mlpipeline.training.phases import plan
 def bare_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    order: torch.Tensor,
+    runtime: Runtime,
+    train: Split,
+    order: np.ndarray,
     batch_size: int,
     smoothing: float,
 ) -> None:
+    """Forward, backward and step only, at the template's precision (autocast, and a grad scaler
+    for fp16) on batches delivered as the template's are: the same work, none of the bookkeeping."""
     model.train()
-    for step in range(steps(len(order), batch_size)):
-        rows = order[step * batch_size : (step + 1) * batch_size]
-        loss = F.cross_entropy(model(images[rows]), labels[rows], label_smoothing=smoothing)
+    scaler = runtime.grad_scaler()
+    for images, labels in train.batches(order, batch_size, runtime.device, drop_last=True):
+        with runtime.autocast():
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
 
 def main() -> None:
@@ -102,15 +115,14 @@ def main() -> None:
     bare_times, loop_times = [], []
     for epoch in range(args.epochs + 1):  # the first round warms up and is not counted
         order = epoch_order(len(train), params.seed, phase.name, epoch)
-        index = torch.from_numpy(order).to(runtime.device)
         bare = time_it(
             functools.partial(
                 bare_epoch,
                 bare_model,
                 bare_optimizer,
-                train.images,
-                train.labels,
-                index,
+                runtime,
+                train,
+                order,
                 params.batch_size,
                 params.label_smoothing,
             )
