@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lint format lock clean s3-up s3-down check-remote
+.PHONY: help setup repro test test-gpu lint format lock clean s3-up s3-down check-remote
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ repro: setup ## Run the whole pipeline (dvc repro) on the built-in demo data
 
 test: setup ## Run the whole test suite
 	pytest
+
+test-gpu: setup ## Run the GPU suite on this machine's CUDA or MPS device (skipped without one)
+	pytest -m gpu
 
 lint: setup ## Check lint and formatting with ruff
 	ruff check src tests bench
