@@ -1,9 +1,10 @@
 """The GPU suite: what only a CUDA or MPS device proves (``make test-gpu``, i.e. ``pytest -m gpu``).
 
 Skipped where neither is present. On the device: the tiny model trains two epochs with the
-device's mixed precision, a stage run killed after a checkpoint resumes, two NCCL processes
-train one model where two GPUs are, and the device's model evaluates and predicts, scoring
-within a point of the same params trained on the CPU. The paths under test are the CPU's
+device's mixed precision, and with its data streamed (pinned staging buffers on CUDA) and
+augmented online; a stage run killed after a checkpoint resumes; two NCCL processes train one
+model where two GPUs are; the device's model evaluates and predicts, scoring within a point
+of the same params trained on the CPU. The paths under test are the CPU's
 (one ``train()``, one stage), so what the CPU suite proves holds here but for bitwise equality.
 ``MLPIPELINE_GPU_TESTS_DEVICE=cpu pytest -m gpu`` runs the suite on the CPU instead: a dry run
 of the tests themselves on a machine without a GPU (the NCCL test still needs two GPUs).
@@ -25,7 +26,7 @@ import yaml
 from conftest import repo_params, run
 from PIL import Image
 from tiny_model import CLASSES, tiny_images, write_tiny_dataset
-from tiny_training import tiny_params, tiny_section, write_training_set
+from tiny_training import tiny_params, tiny_section, write_online_inputs, write_training_set
 
 from mlpipeline.core.params import from_mapping
 from mlpipeline.model import save_model
@@ -34,6 +35,7 @@ from mlpipeline.stages.evaluate import EvaluateParams, evaluate
 from mlpipeline.stages.train import train
 from mlpipeline.training.data import open_inputs
 from mlpipeline.training.device import mixed_precision
+from mlpipeline.training.loader import PLACEMENT_ENV, Resident, Streamed
 
 DEVICE_ENV = "MLPIPELINE_GPU_TESTS_DEVICE"
 STAGE = [sys.executable, "-m", "mlpipeline.stages.train"]
@@ -100,6 +102,21 @@ def test_trains_two_epochs_on_the_device_with_its_precision(
     assert [r.epoch for r in history] == [1, 2] and history[1].train_loss < history[0].train_loss
     assert result.best.val_acc >= 0.8  # chance is 1/3
     assert (tmp_path / "report" / "metrics.json").exists() and result.checkpoints[-1].path.exists()
+
+
+def test_streams_and_augments_online_on_the_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The streamed path (on CUDA: pinned staging buffers, copies without blocking) and the online
+    augmentation kernel on the device, against the same run with the data resident."""
+    inputs = write_online_inputs(tmp_path, synthetic_per_class=10)
+    params = tiny_params(device=DEVICE, precision="auto", epochs=2, early_stopping=LAST)
+    accuracy = {}
+    for placement in ("streamed", "resident"):
+        monkeypatch.setenv(PLACEMENT_ENV, placement)
+        result = train(params, inputs, None, tmp_path / f"ckpt-{placement}")
+        assert isinstance(result.trainer.train.rows, Streamed if placement == "streamed" else Resident)
+        assert result.runtime.device.type == DEVICE
+        accuracy[placement] = result.best.val_acc
+    assert min(accuracy.values()) >= 0.8, accuracy  # chance is 1/3
 
 
 def test_a_killed_stage_run_resumes_on_the_device(workdir: Path, tmp_path: Path) -> None:
