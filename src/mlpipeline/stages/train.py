@@ -1,9 +1,11 @@
 """Train: augmented training images + real val images -> ``models/`` and training curves.
 
-Reads ``data/augmented`` (splits real and synthetic) and ``data/ingested`` (split
-val); the input shape, channels and classes come from their ``dataset.json``, the
-input normalization from the images of the last phase (see ``training.phases``:
-pretraining on the synthetic images, then the real ones). Writes ``models/``
+Reads ``data/augmented`` (splits real and synthetic; when augment ran online, its
+record and the synthetic originals, the real ones being ``data/ingested``'s train
+split) and ``data/ingested`` (split val), batch by batch when they are large (see
+``training.loader``); the input shape, channels and classes come from their
+``dataset.json``, the input normalization from the images of the last phase (see
+``training.phases``: pretraining on the synthetic images, then the real ones). Writes ``models/``
 (safetensors weights and a JSON config, of the epoch ``early_stopping.monitor``
 keeps) and dvclive's ``reports/train``.
 ``train.processes > 1`` re-launches this module under torchrun (DDP).

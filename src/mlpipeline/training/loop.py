@@ -1,8 +1,9 @@
 """The epoch loop: optimizer steps over seeded batches, a validation pass, early stopping on
 val, and a checkpoint after every epoch from which a rerun continues bit for bit (on CPU).
 
-Resuming needs no saved random-generator state: each epoch's batch order and its
-torch/numpy/Python seeds are derived from (seed, epoch, rank), so epoch k+1 of a
+Resuming needs no saved random-generator state: each epoch's batch order, its
+torch/numpy/Python seeds and its online augmentation draws are derived from (seed,
+phase, epoch, rank), so epoch k+1 of a
 resumed run draws exactly what it would have drawn uninterrupted, on any number
 of ranks. The checkpoint holds what does carry over: weights, optimizer,
 schedule and grad-scaler states, the history of epochs and the early-stopping
