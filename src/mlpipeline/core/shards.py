@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -313,3 +314,117 @@ def _split_info(raw: dict[str, Any]) -> SplitInfo:
     if sorted(sha256) != sorted(shards):
         raise ValueError(f"sha256 lists {sorted(sha256)}, shards are {sorted(shards)}")
     return SplitInfo(int(raw["count"]), [int(c) for c in raw["class_counts"]], shards, sha256)
+
+
+# Random access to a split's rows, for the training loader: batches of rows in any order, each
+# row read from its shard at its raw offset, so memory holds the rows asked for, never the split.
+
+_HEADER_LENGTH = struct.Struct("<Q")  # safetensors: a little-endian u64, then that many bytes of JSON
+_DTYPES = {"images": "U8", "labels": "I64"}
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Where a shard's images lie in its file, and its labels (8 bytes an image, read whole)."""
+
+    path: Path
+    images_offset: int  # of the first image's first byte
+    labels: np.ndarray
+
+
+def shard_layout(path: Path, image_shape: tuple[int, int, int]) -> ShardLayout:
+    """Read a shard's header and labels, not its images; refuse, naming the file, what
+    ``Dataset`` would refuse."""
+    try:
+        with open(path, "rb") as handle:
+            (length,) = _HEADER_LENGTH.unpack(handle.read(_HEADER_LENGTH.size))
+            header = json.loads(handle.read(length))
+            start = _HEADER_LENGTH.size + length
+            count, (begin, end) = _checked_entries(header, image_shape)
+            handle.seek(start + begin)
+            labels = np.frombuffer(handle.read(end - begin), dtype=np.int64)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: shard listed in {META_FILE} is missing")
+    except (OSError, struct.error, ValueError, KeyError, TypeError) as exc:
+        raise PipelineError(f"{path}: not a readable safetensors shard ({exc!r})")
+    if len(labels) != count:
+        raise PipelineError(f"{path}: shorter than its header says")
+    return ShardLayout(path, start + header["images"]["data_offsets"][0], labels)
+
+
+def _checked_entries(header: dict[str, Any], image_shape: tuple[int, int, int]) -> tuple[int, list[int]]:
+    """The image count and the labels' byte range, once both tensors match the dataset."""
+    for name, dtype in _DTYPES.items():
+        if name not in header:
+            raise ValueError(f"no '{name}' tensor")
+        if header[name]["dtype"] != dtype:
+            raise ValueError(f"'{name}' is {header[name]['dtype']}, expected {dtype}")
+    count, *shape = header["images"]["shape"]
+    if tuple(shape) != image_shape or header["labels"]["shape"] != [count]:
+        raise ValueError(f"expected images N x {image_shape} and N labels")
+    return count, header["labels"]["data_offsets"]
+
+
+class SplitReader:
+    """The rows of one or more splits (``concat``), read at random.
+
+    Each image is read from its shard at its raw offset (safetensors stores them), with
+    plain reads: unlike a memory map, pages read stay in the OS page cache and do not count
+    in this process's memory. A reader holds no open file between calls, so threads may
+    share it.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], layouts: Sequence[ShardLayout]) -> None:
+        self.image_shape = image_shape
+        self.row_bytes = int(np.prod(image_shape))
+        self.layouts = list(layouts)
+        counts = [len(layout.labels) for layout in self.layouts]
+        self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self.labels = np.concatenate([layout.labels for layout in self.layouts] or [np.empty(0, np.int64)])
+
+    @classmethod
+    def open(cls, dataset: Dataset, split: str) -> SplitReader:
+        dataset.count(split)  # a missing split fails here, naming the file
+        names = dataset.info.splits[split].shards
+        return cls(
+            dataset.image_shape, [shard_layout(dataset.root / name, dataset.image_shape) for name in names]
+        )
+
+    @classmethod
+    def concat(cls, readers: Sequence[SplitReader]) -> SplitReader:
+        """One reader of the rows of ``readers`` in turn (all of one image shape)."""
+        return cls(readers[0].image_shape, [layout for reader in readers for layout in reader.layouts])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.row_bytes
+
+    def read(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """The images of ``rows`` into ``out`` (uint8, C-contiguous, len(rows) x C x H x W)."""
+        if not out.flags.c_contiguous:
+            raise ValueError("out must be C-contiguous: the rows are read into its memory")
+        flat = out.reshape(len(rows), self.row_bytes)
+        shards = np.searchsorted(self.starts, rows, side="right") - 1
+        for shard in np.unique(shards):
+            layout = self.layouts[shard]
+            with open(layout.path, "rb", buffering=0) as handle:
+                for i in np.flatnonzero(shards == shard):
+                    handle.seek(layout.images_offset + int(rows[i] - self.starts[shard]) * self.row_bytes)
+                    self._fill(handle, flat[i], layout.path)
+
+    def shards(self) -> Iterator[np.ndarray]:
+        """Each shard's images in turn, read whole: memory bounded by one shard."""
+        for layout in self.layouts:
+            images = np.empty((len(layout.labels), *self.image_shape), dtype=np.uint8)
+            with open(layout.path, "rb", buffering=0) as handle:
+                handle.seek(layout.images_offset)
+                self._fill(handle, images.reshape(-1), layout.path)
+            yield images
+
+    @staticmethod
+    def _fill(handle: Any, out: np.ndarray, path: Path) -> None:
+        if handle.readinto(out) != out.nbytes:
+            raise PipelineError(f"{path}: shorter than its header says")

@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 import numpy as np
 import torch
@@ -32,8 +32,9 @@ from mlpipeline.core.device import limit_threads
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param, params_dataclass
 from mlpipeline.core.paths import AUGMENT_PREVIEW, AUGMENTED, INGESTED, SYNTHETIC
-from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
+from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter, SplitReader
 from mlpipeline.core.workers import ordered_map, workers_for
+from mlpipeline.online_augmentation import OnlineAugmentation
 from mlpipeline.previews import image_grid
 
 SPLIT = "train"
@@ -44,6 +45,7 @@ SHORT_NAMES = {"real": "real", "synthetic": "synth"}  # preview cells are 32 px 
 
 @params_dataclass
 class AugmentParams:
+    mode: Literal["offline", "online"]  # online: training makes the copies (online_augmentation)
     include_real: bool
     include_synthetic: bool
     copies: int = param(ge=0, le=1000)
@@ -155,6 +157,10 @@ def augment_dataset(
         chosen = " and ".join(f"{n} ({d.root})" for n, d in sources.items())
         raise PipelineError(f"augment: the selected sources have no {SPLIT} images: {chosen}")
     attributes = {"copies": params.copies, "keep_originals": params.keep_originals, "sources": counts}
+    if params.mode == "online":
+        record_online(params, real, sources, output, attributes)
+        atomic.write_bytes(preview, online_preview(params, sources).png(real.classes))
+        return counts
     if workers is None:
         workers = workers_for(sum(math.ceil(c["images"] / params.batch_size) for c in counts.values()))
     samples = Preview()
@@ -188,6 +194,42 @@ def augment_copies(
     ]
 
 
+def record_online(
+    params: AugmentParams, real: Dataset, sources: dict[str, Dataset], output: Path, attributes: dict
+) -> None:
+    """Online mode: write the record training makes its copies from, and the synthetic originals
+    (it reads the real ones where ingest wrote them); nothing is multiplied on disk."""
+    record = OnlineAugmentation(params.transforms, params.seed, params.copies, params.keep_originals)
+    with DatasetWriter(
+        output, real.classes, real.image_shape, {**attributes, **record.attributes()}
+    ) as writer:
+        for name in SOURCES:
+            writer.add_split(name)
+        if "synthetic" in sources:
+            for images, labels in sources["synthetic"].iter_shards(SPLIT):
+                writer.write("synthetic", images, labels)
+
+
+def online_preview(params: AugmentParams, sources: dict[str, Dataset]) -> Preview:
+    """The preview of online mode: the first image of each class, read by itself, and copies of it
+    (from streams of their own: training draws its copies batch by batch)."""
+    samples = Preview()
+    for name, dataset in sources.items():
+        reader = SplitReader.open(dataset, SPLIT)
+        first = np.unique(reader.labels, return_index=True)[1]
+        if not len(first):
+            continue
+        originals = np.empty((len(first), *reader.image_shape), dtype=np.uint8)
+        reader.read(first, originals)
+        picks = samples.start_rows(name, originals, reader.labels[first])
+        for copy in range(1, min(params.copies, PREVIEW_COPIES) + 1):
+            copies = augment(
+                torch.from_numpy(originals), params.transforms, params.seed, "preview", name, copy
+            )
+            samples.add_copies(name, picks, copies.numpy())
+    return samples
+
+
 def main() -> None:
     with stage.summary("augment") as report:
         params = load_section(AugmentParams, "augment")
@@ -196,9 +238,8 @@ def main() -> None:
         report["read"] = ", ".join(f"{c['images']} {name} {SPLIT} images" for name, c in counts.items())
         originals = sum(c["originals"] for c in counts.values())
         augmented = sum(c["augmented"] for c in counts.values())
-        report["wrote"] = (
-            f"{AUGMENTED} ({originals} originals + {augmented} augmented copies), {AUGMENT_PREVIEW}"
-        )
+        made = "augmented copies" if params.mode == "offline" else "copies made online by training, per epoch"
+        report["wrote"] = f"{AUGMENTED} ({originals} originals + {augmented} {made}), {AUGMENT_PREVIEW}"
 
 
 if __name__ == "__main__":

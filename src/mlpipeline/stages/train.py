@@ -1,9 +1,11 @@
 """Train: augmented training images + real val images -> ``models/`` and training curves.
 
-Reads ``data/augmented`` (splits real and synthetic) and ``data/ingested`` (split
-val); the input shape, channels and classes come from their ``dataset.json``, the
-input normalization from the images of the last phase (see ``training.phases``:
-pretraining on the synthetic images, then the real ones). Writes ``models/``
+Reads ``data/augmented`` (splits real and synthetic; when augment ran online, its
+record and the synthetic originals, the real ones being ``data/ingested``'s train
+split) and ``data/ingested`` (split val), batch by batch when they are large (see
+``training.loader``); the input shape, channels and classes come from their
+``dataset.json``, the input normalization from the images of the last phase (see
+``training.phases``: pretraining on the synthetic images, then the real ones). Writes ``models/``
 (safetensors weights and a JSON config, of the epoch ``early_stopping.monitor``
 keeps) and dvclive's ``reports/train``.
 ``train.processes > 1`` re-launches this module under torchrun (DDP).
@@ -20,12 +22,14 @@ from mlpipeline.core import atomic, stage
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS
 from mlpipeline.core.seeding import seed_everything
-from mlpipeline.model import ModelConfig, build_model, channel_stats
+from mlpipeline.core.shards import SplitReader
+from mlpipeline.model import ModelConfig, build_model, streamed_channel_stats
 from mlpipeline.model_files import save_model
 from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, run_key
-from mlpipeline.training.data import REAL_SPLIT, SYNTHETIC_SPLIT, VAL_SPLIT, Inputs, open_inputs, place
+from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure
 from mlpipeline.training.distributed import World, in_worker, launch, process_group, world_from_env
+from mlpipeline.training.loader import Feed, place
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.phases import Phase, check_sources, plan
@@ -55,12 +59,12 @@ def train(
     checkpoints, so tests call it directly.
     """
     world = world or World()
-    runtime = configure(params.device, params.num_threads, world.local_rank, world.local_size)
+    runtime = configure(
+        params.device, params.precision, params.num_threads, world.local_rank, world.local_size
+    )
     with process_group(world, runtime.device):
-        phases = plan(
-            params, inputs.train.load(REAL_SPLIT), inputs.train.load(SYNTHETIC_SPLIT), inputs.train.root
-        )
-        mean, std = channel_stats(phases[-1].images)
+        phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
+        mean, std = streamed_channel_stats(phases[-1].originals.shards())
         config = ModelConfig(
             classes=inputs.classes,
             image_shape=list(inputs.image_shape),
@@ -72,27 +76,29 @@ def train(
         )
         seed_everything(params.seed)  # the same initial weights on every rank
         model = runtime.place(build_model(config))
-        val = place(*inputs.val.load(VAL_SPLIT), runtime.device)
+        val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
+        val = Feed(place(val_rows, runtime.device), len(val_rows))
         report = TrainingLog(report_dir) if world.is_main and report_dir is not None else None
         all_checkpoints = []
+        trainer: Trainer | None = None
         for phase in phases:  # each starts from the weights the one before left in the model
+            trainer = None  # the last phase's training data leaves the device before this one's comes
             trainer = Trainer(
                 model,
                 phase.params,
                 runtime,
                 world,
-                train=place(phase.images, phase.labels, runtime.device),
+                train=Feed(place(phase.originals, runtime.device), len(phase.originals), inputs.online),
                 val=val,
                 phase=phase.name,
             )
-            checkpoints = Checkpoints(
-                run_key(params, [inputs.train, inputs.val], phase.name), checkpoint_root
-            )
+            checkpoints = Checkpoints(run_key(params, runtime, inputs.datasets, phase.name), checkpoint_root)
             all_checkpoints.append(checkpoints)
             if report is not None:
                 report.start_phase(phase.name, trainer.epochs, trainer.steps_per_epoch)
             best = trainer.fit(checkpoints, report)
             trainer.release()
+        assert trainer is not None
         if report is not None:
             report.finish(best, trainer.progress.epoch)
     return Trained(trainer, config, best, runtime, phases, all_checkpoints)
@@ -101,7 +107,7 @@ def train(
 def main() -> None:
     params = load_section(TrainParams, "train")
     inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
-    check_sources(params, inputs.train.count(REAL_SPLIT), inputs.train.root)
+    check_sources(params, len(inputs.real), inputs.train.root)
     if params.processes > 1 and not in_worker():
         launch(__spec__.name, params.processes, params.num_threads or auto_threads(params.processes))
         return
@@ -117,11 +123,16 @@ def main() -> None:
         trainer, best = result.trainer, result.best
         processes = f" x {world.size} processes" if world.size > 1 else ""
         resumed = f", resumed after epoch {trainer.resumed_after}" if trainer.resumed_after else ""
+        online = inputs.online
         report["read"] = (
-            f"{inputs.train.count(REAL_SPLIT)} real and {inputs.train.count(SYNTHETIC_SPLIT)} synthetic "
-            f"train images from {AUGMENTED}, {len(trainer.val)} val from {INGESTED}"
+            f"{len(inputs.real)} real and {len(inputs.synthetic)} synthetic train images "
+            f"{'and the online augmentation record ' if online else ''}from {AUGMENTED}, "
+            f"{len(trainer.val)} val from {INGESTED}"
         )
-        phases = ", then ".join(f"{phase.name} on {len(phase.labels)} images" for phase in result.phases)
+        views = f" x {online.views} views (augmented online)" if online else ""
+        phases = ", then ".join(
+            f"{phase.name} on {len(phase.originals)} images{views}" for phase in result.phases
+        )
         report["ran"] = (
             f"{phases}, on {result.runtime.describe()}{processes}{resumed}; kept epoch {best.epoch} of "
             f"{trainer.progress.epoch} of the {result.phases[-1].name} phase "

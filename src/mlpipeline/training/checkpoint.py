@@ -1,13 +1,16 @@
-"""Epoch checkpoints that let an interrupted training resume to the very same result.
+"""Epoch checkpoints that let an interrupted training resume where it stopped: to the very same
+bytes on CPU (deterministic kernels), to a statistically equivalent model on a GPU.
 
 DVC 3 has no checkpoint outputs, and a ``persist`` output takes the stage out of
 the run-cache, so checkpoints live outside DVC, in ``.cache/checkpoints/<key>/``
 (gitignored). The key hashes everything the run's result depends on: the train
-params, the content of the input datasets (``dataset.json`` and every shard), the
-package's source code (which also fixes the checkpoint format) and the torch
-version. A checkpoint from other params, data or code has another key and is
-never resumed. The latest epoch's checkpoint replaces the previous one
-atomically; the directory is removed once the model is written.
+params and what they resolved to on this machine (device type, precision, thread
+count), the input datasets' ``dataset.json`` files (which hold every shard's sha256,
+so they cover the shards' bytes without reading them again), the package's source
+code (which also fixes the checkpoint format) and the torch version. A checkpoint
+from other params, data or code has another key and is never resumed. The latest
+epoch's checkpoint replaces the previous one atomically; the directory is removed
+once the model is written.
 
 Checkpoints are local files this process wrote, so loading them with
 ``torch.load(weights_only=True)`` (tensors and plain containers only) is safe;
@@ -30,6 +33,7 @@ import torch
 import mlpipeline
 from mlpipeline.core import atomic
 from mlpipeline.core.shards import META_FILE, Dataset
+from mlpipeline.training.device import Runtime
 from mlpipeline.training.params import TrainParams
 
 CHECKPOINT_ROOT = Path(".cache/checkpoints")
@@ -39,16 +43,17 @@ _CHUNK = 1 << 20
 log = logging.getLogger("train")
 
 
-def run_key(params: TrainParams, datasets: Iterable[Dataset], phase: str) -> str:
-    """A hash of what a phase's model depends on: params, input bytes, code, torch version."""
+def run_key(params: TrainParams, runtime: Runtime, datasets: Iterable[Dataset], phase: str) -> str:
+    """A hash of what a phase's model depends on: params, how they resolved on this machine
+    (device type, precision, threads: ``auto`` and ``0`` resolve per machine), the inputs'
+    dataset.json files, code, torch version."""
     digest = hashlib.sha256()
     digest.update(phase.encode())
     digest.update(atomic.to_json_text(dataclasses.asdict(params)).encode())
+    digest.update(f"{runtime.device.type} {runtime.precision} {runtime.threads} threads".encode())
     digest.update(f"torch {torch.__version__}".encode())
-    for dataset in datasets:
-        names = [META_FILE, *(s for split in dataset.info.splits.values() for s in split.shards)]
-        for name in names:
-            _hash_file(digest, dataset.root / name)
+    for dataset in datasets:  # their shards' sha256 are in dataset.json: no need to read gigabytes
+        _hash_file(digest, dataset.root / META_FILE)
     package = Path(mlpipeline.__file__).parent
     for source in sorted(package.rglob("*.py")):
         digest.update(source.relative_to(package).as_posix().encode())

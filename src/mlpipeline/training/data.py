@@ -1,40 +1,40 @@
-"""Training and validation images as tensors where the device reads them fastest, and the
-seeded batch order of every epoch.
+"""What training reads, and the seeded order of every epoch.
 
-The whole split stays resident (uint8, normalized inside the model): on the CPU
-it is simply memory, on a GPU it moves to the device when it fits in a fraction
-of the free memory, else it waits in pinned host memory and each batch is copied
-without blocking. Batches are drawn by indexing with a permutation, not through
-a DataLoader: for in-memory tensors that is the fastest path and has no worker
-processes whose randomness would need managing.
+Training images come from augment's output, ``data/augmented`` (splits ``real`` and
+``synthetic``), val images from ingest's, ``data/ingested``. When augment ran online, its
+dataset.json holds the online record and its ``synthetic`` split the synthetic originals,
+and the real originals are ingest's ``train`` split (see ``online_augmentation``). Where
+the images wait for their batch is ``training.loader``'s business.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.seeding import rng
-from mlpipeline.core.shards import META_FILE, Dataset
+from mlpipeline.core.shards import META_FILE, Dataset, SplitReader
+from mlpipeline.online_augmentation import OnlineAugmentation, read_online
 
 REAL_SPLIT = "real"  # augment's splits: one per source
 SYNTHETIC_SPLIT = "synthetic"
 VAL_SPLIT = "val"
-DEVICE_MEMORY_SHARE = 0.5  # at most this share of free GPU memory holds the dataset
+INGESTED_TRAIN_SPLIT = "train"  # the real originals, when augment ran online
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """The two datasets training reads (augmented real and synthetic images; real val images),
-    checked to agree on classes and image shape."""
+    """The datasets training reads, checked to agree on classes and image shape, and the
+    original training images of each source (augmented copies included when made offline)."""
 
     train: Dataset
     val: Dataset
+    real: SplitReader
+    synthetic: SplitReader
+    online: OnlineAugmentation | None  # None: augment wrote its copies out (offline)
 
     @property
     def classes(self) -> list[str]:
@@ -44,9 +44,14 @@ class Inputs:
     def image_shape(self) -> tuple[int, int, int]:
         return self.train.image_shape
 
+    @property
+    def datasets(self) -> list[Dataset]:
+        """Every dataset read: their dataset.json files fingerprint all the bytes training reads."""
+        return [self.train, self.val]
+
 
 def open_inputs(train_dir: Path, val_dir: Path) -> Inputs:
-    """Read both datasets' metadata and refuse, by file, a mismatch or an empty split."""
+    """Open both datasets and refuse, by file, a mismatch or an empty split."""
     train, val = Dataset(train_dir), Dataset(val_dir)
     where = f"{train.root / META_FILE} and {val.root / META_FILE}"
     if train.classes != val.classes:
@@ -55,53 +60,28 @@ def open_inputs(train_dir: Path, val_dir: Path) -> Inputs:
         raise PipelineError(f"{where} disagree on the image shape: {train.image_shape} vs {val.image_shape}")
     if val.count(VAL_SPLIT) == 0:
         raise PipelineError(f"{val.root / META_FILE}: the {VAL_SPLIT} split is empty")
-    if train.count(REAL_SPLIT) + train.count(SYNTHETIC_SPLIT) == 0:  # a missing split fails here too
+    online = read_online(train)
+    real = online_originals(train, val) if online is not None else SplitReader.open(train, REAL_SPLIT)
+    synthetic = SplitReader.open(train, SYNTHETIC_SPLIT)
+    if len(real) + len(synthetic) == 0:
         raise PipelineError(
             f"{train.root / META_FILE}: no training images in splits {REAL_SPLIT}, {SYNTHETIC_SPLIT}"
         )
-    return Inputs(train, val)
+    return Inputs(train, val, real, synthetic, online)
 
 
-@dataclass(frozen=True)
-class Split:
-    """Images (uint8 N x C x H x W) and labels (int64 N), on the device or in (pinned) host memory."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batches(
-        self, order: np.ndarray, batch_size: int, device: torch.device, drop_last: bool
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of the rows in ``order``, delivered to ``device``.
-
-        With ``drop_last`` only full batches (a ragged last one would give BatchNorm a tiny,
-        noisy sample; the next epoch's shuffle uses the dropped rows), or the whole order if
-        it is shorter than one batch.
-        """
-        index = torch.from_numpy(order).to(self.images.device)
-        count = steps(len(order), batch_size) if drop_last else -(-len(order) // batch_size)
-        for step in range(count):
-            rows = index[step * batch_size : (step + 1) * batch_size]
-            images, labels = self.images[rows], self.labels[rows]
-            if images.device != device:  # pinned host memory: copy while the GPU works
-                images = images.pin_memory().to(device, non_blocking=True)
-                labels = labels.pin_memory().to(device, non_blocking=True)
-            yield images, labels
-
-
-def place(images: np.ndarray, labels: np.ndarray, device: torch.device) -> Split:
-    """Put a split where ``device`` reads it fastest (see the module docstring)."""
-    host = Split(torch.from_numpy(images), torch.from_numpy(labels))
-    if device.type == "cpu":
-        return host
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if images.nbytes + labels.nbytes > DEVICE_MEMORY_SHARE * free:
-            return Split(host.images.pin_memory(), host.labels.pin_memory())
-    return Split(host.images.to(device), host.labels.to(device))
+def online_originals(train: Dataset, val: Dataset) -> SplitReader:
+    """The real originals of an online ``train`` record: ingest's train split, if augment read it
+    (include_real) from this very split, else the record's empty ``real`` split."""
+    recorded = train.info.attributes.get("sources", {}).get(REAL_SPLIT)
+    if recorded is None:
+        return SplitReader.open(train, REAL_SPLIT)
+    if recorded["images"] != val.count(INGESTED_TRAIN_SPLIT):
+        raise PipelineError(
+            f"{train.root / META_FILE}: made from {recorded['images']} real train images, "
+            f"{val.root} has {val.count(INGESTED_TRAIN_SPLIT)} (rerun augment)"
+        )
+    return SplitReader.open(val, INGESTED_TRAIN_SPLIT)
 
 
 def epoch_order(

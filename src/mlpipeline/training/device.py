@@ -5,12 +5,12 @@ On CUDA the run favours speed: mixed precision (bf16 where the GPU has it, else
 fp16 with a gradient scaler) and cuDNN autotuning. On CPU it favours
 reproducibility: deterministic algorithms, so the same params, data and thread
 count give bitwise the same model (the thread count matters: reductions split
-across threads add in a different order).
+across threads add in a different order). ``train.precision`` forces a precision
+on any device, e.g. bf16 autocast on a CPU with fast bf16 units.
 """
 
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -19,6 +19,10 @@ from torch import nn
 
 from mlpipeline.core.device import DeviceChoice, pick_device
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.workers import available_cores
+from mlpipeline.training.params import Precision
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,10 @@ class Runtime:
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast dtype; None: plain float32
     threads: int  # intra-op CPU threads of this process
+
+    @property
+    def precision(self) -> str:
+        return next(name for name, dtype in AMP_DTYPES.items() if dtype == self.amp_dtype)
 
     def place(self, model: nn.Module) -> nn.Module:
         """``model`` on the device, channels-last except on MPS: with that layout oneDNN's CPU
@@ -45,31 +53,33 @@ class Runtime:
         return torch.amp.GradScaler(self.device.type)
 
     def describe(self) -> str:
-        precision = {None: "float32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+        autocast = "" if self.amp_dtype is None else " autocast"
         threads = f"{self.threads} thread{'s' if self.threads > 1 else ''}"
-        return f"{self.device}, {precision[self.amp_dtype]}, {threads}"
-
-
-def cpu_count() -> int:
-    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        return f"{self.device}, {self.precision}{autocast}, {threads}"
 
 
 def auto_threads(processes_on_node: int) -> int:
     """Share the cores among the node's training processes: oversubscription makes each slower."""
-    return max(1, cpu_count() // processes_on_node)
+    return max(1, available_cores() // processes_on_node)
 
 
-def mixed_precision(device: torch.device) -> torch.dtype | None:
+def mixed_precision(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:
+    """The autocast dtype (None: float32). ``auto``: bf16 on GPUs with bf16 tensor cores (Ampere
+    and later), else fp16. Emulated bf16 does not count: torch's default check counts it, and
+    on a V100 or T4 it is slow where it runs at all."""
+    if precision != "auto":
+        return AMP_DTYPES[precision]
     if device.type != "cuda":
         return None  # CPU autocast is slow on most CPUs; MPS stays in float32 for robustness
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def configure(
-    choice: DeviceChoice, num_threads: int, local_rank: int = 0, processes_on_node: int = 1
+    choice: DeviceChoice,
+    precision: Precision,
+    num_threads: int,
+    local_rank: int = 0,
+    processes_on_node: int = 1,
 ) -> Runtime:
     """Pick and set up this process's device; ``num_threads`` 0 means one share of the cores."""
     device = pick_device(choice, "train.device")
@@ -80,9 +90,9 @@ def configure(
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    elif device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
+    # Both flags are process-wide: set them for this device, whatever an earlier run left.
+    torch.use_deterministic_algorithms(device.type == "cpu")
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     threads = num_threads or auto_threads(processes_on_node)
     torch.set_num_threads(threads)
-    return Runtime(device=device, amp_dtype=mixed_precision(device), threads=threads)
+    return Runtime(device=device, amp_dtype=mixed_precision(device, precision), threads=threads)

@@ -1,8 +1,9 @@
 """The epoch loop: optimizer steps over seeded batches, a validation pass, early stopping on
 val, and a checkpoint after every epoch from which a rerun continues bit for bit (on CPU).
 
-Resuming needs no saved random-generator state: each epoch's batch order and its
-torch/numpy/Python seeds are derived from (seed, epoch, rank), so epoch k+1 of a
+Resuming needs no saved random-generator state: each epoch's batch order, its
+torch/numpy/Python seeds and its online augmentation draws are derived from (seed,
+phase, epoch, rank), so epoch k+1 of a
 resumed run draws exactly what it would have drawn uninterrupted, on any number
 of ranks. The checkpoint holds what does carry over: weights, optimizer,
 schedule and grad-scaler states, the history of epochs and the early-stopping
@@ -24,9 +25,10 @@ from torch import nn
 
 from mlpipeline.core.seeding import rng, seed_everything
 from mlpipeline.training.checkpoint import Checkpoints
-from mlpipeline.training.data import Split, epoch_order, steps
+from mlpipeline.training.data import epoch_order, steps
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.distributed import World
+from mlpipeline.training.loader import Feed
 from mlpipeline.training.optim import epochs_to_run, make_optimizer, make_schedule, smoothed_loss
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.reporting import EpochRecord, TrainingLog
@@ -67,8 +69,8 @@ class Trainer:
         params: TrainParams,
         runtime: Runtime,
         world: World,
-        train: Split,
-        val: Split,
+        train: Feed,
+        val: Feed,
         phase: str,
     ) -> None:
         self.model = model
@@ -90,7 +92,7 @@ class Trainer:
         self.resumed_after = 0  # epochs restored from a checkpoint
 
     def train_epoch(
-        self, order: np.ndarray, on_batch: Callable[[], None] | None = None
+        self, order: np.ndarray, epoch: int, on_batch: Callable[[], None] | None = None
     ) -> tuple[float, float]:
         """One pass of optimizer steps over this rank's ``order``; mean loss and accuracy over all ranks."""
         device = self.runtime.device
@@ -98,7 +100,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
-        for images, labels in self.train.batches(order, self.batch_size, device, drop_last=True):
+        stream = (self.phase, epoch, self.world.rank)  # names the epoch's online augmentation draws
+        for images, labels in self.train.batches(order, self.batch_size, drop_last=True, stream=stream):
             with self.runtime.autocast():
                 logits = self.module(images)
             loss, nll_sum = smoothed_loss(logits, labels, self.params.label_smoothing)
@@ -119,18 +122,20 @@ class Trainer:
         return self._mean_over_ranks(loss_sum, correct, seen)
 
     @torch.inference_mode()
-    def evaluate(self, split: Split) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy of the model on ``split``, shared out across ranks."""
+    def evaluate(self, split: Feed) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy of the model on ``split``, shared out across ranks.
+
+        In float32 whatever the training precision: evaluate and predict run the model in
+        float32, so the val curves and early stopping must see the same logits."""
         device = self.runtime.device
         self.model.eval()
         order = np.arange(len(split))[self.world.rank :: self.world.size]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         batch_size = self.batch_size * EVAL_BATCH_FACTOR
-        for images, labels in split.batches(order, batch_size, device, drop_last=False):
-            with self.runtime.autocast():
-                logits = self.model(images)
-            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        for images, labels in split.batches(order, batch_size, drop_last=False):
+            logits = self.model(images)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(dim=1) == labels).sum()
         return self._mean_over_ranks(loss_sum, correct, len(order))
 
@@ -149,7 +154,7 @@ class Trainer:
         order = epoch_order(
             len(self.train), self.params.seed, self.phase, epoch, self.world.rank, self.world.size
         )
-        train_loss, train_acc = self.train_epoch(order, on_batch)
+        train_loss, train_acc = self.train_epoch(order, epoch, on_batch)
         self.world.sync_buffers(self.model)
         val_loss, val_acc = self.evaluate(self.val)
         return EpochRecord(

@@ -13,6 +13,7 @@ Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["onecycle", "cosine", "constant"]
 Monitor = Literal["val_loss", "val_acc", "last"]
 SyntheticUse = Literal["pretrain", "mix"]
+Precision = Literal["auto", "float32", "bf16", "fp16"]  # float32, or autocast to bf16 or fp16
 
 
 @params_dataclass
@@ -58,6 +59,7 @@ class TrainParams:
     early_stopping: EarlyStoppingParams
     seed: int = param(ge=0)
     device: DeviceChoice
+    precision: Precision
     processes: int = param(ge=1, le=1024)
     num_threads: int = param(ge=0, le=1024)
 

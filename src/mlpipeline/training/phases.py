@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.shards import SplitReader
 from mlpipeline.training.params import TrainParams
 
 PRETRAIN = "pretrain"
@@ -27,8 +26,7 @@ TRAIN = "train"
 class Phase:
     name: str  # names the phase's checkpoints, random streams and log lines
     params: TrainParams  # the settings it runs with
-    images: np.ndarray  # uint8 N x C x H x W
-    labels: np.ndarray  # int64 N
+    originals: SplitReader  # the images it trains on (augmented copies too, when made offline)
 
 
 def check_sources(params: TrainParams, real_count: int, source: Path) -> None:
@@ -40,25 +38,19 @@ def check_sources(params: TrainParams, real_count: int, source: Path) -> None:
         )
 
 
-def plan(
-    params: TrainParams,
-    real: tuple[np.ndarray, np.ndarray],
-    synthetic: tuple[np.ndarray, np.ndarray],
-    source: Path,
-) -> list[Phase]:
+def plan(params: TrainParams, real: SplitReader, synthetic: SplitReader, source: Path) -> list[Phase]:
     """The phases to run in order, each with its images; the last one's model is the result."""
-    check_sources(params, len(real[1]), source)
+    check_sources(params, len(real), source)
     if params.synthetic.use == "mix":
-        images, labels = (np.concatenate([r, s]) for r, s in zip(real, synthetic, strict=True))
-        return [Phase(TRAIN, params, images, labels)]
+        return [Phase(TRAIN, params, SplitReader.concat([real, synthetic]))]
     phases = []
-    if len(synthetic[1]) > 0:
+    if len(synthetic) > 0:
         pretrain = replace(
             params,
             epochs=params.synthetic.pretrain_epochs,
             min_steps=0,
             early_stopping=replace(params.early_stopping, patience=None),
         )
-        phases.append(Phase(PRETRAIN, pretrain, *synthetic))
-    phases.append(Phase(TRAIN, params, *real))
+        phases.append(Phase(PRETRAIN, pretrain, synthetic))
+    phases.append(Phase(TRAIN, params, real))
     return phases

@@ -2,12 +2,13 @@
 
 dvclive writes ``reports/train`` with ``dvcyaml=False`` (dvc.yaml declares the
 metrics and plots itself, so nothing rewrites it at run time) and no experiment
-saving of its own (``dvc exp run`` does that). Everything in ``metrics.json`` and
-the loss, accuracy and learning-rate histories is a pure function of params and
-data, so repeated runs give the same bytes. Epoch wall time cannot: it is logged
-as a history file only (``plots/metrics/epoch_seconds.tsv``), left out of
-``metrics.json``, and dvc.yaml plots it without making it a stage output, whose
-hash would change every run.
+saving of its own (``dvc exp run`` does that). On CPU everything in
+``metrics.json`` and the loss, accuracy and learning-rate histories is a pure
+function of params and data, so repeated runs give the same bytes (GPU kernels
+are not deterministic: there the last digits vary). Epoch wall time never
+repeats: it is logged as a history file only (``plots/metrics/epoch_seconds.tsv``),
+left out of ``metrics.json``, and dvc.yaml plots it without making it a stage
+output, whose hash would change every run.
 
 A run of several phases (pretraining, then training) logs them as one history: the
 curves' x axis counts epochs across the phases. On a terminal a progress bar per phase

@@ -1,0 +1,74 @@
+"""Online augmentation: the record the augment stage writes in its online mode, and the copies
+training makes from it, batch by batch, on its own device.
+
+Offline (the default) augment writes every copy: at scale that multiplies the training set on
+disk, and again in the DVC cache. Online, ``data/augmented`` holds this record in its
+``dataset.json`` (mode, transforms, seed, copies, keep_originals) and the synthetic originals,
+and training reads the real originals where ingest wrote them. Each row of an epoch is then one
+view of an original: the original itself (with ``keep_originals``) or its copy number k, made
+by the same ``augment`` kernel when the row's batch is drawn, with draws named by (phase, epoch,
+rank, step): a resumed run draws exactly what an uninterrupted one would have. An epoch has as
+many rows as the offline training set, so ``epochs`` and ``min_steps`` mean the same budget in
+both modes; unlike offline, every epoch sees fresh copies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlpipeline.augmentation import Transforms, augment
+from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.params import from_mapping
+from mlpipeline.core.shards import META_FILE, Dataset
+
+ONLINE = "online"  # attributes["mode"] of a dataset whose copies training makes
+
+
+@dataclass(frozen=True)
+class OnlineAugmentation:
+    transforms: Transforms
+    seed: int
+    copies: int
+    keep_originals: bool
+
+    def attributes(self) -> dict[str, Any]:
+        """The record, as augment stores it among its dataset's attributes."""
+        return {"mode": ONLINE, **dataclasses.asdict(self)}
+
+    @property
+    def views(self) -> int:
+        """Rows an original gives each epoch: itself (with keep_originals) and its copies."""
+        return int(self.keep_originals) + self.copies
+
+    def copy_numbers(self, rows: np.ndarray, originals: int) -> np.ndarray:
+        """The view each of ``rows`` is: row r shows original ``r % originals`` as copy number
+        ``r // originals`` (counted from 1 without keep_originals; 0 is the original)."""
+        return rows // originals + (0 if self.keep_originals else 1)
+
+    def apply(self, images: torch.Tensor, copies: np.ndarray, *stream: str | int) -> torch.Tensor:
+        """``images`` (uint8, any device, changed in place) with each row whose copy number is not
+        0 replaced by an augmented copy, drawn from the named ``stream``."""
+        chosen = np.flatnonzero(copies)
+        if len(chosen):
+            index = torch.from_numpy(chosen).to(images.device)
+            images[index] = augment(images[index], self.transforms, self.seed, *stream)
+        return images
+
+
+def read_online(dataset: Dataset) -> OnlineAugmentation | None:
+    """The online record of ``dataset``; None for an offline one (its copies are in its splits)."""
+    attributes = dataset.info.attributes
+    if attributes.get("mode") != ONLINE:
+        return None
+    source = str(dataset.root / META_FILE)
+    try:
+        transforms = from_mapping(Transforms, attributes["transforms"], "transforms", source=source)
+        copies, keep = int(attributes["copies"]), attributes["keep_originals"]
+        return OnlineAugmentation(transforms, int(attributes["seed"]), copies, bool(keep))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PipelineError(f"{source}: malformed online augmentation record ({exc!r})")

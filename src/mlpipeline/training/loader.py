@@ -1,0 +1,195 @@
+"""Batches on their way to the device: from a split kept resident, or streamed from its shards.
+
+A split small enough (at most ``RESIDENT_MAX_BYTES``, and on CUDA half the free GPU memory)
+stays resident: loaded once, shard by shard, onto the device (on the CPU: into memory), and
+each batch is gathered there by indexing. A larger one is streamed: each batch's rows are read
+from the shards at their raw offsets by reader threads (``MLPIPELINE_WORKERS`` of them; the
+reads release the GIL) while the device trains on the batch before, so memory holds two
+batches, never the split. On CUDA they are read into two pinned staging buffers, taken in
+turn, and copied without blocking; a buffer is refilled only once the copy out of it is done.
+Both paths deal the same rows in the same order, so they train the same model (bit for bit on
+CPU). ``MLPIPELINE_TRAIN_DATA=resident`` or ``streamed`` forces one: it cannot change the
+model, so it is no DVC param. A DataLoader's worker processes would earn their cost where a
+batch needs CPU work (decoding); here a batch is bytes at known offsets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.shards import SplitReader
+from mlpipeline.core.workers import worker_count
+from mlpipeline.online_augmentation import OnlineAugmentation
+
+PLACEMENT_ENV = "MLPIPELINE_TRAIN_DATA"
+RESIDENT_MAX_BYTES = 1 << 30  # a larger split streams: host memory stays bounded
+DEVICE_MEMORY_SHARE = 0.5  # at most this share of free GPU memory holds a resident split
+STAGING_BUFFERS = 2
+
+Placement = Literal["resident", "streamed"]
+Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images N x C x H x W, int64 labels N, on the device
+
+
+class Rows(Protocol):
+    """A split placed for the device: batches of any of its rows, in the order asked."""
+
+    def batches(self, rows: np.ndarray, batch_size: int, drop_last: bool) -> Iterator[Batch]: ...
+
+
+def batch_bounds(count: int, batch_size: int, drop_last: bool) -> list[slice]:
+    """The batches of ``count`` rows. With ``drop_last`` only full batches (a ragged last one would
+    give BatchNorm a tiny, noisy sample; the next epoch's shuffle uses the dropped rows), or all
+    rows as one if there are fewer than a batch."""
+    if count == 0:
+        return []
+    batches = max(1, count // batch_size) if drop_last else -(-count // batch_size)
+    return [slice(step * batch_size, (step + 1) * batch_size) for step in range(batches)]
+
+
+class Resident:
+    """The whole split on the device, loaded shard by shard (peak: the split and one shard)."""
+
+    def __init__(self, reader: SplitReader, device: torch.device) -> None:
+        self.device = device
+        self.images = torch.empty((len(reader), *reader.image_shape), dtype=torch.uint8, device=device)
+        start = 0
+        for shard in reader.shards():
+            self.images[start : start + len(shard)] = torch.from_numpy(shard)
+            start += len(shard)
+        self.labels = torch.from_numpy(reader.labels).to(device)
+
+    def batches(self, rows: np.ndarray, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+        index = torch.from_numpy(rows).to(self.device)
+        for bounds in batch_bounds(len(rows), batch_size, drop_last):
+            chosen = index[bounds]
+            yield self.images[chosen], self.labels[chosen]
+
+
+class Staging:
+    """Host memory a batch is read into before it goes to the device.
+
+    On CUDA: ``STAGING_BUFFERS`` pinned buffers taken in turn, each with the event that marks
+    the end of the last copy out of it. Elsewhere a new buffer per batch: the CPU trains on it
+    as it is (no copy), and a reused buffer would overwrite a batch the caller may still hold.
+    """
+
+    def __init__(self, device: torch.device, batch_size: int, image_shape: tuple[int, ...]) -> None:
+        self.device = device
+        self.image_shape = image_shape
+        self.pinned = device.type == "cuda"
+        shape = (batch_size, *image_shape)
+        count = STAGING_BUFFERS if self.pinned else 0
+        self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(count)]
+        self.copied: list[torch.cuda.Event | None] = [None] * count
+        self.turn = 0
+
+    def take(self, count: int) -> tuple[torch.Tensor, int, torch.cuda.Event | None]:
+        """A buffer for ``count`` images, its slot, and the copy to wait for before writing it."""
+        if not self.pinned:
+            return torch.empty((count, *self.image_shape), dtype=torch.uint8), -1, None
+        slot, self.turn = self.turn, (self.turn + 1) % STAGING_BUFFERS
+        return self.buffers[slot][:count], slot, self.copied[slot]
+
+    def to_device(self, host: torch.Tensor, slot: int) -> torch.Tensor:
+        images = host.to(self.device, non_blocking=self.pinned)
+        if self.pinned:
+            self.copied[slot] = torch.cuda.Event()
+            self.copied[slot].record()
+        return images
+
+
+def _read(reader: SplitReader, rows: np.ndarray, out: np.ndarray, wait: torch.cuda.Event | None) -> None:
+    if wait is not None:
+        wait.synchronize()  # the buffer's last batch has left for the device
+    reader.read(rows, out)
+
+
+class Streamed:
+    """Batches read from the shards as they are needed, one batch ahead (see the module docstring)."""
+
+    def __init__(self, reader: SplitReader, device: torch.device, workers: int) -> None:
+        self.reader = reader
+        self.device = device
+        self.workers = workers
+        self.labels = torch.from_numpy(reader.labels).to(device)  # 8 bytes an image
+
+    def batches(self, rows: np.ndarray, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+        bounds = batch_bounds(len(rows), batch_size, drop_last)
+        if not bounds:
+            return
+        staging = Staging(self.device, batch_size, self.reader.image_shape)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="shard-reader") as pool:
+            ahead = self._start(pool, staging, rows[bounds[0]])
+            for step, bound in enumerate(bounds):
+                host, slot, reads = ahead
+                for read in reads:
+                    read.result()
+                if step + 1 < len(bounds):
+                    ahead = self._start(pool, staging, rows[bounds[step + 1]])
+                index = torch.from_numpy(rows[bound]).to(self.device)
+                yield staging.to_device(host, slot), self.labels[index]
+
+    def _start(
+        self, pool: ThreadPoolExecutor, staging: Staging, rows: np.ndarray
+    ) -> tuple[torch.Tensor, int, list[Future[None]]]:
+        """Start reading ``rows`` into a staging buffer, its rows shared out among the workers."""
+        host, slot, wait = staging.take(len(rows))
+        out = host.numpy()
+        parts = np.array_split(np.arange(len(rows)), min(self.workers, len(rows)))
+        reads = [
+            pool.submit(_read, self.reader, rows[part], out[part[0] : part[-1] + 1], wait) for part in parts
+        ]
+        return host, slot, reads
+
+
+def chosen_placement(nbytes: int, device: torch.device) -> Placement:
+    """``MLPIPELINE_TRAIN_DATA`` if set, else resident when the split fits (module docstring)."""
+    forced = os.environ.get(PLACEMENT_ENV, "").strip()
+    if forced in ("resident", "streamed"):
+        return forced  # type: ignore[return-value]
+    if forced not in ("", "auto"):
+        raise PipelineError(f"{PLACEMENT_ENV}={forced!r}: must be auto, resident or streamed")
+    limit = RESIDENT_MAX_BYTES
+    if device.type == "cuda":
+        limit = min(limit, int(DEVICE_MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]))
+    return "resident" if nbytes <= limit else "streamed"
+
+
+def place(reader: SplitReader, device: torch.device) -> Resident | Streamed:
+    """The split where ``device`` reads it fastest within bounded memory (module docstring)."""
+    if chosen_placement(reader.nbytes, device) == "resident":
+        return Resident(reader, device)
+    return Streamed(reader, device, worker_count())
+
+
+class Feed:
+    """What a phase trains (or validates) on: a placed split, each of its rows seen ``views``
+    times an epoch, the copies augmented online as their batch is drawn."""
+
+    def __init__(self, rows: Rows, originals: int, online: OnlineAugmentation | None = None) -> None:
+        self.rows = rows
+        self.originals = originals
+        self.online = online
+
+    def __len__(self) -> int:
+        return self.originals * (self.online.views if self.online is not None else 1)
+
+    def batches(
+        self, order: np.ndarray, batch_size: int, drop_last: bool, stream: tuple[str | int, ...] = ()
+    ) -> Iterator[Batch]:
+        """Batches of the rows in ``order``; ``stream`` names the epoch's augmentation draws."""
+        batches = self.rows.batches(order % self.originals, batch_size, drop_last)
+        if self.online is None:
+            yield from batches
+            return
+        copies = self.online.copy_numbers(order, self.originals)
+        for step, (images, labels) in enumerate(batches):
+            chosen = copies[step * batch_size : (step + 1) * batch_size]
+            yield self.online.apply(images, chosen, "online", *stream, step), labels

@@ -1,0 +1,193 @@
+"""The GPU suite: what only a CUDA or MPS device proves (``make test-gpu``, i.e. ``pytest -m gpu``).
+
+Skipped where neither is present. On the device: the tiny model trains two epochs with the
+device's mixed precision, and with its data streamed (pinned staging buffers on CUDA) and
+augmented online; a stage run killed after a checkpoint resumes; two NCCL processes train one
+model where two GPUs are; the device's model evaluates and predicts, scoring within a point
+of the same params trained on the CPU. The paths under test are the CPU's
+(one ``train()``, one stage), so what the CPU suite proves holds here but for bitwise equality.
+``MLPIPELINE_GPU_TESTS_DEVICE=cpu pytest -m gpu`` runs the suite on the CPU instead: a dry run
+of the tests themselves on a machine without a GPU (the NCCL test still needs two GPUs).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import repo_params, run
+from PIL import Image
+from tiny_model import CLASSES, tiny_images, write_tiny_dataset
+from tiny_training import tiny_params, tiny_section, write_online_inputs, write_training_set
+
+from mlpipeline.core.params import from_mapping
+from mlpipeline.model_files import save_model
+from mlpipeline.predict import predict_paths
+from mlpipeline.stages.evaluate import EvaluateParams, evaluate
+from mlpipeline.stages.train import train
+from mlpipeline.training.data import open_inputs
+from mlpipeline.training.device import mixed_precision
+from mlpipeline.training.loader import PLACEMENT_ENV, Resident, Streamed
+
+DEVICE_ENV = "MLPIPELINE_GPU_TESTS_DEVICE"
+STAGE = [sys.executable, "-m", "mlpipeline.stages.train"]
+TEST_PER_CLASS = 100  # 300 test images: a point of accuracy is 3 of them
+LAST = {"monitor": "last", "patience": None}
+
+
+def accelerator() -> str | None:
+    """The device the suite runs on: CUDA, else MPS, else none (or the one ``DEVICE_ENV`` names)."""
+    if os.environ.get(DEVICE_ENV):
+        return os.environ[DEVICE_ENV]
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else None
+
+
+DEVICE = accelerator()
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        DEVICE is None,
+        reason="no CUDA or MPS device here: the GPU suite runs on a GPU machine (make test-gpu)",
+    ),
+]
+# auto is the device's own choice (CUDA: bf16 on Ampere and later, else fp16 with a scaler; MPS:
+# float32); CUDA also runs fp16 with its grad scaler whatever the GPU.
+PRECISIONS = {"cuda": ["auto", "fp16"], "mps": ["auto"], "cpu": ["auto", "bf16"]}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The train stage's inputs, as ingest and augment lay them out, with a larger test split."""
+    root = tmp_path_factory.mktemp("gpu")
+    write_tiny_dataset(root / "data" / "ingested", {"train": 12, "val": 10, "test": TEST_PER_CLASS})
+    write_training_set(root / "data" / "augmented", tiny_images(40, seed=7))
+    return root
+
+
+def stage_dir(workdir: Path, tmp_path: Path, **overrides: object) -> Path:
+    """A directory the stage runs in on the device: the inputs and a tiny params.yaml."""
+    shutil.copytree(workdir / "data", tmp_path / "data")
+    section = tiny_section(device=DEVICE, precision="auto", early_stopping=LAST, **overrides)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": section}))
+    return tmp_path
+
+
+@pytest.mark.parametrize("precision", PRECISIONS.get(DEVICE or "", []))
+def test_trains_two_epochs_on_the_device_with_its_precision(
+    workdir: Path, tmp_path: Path, precision: str
+) -> None:
+    inputs = open_inputs(workdir / "data" / "augmented", workdir / "data" / "ingested")
+    params = tiny_params(device=DEVICE, precision=precision, epochs=2, early_stopping=LAST)
+    result = train(params, inputs, tmp_path / "report", tmp_path / "ckpt")
+
+    runtime, trainer = result.runtime, result.trainer
+    assert runtime.device.type == DEVICE
+    assert runtime.amp_dtype == mixed_precision(runtime.device, precision)
+    if DEVICE == "cuda":
+        assert runtime.amp_dtype in (torch.bfloat16, torch.float16)  # mixed precision, whatever the GPU
+    assert (trainer.scaler is not None) == (runtime.amp_dtype == torch.float16)
+    weights = list(trainer.model.parameters())
+    assert all(w.device.type == DEVICE and bool(torch.isfinite(w).all()) for w in weights)
+    history = trainer.progress.history
+    assert [r.epoch for r in history] == [1, 2] and history[1].train_loss < history[0].train_loss
+    assert result.best.val_acc >= 0.8  # chance is 1/3
+    assert (tmp_path / "report" / "metrics.json").exists() and result.checkpoints[-1].path.exists()
+
+
+def test_streams_and_augments_online_on_the_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The streamed path (on CUDA: pinned staging buffers, copies without blocking) and the online
+    augmentation kernel on the device, against the same run with the data resident."""
+    inputs = write_online_inputs(tmp_path, synthetic_per_class=10)
+    params = tiny_params(device=DEVICE, precision="auto", epochs=2, early_stopping=LAST)
+    accuracy = {}
+    for placement in ("streamed", "resident"):
+        monkeypatch.setenv(PLACEMENT_ENV, placement)
+        result = train(params, inputs, None, tmp_path / f"ckpt-{placement}")
+        assert isinstance(result.trainer.train.rows, Streamed if placement == "streamed" else Resident)
+        assert result.runtime.device.type == DEVICE
+        accuracy[placement] = result.best.val_acc
+    assert min(accuracy.values()) >= 0.8, accuracy  # chance is 1/3
+
+
+def test_a_killed_stage_run_resumes_on_the_device(workdir: Path, tmp_path: Path) -> None:
+    run_dir = stage_dir(workdir, tmp_path, epochs=30)
+    checkpoints = run_dir / ".cache" / "checkpoints"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(STAGE, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 600
+            while not list(checkpoints.glob("*/latest.pt")) and first.poll() is None:
+                assert time.monotonic() < deadline, "no checkpoint after 10 minutes"
+                time.sleep(0.005)
+            assert first.poll() is None, f"ended before a kill:\n{(tmp_path / 'first.log').read_text()}"
+        finally:
+            first.kill()
+            first.wait()
+
+    resumed = run(STAGE, run_dir)
+    assert "resumed after epoch " in resumed.stderr and f"on {DEVICE}" in resumed.stderr
+    assert (run_dir / "models" / "model.safetensors").exists() and not list(checkpoints.iterdir())
+    accuracy = yaml.safe_load((run_dir / "reports" / "train" / "metrics.json").read_text())["val"]["acc"]
+    assert accuracy >= 0.9
+
+
+@pytest.mark.skipif(
+    DEVICE != "cuda" or torch.cuda.device_count() < 2, reason="DDP with NCCL needs two CUDA GPUs"
+)
+def test_two_gpus_train_one_model_with_nccl(workdir: Path, tmp_path: Path) -> None:
+    run_dir = stage_dir(workdir, tmp_path, processes=2, epochs=3)
+    result = run(STAGE, run_dir)
+
+    summaries = [line for line in result.stderr.splitlines() if line.startswith("train: read ")]
+    assert len(summaries) == 1 and "on cuda:0" in summaries[0] and "x 2 processes" in summaries[0]
+    accuracy = yaml.safe_load((run_dir / "reports" / "train" / "metrics.json").read_text())["val"]["acc"]
+    assert accuracy >= 0.9 and (run_dir / "models" / "model.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def models(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same params trained on the device and on the CPU, saved as the stage saves them."""
+    inputs = open_inputs(workdir / "data" / "augmented", workdir / "data" / "ingested")
+    root = tmp_path_factory.mktemp("models")
+    saved = {}
+    for device in (DEVICE, "cpu"):
+        params = tiny_params(device=device, precision="auto", early_stopping=LAST)
+        result = train(params, inputs, None, root / f"checkpoints-{device}")
+        save_model(result.trainer.model, result.config, root / f"models-{device}")
+        saved[str(device)] = root / f"models-{device}"
+    return saved
+
+
+def test_the_device_model_scores_within_a_point_of_the_cpu_one(
+    workdir: Path, models: dict[str, Path]
+) -> None:
+    accuracy = {}
+    for device, model_dir in models.items():
+        params = from_mapping(EvaluateParams, {**repo_params()["evaluate"], "device": device}, "evaluate")
+        result = evaluate(params, model_dir, workdir / "data" / "ingested")
+        assert result.test_count == 3 * TEST_PER_CLASS
+        accuracy[device] = result.metrics["test"]["accuracy"]
+    assert accuracy["cpu"] >= 0.9 and abs(accuracy[DEVICE] - accuracy["cpu"]) <= 0.01, accuracy
+
+
+def test_predict_on_the_device_agrees_with_the_cpu(models: dict[str, Path], tmp_path: Path) -> None:
+    images, labels = tiny_images(4, seed=11)
+    paths = [tmp_path / f"{i}.png" for i in range(len(labels))]
+    for path, image in zip(paths, images, strict=True):
+        Image.fromarray(image[0]).save(path)
+    on_device = predict_paths(paths, models[DEVICE], device=DEVICE)
+    on_cpu = predict_paths(paths, models[DEVICE], device="cpu")
+
+    assert on_device["error"].isna().all() and list(on_device["label"]) == list(on_cpu["label"])
+    assert (on_device["label"] == [CLASSES[label] for label in labels]).mean() >= 0.9
+    np.testing.assert_allclose(on_device["probability"], on_cpu["probability"], rtol=0, atol=0.01)

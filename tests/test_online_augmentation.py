@@ -1,0 +1,110 @@
+"""Online augmentation: augment writes a record instead of the copies, training makes them batch
+by batch with the same kernel, fresh each epoch, and a resumed run stays bitwise equal."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_train import weights_digest
+from tiny_model import tiny_images, write_tiny_dataset
+from tiny_training import tiny_params, write_online_inputs
+
+from mlpipeline.augmentation import augment
+from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.shards import Dataset
+from mlpipeline.online_augmentation import OnlineAugmentation, read_online
+from mlpipeline.stages.train import train
+from mlpipeline.training.data import open_inputs
+from mlpipeline.training.loader import Feed, Resident
+from mlpipeline.training.loop import Trainer
+from mlpipeline.training.reporting import EpochRecord
+
+CPU = torch.device("cpu")
+
+
+def test_online_mode_writes_the_record_and_the_synthetic_originals_not_the_copies(tmp_path: Path) -> None:
+    inputs = write_online_inputs(tmp_path, synthetic_per_class=5, copies=3, keep_originals=False)
+    augmented = Dataset(tmp_path / "data" / "augmented")
+
+    assert augmented.count("real") == 0  # the real originals stay in data/ingested
+    np.testing.assert_array_equal(augmented.load("synthetic")[0], tiny_images(5, seed=8)[0])
+    record = read_online(augmented)
+    assert record is not None and (record.copies, record.keep_originals, record.views) == (3, False, 3)
+    assert inputs.online == record and len(inputs.real) == 120 and len(inputs.synthetic) == 15
+    assert {layout.path.parent.name for layout in inputs.real.layouts} == {"ingested"}
+    sources = augmented.info.attributes["sources"]
+    assert sources["real"] == {"images": 120, "originals": 0, "augmented": 360}
+    preview = Image.open(io.BytesIO((tmp_path / "samples.png").read_bytes()))
+    assert preview.format == "PNG"
+    assert read_online(Dataset(tmp_path / "data" / "ingested")) is None  # offline datasets have none
+
+
+def test_copies_are_made_per_batch_with_the_augment_kernel_fresh_each_epoch(tmp_path: Path) -> None:
+    inputs = write_online_inputs(tmp_path)
+    online = inputs.online
+    assert online is not None and online.views == 3
+    originals, _ = inputs.val.load("train")
+    feed = Feed(Resident(inputs.real, CPU), len(inputs.real), online)
+    order = np.array([5, 120 + 5, 240 + 5, 7, 240 + 7])  # original 5 as itself and both copies
+
+    def batch(*stream: str | int) -> torch.Tensor:
+        (images, labels), *_ = feed.batches(order, 8, drop_last=False, stream=stream)
+        np.testing.assert_array_equal(labels.numpy(), inputs.real.labels[order % 120])
+        return images
+
+    images = batch("train", 1, 0)
+    np.testing.assert_array_equal(images[0].numpy(), originals[5])  # copy 0 is the original
+    copies = augment(
+        torch.from_numpy(originals[[5, 5, 7]]), online.transforms, online.seed, "online", "train", 1, 0, 0
+    )
+    np.testing.assert_array_equal(images[[1, 2, 4]].numpy(), copies.numpy())
+    assert not torch.equal(images[1], images[2])  # two copies of one image differ
+    assert torch.equal(batch("train", 1, 0), images)  # named draws: the same again
+    assert not torch.equal(batch("train", 2, 0)[1:], images[1:])  # the next epoch: fresh copies
+
+
+def test_copy_numbers_count_from_one_without_originals() -> None:
+    record = OnlineAugmentation(transforms=None, seed=0, copies=2, keep_originals=False)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(record.copy_numbers(np.array([0, 9, 10, 19]), originals=10), [1, 1, 2, 2])
+
+
+@pytest.mark.parametrize(("crash_phase", "crash_epoch"), [("pretrain", 2), ("train", 2)])
+def test_online_resumed_run_equals_uninterrupted_bitwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_phase: str, crash_epoch: int
+) -> None:
+    params = tiny_params(epochs=3, synthetic={"use": "pretrain", "pretrain_epochs": 2})
+    inputs = write_online_inputs(tmp_path, synthetic_per_class=10)
+    whole = train(params, inputs, None, tmp_path / "ckpt-whole")
+
+    run_epoch = Trainer.run_epoch
+
+    def crash(self: Trainer, epoch: int, on_batch=None) -> EpochRecord:
+        if (self.phase, epoch) == (crash_phase, crash_epoch):
+            raise KeyboardInterrupt
+        return run_epoch(self, epoch, on_batch)
+
+    monkeypatch.setattr(Trainer, "run_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(params, inputs, None, tmp_path / "ckpt")
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    resumed = train(params, inputs, None, tmp_path / "ckpt")
+
+    assert resumed.trainer.resumed_after == (crash_epoch - 1 if crash_phase == "train" else 0)
+    assert weights_digest(resumed.trainer.model) == weights_digest(whole.trainer.model)
+    assert [len(p.originals) for p in whole.phases] == [30, 120]
+    assert whole.trainer.steps_per_epoch == 3 * 120 // 16  # an epoch sees every view
+    assert whole.best.val_acc >= 0.9
+
+
+def test_a_record_made_from_other_real_images_is_refused(tmp_path: Path) -> None:
+    write_online_inputs(tmp_path)
+    write_tiny_dataset(tmp_path / "other", {"train": 41, "val": 10, "test": 4})
+    with pytest.raises(
+        PipelineError, match=r"augmented/dataset.json: made from 120 real train .* has 123 \(rerun augment\)"
+    ):
+        open_inputs(tmp_path / "data" / "augmented", tmp_path / "other")
