@@ -20,11 +20,14 @@ def peak_rss_mib() -> float:
 
 
 def print_run(row: str, side: int, count: int, result: dict) -> None:
-    """One table row of a throughput run: size, images, seconds, images/s, peak RSS, threads."""
+    """One table row of a throughput run: size, images, seconds, images/s, peak RSS, threads, and
+    CPU seconds and images per CPU second when the run reports ``cpu_seconds``."""
     seconds = result["seconds"]
     cells = (f"{side}x{side}", f"{count:,}", f"{seconds:.2f}", f"{count / seconds:,.0f}")
     memory = (f"{result['rss_mib']:.0f}", f"{result['rss_before_mib']:.0f}", result["threads"])
-    print(row.format(*cells, *memory), flush=True)
+    cpu = result.get("cpu_seconds")
+    per_cpu = () if cpu is None else (f"{cpu:.2f}", f"{count / cpu:,.0f}")
+    print(row.format(*cells, *memory, *per_cpu), flush=True)
 
 
 def print_scaling(side: int, counts: list[int], times: dict[int, float]) -> None:

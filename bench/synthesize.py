@@ -3,11 +3,13 @@
     python bench/synthesize.py [--quick] [--threads N]   # --quick skips the 1M runs
 
 Each (size, count) run is the stage's own ``synthesize`` (learn the real values, render, write
-shards, preview) with the params in params.yaml but ``count``, in a fresh child process, so its peak
-RSS is its own: it must stay flat as the count grows, and the time must grow linearly. The real
-inputs are the demo digits ingested at 8x8 (17 grey levels: the snapping path) and at 28x28
-(bicubic, many levels: the continuous path). Children use the stage's thread policy (one torch
-thread) unless ``--threads`` sets ``OMP_NUM_THREADS``. Scratch data lives in .cache/bench.
+shards, preview, transfer score) with the params in params.yaml but ``count``, in a fresh child
+process, so its peak RSS is its own: it must stay flat as the count grows, and the time must grow
+linearly. The real inputs are the demo digits ingested at 8x8 (17 grey levels: the snapping path)
+and at 28x28 (bicubic, many levels: the continuous path). Each child renders in its own process
+(no worker processes) with the stage's thread policy (one torch thread) unless ``--threads`` sets
+``OMP_NUM_THREADS``, so images per CPU second are per-core figures; on a shared machine the CPU
+seconds are the ones to trust. Scratch data lives in .cache/bench.
 """
 
 from __future__ import annotations
@@ -48,20 +50,26 @@ def child(real: Path, count: int, out: Path) -> None:
     limit_threads()
     params = dataclasses.replace(load_section(SynthesizeParams, "synthesize"), count=count)
     rss_before = peak_rss_mib()
-    started = time.perf_counter()
-    synthesize(params, real, out / "synthetic", out)
-    seconds = time.perf_counter() - started
-    report = {"seconds": seconds, "rss_mib": peak_rss_mib(), "rss_before_mib": rss_before}
+    started, cpu_started = time.perf_counter(), time.process_time()
+    synthesize(params, real, out / "synthetic", out, workers=1)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    report = {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "rss_mib": peak_rss_mib(),
+        "rss_before_mib": rss_before,
+    }
     print(json.dumps({**report, "threads": torch.get_num_threads()}))
 
 
-ROW = "{:>7} {:>10} {:>8} {:>10} {:>13} {:>15} {:>8}"
+ROW = "{:>7} {:>10} {:>8} {:>10} {:>13} {:>15} {:>8} {:>8} {:>12}"
 
 
 def run_scaling(counts: tuple[int, ...], threads: int | None) -> None:
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     print("stage throughput (learn real values + render + write shards + preview), one child per run")
-    print(ROW.format("size", "images", "seconds", "images/s", "peak RSS MiB", "RSS after import", "threads"))
+    columns = ("size", "images", "seconds", "images/s", "peak RSS MiB", "RSS after import", "threads")
+    print(ROW.format(*columns, "CPU s", "images/CPU-s"))
     for side in SIDES:
         real = write_real(side)
         times = {}
@@ -74,7 +82,7 @@ def run_scaling(counts: tuple[int, ...], threads: int | None) -> None:
                 ).stdout.splitlines()[-1]
             )
             shutil.rmtree(out)
-            times[count] = result["seconds"]
+            times[count] = result["cpu_seconds"]
             print_run(ROW, side, count, result)
         print_scaling(side, counts, times)
         shutil.rmtree(real)

@@ -8,7 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlpipeline.bitexact import ONE, SAMPLE_BITS, exp_neg, fold, round_to_uint8, sample_bilinear, sin_cos
+from mlpipeline.bitexact import (
+    ONE,
+    SAMPLE_BITS,
+    exp_neg,
+    fold,
+    round_to_uint8,
+    sample_bilinear,
+    sin_cos,
+    sums_of_four_bytes,
+)
 
 
 @pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
@@ -64,3 +73,12 @@ def test_polynomials_agree_with_libm() -> None:
     x = np.linspace(0, 60, 10_001)
     np.testing.assert_allclose(exp_neg(x), np.exp(-x), rtol=1e-12, atol=0)
     assert exp_neg(np.array([0.0, 1e6])).tolist() == [1.0, pytest.approx(np.exp(-64.0))]
+
+
+def test_sums_of_four_bytes_add_up_each_draws_bytes_whatever_the_byte_order() -> None:
+    sums = sums_of_four_bytes(np.random.default_rng(3), 20_000)
+    raw = np.random.default_rng(3).bit_generator.random_raw(10_000)
+    parts = [(raw >> np.uint64(8 * k)) & np.uint64(255) for k in range(8)]
+    low, high = sum(parts[:4]), sum(parts[4:])  # bytes 0-3 and 4-7 of each draw, by arithmetic
+    assert sums.dtype == np.int32 and sums.tolist() == np.concatenate([low, high]).tolist()
+    assert sums.mean() == pytest.approx(510, abs=3) and sums.std() == pytest.approx(147.8, rel=0.02)

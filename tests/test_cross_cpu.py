@@ -7,22 +7,32 @@ every CPU, but the libraries let it take the code paths they would take on older
 kernels (``ATEN_CPU_CAPABILITY``), oneDNN's (``ONEDNN_MAX_CPU_ISA``), MKL's
 (``MKL_ENABLE_INSTRUCTIONS``), OpenBLAS's (``OPENBLAS_CORETYPE``), numpy's SIMD loops
 (``NPY_DISABLE_CPU_FEATURES``) and glibc's libm variants (``GLIBC_TUNABLES``). And CI, on
-whatever machine runs it, checks the committed hashes again.
+whatever machine runs it, checks the committed hashes again. Synthesize is exact by
+construction (``synthetic.glyphs``, ``tests/test_glyphs.py``); beyond the demo's params, it is
+also run here on RGB images of another shape with every kind of noise its params have.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, copy_repo
-from dvcflow import dvc, output_digests
+from conftest import REPO_ROOT, copy_repo, repo_params
+from dvcflow import dvc, file_digests, output_digests
+
+from mlpipeline.core.params import from_mapping
+from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.stages.ingest import IngestParams, ingest
 
 DATA_STAGES = ["ingest", "synthesize", "augment"]
 X86 = platform.machine().lower() in {"x86_64", "amd64"}
@@ -112,3 +122,60 @@ def test_every_cpu_code_path_writes_the_same_bytes(
     forced = reproduce(copy_repo(tmp_path / "repo"), env)
     assert output_digests(forced, DATA_STAGES) == output_digests(native, DATA_STAGES)
     assert data_stage_outs(forced) == data_stage_outs(native)
+
+
+# Beyond the demo: strong poses, rough edges and pixel noise, on non-square RGB images.
+WIDE_SYNTHESIS = {"count": 1500, "rotation": 90, "shear": 1.0, "edge_noise": 0.03, "pixel_noise": 0.2}
+SYNTHESIZE = (
+    "import json, sys; from pathlib import Path; from mlpipeline.core.params import from_mapping; "
+    "from mlpipeline.stages.synthesize import SynthesizeParams, synthesize; "
+    "out = Path(sys.argv[3]); "
+    "synthesize(from_mapping(SynthesizeParams, json.loads(sys.argv[1]), 'synthesize'), Path(sys.argv[2]), "
+    "out / 'synthetic', out, workers=1)"
+)
+
+
+@pytest.fixture(scope="module")
+def rgb_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo digits at 20 x 28 (bicubic: many levels), as yellow digits on blue."""
+    params = from_mapping(IngestParams, repo_params()["ingest"] | {"image_size": [20, 28]}, "ingest")
+    grey = tmp_path_factory.mktemp("grey") / "ingested"
+    ingest(dataclasses.replace(params, source=str(REPO_ROOT / params.source)), grey)
+    images, labels = Dataset(grey).load("train")
+    share = images.astype(np.float64) / 255
+    background, ink = (
+        np.array([20, 40, 160])[None, :, None, None],
+        np.array([250, 200, 30])[None, :, None, None],
+    )
+    out = tmp_path_factory.mktemp("rgb") / "ingested"
+    with DatasetWriter(out, Dataset(grey).classes, (3, 20, 28)) as writer:
+        writer.write("train", np.rint(background + share * (ink - background)).astype(np.uint8), labels)
+    return out
+
+
+def synthesize_under(env: dict[str, str], real: Path, out: Path) -> dict[str, str]:
+    """md5 of every output file of the synthesize stage's core run on ``real`` with
+    ``WIDE_SYNTHESIS``, in a process started with ``env``."""
+    section = copy.deepcopy(repo_params()["synthesize"])
+    section["count"] = WIDE_SYNTHESIS["count"]
+    section["glyphs"] |= {key: value for key, value in WIDE_SYNTHESIS.items() if key != "count"}
+    subprocess.run(
+        [sys.executable, "-c", SYNTHESIZE, json.dumps(section), str(real), str(out)],
+        env={**os.environ, **env},
+        check=True,
+    )
+    return file_digests(out, [out])
+
+
+@pytest.fixture(scope="module")
+def wide_native(rgb_digits: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return synthesize_under({}, rgb_digits, tmp_path_factory.mktemp("wide") / "native")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "env"), list(forced_code_paths().items()))
+def test_synthesize_writes_the_same_bytes_on_every_code_path_beyond_the_demo(
+    rgb_digits: Path, wide_native: dict[str, str], tmp_path: Path, name: str, env: dict[str, str]
+) -> None:
+    assert len(wide_native) == 4  # a shard, dataset.json, samples.png and metrics.json
+    assert synthesize_under(env, rgb_digits, tmp_path / name) == wide_native

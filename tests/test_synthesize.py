@@ -16,14 +16,16 @@ import torch
 import yaml
 from conftest import REPO_ROOT, repo_params, run, set_params
 from PIL import Image
+from sklearn.metrics.pairwise import rbf_kernel as sklearn_rbf_kernel
 
+from mlpipeline.bitexact import exp_neg
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
 from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
 from mlpipeline.stages.ingest import IngestParams, ingest
 from mlpipeline.stages.synthesize import SynthesizeParams, synthesize
 from mlpipeline.synthetic import class_counts, get_generator, register_generator
-from mlpipeline.synthetic.realism import Sampler, transfer_score
+from mlpipeline.synthetic.realism import Sampler, pixel_variance, rbf_kernel, transfer_score
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -130,6 +132,18 @@ def test_transfer_score_tells_real_like_images_from_unrelated_ones(digits: Path)
     assert score(images[::2], labels[::2]) > 0.95  # real images standing in for synthetic ones
     shuffled = np.random.default_rng(0).permutation(labels[::2])
     assert score(images[::2], shuffled) < 0.3  # images that say nothing about their labels
+
+
+def test_the_transfer_scores_kernel_is_sklearns_rbf_kernel_with_exact_distances() -> None:
+    draws = np.random.default_rng(0)
+    rows, columns = (draws.integers(0, 256, (n, 3072)) for n in (40, 30))  # 32x32 RGB images
+    width = 3072 * pixel_variance(rows.astype(np.float64))
+    kernel = rbf_kernel(rows.astype(np.float64), columns.astype(np.float64), width)
+    # Bit for bit what the distances in integer arithmetic give: BLAS's matrix product was exact.
+    distances = np.square(rows[:, None, :] - columns[None, :, :]).sum(axis=2)
+    assert np.array_equal(kernel, exp_neg(distances / width))
+    gamma = 1 / (3072 * (rows / 255).var())  # scikit-learn's gamma="scale" on pixels in [0, 1]
+    np.testing.assert_allclose(kernel, sklearn_rbf_kernel(rows / 255, columns / 255, gamma=gamma), rtol=1e-9)
 
 
 def test_match_real_follows_the_real_class_proportions(digits: Path, tmp_path: Path) -> None:

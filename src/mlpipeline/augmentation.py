@@ -41,6 +41,7 @@ from mlpipeline.bitexact import (
     SAMPLE_BITS,
     Padding,
     exp_neg,
+    gaussian_noise,
     round_to_uint8,
     sample_bilinear,
     sin_cos,
@@ -52,11 +53,6 @@ RADIANS_PER_DEGREE = math.pi / 180
 ELASTIC_VARIANCE = (256**2 - 1) / 12  # of the elastic field's white noise, uniform over 256 values
 ELASTIC_CHUNK = 512  # images whose elastic fields are smoothed at once
 KERNEL_ONE = 1 << 10  # the elastic smoothing kernel's centre tap; the others are rounded to integers
-NOISE_TERMS = 8  # uniform bytes summed per noise value
-NOISE_MEAN = NOISE_TERMS * 255 // 2
-NOISE_STD = math.sqrt(NOISE_TERMS * (256**2 - 1) / 12)
-EVEN_BYTES = np.uint64(0x00FF00FF00FF00FF)
-SUM_OF_LANES = np.uint64(0x0001000100010001)
 
 
 @params_dataclass
@@ -229,27 +225,6 @@ def smoothing_matrix(size: int, sigma_px: float) -> tuple[torch.Tensor, int]:
     matrix = np.zeros((size, size + 2 * radius))
     matrix[rows, rows + np.arange(len(taps))] = kernel
     return torch.from_numpy(matrix), int(np.square(kernel).sum())
-
-
-def gaussian_noise(std: float, shape: tuple[int, ...], draws: np.random.Generator) -> np.ndarray:
-    """Zero-mean noise of standard deviation ``std`` pixel values, as int32 of ``shape`` in steps of
-    1/``ONE**2`` (the unit ``sample_bilinear`` returns).
-
-    Each value is the sum of eight uniform bytes (Irwin-Hall): its variance is
-    exact, its shape near Gaussian (kurtosis 2.85 against 3, tails cut at 4.9
-    std) and it is integer arithmetic. ``standard_normal`` uses exp and log on
-    its rare slow path, which may round differently on another CPU, and one
-    draw that differs there shifts every later one.
-    """
-    sums = draws.bit_generator.random_raw(math.prod(shape))  # 8 bytes each, summed in place:
-    odd = sums >> 8
-    odd &= EVEN_BYTES
-    sums &= EVEN_BYTES
-    sums += odd  # four 16-bit lanes, each the sum of two bytes
-    sums *= SUM_OF_LANES
-    sums >>= 48  # the four lanes added up in the top 16 bits
-    levels = np.rint((np.arange(NOISE_TERMS * 255 + 1) - NOISE_MEAN) * (std * ONE**2 / NOISE_STD))
-    return levels.astype(np.int32)[sums].reshape(shape)
 
 
 def cutout_mask(

@@ -5,10 +5,11 @@ statistics), runs the generator named by ``synthesize.generator`` in seeded
 batches, and streams ``synthesize.count`` images into ``data/synthetic`` (one
 split, ``train``, in the ingested shard format) plus, in ``reports/synthesize``, a
 preview grid and the transfer score (``synthetic.realism``: how well a classifier
-fitted on the synthetic images alone does on the real ones). Rendering
-runs on the CPU on purpose: CPU results are byte-identical across machines, so
-DVC's cache and run-cache hit everywhere, and the CPU is fast enough, spread
-over ``MLPIPELINE_WORKERS`` processes (each batch's randomness is named by its
+fitted on the synthetic images alone does on the real ones). The built-in
+generator and the score compute exactly (see ``synthetic.glyphs`` and
+``synthetic.realism``), so every output byte is the same on every CPU and DVC's
+cache and run-cache hit everywhere. Rendering runs on the CPU, spread over
+``MLPIPELINE_WORKERS`` processes (each batch's randomness is named by its
 index, so the bytes are the same for any worker count).
 ``count: 0`` writes a valid empty dataset, so the pipeline stays whole.
 """

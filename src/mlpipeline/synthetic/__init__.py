@@ -4,6 +4,7 @@ Importing the package registers the built-in ``glyphs`` generator.
 """
 
 from mlpipeline.synthetic import glyphs as _glyphs  # noqa: F401  (registers "glyphs")
+from mlpipeline.synthetic.draws import exact_draws
 from mlpipeline.synthetic.generators import (
     SynthesisTask,
     class_counts,
@@ -18,6 +19,7 @@ __all__ = [
     "ValueMap",
     "ValueStats",
     "class_counts",
+    "exact_draws",
     "generate",
     "get_generator",
     "register_generator",

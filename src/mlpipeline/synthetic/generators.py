@@ -6,6 +6,12 @@ those classes and returns a renderer ``(labels, torch.Generator) -> uint8
 N x C x H x W``. Register it with ``@register_generator("name")`` and select it
 with ``synthesize.generator: name``; the batching, seeding, class balance,
 worker processes and writing are shared.
+
+The same bytes on every CPU are the renderer's to deliver: the built-in
+``glyphs`` computes in integers from ``exact_draws(generator)``, and
+``ValueMap.apply`` is exact, but float kernels (``grid_sample``, convolutions,
+``torch.randn``) may round differently on another CPU, and a pixel on a
+rounding boundary then changes the stage's hash.
 """
 
 from __future__ import annotations

@@ -1,19 +1,28 @@
-"""The ``glyphs`` generator: class names drawn as font glyphs in random poses, fast.
+"""The ``glyphs`` generator: class names drawn as font glyphs in random poses, fast and exact.
 
-Each (class, font) glyph is rendered once into a distance-field atlas. A
-batch is then pure tensor work at 4x the output size: one ``grid_sample``
-places every glyph with its own rotation, shear, scale and shift;
-thresholding the sampled distance at the image's own stroke offset, plus
-noise, gives a binary bitmap with thicker or thinner, rough-edged strokes;
-``avg_pool2d`` counts the ink in each 4x4 block. That is how scikit-learn's
-digits were made (32x32 bitmaps, set pixels counted per 4x4 block, 0..16), and
-at any other size it is plain area-averaged antialiasing. ``ValueMap`` then
-maps the ink share onto the real data's values.
+Each (class, font) glyph is drawn once into a distance-field atlas. A batch is
+then array work at 4x the output size: each glyph is placed with its own
+rotation, shear, scale and shift by sampling the atlas at fixed-point
+coordinates; comparing the sampled distance with the image's own stroke offset,
+plus noise, gives a binary bitmap with thicker or thinner, rough-edged strokes;
+the ink in each 4x4 block is counted. That is how scikit-learn's digits were
+made (32x32 bitmaps, set pixels counted per 4x4 block, 0..16), and at any other
+size it is plain area-averaged antialiasing. ``ValueMap`` then maps the ink
+share onto the real data's values.
 
 Like NIST's preprocessing, the posed glyph's bounding box is fitted to the
 frame before the random ``scale``, so ``scale: 1`` means "fills the frame".
 Lengths (stroke, edge noise, shift) are fractions of the frame's height, so
 the same params mean the same look at any image size.
+
+The output bytes are the same on every CPU (``tests/test_cross_cpu.py``), the
+way augment's are (``mlpipeline.bitexact``): the draws are numpy's integers
+and ``random()``; each image's pose is float64 ``+ - * /`` one operation at a
+time (sin and cos are polynomials), rounded once to fixed point; from there
+everything that decides a pixel is integer arithmetic: the atlas, its bilinear
+samples, the edge noise (sums of random bytes), the threshold test and the
+count. No float result is ever compared with a threshold, so no last-bit
+difference can flip a pixel.
 """
 
 from __future__ import annotations
@@ -22,17 +31,23 @@ import math
 from pathlib import Path
 from typing import Annotated, Self
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from mlpipeline.bitexact import sums_of_four_bytes
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import param, params_dataclass
-from mlpipeline.synthetic.atlas import build_atlas, sample_distance
+from mlpipeline.synthetic.atlas import Atlas, build_atlas, sample_distance
+from mlpipeline.synthetic.draws import exact_draws
 from mlpipeline.synthetic.fonts import has_glyph, resolve_fonts
 from mlpipeline.synthetic.generators import Renderer, SynthesisTask, register_generator
+from mlpipeline.synthetic.placement import DRAWS, FRAME_ONE, Poses, pose, render_frame
 
 SUPERSAMPLE = 4  # render at 4x the output size, then count ink per 4x4 block
+CHUNK_SAMPLES = 1 << 18  # render samples per chunk: few calls per batch, arrays of about a MB
+NOISE_MEAN = 2 * 255  # of a sum of four uniform bytes
+NOISE_STD = math.sqrt(4 * (256**2 - 1) / 12)
 
 
 @params_dataclass
@@ -79,62 +94,64 @@ def check_classes(classes: list[str], fonts: list[Path]) -> list[list[Path]]:
 
 @register_generator("glyphs")
 def glyphs(task: SynthesisTask) -> Renderer:
-    """Render each class name (one character) in the configured fonts; see the module docstring."""
+    """Render each class name (one character) in the configured fonts; see the module docstring.
+
+    Rendering runs on the CPU whatever ``task.device`` is: it is integer work
+    on small arrays, and the bytes are the same everywhere.
+    """
     params: GlyphParams = task.params.glyphs
     fonts = resolve_fonts(params.fonts, "synthesize.glyphs.fonts")
     usable = check_classes(list(task.classes), fonts)
     _, height, width = task.image_shape
-    render_h, render_w = SUPERSAMPLE * height, SUPERSAMPLE * width
-    # Distance fields interpolate well, so the atlas needs no more pixels than the render.
-    atlas = build_atlas(list(task.classes), usable, max(render_h, render_w), task.device)
-    # Output-frame coordinates of the render pixels' centres (align_corners=False convention).
-    xs = (torch.arange(render_w, device=task.device) * 2 + 1) / render_w - 1
-    ys = (torch.arange(render_h, device=task.device) * 2 + 1) / render_h - 1
+    atlas = build_atlas(list(task.classes), usable, SUPERSAMPLE * max(height, width))
+    frame = render_frame(SUPERSAMPLE * height, SUPERSAMPLE * width)
+    noise_step = round(params.edge_noise * FRAME_ONE / NOISE_STD)
 
     def render(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n = len(labels)
-        draws = torch.rand((n, 7), generator=generator, device=labels.device)
-        fonts = atlas.fonts[labels]
-        tiles = atlas.first[labels] + (draws[:, 0] * fonts).long().minimum(fonts - 1)
-        theta, size = _pose(draws[:, 1:6], atlas.half_extent[tiles], params, width / height)
-        # Distance to the outline as a fraction of the frame height (a cell unit spans `size` of it).
-        distance = sample_distance(atlas, theta, tiles, xs, ys).mul_(size.view(n, 1, 1, 1))
-        if params.edge_noise > 0:
-            noise = torch.randn(distance.shape, generator=generator, device=distance.device)
-            distance.add_(noise, alpha=params.edge_noise)
-        stroke = params.stroke[0] + draws[:, 6] * (params.stroke[1] - params.stroke[0])
-        ink = distance < stroke.view(n, 1, 1, 1)
-        blocks = F.avg_pool2d(ink.to(distance.dtype), SUPERSAMPLE)
-        return task.values.apply(blocks, params.pixel_noise, generator)
+        draws = exact_draws(generator)
+        classes = labels.cpu().numpy()
+        glyph = atlas.first[classes] + draws.integers(0, atlas.fonts[classes])
+        poses = pose(atlas, glyph, draws.random((len(classes), DRAWS)), params, frame)
+        counts = ink_counts(atlas, poses, (height, width), noise_step, draws)
+        coverage = counts.to(torch.float32).div_(SUPERSAMPLE**2).unsqueeze(1)
+        return task.values.apply(coverage, params.pixel_noise, generator)
 
     return render
 
 
-def _pose(
-    draws: torch.Tensor, half_extent: torch.Tensor, params: GlyphParams, aspect: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image, the N x 2 x 3 map from output to glyph coordinates, and the glyph's size.
+def ink_counts(
+    atlas: Atlas, poses: Poses, size: tuple[int, int], noise_step: int, draws: np.random.Generator
+) -> torch.Tensor:
+    """Set render pixels per output pixel, int32 N x H x W: where the sampled distance, in frame
+    heights, plus edge noise (``noise_step`` per unit of a sum of four random bytes) is below the
+    image's stroke offset. Rendered a chunk at a time, images of one glyph together, so that its
+    tile stays in cache; the noise is drawn in that order."""
+    height, width = size
+    counts = torch.empty((len(poses.glyph), height, width), dtype=torch.int32)
+    order = np.argsort(poses.glyph, kind="stable")
+    per_chunk = max(1, CHUNK_SAMPLES // (SUPERSAMPLE**2 * height * width))
+    for start in range(0, len(order), per_chunk):
+        images = order[start : start + per_chunk]
+        part = poses.take(images)
+        distance = sample_distance(atlas, part.glyph, part.x, part.y)
+        distance *= torch.from_numpy(part.size).view(-1, 1, 1)  # in 1/FRAME_ONE frame heights
+        if noise_step:
+            noise = torch.from_numpy(sums_of_four_bytes(draws, distance.numel()))
+            distance += noise.view(distance.shape).mul_(noise_step)
+        limit = torch.from_numpy(part.stroke + NOISE_MEAN * noise_step).view(-1, 1, 1)
+        counts[torch.from_numpy(images)] = block_counts(distance < limit)
+    return counts
 
-    The frame spans [-aspect, aspect] x [-1, 1], the glyph's cell [-1, 1]. The
-    glyph is sheared and rotated, its transformed box fitted to the frame, then
-    scaled and shifted; this returns the inverse, as ``affine_grid`` takes it,
-    and the factor from glyph to frame lengths.
+
+def block_counts(ink: torch.Tensor) -> torch.Tensor:
+    """Set pixels per ``SUPERSAMPLE`` x ``SUPERSAMPLE`` block of boolean N x 4H x 4W: int32 N x H x W.
+
+    A block row's four pixels are four adjacent bytes, read as one int32 and added
+    up with shifts, so the count is four adds and four shifts per output pixel.
     """
-    angle = (2 * draws[:, 0] - 1) * math.radians(params.rotation)
-    shear = (2 * draws[:, 1] - 1) * params.shear
-    scale = params.scale[0] + draws[:, 2] * (params.scale[1] - params.scale[0])
-    shift_x = (2 * draws[:, 3] - 1) * params.translate * 2 * aspect
-    shift_y = (2 * draws[:, 4] - 1) * params.translate * 2
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    # M = rotation @ [[1, shear], [0, 1]]
-    m00, m01, m10, m11 = cos, cos * shear - sin, sin, sin * shear + cos
-    bx, by = half_extent[:, 0], half_extent[:, 1]
-    extent_x = m00.abs() * bx + m01.abs() * by
-    extent_y = m10.abs() * bx + m11.abs() * by
-    size = scale * torch.minimum(aspect / extent_x, 1 / extent_y)
-    det = size * (m00 * m11 - m01 * m10)
-    i00, i01, i10, i11 = m11 / det, -m01 / det, -m10 / det, m00 / det
-    # Normalised output x is in units of aspect: fold that stretch into the first column.
-    row_x = torch.stack([i00 * aspect, i01, -(i00 * shift_x + i01 * shift_y)], dim=1)
-    row_y = torch.stack([i10 * aspect, i11, -(i10 * shift_x + i11 * shift_y)], dim=1)
-    return torch.stack([row_x, row_y], dim=1), size
+    n, rows, columns = ink.shape
+    words = ink.view(torch.uint8).view(n, rows // SUPERSAMPLE, SUPERSAMPLE, columns).view(torch.int32)
+    total = words[:, :, 0] + words[:, :, 1] + words[:, :, 2] + words[:, :, 3]  # each byte at most 4
+    total += total >> 16
+    total += total >> 8
+    return total & 0xFF

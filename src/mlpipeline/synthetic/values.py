@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mlpipeline.bitexact import ONE, gaussian_noise, round_to_uint8
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.synthetic.draws import exact_draws
 
 MAX_LEVELS = 32  # real data with at most this many distinct values per channel is snapped to them
 RANGE_QUANTILES = (0.001, 0.999)  # robust to a few outlier pixels
@@ -50,17 +52,22 @@ class ValueMap:
     def apply(self, coverage: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
         """Map ink coverage N x 1 x H x W in [0, 1] to uint8 N x C x H x W real-like values.
 
-        ``noise`` is the std of Gaussian pixel noise as a fraction of the ink contrast.
+        ``noise`` is the std of near-Gaussian pixel noise (``bitexact.gaussian_noise``) as a
+        fraction of the ink contrast. Exact: the same bytes on every CPU for the same coverage
+        (one correctly rounded float64 product per value, then integers).
         """
+        shares = coverage.to(torch.float64).clamp(0, 1)
+        draws = exact_draws(generator) if noise > 0 else None
         planes = []
         for channel in self.channels:
             contrast = channel.ink - channel.background
-            value = coverage * contrast + channel.background
-            if noise > 0:
-                jitter = torch.randn(value.shape, generator=generator, device=value.device)
-                value.add_(jitter.mul_(noise * abs(contrast)))
-            table = torch.from_numpy(channel.lookup()).to(value.device)
-            planes.append(table[value.round_().clamp_(0, 255).long()])
+            steps = shares.mul(contrast * ONE**2).round_().to(torch.int32)  # in 1/ONE**2 values
+            steps += round(channel.background) * ONE**2
+            if draws is not None:
+                jitter = gaussian_noise(noise * abs(contrast), tuple(steps.shape), draws)
+                steps += torch.from_numpy(jitter).to(steps.device)
+            table = torch.from_numpy(channel.lookup()).to(steps.device)
+            planes.append(table[round_to_uint8(steps).long()])
         return torch.cat(planes, dim=1)
 
 
