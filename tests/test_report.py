@@ -75,18 +75,17 @@ def test_report_shows_what_changed_with_every_plot_as_a_png(pipeline_repo: Path,
     assert re.search(r"\| test\.accuracy +\| 1 +\| 0\.5 +\| -0\.5 +\|", markdown), markdown
     assert "| baseline.accuracy" in markdown and "| transfer.accuracy" in markdown
     links = linked_files(markdown)
-    for name in ("loss-cross-entropy.png", "accuracy.png", "reports-evaluate-predictions-csv.png"):
-        assert name in links
+    for plot in (LOSS, "reports/train/plots/metrics/val/acc.tsv", "reports/evaluate/predictions.csv"):
+        assert f"{report.slug(str(plot))}.png" in links
     for rev in ("main", "workspace"):
         for plot in ("reports/evaluate/misclassified.png", "reports/synthesize/samples.png"):
             assert f"{rev}_{plot.replace('/', '_')}" in links
     for link in links:
         with Image.open(out / link) as image:
             assert image.format == "PNG" and min(image.size) > 0, link
-    losses = comparison.charts["Loss (cross-entropy)"]["data"]["values"]
-    train = {(p["rev"], p["loss"]) for p in losses if p["filename"].startswith("train/")}
-    assert {loss for rev, loss in train if rev == "workspace"} == {"9.5"}
-    assert {rev for rev, loss in train if loss != "9.5"} == {"main"}
+    losses = {(p["rev"], p["loss"]) for p in comparison.charts[str(LOSS)]["data"]["values"]}
+    assert {loss for rev, loss in losses if rev == "workspace"} == {"9.5"}
+    assert {rev for rev, loss in losses if loss != "9.5"} == {"main"}
     # the cached plot is in no cache here and there is no remote: said in one line, per revision
     line = not_found_line(comparison)
     assert f"at `main`: {CACHED_PLOT}" in line and f"at `workspace`: {CACHED_PLOT}" in line
