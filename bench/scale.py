@@ -36,6 +36,7 @@ from PIL import Image
 from mlpipeline.core.seeding import rng
 from mlpipeline.core.shards import Dataset
 from mlpipeline.core.workers import ordered_map, worker_count
+from mlpipeline.online_augmentation import read_online
 from mlpipeline.stages.augment import AugmentParams
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ SIDE, CLASSES, CHUNK = 32, 10, 1_000
 RSS_FLAT, RSS_CEILING_MIB = 0.15, 3 * 1024
 # The repository's params, scaled to the data and to a benchmark's patience.
 OVERRIDES: dict[str, dict[str, Any]] = {
-    "ingest": {"channels": 3, "image_size": [SIDE, SIDE], "layout": "folder"},
+    "ingest": {"channels": 3, "image_size": [SIDE, SIDE]},
     "augment": {"copies": 1},
     "train": {
         "model": {"widths": [8, 16]},
@@ -182,7 +183,12 @@ def images_handled(work: Path, stage: str, count: int) -> int:
         return Dataset(data / "synthetic").count("train")
     if stage in ("augment", "train"):
         augmented = Dataset(data / "augmented")
-        return sum(augmented.count(split) for split in augmented.splits)
+        online = read_online(augmented)
+        if online is None:
+            return sum(augmented.count(split) for split in augmented.splits)
+        # online: augment wrote the record; training's epoch has a row per view of each original
+        originals = sum(source["images"] for source in augmented.info.attributes["sources"].values())
+        return originals if stage == "augment" else originals * online.views
     if stage == "evaluate":
         return Dataset(data / "ingested").count("test")
     return count
