@@ -24,11 +24,11 @@ setup: $(STAMP) ## Create .venv and install the project with its dev tools
 repro: setup ## Run the whole pipeline (dvc repro) on the built-in demo data
 	dvc repro
 
-test: setup browser ## Run the whole test suite
-	pytest
+test: setup browser ## Run the whole test suite on every core
+	pytest -n auto --dist loadgroup
 
 test-fast: setup ## Run all but the slow tests (DVC runs, S3 flows, end-to-end training) on every core
-	pytest -m "not slow" -n auto
+	pytest -m "not slow" -n auto --dist loadgroup
 
 test-gpu: setup ## Run the GPU suite on this machine's CUDA or MPS device (skipped without one)
 	pytest -m gpu
