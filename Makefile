@@ -25,7 +25,7 @@ repro: setup ## Run the whole pipeline (dvc repro) on the built-in demo data
 	dvc repro
 
 test: setup browser ## Run the whole test suite on every core
-	pytest -n auto --dist loadgroup
+	pytest -n auto
 
 test-fast: setup ## Run all but the slow tests (DVC runs, S3 flows, end-to-end training) on every core
 	pytest -m "not slow" -n auto --dist loadgroup

@@ -17,18 +17,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The local S3 server and per-test remotes (tests marked s3); a trained history shared by flows.
 pytest_plugins = ["conftest_s3", "conftest_history"]
 
-# Fixtures built once per test process (minutes of DVC runs): under pytest-xdist (make test runs
-# on every core) the tests sharing one run on one worker, or each worker would build its own.
-SHARED_BUILDS = ("trained_history", "native", "wide_native")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        shared = [name for name in SHARED_BUILDS if name in getattr(item, "fixturenames", ())]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
-
-
 # A git identity for repos the tests create: CI machines may have none.
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "pipeline-tests",
