@@ -125,9 +125,11 @@ def main() -> None:
         resumed = f", resumed after epoch {trainer.resumed_after}" if trainer.resumed_after else ""
         online = inputs.online
         report["read"] = (
-            f"{len(inputs.real)} real and {len(inputs.synthetic)} synthetic train images "
-            f"{'and the online augmentation record ' if online else ''}from {AUGMENTED}, "
-            f"{len(trainer.val)} val from {INGESTED}"
+            f"{len(inputs.real)} real train images from {INGESTED}, {len(inputs.synthetic)} synthetic "
+            f"and the online augmentation record from {AUGMENTED}, {len(trainer.val)} val from {INGESTED}"
+            if online
+            else f"{len(inputs.real)} real and {len(inputs.synthetic)} synthetic train images from "
+            f"{AUGMENTED}, {len(trainer.val)} val from {INGESTED}"
         )
         views = f" x {online.views} views (augmented online)" if online else ""
         phases = ", then ".join(
