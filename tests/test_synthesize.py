@@ -134,6 +134,17 @@ def test_transfer_score_tells_real_like_images_from_unrelated_ones(digits: Path)
     assert score(images[::2], shuffled) < 0.3  # images that say nothing about their labels
 
 
+def test_the_score_sample_takes_batches_that_keep_no_image() -> None:
+    """At 100k synthetic images a 64-image batch often keeps none of the ~2,000 sampled (the
+    1M-image benchmark's synthesize died there)."""
+    sampler = Sampler(10_000_000, 0, "synthetic")
+    images, labels = np.zeros((8, 3, 4, 4), dtype=np.uint8), np.zeros(8, dtype=np.int64)
+    sampler.add(images, labels)
+    sampler.add(np.ones((2_000_000, 3, 4, 4), dtype=np.uint8), np.ones(2_000_000, dtype=np.int64))
+    rows, kept = sampler.arrays()
+    assert rows.shape == (len(kept), 48) and 300 < len(kept) < 500 and set(kept) == {1}
+
+
 def test_the_transfer_scores_kernel_is_sklearns_rbf_kernel_with_exact_distances() -> None:
     draws = np.random.default_rng(0)
     rows, columns = (draws.integers(0, 256, (n, 3072)) for n in (40, 30))  # 32x32 RGB images

@@ -40,7 +40,8 @@ class Sampler:
 
     def add(self, images: np.ndarray, labels: np.ndarray) -> None:
         keep = self.draws.random(len(labels)) < self.share
-        self.images.append(images[keep].reshape(int(keep.sum()), -1))
+        pixels = int(np.prod(images.shape[1:]))  # not -1: a batch may keep no image
+        self.images.append(images[keep].reshape(-1, pixels))
         self.labels.append(labels[keep])
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
