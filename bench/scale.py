@@ -154,19 +154,37 @@ def set_param(work: Path, section: str, field: str, value: str) -> None:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+# Runs the stage and reports the peak RSS of its tree. Through this small launcher because Linux
+# carries a parent's RSS peak into a forked child's ru_maxrss (exec records the old mm's high-water
+# mark): measured straight from this process, a stage would show this process's own peak.
+LAUNCHER = (
+    "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)"
+)
+
+
 def run_stage(work: Path, module: str) -> tuple[float, float]:
-    """Wall seconds and the largest ru_maxrss (MiB) of the stage's process tree. ``wait4`` reports
-    the stage's own peak or that of its largest reaped descendant (its workers), not a sum."""
+    """Wall seconds and the largest ru_maxrss (MiB) of the stage's process tree: the stage's own
+    peak or that of its largest descendant (its workers), not a sum."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
-    log = (work / f"{module.rsplit('.', 1)[-1]}.log").open("w")
+    log = work / f"{module.rsplit('.', 1)[-1]}.log"
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", module], cwd=work, env=env, stdout=log, stderr=log)
-    _, status, usage = os.wait4(process.pid, 0)
+    with log.open("w") as out:
+        process = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, sys.executable, "-m", module],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
+    *messages, peak = process.stderr.splitlines()
+    with log.open("a") as out:
+        out.write("\n".join(messages))
     if process.returncode:
-        raise SystemExit(f"{module} failed (exit {process.returncode}); see {log.name}")
-    return seconds, usage.ru_maxrss / 1024
+        raise SystemExit(f"{module} failed (exit {process.returncode}); see {log}")
+    return seconds, int(peak) / 1024
 
 
 def disk_bytes(path: Path) -> int:
