@@ -28,7 +28,7 @@ test: setup browser ## Run the whole test suite on every core
 	pytest -n auto
 
 test-fast: setup ## Run all but the slow tests (DVC runs, S3 flows, end-to-end training) on every core
-	pytest -m "not slow" -n auto --dist loadgroup
+	pytest -m "not slow" -n auto
 
 test-gpu: setup ## Run the GPU suite on this machine's CUDA or MPS device (skipped without one)
 	pytest -m gpu

@@ -135,8 +135,8 @@ def test_transfer_score_tells_real_like_images_from_unrelated_ones(digits: Path)
 
 
 def test_the_score_sample_takes_batches_that_keep_no_image() -> None:
-    """At 100k synthetic images a 64-image batch often keeps none of the ~2,000 sampled (the
-    1M-image benchmark's synthesize died there)."""
+    """With many synthetic images a batch may keep none of the ~2,000 sampled (the 1M-image
+    benchmark's synthesize died there, at 100k synthetic images)."""
     sampler = Sampler(10_000_000, 0, "synthetic")
     images, labels = np.zeros((8, 3, 4, 4), dtype=np.uint8), np.zeros(8, dtype=np.int64)
     sampler.add(images, labels)
