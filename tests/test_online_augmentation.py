@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from test_train import weights_digest
 from tiny_model import tiny_images, write_tiny_dataset
-from tiny_training import tiny_params, write_online_inputs
+from tiny_training import killed_then_resumed, tiny_params, write_online_inputs
 
 from mlpipeline.augmentation import augment
 from mlpipeline.core.errors import PipelineError
@@ -21,8 +21,6 @@ from mlpipeline.online_augmentation import OnlineAugmentation, read_online
 from mlpipeline.stages.train import train
 from mlpipeline.training.data import open_inputs
 from mlpipeline.training.loader import Feed, Resident
-from mlpipeline.training.loop import Trainer
-from mlpipeline.training.reporting import EpochRecord
 
 CPU = torch.device("cpu")
 
@@ -81,18 +79,14 @@ def test_online_resumed_run_equals_uninterrupted_bitwise(
     inputs = write_online_inputs(tmp_path, synthetic_per_class=10)
     whole = train(params, inputs, None, tmp_path / "ckpt-whole")
 
-    run_epoch = Trainer.run_epoch
-
-    def crash(self: Trainer, epoch: int, on_batch=None) -> EpochRecord:
-        if (self.phase, epoch) == (crash_phase, crash_epoch):
-            raise KeyboardInterrupt
-        return run_epoch(self, epoch, on_batch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(params, inputs, None, tmp_path / "ckpt")
-    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
-    resumed = train(params, inputs, None, tmp_path / "ckpt")
+    resumed = killed_then_resumed(
+        monkeypatch,
+        params,
+        inputs,
+        None,
+        tmp_path / "ckpt",
+        lambda trainer, epoch: (trainer.phase, epoch) == (crash_phase, crash_epoch),
+    )
 
     assert resumed.trainer.resumed_after == (crash_epoch - 1 if crash_phase == "train" else 0)
     assert weights_digest(resumed.trainer.model) == weights_digest(whole.trainer.model)

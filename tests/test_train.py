@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_model import tiny_images
-from tiny_training import tiny_params, tiny_section, write_inputs, write_training_set
+from tiny_training import killed_then_resumed, tiny_params, tiny_section, write_inputs, write_training_set
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
@@ -29,10 +29,8 @@ from mlpipeline.training.checkpoint import Checkpoints, run_key
 from mlpipeline.training.data import REAL_SPLIT, epoch_order, open_inputs
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.loader import Resident, Streamed, place
-from mlpipeline.training.loop import Trainer
 from mlpipeline.training.optim import epochs_to_run
 from mlpipeline.training.params import TrainParams
-from mlpipeline.training.reporting import EpochRecord
 
 CPU = torch.device("cpu")
 RUNTIME = Runtime(CPU, amp_dtype=None, threads=1)
@@ -88,18 +86,14 @@ def test_resumed_run_equals_uninterrupted_bitwise(
     inputs = write_inputs(tmp_path, synthetic_per_class=synthetic_per_class)
     whole = train(params, inputs, tmp_path / "whole", tmp_path / "ckpt-whole")
 
-    run_epoch = Trainer.run_epoch
-
-    def crash(self: Trainer, epoch: int, on_batch=None) -> EpochRecord:
-        if (self.phase, epoch) == (crash_phase, crash_epoch):
-            raise KeyboardInterrupt  # as if Ctrl-C or a kill arrived during that epoch
-        return run_epoch(self, epoch, on_batch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(params, inputs, tmp_path / "resumed", tmp_path / "ckpt")
-    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
-    resumed = train(params, inputs, tmp_path / "resumed", tmp_path / "ckpt")
+    resumed = killed_then_resumed(
+        monkeypatch,
+        params,
+        inputs,
+        tmp_path / "resumed",
+        tmp_path / "ckpt",
+        lambda trainer, epoch: (trainer.phase, epoch) == (crash_phase, crash_epoch),
+    )
 
     assert resumed.trainer.resumed_after == resumed_after
     assert weights_digest(resumed.trainer.model) == weights_digest(whole.trainer.model)

@@ -14,13 +14,11 @@ import torch
 from conftest import REPO_ROOT, run
 from test_train import report_files, weights_digest
 from tiny_model import write_tiny_model
-from tiny_training import tiny_params, write_inputs, write_workdir
+from tiny_training import killed_then_resumed, tiny_params, write_inputs, write_workdir
 
 from mlpipeline.core.shards import Dataset, DatasetWriter
 from mlpipeline.stages.train import train
 from mlpipeline.training.data import Inputs, open_inputs
-from mlpipeline.training.loop import Trainer
-from mlpipeline.training.reporting import EpochRecord
 
 SOURCE = REPO_ROOT / "src" / "mlpipeline"
 
@@ -65,18 +63,15 @@ def test_a_run_resumed_after_a_non_improving_epoch_ends_as_the_uninterrupted_one
     stopped = len(whole.trainer.progress.history)
     assert stopped == whole.best.epoch + 2 < params.epochs  # stopped early: two epochs without a better one
 
-    run_epoch = Trainer.run_epoch
-
-    def killed_after_a_non_improving_epoch(self: Trainer, epoch: int, on_batch=None) -> EpochRecord:
-        if epoch == stopped:  # the checkpoint of epoch stopped - 1, which did not improve, is on disk
-            raise KeyboardInterrupt
-        return run_epoch(self, epoch, on_batch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", killed_after_a_non_improving_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(params, inputs, tmp_path / "resumed", tmp_path / "ckpt")
-    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
-    resumed = train(params, inputs, tmp_path / "resumed", tmp_path / "ckpt")
+    # Killed as epoch `stopped` begins: the checkpoint of epoch stopped - 1 (no improvement) is on disk.
+    resumed = killed_then_resumed(
+        monkeypatch,
+        params,
+        inputs,
+        tmp_path / "resumed",
+        tmp_path / "ckpt",
+        lambda _, epoch: epoch == stopped,
+    )
 
     assert resumed.trainer.resumed_after == stopped - 1
     assert history(resumed) == history(whole)

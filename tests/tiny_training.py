@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 from conftest import repo_params
 from tiny_model import CLASSES, SHAPE, tiny_images, write_tiny_dataset
@@ -14,8 +15,11 @@ from tiny_model import CLASSES, SHAPE, tiny_images, write_tiny_dataset
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shards import MAX_SHARD_BYTES, DatasetWriter
 from mlpipeline.stages.augment import AugmentParams, augment_dataset
+from mlpipeline.stages.train import Trained, train
 from mlpipeline.training.data import REAL_SPLIT, SYNTHETIC_SPLIT, Inputs, open_inputs
+from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
+from mlpipeline.training.reporting import EpochRecord
 
 TINY: dict[str, Any] = {
     "model": {"widths": [8, 16], "dropout": 0.1},
@@ -87,3 +91,28 @@ def write_online_inputs(root: Path, synthetic_per_class: int = 0, **augment: Any
     params = from_mapping(AugmentParams, section, "augment")
     augment_dataset(params, ingested, synthetic, root / "data" / "augmented", root / "samples.png")
     return open_inputs(root / "data" / "augmented", ingested)
+
+
+def killed_then_resumed(
+    monkeypatch: pytest.MonkeyPatch,
+    params: TrainParams,
+    inputs: Inputs,
+    out: Path | None,
+    checkpoints: Path,
+    killed_at: Callable[[Trainer, int], bool],
+) -> Trained:
+    """``train`` interrupted as by Ctrl-C or a kill (``KeyboardInterrupt``) as the first epoch for
+    which ``killed_at(trainer, epoch)`` holds begins, then run again: it resumes from the
+    checkpoints the first run left in ``checkpoints``."""
+    run_epoch = Trainer.run_epoch
+
+    def killed(self: Trainer, epoch: int, on_batch=None) -> EpochRecord:
+        if killed_at(self, epoch):
+            raise KeyboardInterrupt
+        return run_epoch(self, epoch, on_batch)
+
+    monkeypatch.setattr(Trainer, "run_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(params, inputs, out, checkpoints)
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    return train(params, inputs, out, checkpoints)
