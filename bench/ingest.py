@@ -7,7 +7,9 @@ for N = 100k, 300k and 1M (``--quick``: 100k only). Generated once under ``.cach
 For each N, run as DVC runs it (a child process, ``nice -n 10`` recommended):
 - the ingest stage with ``MLPIPELINE_WORKERS=1`` and ``=2``;
 - the floor: a bare loop in one process that lists the same files and opens, decodes and
-  resizes each with Pillow into a numpy array (what ingest cannot do without).
+  resizes each with Pillow into a numpy array (what ingest cannot do without);
+- the same loop in two processes at once, each over half the classes: what two processes
+  gain on this machine for this work, the ceiling for two workers.
 
 Peak RSS is sampled every 20 ms: the largest single process of the stage's tree, and the
 tree's sum (the parent plus its workers); CPU seconds are the tree's and the stage process's
@@ -46,8 +48,8 @@ COUNTS = (100_000, 300_000, 1_000_000)
 FLOOR = """
 import os, sys, numpy as np
 from PIL import Image
-root, side = sys.argv[1], int(sys.argv[2])
-for label in sorted(d for d in os.listdir(root) if not d.startswith(".")):
+root, side, part, parts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for label in sorted(d for d in os.listdir(root) if not d.startswith("."))[part::parts]:
     for name in sorted(os.listdir(os.path.join(root, label))):
         with open(os.path.join(root, label, name), "rb") as handle:
             image = Image.open(handle)
@@ -55,6 +57,12 @@ for label in sorted(d for d in os.listdir(root) if not d.startswith(".")):
             if image.size != (side, side):
                 image = image.resize((side, side), Image.Resampling.BICUBIC)
             np.asarray(image.convert("RGB"))
+"""
+FLOOR_PAIR = """
+import subprocess, sys
+python, code, root, side = sys.argv[1:]
+loops = [subprocess.Popen([python, "-c", code, root, side, str(k), "2"]) for k in range(2)]
+sys.exit(max(loop.wait() for loop in loops))
 """
 
 
@@ -150,17 +158,25 @@ def run_ingest(source: Path, workers: int) -> Measure:
 
 
 def run_floor(source: Path) -> Measure:
-    return Measure(
-        *watch([sys.executable, "-c", FLOOR, str(source), str(SIDE)], REPO_ROOT, dict(os.environ)), 0
-    )
+    command = [sys.executable, "-c", FLOOR, str(source), str(SIDE), "0", "1"]
+    return Measure(*watch(command, REPO_ROOT, dict(os.environ)))
+
+
+def run_floor_pair(source: Path) -> Measure:
+    """The bare loop in two processes at once, each over half the classes: how far two
+    processes can speed this work up on this machine (cores that share a host's caches
+    and memory bandwidth do not give 2x)."""
+    command = [sys.executable, "-c", FLOOR_PAIR, sys.executable, FLOOR, str(source), str(SIDE)]
+    return Measure(*watch(command, REPO_ROOT, dict(os.environ)))
 
 
 def measure(count: int, repeat: int) -> dict[str, Measure]:
     """The fastest of ``repeat`` runs of each case, run in turn (so a busy spell hits all alike)."""
     source = generate(count)
-    runs: dict[str, list[Measure]] = {"floor": [], "1 worker": [], "2 workers": []}
+    runs: dict[str, list[Measure]] = {"floor": [], "floor x2": [], "1 worker": [], "2 workers": []}
     for _ in range(repeat):
         runs["floor"].append(run_floor(source))
+        runs["floor x2"].append(run_floor_pair(source))
         runs["1 worker"].append(run_ingest(source, 1))
         runs["2 workers"].append(run_ingest(source, 2))
     return {name: min(found, key=lambda m: m.seconds) for name, found in runs.items()}
@@ -180,10 +196,11 @@ def report(count: int, found: dict[str, Measure]) -> None:
             f"{m.parent_cpu_seconds:>8.1f} {m.peak_mib:>9.0f} {m.tree_mib:>9.0f} {m.disk_mib:>9.0f}",
             flush=True,
         )
-    one, two, floor = (found[k] for k in ("1 worker", "2 workers", "floor"))
+    one, two, floor, pair = (found[k] for k in ("1 worker", "2 workers", "floor", "floor x2"))
     two_cores = max(two.parent_cpu_seconds, two.cpu_seconds / 2)
     print(
-        f"{count:>9,} wall: 2 workers {one.seconds / two.seconds:.2f}x one (target 1.6x), one worker "
+        f"{count:>9,} wall: 2 workers {one.seconds / two.seconds:.2f}x one (target 1.6x; the bare loop "
+        f"in 2 processes runs {floor.seconds / pair.seconds:.2f}x one here), one worker "
         f"{floor.seconds / one.seconds:.2f}x the floor (target 0.8x); CPU: one worker "
         f"{floor.cpu_seconds / one.cpu_seconds:.2f}x the floor, 2 workers on two free cores "
         f"{one.cpu_seconds / two_cores:.2f}x one",

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from imagedata import ingest_params, make_folder, noise, run_ingest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.images import Preprocessing, decode, decode_image
@@ -41,7 +41,34 @@ def test_exif_orientation_is_applied() -> None:
     result = decode(data, "phone.jpg", Preprocessing(1, (16, 8), "bicubic", True, 255, False))
     as_stored = np.asarray(Image.open(io.BytesIO(data)))
     np.testing.assert_array_equal(result.pixels[0], np.rot90(as_stored, k=-1))
-    assert result.rotated and not result.converted and result.pixels[0, :4].mean() > 200
+    assert result.conversion.rotated and not result.conversion.converted and result.pixels[0, :4].mean() > 200
+
+
+def sideways_png(where: str) -> bytes:
+    """An 8x16 PNG with a bright left edge and orientation 6, stored the way ``where`` says."""
+    stored = np.zeros((8, 16), dtype=np.uint8)
+    stored[:, :4] = 255
+    if where == "eXIf chunk":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        return encoded(Image.fromarray(stored), exif=exif)
+    text = PngImagePlugin.PngInfo()
+    if where == "XMP":
+        text.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>')
+    else:  # ImageMagick's hex dump of the EXIF block, in a text chunk
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        dump = exif.tobytes().hex()
+        text.add_text("Raw profile type exif", f"\nexif\n{len(dump) // 2}\n{dump}\n")
+    return encoded(Image.fromarray(stored), pnginfo=text)
+
+
+@pytest.mark.parametrize("where", ["eXIf chunk", "XMP", "Raw profile type exif"])
+def test_png_orientation_is_applied_wherever_it_is_stored(where: str) -> None:
+    """Every place Pillow reads an orientation from in a PNG is honoured (decode skips the EXIF
+    parser only when none of them is present)."""
+    result = decode(sideways_png(where), "scan.png", Preprocessing(1, (16, 8), "bicubic", True, 255, False))
+    assert result.conversion.rotated and result.pixels[0, :4].mean() > 200
 
 
 def test_grey_palette_is_gray_even_without_conversion() -> None:
@@ -49,14 +76,14 @@ def test_grey_palette_is_gray_even_without_conversion() -> None:
     strict = Preprocessing(1, (8, 8), "bicubic", convert=False, background=255, jpeg_draft=False)
     result = decode(encoded(grey_palette(pixels)), "grey.png", strict)
     np.testing.assert_array_equal(result.pixels[0], pixels)
-    assert result.mode == "P" and not result.converted
+    assert result.conversion.mode == "P" and not result.conversion.converted
 
 
 def test_colour_palette_to_gray_is_a_conversion() -> None:
     image = Image.fromarray(noise(4, rgb=True)).quantize(16)
     result = decode(encoded(image), "colour.png", GRAY)
     np.testing.assert_array_equal(result.pixels[0], np.asarray(image.convert("RGB").convert("L")))
-    assert result.converted
+    assert result.conversion.converted
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -69,7 +96,7 @@ def test_alpha_is_composited_on_the_background(channels: int) -> None:
     colour = (200, 100, 50) if channels == 3 else (round(200 * 0.299 + 100 * 0.587 + 50 * 0.114),)
     assert result.pixels[:, 0, 0].tolist() == list(colour)
     assert result.pixels[:, 7, 7].tolist() == [30] * channels
-    assert result.mode == "RGBA" and result.converted
+    assert result.conversion.mode == "RGBA" and result.conversion.converted
 
 
 def test_cmyk_jpeg_goes_through_pillows_conversion() -> None:
@@ -77,7 +104,7 @@ def test_cmyk_jpeg_goes_through_pillows_conversion() -> None:
     result = decode(data, "print.jpg", RGB)
     expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).transpose(2, 0, 1)
     np.testing.assert_array_equal(result.pixels, expected)
-    assert result.mode == "CMYK" and result.converted
+    assert result.conversion.mode == "CMYK" and result.conversion.converted
 
 
 def test_grayscale_jpeg_in_an_rgb_set_repeats_its_channel() -> None:
@@ -85,14 +112,14 @@ def test_grayscale_jpeg_in_an_rgb_set_repeats_its_channel() -> None:
     result = decode(data, "gray.jpg", RGB)
     gray = np.asarray(Image.open(io.BytesIO(data)))
     np.testing.assert_array_equal(result.pixels, np.stack([gray] * 3))
-    assert result.mode == "L" and result.converted
+    assert result.conversion.mode == "L" and result.conversion.converted
 
 
 def test_sixteen_bit_gray_is_scaled_not_clipped() -> None:
     wide = np.array([[0, 257 * 100, 65535, 32896] * 2] * 8, dtype=np.uint16)
     result = decode(encoded(Image.fromarray(wide)), "scan.png", GRAY)
     assert result.pixels[0, 0, :4].tolist() == [0, 100, 255, 128]
-    assert result.mode.startswith("I") and result.converted
+    assert result.conversion.mode.startswith("I") and result.conversion.converted
 
 
 def test_without_conversion_a_mismatch_is_refused() -> None:

@@ -20,10 +20,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from mlpipeline.decoding import DecodedBatch
+from mlpipeline.decoding import DIGEST_BYTES, DecodedBatch
 from mlpipeline.sources import RawSample
 
-DIGEST = 32
 _LENGTH = struct.Struct("<I")
 
 
@@ -89,7 +88,7 @@ class Scratch:
             handle.flush()
 
     def pixel_digest(self, row: int) -> bytes:
-        return os.pread(self._digests.fileno(), DIGEST, row * 2 * DIGEST + DIGEST)
+        return os.pread(self._digests.fileno(), DIGEST_BYTES, row * 2 * DIGEST_BYTES + DIGEST_BYTES)
 
     def pixels(self, rows: np.ndarray) -> np.ndarray:
         """The decoded images of ``rows`` (ascending), read in one span when they lie close."""
@@ -105,8 +104,8 @@ class Scratch:
         self._digests.seek(0)
         for _ in range(self.count):
             (length,) = _LENGTH.unpack(self._names.read(_LENGTH.size))
-            digests = self._digests.read(2 * DIGEST)
-            yield self._names.read(length).decode("utf-8"), digests[:DIGEST], digests[DIGEST:]
+            digests = self._digests.read(2 * DIGEST_BYTES)
+            yield self._names.read(length).decode("utf-8"), digests[:DIGEST_BYTES], digests[DIGEST_BYTES:]
 
     def close(self) -> None:
         self._files.close()

@@ -40,6 +40,7 @@ S3_PROBE_OPTIONS = {
 }
 S3_PROBE_RETRIES = 1
 REMOTE_FETCH = 16  # remote files fetched at once: enough to hide latency, few enough for camera JPEGs
+_DIGIT_RUNS = re.compile(r"(\d+)")
 REMOTE_ERROR_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec")
 
 
@@ -90,10 +91,11 @@ class Source:
                 images.append(name)
             else:
                 self.ignored[posixpath.splitext(name)[1].lower() or "(no suffix)"] += 1
+        shown = self.shown
         if not images:
-            raise PipelineError(f"{_join(self.shown, label)}/: class '{label}' has no images")
+            raise PipelineError(f"{_join(shown, label)}/: class '{label}' has no images")
         for name in sorted(images, key=natural_key):
-            yield RawSample(f"{self.root}/{name}", name, label, _join(self.shown, name))
+            yield RawSample(f"{self.root}/{name}", name, label, _join(shown, name))
 
     def _manifest_rows(self) -> Iterator[RawSample]:
         assert self.manifest is not None
@@ -105,7 +107,7 @@ class Source:
 
 def natural_key(text: str) -> list[int | str]:
     """Sort "2" before "10": class folders named by numbers read in numeric order."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+    return [int(part) if part.isdigit() else part for part in _DIGIT_RUNS.split(text)]
 
 
 def open_source(url: str, manifest: str | None) -> Source:
@@ -173,8 +175,8 @@ def read_files(
 
 def _read_local(path: str) -> bytes | str:
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        with open(path, "rb", buffering=0) as handle:  # unbuffered: one read, no BufferedReader
+            return handle.readall()
     except OSError as error:
         return _read_result(error)
 

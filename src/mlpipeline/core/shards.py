@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save
+from safetensors.numpy import load_file, save_file
 
 from mlpipeline.core import atomic
 from mlpipeline.core.errors import PipelineError
@@ -193,9 +193,10 @@ class DatasetWriter:
         images, labels = self._buffers[split]
         name = f"{split}-{len(self._shards[split]):05d}.safetensors"
         assert self._tmp is not None
-        data = save({"images": images[:count], "labels": labels[:count]})
-        (self._tmp / name).write_bytes(data)
-        self._sha256[name] = hashlib.sha256(data).hexdigest()
+        path = self._tmp / name
+        save_file({"images": images[:count], "labels": labels[:count]}, path)  # no 32 MB bytes copy
+        with open(path, "rb") as written:  # from the page cache
+            self._sha256[name] = hashlib.file_digest(written, "sha256").hexdigest()
         self._shards[split].append(name)
         self._pending_count[split] = 0
 

@@ -265,19 +265,31 @@ def write_manifest(handle: BinaryIO, scratch: Scratch, status: np.ndarray, class
     text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
     out = csv.writer(text, lineterminator="\n")
     out.writerow(MANIFEST_COLUMNS)
-    labels, modes = scratch.labels.array(), scratch.modes.array()
-    next_index = [0] * len(SPLITS)
-    for row, (name, file_digest, pixel_digest) in enumerate(scratch.records()):
-        code, error = int(status[row]), scratch.errors.get(row, "")
-        index = -1
-        if code < len(SPLITS):
-            index, next_index[code] = next_index[code], next_index[code] + 1
-        hashes = ("", "") if error else (file_digest.hex(), pixel_digest.hex())
-        mode = "" if error else scratch.mode_names[modes[row]]
-        label = int(labels[row])
-        out.writerow((name, classes[label], label, STATUSES[code], *hashes, index, mode, error))
+    out.writerows(manifest_rows(scratch, status, classes))
     text.flush()
     text.detach()
+
+
+def manifest_rows(scratch: Scratch, status: np.ndarray, classes: list[str]) -> Iterator[tuple]:
+    """The manifest's rows. Columns leave numpy as lists first: a numpy scalar a cell costs."""
+    labels, modes, codes = scratch.labels.array().tolist(), scratch.modes.array().tolist(), status.tolist()
+    records = zip(scratch.records(), split_positions(status).tolist(), strict=True)
+    for row, ((name, file_digest, pixel_digest), index) in enumerate(records):
+        label, error = labels[row], scratch.errors.get(row, "")
+        if error:
+            hashes, mode = ("", ""), ""
+        else:
+            hashes, mode = (file_digest.hex(), pixel_digest.hex()), scratch.mode_names[modes[row]]
+        yield (name, classes[label], label, STATUSES[codes[row]], *hashes, index, mode, error)
+
+
+def split_positions(status: np.ndarray) -> np.ndarray:
+    """Each row's position within its split's shards, in source order (-1 outside the splits)."""
+    positions = np.full(len(status), -1, dtype=np.int64)
+    for code in range(len(SPLITS)):
+        members = status == code
+        positions[members] = np.arange(np.count_nonzero(members))
+    return positions
 
 
 def write_bad_files(files: list[tuple[str, str]], path: Path) -> None:
