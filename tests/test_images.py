@@ -44,6 +44,15 @@ def test_exif_orientation_is_applied() -> None:
     assert result.conversion.rotated and not result.conversion.converted and result.pixels[0, :4].mean() > 200
 
 
+def test_multi_picture_jpeg_is_its_main_photo() -> None:
+    """A phone JPEG with a gain map or depth map after the photo (Pillow's MPO) is decoded as the photo."""
+    photo, extra = noise(8, rgb=True), np.zeros((8, 8, 3), dtype=np.uint8)
+    data = encoded(Image.fromarray(photo), "MPO", save_all=True, append_images=[Image.fromarray(extra)])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    single = decode_image(encoded(Image.fromarray(photo), "JPEG"), "single.jpg", RGB)
+    np.testing.assert_array_equal(decode_image(data, "pixel.jpg", RGB), single)
+
+
 def sideways_png(where: str) -> bytes:
     """An 8x16 PNG with a bright left edge and orientation 6, stored the way ``where`` says."""
     stored = np.zeros((8, 16), dtype=np.uint8)

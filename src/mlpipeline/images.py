@@ -37,7 +37,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mlpipeline.core.errors import PipelineError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-FORMATS = ("PNG", "JPEG", "BMP")
+# MPO: a JPEG with more pictures after the main one (phones' HDR gain maps and depth maps,
+# stereo cameras); Pillow opens it as its first, the photo itself, which is what is decoded.
+JPEG_FORMATS = ("JPEG", "MPO")
+FORMATS = ("PNG", *JPEG_FORMATS, "BMP")
 # Pillow refuses images past twice its MAX_IMAGE_PIXELS (89,478,485) as decompression bombs;
 # that error threshold is the default limit here, and ingest.max_image_pixels sets it.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
@@ -180,7 +183,7 @@ def _check_header(image: Image.Image, name: str, max_pixels: int) -> None:
 def _canonical(image: Image.Image, name: str, pre: Preprocessing) -> tuple[Image.Image, Conversion]:
     """The image upright, in the target mode and size, with what was done to it."""
     mode = image.mode
-    if image.format == "JPEG" and pre.jpeg_draft:
+    if image.format in JPEG_FORMATS and pre.jpeg_draft:
         _draft(image, pre.image_size)
     image.load()
     rotated = _orientation(image) not in (0, 1)
