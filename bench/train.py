@@ -48,7 +48,7 @@ from mlpipeline.stages.train import train
 from mlpipeline.training.data import VAL_SPLIT, Inputs, epoch_order, open_inputs, steps
 from mlpipeline.training.device import Runtime, configure
 from mlpipeline.training.distributed import World
-from mlpipeline.training.loader import PLACEMENT_ENV, Feed, Resident, Streamed, place
+from mlpipeline.training.loader import PLACEMENT_ENV, Feed, Resident, Streamed, chosen_placement, place
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.phases import plan
@@ -125,9 +125,10 @@ def loop_overhead(args: argparse.Namespace) -> None:
     (phase,) = plan(mixed, inputs.real, inputs.synthetic, inputs.train.root)
     model = build(params, runtime, inputs, phase.originals)
     bare_model = copy.deepcopy(model)
-    data = Feed(place(phase.originals, runtime.device), len(phase.originals), inputs.online)
     val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
-    val = Feed(place(val_rows, runtime.device), len(val_rows))
+    placement = chosen_placement(val_rows.nbytes + phase.originals.nbytes, runtime.device)  # as train()
+    data = Feed(place(phase.originals, runtime.device, placement), len(phase.originals), inputs.online)
+    val = Feed(place(val_rows, runtime.device, placement), len(val_rows))
     trainer = Trainer(model, params, runtime, World(), data, val, phase=phase.name)
     optimizer = torch.optim.AdamW(bare_model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
 

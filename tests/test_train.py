@@ -28,7 +28,7 @@ from mlpipeline.training import device as device_module
 from mlpipeline.training.checkpoint import Checkpoints, run_key
 from mlpipeline.training.data import REAL_SPLIT, epoch_order, open_inputs
 from mlpipeline.training.device import Runtime
-from mlpipeline.training.loader import Resident, Streamed, place
+from mlpipeline.training.loader import Placement, Rows, place
 from mlpipeline.training.optim import epochs_to_run
 from mlpipeline.training.params import TrainParams
 
@@ -128,10 +128,10 @@ def test_a_phase_releases_its_training_data_before_the_next_is_placed(
     placed: list[weakref.ref] = []
     alive_when_placed: list[list[bool]] = []
 
-    def tracking_place(reader: SplitReader, device: torch.device) -> Resident | Streamed:
+    def tracking_place(reader: SplitReader, device: torch.device, placement: Placement) -> Rows:
         gc.collect()
         alive_when_placed.append([ref() is not None for ref in placed])
-        rows = place(reader, device)
+        rows = place(reader, device, placement)
         placed.append(weakref.ref(rows))
         return rows
 

@@ -23,7 +23,8 @@ from mlpipeline.stages.train import train
 from mlpipeline.training import loader
 from mlpipeline.training.data import Inputs, epoch_order, open_inputs, steps
 from mlpipeline.training.distributed import World
-from mlpipeline.training.loader import PLACEMENT_ENV, Resident, Streamed, chosen_placement
+from mlpipeline.training.loader import PLACEMENT_ENV, Placement, Resident, Streamed, chosen_placement
+from mlpipeline.training.phases import plan
 
 CPU = torch.device("cpu")
 
@@ -168,6 +169,31 @@ def test_each_ddp_rank_reads_only_its_share(tmp_path: Path, monkeypatch: pytest.
         if reader != id(result.phases[0].originals)
     ]
     np.testing.assert_array_equal(np.concatenate(val_reads), np.tile(np.arange(30)[1::2], 2))
+
+
+@pytest.mark.parametrize("spare", [0, -1])
+def test_validation_and_training_data_share_one_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spare: int
+) -> None:
+    """Both splits stay resident only when they fit the budget together: each fitting alone
+    would hold twice the budget at worst. One byte short, both stream."""
+    inputs = write_sharded_inputs(tmp_path)
+    params = tiny_params(epochs=1, synthetic={"use": "mix", "pretrain_epochs": 1})
+    val_bytes = SplitReader.open(inputs.val, "val").nbytes
+    phases = plan(params, inputs.real, inputs.synthetic, tmp_path)
+    train_bytes = max(phase.originals.nbytes for phase in phases)
+    monkeypatch.setattr(loader, "RESIDENT_MAX_BYTES", val_bytes + train_bytes + spare)
+    assert max(val_bytes, train_bytes) <= val_bytes + train_bytes + spare  # either would fit alone
+    placed: list[str] = []
+
+    def recording_place(reader: SplitReader, device: torch.device, placement: Placement) -> loader.Rows:
+        rows = loader.place(reader, device, placement)
+        placed.append(type(rows).__name__)
+        return rows
+
+    monkeypatch.setattr(train_stage, "place", recording_place)
+    train(params, inputs, None, tmp_path / "ckpt")
+    assert placed == (["Resident"] * 2 if spare == 0 else ["Streamed"] * 2)
 
 
 def test_a_split_stays_resident_when_it_fits(

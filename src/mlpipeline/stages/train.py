@@ -29,7 +29,7 @@ from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, run_key
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure
 from mlpipeline.training.distributed import World, in_worker, launch, process_group, world_from_env
-from mlpipeline.training.loader import Feed, place
+from mlpipeline.training.loader import Feed, chosen_placement, place
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.phases import Phase, check_sources, plan
@@ -77,7 +77,9 @@ def train(
         seed_everything(params.seed)  # the same initial weights on every rank
         model = runtime.place(build_model(config))
         val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
-        val = Feed(place(val_rows, runtime.device), len(val_rows))
+        largest = max(phase.originals.nbytes for phase in phases)
+        placement = chosen_placement(val_rows.nbytes + largest, runtime.device)  # one budget for both
+        val = Feed(place(val_rows, runtime.device, placement), len(val_rows))
         report = TrainingLog(report_dir) if world.is_main and report_dir is not None else None
         all_checkpoints = []
         trainer: Trainer | None = None
@@ -88,7 +90,9 @@ def train(
                 phase.params,
                 runtime,
                 world,
-                train=Feed(place(phase.originals, runtime.device), len(phase.originals), inputs.online),
+                train=Feed(
+                    place(phase.originals, runtime.device, placement), len(phase.originals), inputs.online
+                ),
                 val=val,
                 phase=phase.name,
             )

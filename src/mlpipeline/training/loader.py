@@ -1,8 +1,10 @@
 """Batches on their way to the device: from a split kept resident, or streamed from its shards.
 
-A split small enough (at most ``RESIDENT_MAX_BYTES``, and on CUDA half the free GPU memory)
-stays resident: loaded once, shard by shard, onto the device (on the CPU: into memory), and
-each batch is gathered there by indexing. A larger one is streamed: each batch's rows are read
+When the data a run trains on fits one budget together (the validation split and the largest
+phase's training split: at most ``RESIDENT_MAX_BYTES``, and on CUDA half the free GPU memory),
+both stay resident: loaded once, shard by shard, onto the device (on the CPU: into memory), and
+each batch is gathered there by indexing. Otherwise both stream, so memory stays within the one
+budget however the data divides between splits: each batch's rows are read
 from the shards at their raw offsets by reader threads (``MLPIPELINE_WORKERS`` of them; the
 reads release the GIL) while the device trains on the batch before, so memory holds two
 batches, never the split. On CUDA they are read into two pinned staging buffers, taken in
@@ -150,7 +152,7 @@ class Streamed:
 
 
 def chosen_placement(nbytes: int, device: torch.device) -> Placement:
-    """``MLPIPELINE_TRAIN_DATA`` if set, else resident when the split fits (module docstring)."""
+    """``MLPIPELINE_TRAIN_DATA`` if set, else resident when ``nbytes`` of data fit (module docstring)."""
     forced = os.environ.get(PLACEMENT_ENV, "").strip()
     if forced in ("resident", "streamed"):
         return forced  # type: ignore[return-value]
@@ -162,9 +164,9 @@ def chosen_placement(nbytes: int, device: torch.device) -> Placement:
     return "resident" if nbytes <= limit else "streamed"
 
 
-def place(reader: SplitReader, device: torch.device) -> Resident | Streamed:
-    """The split where ``device`` reads it fastest within bounded memory (module docstring)."""
-    if chosen_placement(reader.nbytes, device) == "resident":
+def place(reader: SplitReader, device: torch.device, placement: Placement) -> Resident | Streamed:
+    """The split for ``device``, as ``chosen_placement`` decided for all of the run's data."""
+    if placement == "resident":
         return Resident(reader, device)
     return Streamed(reader, device, worker_count())
 
