@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import platform
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mlpipeline.core.errors import PipelineError
@@ -52,3 +56,27 @@ def test_small_work_stays_in_one_process_and_large_work_gets_every_worker(
     assert workers_for(0) == workers_for(MIN_BATCHES_PER_WORKER - 1) == 1  # the demo's few batches
     assert workers_for(2 * MIN_BATCHES_PER_WORKER) == 2
     assert workers_for(1000) == 4
+
+
+def retained_after_free(megabytes: int) -> int:
+    """Bytes of resident memory a process keeps after it frees a large array it just used
+    (allocated and freed once before, as a stage's worker does batch after batch)."""
+    size = megabytes << 20
+    np.ones(size, dtype=np.uint8)  # freed at once: glibc's dynamic threshold now keeps such blocks
+    before = resident_bytes()
+    block = np.ones(size, dtype=np.uint8)
+    del block
+    return resident_bytes() - before
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_give_large_freed_blocks_back(workers: int) -> None:
+    """A worker's peak is its working set, not its history: a 16 MiB array freed leaves nothing
+    resident behind (glibc's default kept it in the heap, and workers grew batch after batch)."""
+    retained = list(ordered_map(retained_after_free, [16] * workers, workers))
+    assert max(retained) < 4 << 20

@@ -9,17 +9,22 @@ them in that order writes the same bytes for any worker count.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import platform
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from functools import partial
 from typing import TypeVar
 
 from mlpipeline.core.errors import PipelineError
 
 WORKERS_ENV = "MLPIPELINE_WORKERS"
 IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: enough to keep it busy, few enough to bound memory
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+RETURN_FREED_FROM = 1 << 20  # bytes: a freed block this large goes back to the system at once
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -60,12 +65,12 @@ def ordered_map(
     runs in this process, with no pickling at all.
     """
     if workers <= 1:
-        if initializer is not None:
-            initializer()
+        start_worker(initializer)
         yield from map(function, items)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer) as pool:
+    start = partial(start_worker, initializer)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=start) as pool:
         window: deque[Future[R]] = deque()
         try:
             for item in items:
@@ -77,6 +82,24 @@ def ordered_map(
         finally:
             for future in window:
                 future.cancel()
+
+
+def start_worker(initializer: Callable[[], None] | None) -> None:
+    return_freed_memory()
+    if initializer is not None:
+        initializer()
+
+
+def return_freed_memory() -> None:
+    """Have glibc hand blocks of ``RETURN_FREED_FROM`` bytes or more back to the system when freed.
+
+    Left to itself, glibc raises its mmap threshold to the size of each large block freed (up to
+    32 MiB) and serves later ones from a heap that fragments and never shrinks, so a worker's
+    peak grew with the number of batches it had done (augment's: 816 MiB of working set, over
+    1 GiB after a few hundred batches). Other C libraries are left as they are.
+    """
+    if platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, RETURN_FREED_FROM)
 
 
 MIN_BATCHES_PER_WORKER = 8  # a spawned worker costs about a second (a fresh interpreter imports torch)
