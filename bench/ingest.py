@@ -26,10 +26,12 @@ import argparse
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,31 +181,45 @@ def measure(count: int, repeat: int) -> dict[str, Measure]:
         runs["floor x2"].append(run_floor_pair(source))
         runs["1 worker"].append(run_ingest(source, 1))
         runs["2 workers"].append(run_ingest(source, 2))
-    return {name: min(found, key=lambda m: m.seconds) for name, found in runs.items()}
+    return runs
 
 
-def report(count: int, found: dict[str, Measure]) -> None:
-    """The table rows for ``count`` images and the ratios the targets name, by wall and by CPU time.
+def report(count: int, runs: dict[str, list[Measure]]) -> None:
+    """The table rows for ``count`` images (each case's fastest run) and the ratios the targets
+    name, by wall and by CPU time.
 
-    On a shared machine wall time measures the neighbours as much as the code, so the ratios
-    are also given from CPU seconds: one worker's against the floor's, and for two workers the
-    wall time two free cores would allow, the larger of the stage's own CPU time (its serial
-    part) and half the tree's.
+    This machine's speed drifts by a fifth from minute to minute (the host is shared), so a ratio
+    is taken within each round, whose cases ran back to back, and the median over the rounds is
+    given with its range. The ratios are also given from CPU seconds: one worker's against the
+    floor's, and for two workers the wall time two free cores would allow, the larger of the
+    stage's own CPU time (its serial part) and half the tree's.
     """
+    found = {name: min(measured, key=lambda m: m.seconds) for name, measured in runs.items()}
     for name, m in found.items():
         print(
             f"{count:>9,} {name:<10} {m.seconds:>8.1f} {count / m.seconds:>9,.0f} {m.cpu_seconds:>8.1f} "
             f"{m.parent_cpu_seconds:>8.1f} {m.peak_mib:>9.0f} {m.tree_mib:>9.0f} {m.disk_mib:>9.0f}",
             flush=True,
         )
-    one, two, floor, pair = (found[k] for k in ("1 worker", "2 workers", "floor", "floor x2"))
-    two_cores = max(two.parent_cpu_seconds, two.cpu_seconds / 2)
+    rounds = [dict(zip(runs, measured, strict=True)) for measured in zip(*runs.values(), strict=True)]
+
+    def ratio(of: Callable[[dict[str, Measure]], float]) -> str:
+        values = sorted(of(round_) for round_ in rounds)
+        spread = f" ({values[0]:.2f}-{values[-1]:.2f})" if len(values) > 1 else ""
+        return f"{statistics.median(values):.2f}x{spread}"
+
+    def two_free_cores(r: dict[str, Measure]) -> float:
+        two = r["2 workers"]
+        return r["1 worker"].cpu_seconds / max(two.parent_cpu_seconds, two.cpu_seconds / 2)
+
+    workers = ratio(lambda r: r["1 worker"].seconds / r["2 workers"].seconds)
+    machine = ratio(lambda r: r["floor"].seconds / r["floor x2"].seconds)
+    one = ratio(lambda r: r["floor"].seconds / r["1 worker"].seconds)
+    one_cpu = ratio(lambda r: r["floor"].cpu_seconds / r["1 worker"].cpu_seconds)
     print(
-        f"{count:>9,} wall: 2 workers {one.seconds / two.seconds:.2f}x one (target 1.6x; the bare loop "
-        f"in 2 processes runs {floor.seconds / pair.seconds:.2f}x one here), one worker "
-        f"{floor.seconds / one.seconds:.2f}x the floor (target 0.8x); CPU: one worker "
-        f"{floor.cpu_seconds / one.cpu_seconds:.2f}x the floor, 2 workers on two free cores "
-        f"{one.cpu_seconds / two_cores:.2f}x one",
+        f"{count:>9,} wall: 2 workers {workers} one (target 1.6x; the bare loop in 2 processes runs "
+        f"{machine} one), one worker {one} the floor (target 0.8x); CPU: one worker {one_cpu} the "
+        f"floor, 2 workers on two free cores {ratio(two_free_cores)} one",
         flush=True,
     )
 
@@ -212,7 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100k images only")
     parser.add_argument("--counts", type=int, nargs="+", help=f"image counts (default {COUNTS})")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest is kept")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of every case; ratios per round")
     args = parser.parse_args()
     counts = args.counts or ([COUNTS[0]] if args.quick else list(COUNTS))
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
@@ -224,7 +240,8 @@ def main() -> None:
     if len(counts) > 1:
         low, high = counts[0], counts[-1]
         for name in ("1 worker", "2 workers"):
-            growth = results[high][name].peak_mib / results[low][name].peak_mib - 1
+            peaks = [max(m.peak_mib for m in results[n][name]) for n in (low, high)]
+            growth = peaks[1] / peaks[0] - 1
             print(f"peak RSS {name}: {low:,} -> {high:,} images: {growth:+.0%} (target within 15%)")
 
 
