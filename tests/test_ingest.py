@@ -18,6 +18,7 @@ from PIL import Image
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import Dataset
 from mlpipeline.splitting import SPLITS
+from mlpipeline.stages import ingest as ingest_stage
 from mlpipeline.stages.ingest import MANIFEST
 
 COUNTS = {"a": 8, "b": 6, "c": 5}
@@ -187,6 +188,19 @@ def test_bad_files_can_be_skipped_and_are_recorded(raw: Path) -> None:
     assert manifest.loc["a/001.png", ["file_sha256", "pixel_sha256", "mode"]].tolist() == ["", "", ""]
     assert result.summary.counts["skipped"] == 2
     assert len(result.images()) == sum(COUNTS.values()) - 2
+
+
+def test_the_manifest_written_in_blocks_is_the_same(raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 4 rows cut through classes, splits, a skipped file and a duplicate: the same
+    file as one block (each row's position in its split carries over from block to block)."""
+    (raw / "b" / "002.png").write_bytes(b"")
+    shutil.copy(raw / "c" / "001.png", raw / "c" / "001x.png")
+    shutil.copy(raw / "a" / "004.png", raw / "a" / "004x.png")
+    whole = ingested(raw, on_bad_file="skip")
+    monkeypatch.setattr(ingest_stage, "MANIFEST_BLOCK", 4)
+    blocks = ingested(raw, on_bad_file="skip")
+    assert (blocks.root / MANIFEST).read_bytes() == (whole.root / MANIFEST).read_bytes()
+    assert set(whole.manifest["split"]) == {*SPLITS, "skipped", "duplicate"}
 
 
 def test_image_over_the_decompression_bomb_limit(raw: Path) -> None:

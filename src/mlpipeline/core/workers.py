@@ -85,6 +85,7 @@ def ordered_map(
 
 
 def start_worker(initializer: Callable[[], None] | None) -> None:
+    """What a worker does before its first task (the stage's own process too, when it works alone)."""
     return_freed_memory()
     if initializer is not None:
         initializer()

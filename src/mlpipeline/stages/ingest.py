@@ -59,6 +59,7 @@ STATUSES = (*SPLITS, "duplicate", "held_out", "skipped")  # the manifest's split
 DUPLICATE, HELD_OUT, SKIPPED = (STATUSES.index(s) for s in ("duplicate", "held_out", "skipped"))
 PARALLEL_FROM = 4096  # fewer images are decoded in this process: starting workers would cost more
 READ_BYTES = 8 * 2**20  # pixels read back from the scratch per step of a split
+MANIFEST_BLOCK = 65_536  # manifest rows whose columns are taken out of numpy at once
 SHOWN_BAD_FILES = 3  # bad files named on the error line (all of them go to BAD_FILES)
 
 
@@ -271,24 +272,37 @@ def write_manifest(handle: BinaryIO, scratch: Scratch, status: np.ndarray, class
 
 
 def manifest_rows(scratch: Scratch, status: np.ndarray, classes: list[str]) -> Iterator[tuple]:
-    """The manifest's rows. Columns leave numpy as lists first: a numpy scalar a cell costs."""
-    labels, modes, codes = scratch.labels.array().tolist(), scratch.modes.array().tolist(), status.tolist()
-    records = zip(scratch.records(), split_positions(status).tolist(), strict=True)
-    for row, ((name, file_digest, pixel_digest), index) in enumerate(records):
-        label, error = labels[row], scratch.errors.get(row, "")
-        if error:
-            hashes, mode = ("", ""), ""
-        else:
-            hashes, mode = (file_digest.hex(), pixel_digest.hex()), scratch.mode_names[modes[row]]
-        yield (name, classes[label], label, STATUSES[codes[row]], *hashes, index, mode, error)
+    """The manifest's rows, a block at a time: the block's columns leave numpy as lists (a numpy
+    scalar a cell costs), and memory holds one block of them, not a million-row list."""
+    records, taken = scratch.records(), np.zeros(len(SPLITS), dtype=np.int64)
+    for start in range(0, len(status), MANIFEST_BLOCK):
+        block = slice(start, start + MANIFEST_BLOCK)
+        codes = status[block]
+        positions = split_positions(codes, taken)
+        columns = zip(
+            islice(records, len(codes)),
+            scratch.labels.array()[block].tolist(),
+            scratch.modes.array()[block].tolist(),
+            codes.tolist(),
+            positions.tolist(),
+            strict=True,
+        )
+        for row, ((name, file_digest, pixel_digest), label, mode, code, index) in enumerate(columns, start):
+            error = scratch.errors.get(row, "")
+            hashes = ("", "") if error else (file_digest.hex(), pixel_digest.hex())
+            shown_mode = "" if error else scratch.mode_names[mode]
+            yield (name, classes[label], label, STATUSES[code], *hashes, index, shown_mode, error)
 
 
-def split_positions(status: np.ndarray) -> np.ndarray:
-    """Each row's position within its split's shards, in source order (-1 outside the splits)."""
-    positions = np.full(len(status), -1, dtype=np.int64)
+def split_positions(codes: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """Each row's position within its split's shards (-1 outside the splits), ``taken[split]``
+    rows of each split having come before; ``taken`` is advanced past these rows."""
+    positions = np.full(len(codes), -1, dtype=np.int64)
     for code in range(len(SPLITS)):
-        members = status == code
-        positions[members] = np.arange(np.count_nonzero(members))
+        members = codes == code
+        count = np.count_nonzero(members)
+        positions[members] = np.arange(taken[code], taken[code] + count)
+        taken[code] += count
     return positions
 
 
