@@ -163,6 +163,10 @@ INTERRUPT_WRITING_MODEL_JSON = """
 import os, runpy, signal, sys
 from mlpipeline.core import atomic
 
+# Ctrl-C as in a terminal: a test runner started in the background (``cmd &``) has SIGINT
+# ignored, and its children inherit that, so Python would install no handler of its own.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 write_bytes = atomic.write_bytes
 
 def write_bytes_then_die_at_model_json(path, data):
