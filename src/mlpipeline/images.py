@@ -1,6 +1,6 @@
 """Decode image files into the pipeline's canonical form: uint8, C x H x W, one fixed size.
 
-Ingestion and prediction both go through ``decode_image`` with the same ``Preprocessing``
+Ingestion and prediction both go through ``decode_into`` with the same ``Preprocessing``
 (ingest records it in ``dataset.json``, train copies it into ``model.json``), so a model
 sees at inference exactly the preprocessing it was trained on, whatever the params were.
 
@@ -162,7 +162,7 @@ def decode_into(
 def quiet_pillow() -> Iterator[None]:
     """Silence Pillow's warnings about odd files, which ``decode_into`` decodes or refuses itself.
 
-    Entered once for a batch of images, not once an image: it costs a tenth of decoding a small PNG.
+    Entered once for a batch of images, not once an image (a few microseconds each time).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
