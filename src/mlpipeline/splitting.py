@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -27,11 +28,14 @@ def find_duplicates(
     order) is kept. The same content under two different labels cannot be resolved safely,
     so it is refused, naming both files.
     """
-    rows = np.flatnonzero(candidates).astype(np.uint64)
-    packed = np.sort((keys[candidates].astype(np.uint64) << np.uint64(32)) | rows)
-    prefix = packed >> np.uint64(32)
+    # In place, one 8-byte array (and the row numbers while they are merged in): at a million
+    # images the temporaries of the plain expressions held 40 MB, a sixth of ingest's peak.
+    packed = keys[candidates].astype(np.uint64)
+    packed <<= np.uint64(32)
+    packed |= np.flatnonzero(candidates).astype(np.uint64, copy=False)
+    packed.sort()
+    prefix = packed.view(np.uint32)[1::2] if sys.byteorder == "little" else packed.view(np.uint32)[::2]
     repeated = np.concatenate(([False], prefix[1:] == prefix[:-1], [False]))
-    del prefix
     edges = np.diff(repeated.astype(np.int8))  # +1 where a run of equal prefixes starts, -1 after it
     drop = np.zeros(len(keys), dtype=bool)
     for first, last in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
