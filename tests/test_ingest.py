@@ -190,9 +190,11 @@ def test_bad_files_can_be_skipped_and_are_recorded(raw: Path) -> None:
     assert len(result.images()) == sum(COUNTS.values()) - 2
 
 
-def test_the_manifest_written_in_blocks_is_the_same(raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_splits_and_manifest_written_in_blocks_are_the_same(
+    raw: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Blocks of 4 rows cut through classes, splits, a skipped file and a duplicate: the same
-    file as one block (each row's position in its split carries over from block to block)."""
+    shards and manifest as one block (each row's position in its split carries over)."""
     (raw / "b" / "002.png").write_bytes(b"")
     shutil.copy(raw / "c" / "001.png", raw / "c" / "001x.png")
     shutil.copy(raw / "a" / "004.png", raw / "a" / "004x.png")
@@ -200,6 +202,9 @@ def test_the_manifest_written_in_blocks_is_the_same(raw: Path, monkeypatch: pyte
     monkeypatch.setattr(ingest_stage, "MANIFEST_BLOCK", 4)
     blocks = ingested(raw, on_bad_file="skip")
     assert (blocks.root / MANIFEST).read_bytes() == (whole.root / MANIFEST).read_bytes()
+    for split in SPLITS:
+        for written, expected in zip(blocks.splits[split], whole.splits[split], strict=True):
+            np.testing.assert_array_equal(written, expected)
     assert set(whole.manifest["split"]) == {*SPLITS, "skipped", "duplicate"}
 
 

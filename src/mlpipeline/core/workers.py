@@ -64,6 +64,7 @@ def ordered_map(
     unsafe). An exception raised by ``function`` is re-raised here. With one worker everything
     runs in this process, with no pickling at all.
     """
+    return_freed_memory()  # this process too: it receives every result
     if workers <= 1:
         start_worker(initializer)
         yield from map(function, items)

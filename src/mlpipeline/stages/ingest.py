@@ -59,7 +59,7 @@ STATUSES = (*SPLITS, "duplicate", "held_out", "skipped")  # the manifest's split
 DUPLICATE, HELD_OUT, SKIPPED = (STATUSES.index(s) for s in ("duplicate", "held_out", "skipped"))
 PARALLEL_FROM = 4096  # fewer images are decoded in this process: starting workers would cost more
 READ_BYTES = 8 * 2**20  # pixels read back from the scratch per step of a split
-MANIFEST_BLOCK = 65_536  # manifest rows whose columns are taken out of numpy at once
+MANIFEST_BLOCK = 65_536  # rows whose status or manifest columns are taken out of numpy at once
 SHOWN_BAD_FILES = 3  # bad files named on the error line (all of them go to BAD_FILES)
 
 
@@ -253,10 +253,11 @@ def write_dataset(
     with DatasetWriter(out_dir, classes, scratch.row_shape, attributes) as writer:
         for code, split in enumerate(SPLITS):
             writer.add_split(split)
-            rows = np.flatnonzero(status == code)
-            for start in range(0, len(rows), step):
-                part = rows[start : start + step]
-                writer.write(split, scratch.pixels(part), labels[part])
+            for block in range(0, len(status), MANIFEST_BLOCK):  # the split's rows, a block at a time
+                rows = np.flatnonzero(status[block : block + MANIFEST_BLOCK] == code) + block
+                for start in range(0, len(rows), step):
+                    part = rows[start : start + step]
+                    writer.write(split, scratch.pixels(part), labels[part])
         with writer.open_file(MANIFEST) as handle:
             write_manifest(handle, scratch, status, classes)
 
