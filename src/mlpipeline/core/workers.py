@@ -66,7 +66,8 @@ def ordered_map(
     """
     return_freed_memory()  # this process too: it receives every result
     if workers <= 1:
-        start_worker(initializer)
+        if initializer is not None:
+            initializer()
         yield from map(function, items)
         return
     context = multiprocessing.get_context("spawn")
@@ -86,7 +87,7 @@ def ordered_map(
 
 
 def start_worker(initializer: Callable[[], None] | None) -> None:
-    """What a worker does before its first task (the stage's own process too, when it works alone)."""
+    """What a spawned worker does before its first task."""
     return_freed_memory()
     if initializer is not None:
         initializer()
