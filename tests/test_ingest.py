@@ -199,7 +199,7 @@ def test_splits_and_manifest_written_in_blocks_are_the_same(
     shutil.copy(raw / "c" / "001.png", raw / "c" / "001x.png")
     shutil.copy(raw / "a" / "004.png", raw / "a" / "004x.png")
     whole = ingested(raw, on_bad_file="skip")
-    monkeypatch.setattr(ingest_stage, "MANIFEST_BLOCK", 4)
+    monkeypatch.setattr(ingest_stage, "ROW_BLOCK", 4)
     blocks = ingested(raw, on_bad_file="skip")
     assert (blocks.root / MANIFEST).read_bytes() == (whole.root / MANIFEST).read_bytes()
     for split in SPLITS:

@@ -59,7 +59,7 @@ STATUSES = (*SPLITS, "duplicate", "held_out", "skipped")  # the manifest's split
 DUPLICATE, HELD_OUT, SKIPPED = (STATUSES.index(s) for s in ("duplicate", "held_out", "skipped"))
 PARALLEL_FROM = 4096  # fewer images are decoded in this process: starting workers would cost more
 READ_BYTES = 8 * 2**20  # pixels read back from the scratch per step of a split
-MANIFEST_BLOCK = 65_536  # rows whose status or manifest columns are taken out of numpy at once
+ROW_BLOCK = 65_536  # rows whose status or manifest columns are taken out of numpy at once
 SHOWN_BAD_FILES = 3  # bad files named on the error line (all of them go to BAD_FILES)
 
 
@@ -253,8 +253,8 @@ def write_dataset(
     with DatasetWriter(out_dir, classes, scratch.row_shape, attributes) as writer:
         for code, split in enumerate(SPLITS):
             writer.add_split(split)
-            for block in range(0, len(status), MANIFEST_BLOCK):  # the split's rows, a block at a time
-                rows = np.flatnonzero(status[block : block + MANIFEST_BLOCK] == code) + block
+            for block in range(0, len(status), ROW_BLOCK):  # the split's rows, a block at a time
+                rows = np.flatnonzero(status[block : block + ROW_BLOCK] == code) + block
                 for start in range(0, len(rows), step):
                     part = rows[start : start + step]
                     writer.write(split, scratch.pixels(part), labels[part])
@@ -276,8 +276,8 @@ def manifest_rows(scratch: Scratch, status: np.ndarray, classes: list[str]) -> I
     """The manifest's rows, a block at a time: the block's columns leave numpy as lists (a numpy
     scalar a cell costs), and memory holds one block of them, not a million-row list."""
     records, taken = scratch.records(), np.zeros(len(SPLITS), dtype=np.int64)
-    for start in range(0, len(status), MANIFEST_BLOCK):
-        block = slice(start, start + MANIFEST_BLOCK)
+    for start in range(0, len(status), ROW_BLOCK):
+        block = slice(start, start + ROW_BLOCK)
         codes = status[block]
         positions = split_positions(codes, taken)
         columns = zip(
