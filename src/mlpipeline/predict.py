@@ -47,7 +47,7 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.images import IMAGE_SUFFIXES, Preprocessing, decode_image
 from mlpipeline.inference import predict_probabilities
 from mlpipeline.model_files import load_model
-from mlpipeline.sources import natural_key
+from mlpipeline.sources import natural_sorted
 
 COLUMNS = ["path", "label", "probability"]
 
@@ -71,7 +71,7 @@ def expand_paths(paths: Iterable[Path | str]) -> list[tuple[str, str | None]]:
             ]
             if not images:
                 found.append((str(raw), f"{raw}: folder has no images ({', '.join(IMAGE_SUFFIXES)})"))
-            found += [(str(p), None) for p in sorted(images, key=lambda p: natural_key(str(p)))]
+            found += [(name, None) for name in natural_sorted([str(p) for p in images])]
         elif path.exists():
             found.append((str(raw), None))
         else:

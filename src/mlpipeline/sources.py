@@ -84,17 +84,20 @@ class Source:
     def _class_folder(self, label: str) -> Iterator[RawSample]:
         folder = f"{self.root}/{label}"
         with reaching(self.shown):
-            files = [f"{label}/{rel}" for rel in _find(self.fs, folder) if not _hidden(rel)]
+            files = _find(self.fs, folder)
         images = []
-        for name in files:
-            if name.lower().endswith(IMAGE_SUFFIXES):
-                images.append(name)
+        for rel in files:
+            if _hidden(rel):
+                continue
+            if rel.lower().endswith(IMAGE_SUFFIXES):
+                images.append(rel)
             else:
-                self.ignored[posixpath.splitext(name)[1].lower() or "(no suffix)"] += 1
+                self.ignored[posixpath.splitext(rel)[1].lower() or "(no suffix)"] += 1
         shown = self.shown
         if not images:
             raise PipelineError(f"{_join(shown, label)}/: class '{label}' has no images")
-        for name in sorted(images, key=natural_key):
+        for rel in natural_sorted(images):  # the same order as with "<label>/" in front
+            name = f"{label}/{rel}"
             yield RawSample(f"{self.root}/{name}", name, label, _join(shown, name))
 
     def _manifest_rows(self) -> Iterator[RawSample]:
@@ -105,9 +108,27 @@ class Source:
             yield RawSample(f"{self.root}/{name}", rel, label, _join(self.shown, name))
 
 
-def natural_key(text: str) -> list[int | str]:
-    """Sort "2" before "10": class folders named by numbers read in numeric order."""
-    return [int(part) if part.isdigit() else part for part in _DIGIT_RUNS.split(text)]
+def natural_key(text: str) -> str:
+    """Sort "2" before "10": names with numbers read in numeric order.
+
+    One string, not a list of text and numbers (a sixth of the memory, for a class folder of
+    a million names): each run of digits becomes NUL, its length and its digits without
+    leading zeros. NUL sorts before any character a name can hold, so shorter text sorts
+    first, and a longer number after a shorter one.
+    """
+    parts = _DIGIT_RUNS.split(text)  # text and digit runs alternate, text first
+    for i in range(1, len(parts), 2):
+        digits = parts[i].lstrip("0") or "0"
+        parts[i] = f"\0{chr(len(digits))}{digits}"
+    return "".join(parts)
+
+
+def natural_sorted(names: list[str]) -> list[str]:
+    """``names`` in natural order; names that read as equal ("a07", "a7") in plain order, so the
+    order never depends on the order a filesystem lists them in."""
+    names = sorted(names)
+    names.sort(key=natural_key)
+    return names
 
 
 def open_source(url: str, manifest: str | None) -> Source:
@@ -128,7 +149,7 @@ def open_source(url: str, manifest: str | None) -> Source:
             raise PipelineError(f"{shown}: source not found (set ingest.source to a folder)")
         source = Source(probe, url, root, manifest, labels=[])
         labels = _class_labels(source) if manifest is None else _manifest_labels(source)
-    return Source(fs, url, root, manifest, sorted(labels, key=natural_key))
+    return Source(fs, url, root, manifest, natural_sorted(list(labels)))
 
 
 def _probe_fs(url: str) -> fsspec.AbstractFileSystem:
@@ -281,4 +302,5 @@ def _join(source: str, name: str) -> str:
 
 
 def _hidden(path: str) -> bool:
-    return any(part.startswith(".") for part in path.strip("/").split("/"))
+    """Some part of ``path`` starts with a dot."""
+    return "/." in f"/{path.strip('/')}"
