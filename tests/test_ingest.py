@@ -15,6 +15,7 @@ import pytest
 from imagedata import Output, ingest_params, make_folder, noise, run_ingest, write_png
 from PIL import Image
 
+from mlpipeline import scratch
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import Dataset
 from mlpipeline.splitting import SPLITS
@@ -193,13 +194,15 @@ def test_bad_files_can_be_skipped_and_are_recorded(raw: Path) -> None:
 def test_splits_and_manifest_written_in_blocks_are_the_same(
     raw: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Blocks of 4 rows cut through classes, splits, a skipped file and a duplicate: the same
-    shards and manifest as one block (each row's position in its split carries over)."""
+    """Blocks of 4 rows (3 records) cut through classes, splits, a skipped file and a duplicate:
+    the same shards and manifest as one block (each row's position in its split carries over)."""
     (raw / "b" / "002.png").write_bytes(b"")
     shutil.copy(raw / "c" / "001.png", raw / "c" / "001x.png")
     shutil.copy(raw / "a" / "004.png", raw / "a" / "004x.png")
     whole = ingested(raw, on_bad_file="skip")
     monkeypatch.setattr(ingest_stage, "ROW_BLOCK", 4)
+    monkeypatch.setattr(ingest_stage, "READ_BYTES", 4 * 64)  # four 8x8 gray images
+    monkeypatch.setattr(scratch, "RECORD_BLOCK", 3)
     blocks = ingested(raw, on_bad_file="skip")
     assert (blocks.root / MANIFEST).read_bytes() == (whole.root / MANIFEST).read_bytes()
     for split in SPLITS:

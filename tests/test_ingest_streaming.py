@@ -23,7 +23,9 @@ def test_outputs_are_identical_for_one_and_two_workers(
     raw = make_folder(tmp_path / "raw", {"a": 90, "b": 70, "c": 40})  # several batches per worker
     monkeypatch.setattr(ingest, "PARALLEL_FROM", 10)  # small sources are decoded in-process
     used, ordered_map = [], ingest.ordered_map
-    monkeypatch.setattr(ingest, "ordered_map", lambda f, items, n: used.append(n) or ordered_map(f, items, n))
+    monkeypatch.setattr(
+        ingest, "ordered_map", lambda f, items, n, **kw: used.append(n) or ordered_map(f, items, n, **kw)
+    )
     outputs = {}
     for workers in ("1", "2"):
         monkeypatch.setenv("MLPIPELINE_WORKERS", workers)
@@ -45,12 +47,11 @@ class Counting:
         decode_batch, pixels, write = ingest.decode_batch, scratch.Scratch.pixels, DatasetWriter.write
 
         def counting_decode(batch):
-            result = decode_batch(batch)
-            self.decoded = max(self.decoded, len(result.pixels))
-            return result
+            self.decoded = max(self.decoded, len(batch.samples))
+            return decode_batch(batch)
 
-        def counting_pixels(store, rows):
-            result = pixels(store, rows)
+        def counting_pixels(store, first, count):
+            result = pixels(store, first, count)
             self.read = max(self.read, len(result))
             return result
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import platform
+import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.workers import (
     MIN_BATCHES_PER_WORKER,
     WORKERS_ENV,
+    SharedFile,
     available_cores,
     ordered_map,
     worker_count,
@@ -80,3 +83,30 @@ def test_workers_give_large_freed_blocks_back(workers: int) -> None:
     resident behind (glibc's default kept it in the heap, and workers grew batch after batch)."""
     retained = list(ordered_map(retained_after_free, [16] * workers, workers))
     assert max(retained) < 4 << 20
+
+
+_shared: SharedFile | None = None  # set in each worker by keep_shared
+
+
+def keep_shared(file: SharedFile) -> None:
+    global _shared
+    _shared = file
+
+
+def write_at(item: tuple[int, bytes]) -> int:
+    """Write ``item``'s bytes at its offset of the shared file; the writer's process id."""
+    assert _shared is not None
+    offset, data = item
+    os.pwrite(_shared.fd, data, offset)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_write_in_place_into_a_file_with_no_name(workers: int) -> None:
+    with tempfile.TemporaryFile() as unnamed:
+        items = [(100 * k, bytes([k]) * 100) for k in range(40)]
+        writers = set(
+            ordered_map(write_at, items, workers, partial(keep_shared, SharedFile(unnamed.fileno())))
+        )
+        assert os.pread(unnamed.fileno(), 4000, 0) == b"".join(data for _, data in items)
+    assert (writers == {os.getpid()}) == (workers == 1)  # spawned workers wrote it, with 2

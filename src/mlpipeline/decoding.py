@@ -1,9 +1,11 @@
 """Ingest's hot loop: read and decode one batch of source files, in this process or a worker.
 
-A batch carries what a spawned worker needs (the filesystem, the samples, the preprocessing)
-and comes back as a few arrays, so pickling costs little per image and the parent only
-writes results in order (``core.workers.ordered_map``): any worker count, same bytes.
-Workers read their files themselves, so reading spreads over the cores along with decoding.
+A batch carries what a spawned worker needs (the filesystem, the samples, the preprocessing,
+its first row) and the decoded pixels go straight into the scratch's pixel file at the batch's
+rows (``write_into`` hands a worker that file), so only a few bytes an image travel back: the
+digests and what the decoder found. The parent records those in order
+(``core.workers.ordered_map``): any worker count, same bytes. Workers read their files
+themselves, so reading spreads over the cores along with decoding.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import fsspec
 import numpy as np
 
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.workers import SharedFile
 from mlpipeline.images import Conversion, Preprocessing, decode_into, quiet_pillow
 from mlpipeline.sources import RawSample, read_files
 
@@ -22,6 +25,7 @@ BATCH_IMAGES = 64  # samples per task: amortizes the pickling, bounds what is in
 DIGEST_BYTES = 32  # sha256
 NO_DIGEST = bytes(DIGEST_BYTES)  # where a sample failed
 FAILED = Conversion("", False, False)
+_pixel_file: SharedFile | None = None  # where this process writes decoded pixels (``write_into``)
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,11 @@ class Batch:
     samples: list[RawSample]
     preprocessing: Preprocessing
     max_pixels: int
+    first_row: int  # the scratch row of the batch's first sample
 
 
 @dataclass(frozen=True)
 class DecodedBatch:
-    pixels: np.ndarray  # uint8 n x C x H x W; zeros where the sample failed
     file_digests: np.ndarray  # uint8 n x 32, sha256 of the file bytes (zeros where failed)
     pixel_digests: np.ndarray  # uint8 n x 32, sha256 of the decoded pixels
     modes: list[str]  # each file's pixel mode before conversion ("" where failed)
@@ -43,8 +47,15 @@ class DecodedBatch:
     errors: list[str | None]  # why a sample failed ("file is empty"), else None
 
 
+def write_into(pixels: SharedFile) -> None:
+    """Have ``decode_batch`` in this process write pixels into ``pixels`` (a pool's initializer)."""
+    global _pixel_file
+    _pixel_file = pixels
+
+
 def decode_batch(batch: Batch) -> DecodedBatch:
-    """Read and decode every sample of ``batch``; a bad file is reported, not raised.
+    """Read and decode every sample of ``batch`` into the pixel file (zeros where a sample
+    failed: a bad file is reported, not raised).
 
     Images land in one H x W x C buffer, transposed to C x H x W once for the batch;
     digests are gathered as bytes and turned into arrays at the end. Per-image numpy
@@ -72,8 +83,8 @@ def decode_batch(batch: Batch) -> DecodedBatch:
         NO_DIGEST if error is not None else hashlib.sha256(image).digest()
         for image, error in zip(planar, errors, strict=True)
     ]
+    _write_rows(planar, batch.first_row)
     return DecodedBatch(
-        pixels=planar,
         file_digests=_digest_array(file_digests),
         pixel_digests=_digest_array(pixel_digests),
         modes=[c.mode for c in conversions],
@@ -81,6 +92,14 @@ def decode_batch(batch: Batch) -> DecodedBatch:
         rotated=np.array([c.rotated for c in conversions], dtype=bool),
         errors=errors,
     )
+
+
+def _write_rows(pixels: np.ndarray, first_row: int) -> None:
+    """Write ``pixels`` (one row an image) at ``first_row`` of the pixel file: batches land in
+    place, whichever worker finishes first."""
+    if _pixel_file is None:
+        raise RuntimeError("decode_batch needs write_into(pixel file) in this process first")
+    _pixel_file.write_at(pixels, first_row * (pixels.nbytes // len(pixels)))
 
 
 def _digest_array(digests: list[bytes]) -> np.ndarray:

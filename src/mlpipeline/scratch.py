@@ -6,24 +6,26 @@ and the names wait in unnamed temporary files beside the output (``TemporaryFile
 to leave behind, even after a SIGKILL), written and read with plain file I/O: pages of a
 memory-mapped file that a process writes count in its RSS, the page cache does not. Memory
 keeps only fixed-size columns: label, a 4-byte digest prefix, the pixel mode and two flags.
+Records are read back a block of rows at a time: a read call a row cost as much as the row.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from mlpipeline.core.workers import SharedFile
 from mlpipeline.decoding import DIGEST_BYTES, DecodedBatch
 from mlpipeline.sources import RawSample
 
-_LENGTH = struct.Struct("<I")
+# A row's record: the file's and the pixels' sha256, and the length of its UTF-8 name.
+RECORD = np.dtype([("file", "u1", DIGEST_BYTES), ("pixels", "u1", DIGEST_BYTES), ("name_bytes", "<u4")])
+RECORD_BLOCK = 16_384  # rows whose records are read back at once
 
 
 class Column:
@@ -47,14 +49,16 @@ class Column:
 
 
 class Scratch:
-    """Append decoded batches in source order; read back pixels by row and records in order."""
+    """Append decoded batches' records in source order (their pixels are written in place by
+    whoever decoded them, into ``pixel_file()``); read back pixels by row and records in order."""
 
     def __init__(self, directory: Path, row_shape: Sequence[int]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._files = ExitStack()
-        self._pixels = self._unnamed(directory)
-        self._digests = self._unnamed(directory)  # file sha256 then pixel sha256, per row
-        self._names = self._unnamed(directory)  # length-prefixed UTF-8
+        self._pixels = self._unnamed(directory)  # a row of pixels a row
+        self._records = self._unnamed(directory)  # a RECORD a row
+        self._names = self._unnamed(directory)  # UTF-8, one after the other
+        self._names_end = 0
         self.row_shape = tuple(row_shape)
         self.row_bytes = int(np.prod(self.row_shape))
         self.labels = Column(np.int32)
@@ -62,63 +66,69 @@ class Scratch:
         self.modes = Column(np.uint8)  # index into mode_names
         self.converted = Column(np.bool_)
         self.rotated = Column(np.bool_)
-        self.mode_names: list[str] = []
+        self._mode_codes: dict[str, int] = {}  # pixel mode -> its code in ``modes``
         self.errors: dict[int, str] = {}  # row -> why the file was refused
 
     @property
     def count(self) -> int:
         return self.labels.size
 
+    def pixel_file(self) -> SharedFile:
+        """The pixel file, for the processes that decode: row ``r`` lies at ``r * row_bytes``."""
+        return self._pixels
+
     def append(self, samples: Sequence[RawSample], labels: np.ndarray, batch: DecodedBatch) -> None:
         start = self.count
-        self._pixels.write(batch.pixels.tobytes())
-        self._digests.write(np.concatenate([batch.file_digests, batch.pixel_digests], axis=1).tobytes())
-        for sample in samples:
-            encoded = sample.name.encode("utf-8")
-            self._names.write(_LENGTH.pack(len(encoded)) + encoded)
+        names = [sample.name.encode("utf-8") for sample in samples]
+        records = np.empty(len(names), dtype=RECORD)
+        records["file"], records["pixels"] = batch.file_digests, batch.pixel_digests
+        records["name_bytes"] = [len(name) for name in names]
+        self._records.write_at(records, start * RECORD.itemsize)
+        joined = b"".join(names)
+        self._names.write_at(joined, self._names_end)
+        self._names_end += len(joined)
         self.labels.extend(labels)
         self.keys.extend(batch.pixel_digests[:, :4].copy().view("<u4").ravel())
-        self.modes.extend(np.array([self._mode_code(m) for m in batch.modes], dtype=np.uint8))
+        codes = self._mode_codes
+        self.modes.extend(np.array([codes.setdefault(m, len(codes)) for m in batch.modes], dtype=np.uint8))
         self.converted.extend(batch.converted)
         self.rotated.extend(batch.rotated)
         self.errors.update({start + i: e for i, e in enumerate(batch.errors) if e is not None})
 
-    def flush(self) -> None:
-        for handle in (self._pixels, self._digests, self._names):
-            handle.flush()
+    @property
+    def mode_names(self) -> list[str]:
+        """The pixel modes met so far, by code."""
+        return list(self._mode_codes)
 
     def pixel_digest(self, row: int) -> bytes:
-        return os.pread(self._digests.fileno(), DIGEST_BYTES, row * 2 * DIGEST_BYTES + DIGEST_BYTES)
+        offset = row * RECORD.itemsize + RECORD.fields["pixels"][1]
+        return os.pread(self._records.fd, DIGEST_BYTES, offset)
 
-    def pixels(self, rows: np.ndarray) -> np.ndarray:
-        """The decoded images of ``rows`` (ascending), read in one span when they lie close."""
-        first, last = int(rows[0]), int(rows[-1])
-        if last - first + 1 <= 2 * len(rows):
-            span = self._read(first, last - first + 1)
-            return span[rows - first]
-        return np.concatenate([self._read(int(r), 1) for r in rows])
+    def pixels(self, first: int, count: int) -> np.ndarray:
+        """The decoded images of rows ``first`` to ``first + count``, in one read."""
+        data = os.pread(self._pixels.fd, count * self.row_bytes, first * self.row_bytes)
+        return np.frombuffer(data, dtype=np.uint8).reshape(count, *self.row_shape)
 
     def records(self) -> Iterator[tuple[str, bytes, bytes]]:
-        """(name, file sha256, pixel sha256) of every row, in order, read sequentially."""
-        self._names.seek(0)
-        self._digests.seek(0)
-        for _ in range(self.count):
-            (length,) = _LENGTH.unpack(self._names.read(_LENGTH.size))
-            digests = self._digests.read(2 * DIGEST_BYTES)
-            yield self._names.read(length).decode("utf-8"), digests[:DIGEST_BYTES], digests[DIGEST_BYTES:]
+        """(name, file sha256, pixel sha256) of every row, in order, read a block at a time."""
+        name_offset = 0
+        for first in range(0, self.count, RECORD_BLOCK):
+            count = min(RECORD_BLOCK, self.count - first)
+            block = os.pread(self._records.fd, count * RECORD.itemsize, first * RECORD.itemsize)
+            records = np.frombuffer(block, dtype=RECORD)
+            ends = np.cumsum(records["name_bytes"], dtype=np.int64)
+            names = os.pread(self._names.fd, int(ends[-1]), name_offset)
+            name_offset += int(ends[-1])
+            starts = [0, *ends[:-1].tolist()]
+            for begin, end, file_digest, pixel_digest in zip(
+                starts, ends.tolist(), records["file"], records["pixels"], strict=True
+            ):
+                yield names[begin:end].decode("utf-8"), file_digest.tobytes(), pixel_digest.tobytes()
 
     def close(self) -> None:
         self._files.close()
 
-    def _unnamed(self, directory: Path) -> BinaryIO:
-        # Open for the scratch's lifetime, closed (and so deleted) by close().
-        return self._files.enter_context(tempfile.TemporaryFile(dir=directory))
-
-    def _read(self, row: int, count: int) -> np.ndarray:
-        data = os.pread(self._pixels.fileno(), count * self.row_bytes, row * self.row_bytes)
-        return np.frombuffer(data, dtype=np.uint8).reshape(count, *self.row_shape)
-
-    def _mode_code(self, mode: str) -> int:
-        if mode not in self.mode_names:
-            self.mode_names.append(mode)
-        return self.mode_names.index(mode)
+    def _unnamed(self, directory: Path) -> SharedFile:
+        """A file with no name, written and read at offsets (no buffer to flush), open for the
+        scratch's lifetime: close() closes it, and so deletes it."""
+        return SharedFile(self._files.enter_context(tempfile.TemporaryFile(dir=directory)).fileno())

@@ -17,7 +17,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import partial
-from typing import TypeVar
+from multiprocessing import reduction
+from typing import Any, TypeVar
 
 from mlpipeline.core.errors import PipelineError
 
@@ -103,6 +104,30 @@ def return_freed_memory() -> None:
     """
     if platform.libc_ver()[0] == "glibc":
         ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, RETURN_FREED_FROM)
+
+
+class SharedFile:
+    """An open file that each spawned worker receives as a descriptor of its own, even a file
+    with no name (an unnamed temporary file). Give it to a worker through ``ordered_map``'s
+    ``initializer``: it is pickled while the worker is spawned, and the descriptor goes to the
+    child the way multiprocessing passes its own pipes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write_at(self, data: bytes | memoryview, offset: int) -> None:
+        """Write all of ``data`` at ``offset`` (processes writing apart need no lock)."""
+        view = memoryview(data).cast("B")
+        while view:
+            written = os.pwrite(self.fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    def __reduce__(self) -> tuple[Callable[[Any], SharedFile], tuple[Any]]:
+        return _received, (reduction.DupFd(self.fd),)
+
+
+def _received(duplicate: Any) -> SharedFile:
+    return SharedFile(duplicate.detach())
 
 
 MIN_BATCHES_PER_WORKER = 8  # a spawned worker costs about a second (a fresh interpreter imports torch)

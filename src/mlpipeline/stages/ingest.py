@@ -22,6 +22,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain, islice
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal, Self
@@ -36,7 +37,7 @@ from mlpipeline.core.paths import INGESTED
 from mlpipeline.core.shards import DatasetWriter
 from mlpipeline.core.urls import redact
 from mlpipeline.core.workers import ordered_map, worker_count
-from mlpipeline.decoding import BATCH_IMAGES, Batch, decode_batch
+from mlpipeline.decoding import BATCH_IMAGES, Batch, decode_batch, write_into
 from mlpipeline.images import Preprocessing, Resample
 from mlpipeline.scratch import Scratch
 from mlpipeline.sources import RawSample, Source, open_source
@@ -58,8 +59,8 @@ MANIFEST_COLUMNS = (
 STATUSES = (*SPLITS, "duplicate", "held_out", "skipped")  # the manifest's split column, by code
 DUPLICATE, HELD_OUT, SKIPPED = (STATUSES.index(s) for s in ("duplicate", "held_out", "skipped"))
 PARALLEL_FROM = 4096  # fewer images are decoded in this process: starting workers would cost more
-READ_BYTES = 8 * 2**20  # pixels read back from the scratch per step of a split
-ROW_BLOCK = 65_536  # rows whose status or manifest columns are taken out of numpy at once
+READ_BYTES = 8 * 2**20  # pixels read back from the scratch at a time
+ROW_BLOCK = 65_536  # rows whose manifest columns are taken out of numpy at once
 SHOWN_BAD_FILES = 3  # bad files named on the error line (all of them go to BAD_FILES)
 
 
@@ -203,14 +204,16 @@ def decode_all(source: Source, classes: list[str], params: IngestParams, scratch
     samples = chain(head, listed)
 
     def batches() -> Iterator[Batch]:
+        row = 0
         while chunk := list(islice(samples, BATCH_IMAGES)):
             in_flight.append(chunk)
-            yield Batch(source.fs, chunk, preprocessing, params.max_image_pixels)
+            yield Batch(source.fs, chunk, preprocessing, params.max_image_pixels, first_row=row)
+            row += len(chunk)
 
-    for decoded in ordered_map(decode_batch, batches(), workers):
+    pixels = partial(write_into, scratch.pixel_file())
+    for decoded in ordered_map(decode_batch, batches(), workers, initializer=pixels):
         chunk = in_flight.popleft()
         scratch.append(chunk, np.array([index[s.label] for s in chunk], dtype=np.int32), decoded)
-    scratch.flush()
 
 
 def bad_files(scratch: Scratch, source: Source) -> list[tuple[str, str]]:
@@ -247,17 +250,20 @@ def assign_splits(scratch: Scratch, classes: list[str], params: IngestParams, so
 def write_dataset(
     scratch: Scratch, status: np.ndarray, classes: list[str], attributes: dict, out_dir: Path
 ) -> None:
-    """Stream each split from the scratch into shards, then the manifest, atomically."""
+    """Stream the scratch once, in order, each row into its split's shards; then the manifest.
+    All in one atomic step."""
     labels = scratch.labels.array()
     step = max(1, READ_BYTES // scratch.row_bytes)
     with DatasetWriter(out_dir, classes, scratch.row_shape, attributes) as writer:
-        for code, split in enumerate(SPLITS):
+        for split in SPLITS:
             writer.add_split(split)
-            for block in range(0, len(status), ROW_BLOCK):  # the split's rows, a block at a time
-                rows = np.flatnonzero(status[block : block + ROW_BLOCK] == code) + block
-                for start in range(0, len(rows), step):
-                    part = rows[start : start + step]
-                    writer.write(split, scratch.pixels(part), labels[part])
+        for first in range(0, len(status), step):
+            rows = slice(first, first + step)
+            pixels, codes = scratch.pixels(first, len(status[rows])), status[rows]
+            for code, split in enumerate(SPLITS):
+                members = codes == code
+                if members.any():
+                    writer.write(split, pixels[members], labels[rows][members])
         with writer.open_file(MANIFEST) as handle:
             write_manifest(handle, scratch, status, classes)
 
