@@ -102,3 +102,13 @@ def test_s3_up_hides_the_password_of_a_remote_it_cannot_serve(repo: Path, tmp_pa
     with pytest.raises(s3server.ServerError) as failed:
         s3server.up(repo, tmp_path / "state")
     assert str(failed.value).startswith("remote 'storage' is https://user:***@dav.example.com/cache, not")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/cache", "https://127.0.0.1:9/cache"])
+def test_check_remote_calls_a_refused_connection_unreachable(repo: Path, url: str) -> None:
+    """HTTP's existence check answers False when nothing listens: the write then fails, and that
+    is no reason to call the remote reachable."""
+    (repo / ".dvc" / "config.local").write_text(f"['remote \"storage\"']\n    url = {url}\n")
+    with pytest.raises(remote_check.RemoteCheckFailed) as failed:
+        remote_check.check_remote(repo)
+    assert str(failed.value).startswith(f"remote 'storage' ({url}): not reachable: ")

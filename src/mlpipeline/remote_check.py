@@ -9,6 +9,7 @@ Usage: ``python -m mlpipeline.remote_check [REMOTE]`` (``make check-remote``).
 
 from __future__ import annotations
 
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -26,6 +27,17 @@ def _reason(exc: BaseException) -> str:
     """The first line of ``exc``'s message, with the password of any URL it quotes hidden."""
     lines = str(exc).strip().splitlines()
     return redact_text(lines[0]) if lines else type(exc).__name__
+
+
+def _connection_failed(exc: BaseException) -> bool:
+    """``exc`` came of not reaching the server at all (refused, unknown host, timed out): some
+    filesystems (HTTP) answer an existence check with False then, rather than raising."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (ConnectionError, socket.gaierror, TimeoutError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def check_remote(repo_root: Path | str = ".", remote: str | None = None) -> str:
@@ -60,7 +72,8 @@ def check_remote(repo_root: Path | str = ".", remote: str | None = None) -> str:
         except RemoteCheckFailed:
             raise
         except Exception as exc:
-            raise RemoteCheckFailed(f"{label}: reachable but not writable: {_reason(exc)}") from exc
+            verdict = "not reachable" if _connection_failed(exc) else "reachable but not writable"
+            raise RemoteCheckFailed(f"{label}: {verdict}: {_reason(exc)}") from exc
     return f"{label}: reachable and writable"
 
 
