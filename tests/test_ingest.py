@@ -15,7 +15,7 @@ import pytest
 from imagedata import Output, ingest_params, make_folder, noise, run_ingest, write_png
 from PIL import Image
 
-from mlpipeline import scratch
+from mlpipeline import scratch, scratch_rows
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import Dataset
 from mlpipeline.splitting import SPLITS
@@ -201,7 +201,7 @@ def test_splits_and_manifest_written_in_blocks_are_the_same(
     shutil.copy(raw / "a" / "004.png", raw / "a" / "004x.png")
     whole = ingested(raw, on_bad_file="skip")
     monkeypatch.setattr(ingest_stage, "ROW_BLOCK", 4)
-    monkeypatch.setattr(ingest_stage, "READ_BYTES", 4 * 64)  # four 8x8 gray images
+    monkeypatch.setattr(scratch_rows, "READ_BYTES", 4 * 64)  # four 8x8 gray images
     monkeypatch.setattr(scratch, "RECORD_BLOCK", 3)
     blocks = ingested(raw, on_bad_file="skip")
     assert (blocks.root / MANIFEST).read_bytes() == (whole.root / MANIFEST).read_bytes()

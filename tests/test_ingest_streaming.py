@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from imagedata import ingest_params, make_folder, run_ingest
 
-from mlpipeline import scratch
-from mlpipeline.core.shards import DatasetWriter
+from mlpipeline import scratch_rows
+from mlpipeline.core import shards
+from mlpipeline.splitting import SPLITS
 from mlpipeline.stages import ingest
 
 
@@ -22,21 +23,23 @@ def test_outputs_are_identical_for_one_and_two_workers(
 ) -> None:
     raw = make_folder(tmp_path / "raw", {"a": 90, "b": 70, "c": 40})  # several batches per worker
     monkeypatch.setattr(ingest, "PARALLEL_FROM", 10)  # small sources are decoded in-process
-    used, ordered_map = [], ingest.ordered_map
-    monkeypatch.setattr(
-        ingest, "ordered_map", lambda f, items, n, **kw: used.append(n) or ordered_map(f, items, n, **kw)
-    )
+    monkeypatch.setattr(shards, "MAX_SHARD_BYTES", 10 * 64)  # shards of ten 8x8 images, in parallel
+    used = []
+
+    class CountedPool(ingest.WorkerPool):
+        def __enter__(self) -> ingest.WorkerPool:
+            used.append(self.workers)
+            return super().__enter__()
+
+    monkeypatch.setattr(ingest, "WorkerPool", CountedPool)
     outputs = {}
     for workers in ("1", "2"):
         monkeypatch.setenv("MLPIPELINE_WORKERS", workers)
         run_ingest(ingest_params(raw), tmp_path / f"out-{workers}")
         outputs[workers] = output_bytes(tmp_path / f"out-{workers}")
     assert used == [1, 2] and outputs["1"] == outputs["2"]
-    assert {name for name in outputs["1"] if name.endswith(".safetensors")} == {
-        "train-00000.safetensors",
-        "val-00000.safetensors",
-        "test-00000.safetensors",
-    }
+    assert {name.split("-")[0] for name in outputs["1"] if name.endswith(".safetensors")} == set(SPLITS)
+    assert "train-00013.safetensors" in outputs["1"]  # 140 train images, 10 a shard
 
 
 class Counting:
@@ -44,31 +47,35 @@ class Counting:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.decoded = self.read = self.written = 0
-        decode_batch, pixels, write = ingest.decode_batch, scratch.Scratch.pixels, DatasetWriter.write
+        decode_batch, read_span, write_shard = (
+            ingest.decode_batch,
+            scratch_rows.read_span,
+            scratch_rows.write_shard,
+        )
 
         def counting_decode(batch):
             self.decoded = max(self.decoded, len(batch.samples))
             return decode_batch(batch)
 
-        def counting_pixels(store, first, count):
-            result = pixels(store, first, count)
-            self.read = max(self.read, len(result))
-            return result
+        def counting_read(first, count, row_shape):
+            self.read = max(self.read, count)
+            return read_span(first, count, row_shape)
 
-        def counting_write(writer, split, images, labels):
+        def counting_write(path, images, labels):
             self.written = max(self.written, len(images))
-            return write(writer, split, images, labels)
+            return write_shard(path, images, labels)
 
         monkeypatch.setattr(ingest, "decode_batch", counting_decode)
-        monkeypatch.setattr(scratch.Scratch, "pixels", counting_pixels)
-        monkeypatch.setattr(DatasetWriter, "write", counting_write)
+        monkeypatch.setattr(scratch_rows, "read_span", counting_read)
+        monkeypatch.setattr(scratch_rows, "write_shard", counting_write)
 
 
 def test_no_step_holds_a_whole_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Decoding, reading back and writing go 4 images at a time, while the train split has 68."""
     monkeypatch.setenv("MLPIPELINE_WORKERS", "1")
     monkeypatch.setattr(ingest, "BATCH_IMAGES", 4)
-    monkeypatch.setattr(ingest, "READ_BYTES", 4 * 64)  # four 8x8 gray images
+    monkeypatch.setattr(scratch_rows, "READ_BYTES", 4 * 64)  # four 8x8 gray images
+    monkeypatch.setattr(shards, "MAX_SHARD_BYTES", 4 * 64)
     counting = Counting(monkeypatch)
     raw = make_folder(tmp_path / "raw", {"a": 50, "b": 50})
     result = run_ingest(ingest_params(raw), tmp_path / "out")

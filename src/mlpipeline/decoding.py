@@ -2,8 +2,8 @@
 
 A batch carries what a spawned worker needs (the filesystem, the samples, the preprocessing,
 its first row) and the decoded pixels go straight into the scratch's pixel file at the batch's
-rows (``write_into`` hands a worker that file), so only a few bytes an image travel back: the
-digests and what the decoder found. The parent records those in order
+rows (``scratch_rows``), so only a few bytes an image travel back: the digests and what the
+decoder found. The parent records those in order
 (``core.workers.ordered_map``): any worker count, same bytes. Workers read their files
 themselves, so reading spreads over the cores along with decoding.
 """
@@ -17,15 +17,14 @@ import fsspec
 import numpy as np
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.workers import SharedFile
 from mlpipeline.images import Conversion, Preprocessing, decode_into, quiet_pillow
+from mlpipeline.scratch_rows import write_rows
 from mlpipeline.sources import RawSample, read_files
 
 BATCH_IMAGES = 64  # samples per task: amortizes the pickling, bounds what is in flight
 DIGEST_BYTES = 32  # sha256
 NO_DIGEST = bytes(DIGEST_BYTES)  # where a sample failed
 FAILED = Conversion("", False, False)
-_pixel_file: SharedFile | None = None  # where this process writes decoded pixels (``write_into``)
 
 
 @dataclass(frozen=True)
@@ -45,12 +44,6 @@ class DecodedBatch:
     converted: np.ndarray  # bool n: the mode was converted
     rotated: np.ndarray  # bool n: an EXIF orientation was applied
     errors: list[str | None]  # why a sample failed ("file is empty"), else None
-
-
-def write_into(pixels: SharedFile) -> None:
-    """Have ``decode_batch`` in this process write pixels into ``pixels`` (a pool's initializer)."""
-    global _pixel_file
-    _pixel_file = pixels
 
 
 def decode_batch(batch: Batch) -> DecodedBatch:
@@ -83,7 +76,7 @@ def decode_batch(batch: Batch) -> DecodedBatch:
         NO_DIGEST if error is not None else hashlib.sha256(image).digest()
         for image, error in zip(planar, errors, strict=True)
     ]
-    _write_rows(planar, batch.first_row)
+    write_rows(planar, batch.first_row)
     return DecodedBatch(
         file_digests=_digest_array(file_digests),
         pixel_digests=_digest_array(pixel_digests),
@@ -92,14 +85,6 @@ def decode_batch(batch: Batch) -> DecodedBatch:
         rotated=np.array([c.rotated for c in conversions], dtype=bool),
         errors=errors,
     )
-
-
-def _write_rows(pixels: np.ndarray, first_row: int) -> None:
-    """Write ``pixels`` (one row an image) at ``first_row`` of the pixel file: batches land in
-    place, whichever worker finishes first."""
-    if _pixel_file is None:
-        raise RuntimeError("decode_batch needs write_into(pixel file) in this process first")
-    _pixel_file.write_at(pixels, first_row * (pixels.nbytes // len(pixels)))
 
 
 def _digest_array(digests: list[bytes]) -> np.ndarray:

@@ -49,8 +49,9 @@ class Column:
 
 
 class Scratch:
-    """Append decoded batches' records in source order (their pixels are written in place by
-    whoever decoded them, into ``pixel_file()``); read back pixels by row and records in order."""
+    """Decoded batches' records, appended in source order and read back in order. Their pixels
+    go through ``pixel_file()``, written and read at their rows by the processes that decode
+    and that write shards (``scratch_rows``)."""
 
     def __init__(self, directory: Path, row_shape: Sequence[int]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -103,11 +104,6 @@ class Scratch:
     def pixel_digest(self, row: int) -> bytes:
         offset = row * RECORD.itemsize + RECORD.fields["pixels"][1]
         return os.pread(self._records.fd, DIGEST_BYTES, offset)
-
-    def pixels(self, first: int, count: int) -> np.ndarray:
-        """The decoded images of rows ``first`` to ``first + count``, in one read."""
-        data = os.pread(self._pixels.fd, count * self.row_bytes, first * self.row_bytes)
-        return np.frombuffer(data, dtype=np.uint8).reshape(count, *self.row_shape)
 
     def records(self) -> Iterator[tuple[str, bytes, bytes]]:
         """(name, file sha256, pixel sha256) of every row, in order, read a block at a time."""

@@ -94,7 +94,7 @@ class DatasetWriter:
         classes: Sequence[str],
         image_shape: Sequence[int],
         attributes: dict[str, Any] | None = None,
-        max_shard_bytes: int = MAX_SHARD_BYTES,
+        max_shard_bytes: int | None = None,  # default MAX_SHARD_BYTES
     ) -> None:
         if len(image_shape) != 3:
             raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
@@ -102,7 +102,8 @@ class DatasetWriter:
         self.classes = list(classes)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.attributes = dict(attributes or {})
-        self.shard_images = max(1, max_shard_bytes // int(np.prod(self.image_shape)))
+        shard_bytes = MAX_SHARD_BYTES if max_shard_bytes is None else max_shard_bytes
+        self.shard_images = max(1, shard_bytes // int(np.prod(self.image_shape)))
         self._buffers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._pending_count: dict[str, int] = {}
         self._shards: dict[str, list[str]] = {}
@@ -150,6 +151,28 @@ class DatasetWriter:
             if self._pending_count[split] == self.shard_images:
                 self._flush(split)
 
+    @property
+    def directory(self) -> Path:
+        """Where the shards are written until the dataset is complete."""
+        if self._tmp is None:
+            raise RuntimeError("DatasetWriter must be used as a context manager")
+        return self._tmp
+
+    @staticmethod
+    def shard_name(split: str, index: int) -> str:
+        return f"{split}-{index:05d}.safetensors"
+
+    def add_shard(self, split: str, name: str, sha256: str, labels: np.ndarray) -> None:
+        """Record a shard written into ``directory`` by ``write_shard`` elsewhere (a worker
+        process), as the next of ``split``: shards of ``shard_images`` images, the last one
+        maybe fewer, named ``shard_name(split, index)``. Not to be mixed with ``write``."""
+        self.add_split(split)
+        if self._pending_count[split] or name != self.shard_name(split, len(self._shards[split])):
+            raise ValueError(f"{name} is not the next shard of {split}")
+        self._class_counts[split] += np.bincount(labels, minlength=len(self.classes))
+        self._sha256[name] = sha256
+        self._shards[split].append(name)
+
     def add_file(self, name: str, data: bytes) -> None:
         """Store a small metadata file (a manifest, say) beside the shards."""
         if self._tmp is None:
@@ -191,12 +214,8 @@ class DatasetWriter:
         if count == 0:
             return
         images, labels = self._buffers[split]
-        name = f"{split}-{len(self._shards[split]):05d}.safetensors"
-        assert self._tmp is not None
-        path = self._tmp / name
-        save_file({"images": images[:count], "labels": labels[:count]}, path)  # no 32 MB bytes copy
-        with open(path, "rb") as written:  # from the page cache
-            self._sha256[name] = hashlib.file_digest(written, "sha256").hexdigest()
+        name = self.shard_name(split, len(self._shards[split]))
+        self._sha256[name] = write_shard(self.directory / name, images[:count], labels[:count])
         self._shards[split].append(name)
         self._pending_count[split] = 0
 
@@ -216,6 +235,13 @@ class DatasetWriter:
         info = DatasetInfo(self.classes, self.image_shape, splits, self.attributes)
         assert self._tmp is not None
         atomic.write_json(self._tmp / META_FILE, info.to_json())
+
+
+def write_shard(path: Path, images: np.ndarray, labels: np.ndarray) -> str:
+    """Write one shard file; the sha256 of its bytes (for ``dataset.json``)."""
+    save_file({"images": images, "labels": labels}, path)  # no 32 MB bytes copy
+    with open(path, "rb") as written:  # from the page cache
+        return hashlib.file_digest(written, "sha256").hexdigest()
 
 
 class Dataset:

@@ -56,29 +56,57 @@ def ordered_map(
     workers: int,
     initializer: Callable[[], None] | None = None,
 ) -> Iterator[R]:
-    """``function(item)`` for each item, in the items' order, computed by ``workers`` processes.
+    """``function(item)`` for each item, in the items' order, computed by ``workers`` processes
+    (``WorkerPool.map`` in a pool of its own)."""
+    with WorkerPool(workers, initializer) as pool:
+        yield from pool.map(function, items)
 
-    At most ``IN_FLIGHT_PER_WORKER * workers`` items are submitted ahead of the one being
-    yielded, so memory is bounded by the window, not by the number of items. ``function`` and
-    ``initializer`` must be importable module-level functions: workers are spawned (a fresh
-    interpreter, as on macOS and Windows; forking a process that holds torch's thread pools is
-    unsafe). An exception raised by ``function`` is re-raised here. With one worker everything
-    runs in this process, with no pickling at all.
+
+class WorkerPool:
+    """``workers`` spawned processes that several ordered maps share, so a stage with more than
+    one parallel step starts its workers once (a fresh interpreter costs about a second).
+
+    ``initializer`` runs once in each worker before its first task. Functions and initializer
+    must be importable module-level functions: workers are spawned (a fresh interpreter, as on
+    macOS and Windows; forking a process that holds torch's thread pools is unsafe). With one
+    worker everything runs in this process, with no pickling at all.
     """
-    return_freed_memory()  # this process too: it receives every result
-    if workers <= 1:
-        if initializer is not None:
-            initializer()
-        yield from map(function, items)
-        return
-    context = multiprocessing.get_context("spawn")
-    start = partial(start_worker, initializer)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=start) as pool:
+
+    def __init__(self, workers: int, initializer: Callable[[], None] | None = None) -> None:
+        self.workers = workers
+        self._initializer = initializer
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> WorkerPool:
+        return_freed_memory()  # this process too: it receives every result
+        if self.workers <= 1:
+            if self._initializer is not None:
+                self._initializer()
+        else:
+            context = multiprocessing.get_context("spawn")
+            start = partial(start_worker, self._initializer)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=start)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+    def map(self, function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """``function(item)`` for each item, in the items' order, whoever computed it.
+
+        At most ``IN_FLIGHT_PER_WORKER * workers`` items are submitted ahead of the one being
+        yielded, so memory is bounded by the window, not by the number of items. An exception
+        raised by ``function`` is re-raised here.
+        """
+        if self._pool is None:
+            yield from map(function, items)
+            return
         window: deque[Future[R]] = deque()
         try:
             for item in items:
-                window.append(pool.submit(function, item))
-                if len(window) >= IN_FLIGHT_PER_WORKER * workers:
+                window.append(self._pool.submit(function, item))
+                if len(window) >= IN_FLIGHT_PER_WORKER * self.workers:
                     yield window.popleft().result()
             while window:
                 yield window.popleft().result()

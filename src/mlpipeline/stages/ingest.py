@@ -10,8 +10,9 @@ hashes, label and split. The test split holds real data only.
 
 Memory stays bounded at any dataset size: images are decoded once, by
 ``MLPIPELINE_WORKERS`` processes, into a disk-backed scratch (``mlpipeline.scratch``);
-duplicates and the split are decided from a few bytes an image; each split then streams
-from the scratch into the shard writer, and the manifest is written row by row.
+duplicates and the split are decided from a few bytes an image; the same processes then
+write the shards from the scratch's rows, a shard a task, while the manifest is written
+row by row. Pixels never pass between processes (``mlpipeline.scratch_rows``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import csv
 import io
 from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
@@ -27,6 +29,7 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal, Self
 
+import fsspec
 import numpy as np
 from pydantic import Field, TypeAdapter, ValidatorFunctionWrapHandler, WrapValidator, model_validator
 
@@ -36,10 +39,11 @@ from mlpipeline.core.params import load_section, param, params_dataclass
 from mlpipeline.core.paths import INGESTED
 from mlpipeline.core.shards import DatasetWriter
 from mlpipeline.core.urls import redact
-from mlpipeline.core.workers import ordered_map, worker_count
-from mlpipeline.decoding import BATCH_IMAGES, Batch, decode_batch, write_into
+from mlpipeline.core.workers import WorkerPool, worker_count
+from mlpipeline.decoding import BATCH_IMAGES, Batch, decode_batch
 from mlpipeline.images import Preprocessing, Resample
 from mlpipeline.scratch import Scratch
+from mlpipeline.scratch_rows import ShardTask, use_pixel_file, write_shard_rows
 from mlpipeline.sources import RawSample, Source, open_source
 from mlpipeline.splitting import SPLITS, find_duplicates, keep_fraction, stratified_split
 
@@ -59,8 +63,7 @@ MANIFEST_COLUMNS = (
 STATUSES = (*SPLITS, "duplicate", "held_out", "skipped")  # the manifest's split column, by code
 DUPLICATE, HELD_OUT, SKIPPED = (STATUSES.index(s) for s in ("duplicate", "held_out", "skipped"))
 PARALLEL_FROM = 4096  # fewer images are decoded in this process: starting workers would cost more
-READ_BYTES = 8 * 2**20  # pixels read back from the scratch at a time
-ROW_BLOCK = 65_536  # rows whose manifest columns are taken out of numpy at once
+ROW_BLOCK = 65_536  # rows whose status or manifest columns are taken out of numpy at once
 SHOWN_BAD_FILES = 3  # bad files named on the error line (all of them go to BAD_FILES)
 
 
@@ -169,8 +172,14 @@ def ingest(params: IngestParams, out_dir: Path) -> Summary:
     source = open_source(params.source, params.manifest)
     classes = decide_classes(source, params.classes)
     preprocessing = params.preprocessing()
-    with closing(Scratch(out_dir.parent, (params.channels, *preprocessing.image_size))) as scratch:
-        decode_all(source, classes, params, scratch)
+    listed = source.samples()
+    head = list(islice(listed, PARALLEL_FROM))
+    workers = worker_count() if len(head) == PARALLEL_FROM else 1  # spawning costs more than a few images
+    with (
+        closing(Scratch(out_dir.parent, (params.channels, *preprocessing.image_size))) as scratch,
+        WorkerPool(workers, initializer=partial(use_pixel_file, scratch.pixel_file())) as pool,
+    ):
+        decode_all(chain(head, listed), source.fs, classes, params, scratch, pool)
         if scratch.errors and params.on_bad_file == "fail":
             raise BadFiles(bad_files(scratch, source))
         status = assign_splits(scratch, classes, params, source)
@@ -179,7 +188,7 @@ def ingest(params: IngestParams, out_dir: Path) -> Summary:
             "resample": params.resample,
             "preprocessing": preprocessing.to_json(),
         }
-        write_dataset(scratch, status, classes, attributes, out_dir)
+        write_dataset(scratch, status, classes, attributes, out_dir, pool)
     counts = np.bincount(status, minlength=len(STATUSES))
     modes = scratch.modes.array()[scratch.converted.array()]
     return Summary(
@@ -192,26 +201,27 @@ def ingest(params: IngestParams, out_dir: Path) -> Summary:
     )
 
 
-def decode_all(source: Source, classes: list[str], params: IngestParams, scratch: Scratch) -> None:
-    """Decode every sample into ``scratch``, in source order, over ``MLPIPELINE_WORKERS`` processes."""
+def decode_all(
+    samples: Iterator[RawSample],
+    fs: fsspec.AbstractFileSystem,
+    classes: list[str],
+    params: IngestParams,
+    scratch: Scratch,
+    pool: WorkerPool,
+) -> None:
+    """Decode every sample into ``scratch``, in source order, over the pool's workers."""
     index = {name: i for i, name in enumerate(classes)}
     preprocessing = params.preprocessing()
     in_flight: deque[list[RawSample]] = deque()
-
-    listed = source.samples()
-    head = list(islice(listed, PARALLEL_FROM))
-    workers = worker_count() if len(head) == PARALLEL_FROM else 1  # spawning costs more than a few images
-    samples = chain(head, listed)
 
     def batches() -> Iterator[Batch]:
         row = 0
         while chunk := list(islice(samples, BATCH_IMAGES)):
             in_flight.append(chunk)
-            yield Batch(source.fs, chunk, preprocessing, params.max_image_pixels, first_row=row)
+            yield Batch(fs, chunk, preprocessing, params.max_image_pixels, first_row=row)
             row += len(chunk)
 
-    pixels = partial(write_into, scratch.pixel_file())
-    for decoded in ordered_map(decode_batch, batches(), workers, initializer=pixels):
+    for decoded in pool.map(decode_batch, batches()):
         chunk = in_flight.popleft()
         scratch.append(chunk, np.array([index[s.label] for s in chunk], dtype=np.int32), decoded)
 
@@ -248,24 +258,57 @@ def assign_splits(scratch: Scratch, classes: list[str], params: IngestParams, so
 
 
 def write_dataset(
-    scratch: Scratch, status: np.ndarray, classes: list[str], attributes: dict, out_dir: Path
+    scratch: Scratch,
+    status: np.ndarray,
+    classes: list[str],
+    attributes: dict,
+    out_dir: Path,
+    pool: WorkerPool,
 ) -> None:
-    """Stream the scratch once, in order, each row into its split's shards; then the manifest.
-    All in one atomic step."""
+    """Each split's shards, written from the scratch's rows by the pool's workers while a
+    thread here writes the manifest; all in one atomic step."""
     labels = scratch.labels.array()
-    step = max(1, READ_BYTES // scratch.row_bytes)
-    with DatasetWriter(out_dir, classes, scratch.row_shape, attributes) as writer:
-        for split in SPLITS:
-            writer.add_split(split)
-        for first in range(0, len(status), step):
-            rows = slice(first, first + step)
-            pixels, codes = scratch.pixels(first, len(status[rows])), status[rows]
+    with (
+        DatasetWriter(out_dir, classes, scratch.row_shape, attributes) as writer,
+        ThreadPoolExecutor(1) as beside,
+    ):
+        manifest = beside.submit(write_manifest_file, writer, scratch, status, classes)
+        planned: deque[tuple[str, ShardTask]] = deque()
+
+        def shard_tasks() -> Iterator[ShardTask]:
             for code, split in enumerate(SPLITS):
-                members = codes == code
-                if members.any():
-                    writer.write(split, pixels[members], labels[rows][members])
-        with writer.open_file(MANIFEST) as handle:
-            write_manifest(handle, scratch, status, classes)
+                writer.add_split(split)
+                for index, rows in enumerate(split_shards(status, code, writer.shard_images)):
+                    path = writer.directory / writer.shard_name(split, index)
+                    task = ShardTask(path, rows, labels[rows].astype(np.int64), scratch.row_shape)
+                    planned.append((split, task))
+                    yield task
+
+        for sha256 in pool.map(write_shard_rows, shard_tasks()):
+            split, task = planned.popleft()
+            writer.add_shard(split, task.path.name, sha256, task.labels)
+        manifest.result()
+
+
+def split_shards(status: np.ndarray, code: int, per_shard: int) -> Iterator[np.ndarray]:
+    """The rows of split ``code``, ascending, ``per_shard`` at a time (the last maybe fewer),
+    found a block of ``status`` at a time."""
+    pending = np.empty(0, dtype=np.int64)
+    for block in range(0, len(status), ROW_BLOCK):
+        found = np.flatnonzero(status[block : block + ROW_BLOCK] == code) + block
+        pending = np.concatenate([pending, found])
+        while len(pending) >= per_shard:
+            yield pending[:per_shard]
+            pending = pending[per_shard:]
+    if len(pending):
+        yield pending
+
+
+def write_manifest_file(
+    writer: DatasetWriter, scratch: Scratch, status: np.ndarray, classes: list[str]
+) -> None:
+    with writer.open_file(MANIFEST) as handle:
+        write_manifest(handle, scratch, status, classes)
 
 
 def write_manifest(handle: BinaryIO, scratch: Scratch, status: np.ndarray, classes: list[str]) -> None:
