@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from imagedata import Output, ingest_params, make_folder, noise, run_ingest, write_png
 from PIL import Image
 
-from mlpipeline import scratch, scratch_rows
+from mlpipeline import scratch, scratch_rows, sources
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import Dataset
 from mlpipeline.splitting import SPLITS
@@ -146,6 +147,14 @@ def test_truncated_file(raw: Path) -> None:
     path = raw / "b" / "002.png"
     path.write_bytes(path.read_bytes()[:40])
     assert refusal(raw).startswith(f"{raw}/b/002.png: not a decodable image")
+
+
+def test_files_read_a_few_bytes_at_a_time_are_read_whole(raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Network file systems may answer a read with fewer bytes than asked for."""
+    whole = ingested(raw)
+    read = os.read
+    monkeypatch.setattr(sources.os, "read", lambda fd, size: read(fd, min(size, 7)))
+    assert ingested(raw).manifest.equals(whole.manifest)
 
 
 def test_empty_file(raw: Path) -> None:
