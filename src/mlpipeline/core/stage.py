@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 
 from mlpipeline.core.errors import PipelineError
@@ -14,6 +16,13 @@ from mlpipeline.core.urls import redact_text
 # Libraries that log routine facts at INFO ("Found credentials in environment variables"):
 # a stage's stderr is its summary line or its one error line, so only their warnings show.
 QUIET_LOGGERS = ("botocore", "aiobotocore", "s3fs", "fsspec")
+# What the machine refuses, not a bug: a full disk (ingest's scratch needs the decoded data's
+# size), a quota, a read-only or forbidden folder.
+REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+WORKER_DIED = (
+    "a worker process died, most likely killed by the system for lack of memory "
+    "(set MLPIPELINE_WORKERS lower to run fewer at once)"
+)
 
 
 class _RedactingFormatter(logging.Formatter):
@@ -32,7 +41,8 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def run(stage: str, body: Callable[[], None]) -> None:
-    """Run a stage body; a ``PipelineError`` becomes one ``error:`` line and its exit code (2)."""
+    """Run a stage body; a ``PipelineError``, a refusal of the machine's (a full disk) or a worker
+    killed under it becomes one ``error:`` line and exit code 2."""
     setup_logging()
     try:
         body()
@@ -42,6 +52,15 @@ def run(stage: str, body: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print(f"{stage}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in REFUSALS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{stage}: error: {redact_text(where + exc.strerror)}", file=sys.stderr)
+        sys.exit(PipelineError.exit_code)
+    except BrokenProcessPool:
+        print(f"{stage}: error: {WORKER_DIED}", file=sys.stderr)
+        sys.exit(PipelineError.exit_code)
 
 
 @contextmanager

@@ -1,0 +1,72 @@
+"""What a stage's user sees when the machine refuses: one line and exit 2, never a traceback,
+and no half-written output."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import repo_params
+from imagedata import make_folder
+
+from mlpipeline.core import stage, workers
+from mlpipeline.core.workers import ordered_map
+from mlpipeline.stages import ingest
+
+
+def error_line(body, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        stage.run("ingest", body)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Ingest's scratch fills the disk: one line, and neither output nor scratch left behind."""
+    make_folder(tmp_path / "raw", {"a": 8, "b": 6})
+    params = repo_params()
+    params["ingest"]["source"] = "raw"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLPIPELINE_WORKERS", "1")
+    written, real_pwrite = [], os.pwrite
+
+    def pwrite(fd: int, data, offset: int) -> int:
+        written.append(offset)
+        if len(written) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(workers.os, "pwrite", pwrite)
+    assert error_line(ingest.main, capsys) == "ingest: error: No space left on device"
+    assert not (tmp_path / "data" / "ingested").exists()
+    assert [p.name for p in (tmp_path / "data").iterdir()] == []  # the scratch's files had no names
+
+
+def test_a_refusal_names_the_file(capsys) -> None:
+    def body() -> None:
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES), "data/ingested")
+
+    assert error_line(body, capsys) == "ingest: error: data/ingested: Permission denied"
+
+
+def test_a_worker_killed_under_the_stage_is_one_line(capsys) -> None:
+    def body() -> None:
+        list(ordered_map(os._exit, [9] * 8, 2))  # as the OOM killer would
+
+    assert error_line(body, capsys).startswith("ingest: error: a worker process died")
+
+
+def test_any_other_os_error_keeps_its_traceback() -> None:
+    """An error the user cannot cause is a bug, and its traceback is how it gets fixed."""
+
+    def body() -> None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "src/missing.py")
+
+    with pytest.raises(FileNotFoundError):
+        stage.run("ingest", body)
