@@ -75,7 +75,8 @@ class Scratch:
         return self.labels.size
 
     def pixel_file(self) -> SharedFile:
-        """The pixel file, for the processes that decode: row ``r`` lies at ``r * row_bytes``."""
+        """The pixel file, for the processes that decode and write shards: row ``r`` lies at
+        ``r * row_bytes``."""
         return self._pixels
 
     def append(self, samples: Sequence[RawSample], labels: np.ndarray, batch: DecodedBatch) -> None:
