@@ -15,7 +15,6 @@ shows, per class, an original next to its first augmented copies.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterator
 from functools import partial
@@ -33,7 +32,7 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param, params_dataclass
 from mlpipeline.core.paths import AUGMENT_PREVIEW, AUGMENTED, INGESTED, SYNTHETIC
 from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter, SplitReader
-from mlpipeline.core.workers import ordered_map, workers_for
+from mlpipeline.core.workers import ordered_map_pairs, workers_for
 from mlpipeline.online_augmentation import OnlineAugmentation
 from mlpipeline.previews import image_grid
 
@@ -168,10 +167,8 @@ def augment_dataset(
     with DatasetWriter(output, real.classes, real.image_shape, attributes) as writer:
         for name in SOURCES:
             writer.add_split(name)
-        # tee keeps each batch for the writer until its copies come back: the map's window, no more.
-        mine, theirs = itertools.tee(batches(sources, params.batch_size))
-        done = ordered_map(work, theirs, workers, initializer=limit_threads)
-        for ((name, _, _), originals, labels), copies in zip(mine, done, strict=True):
+        done = ordered_map_pairs(work, batches(sources, params.batch_size), workers, limit_threads)
+        for ((name, _, _), originals, labels), copies in done:
             picks = samples.start_rows(name, originals, labels)
             if params.keep_originals:
                 writer.write(name, originals, labels)
