@@ -13,8 +13,17 @@ import pytest
 from mlpipeline.core.shards import Dataset
 
 
+def memory_owner(array: np.ndarray) -> np.ndarray:
+    """The array every view of ``array`` keeps alive: numpy points a view's ``base`` at the first
+    array down the chain that owns its data or views a non-array (safetensors' arrays are views
+    of a flat buffer, so a slice of a shard keeps that buffer alive, not the shard's array)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
 class ShardCounter:
-    """Tracks every shard array read (views of it included, as numpy keeps their base alive)."""
+    """Tracks every shard read until the memory behind it is freed (views of it included)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.reads = 0
@@ -27,7 +36,7 @@ class ShardCounter:
             images, labels = read(dataset, path)
             self._check_before_adding(len(images))
             self.live_images += len(images)
-            weakref.finalize(images, self._release, len(images))
+            weakref.finalize(memory_owner(images), self._release, len(images))
             return images, labels
 
         def refuse_load(dataset: Dataset, split: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,48 @@ def test_same_arrays_give_same_bytes_however_batched(tmp_path: Path) -> None:
     second = digests(write(tmp_path / "two", {"train": [3, 9, 13], "val": [1, 5]}))
     assert first == second
     assert len(first) == 6  # dataset.json, notes.txt, three train shards, one val shard
+
+
+# Run in a fresh process (a test process's allocator may reuse memory it freed before), these print
+# how much more was resident at the peak of their work than the arrays they hold.
+PEAK = """
+import sys
+from pathlib import Path
+import numpy as np
+from mlpipeline.core.shards import Dataset, DatasetWriter
+
+def peak() -> int:
+    status = Path("/proc/self/status").read_text().splitlines()
+    return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) * 1024
+
+def reset() -> int:
+    Path("/proc/self/clear_refs").write_text("5")  # the peak so far: what is resident now
+    return peak()
+"""
+EXTRA_AT_THE_PEAK_OF_A_READ = (
+    PEAK
+    + """
+dataset = Dataset(sys.argv[1])
+before = reset()
+((images, labels),) = dataset.iter_shards("train")
+print(peak() - before - images.nbytes - labels.nbytes)
+"""
+)
+
+
+def extra_resident(script: str, root: Path) -> int:
+    command = [sys.executable, "-c", script, str(root)]
+    return int(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's resettable peak RSS")
+def test_a_shard_is_read_into_its_arrays_with_no_second_copy(tmp_path: Path) -> None:
+    """safetensors' default memory map left the file's pages resident beside the arrays copied out
+    of them: twice the shard at each read's peak (32 MiB more in every stage reading shards)."""
+    images, labels = sample(200_000)  # 4 MB
+    with DatasetWriter(tmp_path / "data", CLASSES, SHAPE) as writer:
+        writer.write("train", images, labels)
+    assert extra_resident(EXTRA_AT_THE_PEAK_OF_A_READ, tmp_path / "data") < images.nbytes / 4
 
 
 def test_unknown_split_is_named(tmp_path: Path) -> None:

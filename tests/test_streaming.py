@@ -1,10 +1,12 @@
 """No stage that scales with the data holds a whole split: synthesize, augment and evaluate run on
 datasets of many small shards under a counting fake of the shard reader (tests/shard_counting.py),
-which fails the moment more than one earlier shard is still held when the next is read."""
+which fails the moment more than one earlier shard is still held when the next is read; online
+augment, which reads its shards otherwise, has the same peak for one shard per source as for eight."""
 
 from __future__ import annotations
 
 import dataclasses
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,44 @@ def test_augment_streams_both_sources(monkeypatch, tmp_path: Path) -> None:
     counter = ShardCounter(monkeypatch)
     augment_dataset(params, real, synthetic, tmp_path / "augmented", tmp_path / "samples.png")
     assert counter.reads == 2 * shards(real, "train") == 12
+
+
+SHARD_ROWS = 20_000  # 1.3 MB of tiny images a shard: more than the 256 KiB a shard's hashing reads at once
+
+
+def write_train_split(root: Path, shards: int, seed: int) -> Path:
+    """A training split of ``shards`` full shards of the tiny images, classes interleaved."""
+    images, labels = tiny_images(10, seed)
+    repeats = shards * SHARD_ROWS // len(labels) + 1
+    images = np.tile(images, (repeats, 1, 1, 1))[: shards * SHARD_ROWS]
+    with DatasetWriter(root, CLASSES, SHAPE, max_shard_bytes=SHARD_ROWS * images[0].nbytes) as writer:
+        writer.write("train", images, np.tile(labels, repeats)[: len(images)])
+    return root
+
+
+def online_peak(root: Path, shards: int, include_synthetic: bool) -> int:
+    """The most bytes Python's allocators held at once while online augment ran on real and
+    synthetic training splits of ``shards`` shards each."""
+    real, synthetic = (
+        write_train_split(root / name, shards, seed) for seed, name in enumerate(["real", "synth"])
+    )
+    section = {**repo_params()["augment"], "mode": "online", "include_synthetic": include_synthetic}
+    params = from_mapping(AugmentParams, section, "augment")
+    tracemalloc.start()
+    try:
+        augment_dataset(params, real, synthetic, root / "augmented", root / "samples.png")
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("include_synthetic", [True, False])
+def test_online_augment_peak_does_not_grow_with_the_data(tmp_path: Path, include_synthetic: bool) -> None:
+    """It copies the synthetic originals a shard at a time (the peak when they are included) and
+    finds each class's first image for the preview a shard at a time (the peak without them; a
+    whole split's labels are 8 bytes an image)."""
+    one, eight = (online_peak(tmp_path / str(n), n, include_synthetic) for n in (1, 8))
+    assert eight - one < SHARD_ROWS * np.prod(SHAPE) / 2
 
 
 @pytest.mark.parametrize("kernel", ["exact", "nystroem"])

@@ -6,6 +6,8 @@ import math
 import os
 import platform
 import tempfile
+import weakref
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -14,11 +16,13 @@ import pytest
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.workers import (
+    IN_FLIGHT_PER_WORKER,
     MIN_BATCHES_PER_WORKER,
     WORKERS_ENV,
     SharedFile,
     available_cores,
     ordered_map,
+    ordered_map_pairs,
     worker_count,
     workers_for,
 )
@@ -50,6 +54,28 @@ def test_results_come_back_in_input_order(workers: int) -> None:
 def test_an_error_in_a_worker_reaches_the_caller(workers: int) -> None:
     with pytest.raises(ValueError, match="not-a-number"):
         list(ordered_map(int, ["1", "2", "not-a-number", "4"], workers))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pairs_hold_each_item_only_while_the_map_needs_it(workers: int) -> None:
+    """A stage writes each batch beside its result, so it keeps the batches the map has taken and
+    not yet returned: its window, not more (itertools.tee kept them in blocks of 57, and augment's
+    parent held 21 shards of batches at a million images)."""
+    live: set[int] = set()
+
+    def items() -> Iterator[np.ndarray]:
+        for i in range(200):
+            item = np.full(4, i)
+            live.add(i)
+            weakref.finalize(item, live.discard, i)
+            yield item
+
+    held = []
+    for item, total in ordered_map_pairs(np.sum, items(), workers):
+        assert total == 4 * item[0]
+        held.append(len(live))
+    assert len(held) == 200
+    assert max(held) <= IN_FLIGHT_PER_WORKER * workers + 1
 
 
 def test_small_work_stays_in_one_process_and_large_work_gets_every_worker(

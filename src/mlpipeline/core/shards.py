@@ -287,7 +287,8 @@ class Dataset:
 
     def _read_shard(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
-            tensors = load_file(path)
+            # pread, not the default memory map, whose file pages stayed resident beside the arrays
+            tensors = load_file(path, backend="pread")
         except FileNotFoundError:
             raise PipelineError(f"{path}: shard listed in {META_FILE} is missing")
         except (SafetensorError, OSError, ValueError) as exc:

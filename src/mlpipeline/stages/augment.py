@@ -15,9 +15,8 @@ shows, per class, an original next to its first augmented copies.
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Literal, Self
@@ -32,8 +31,15 @@ from mlpipeline.core.device import limit_threads
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param, params_dataclass
 from mlpipeline.core.paths import AUGMENT_PREVIEW, AUGMENTED, INGESTED, SYNTHETIC
-from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter, SplitReader
-from mlpipeline.core.workers import ordered_map, workers_for
+from mlpipeline.core.shards import (
+    META_FILE,
+    Dataset,
+    DatasetWriter,
+    ShardLayout,
+    SplitReader,
+    shard_layout,
+)
+from mlpipeline.core.workers import ordered_map_pairs, workers_for
 from mlpipeline.online_augmentation import OnlineAugmentation
 from mlpipeline.previews import image_grid
 
@@ -168,10 +174,8 @@ def augment_dataset(
     with DatasetWriter(output, real.classes, real.image_shape, attributes) as writer:
         for name in SOURCES:
             writer.add_split(name)
-        # tee keeps each batch for the writer until its copies come back: the map's window, no more.
-        mine, theirs = itertools.tee(batches(sources, params.batch_size))
-        done = ordered_map(work, theirs, workers, initializer=limit_threads)
-        for ((name, _, _), originals, labels), copies in zip(mine, done, strict=True):
+        done = ordered_map_pairs(work, batches(sources, params.batch_size), workers, limit_threads)
+        for ((name, _, _), originals, labels), copies in done:
             picks = samples.start_rows(name, originals, labels)
             if params.keep_originals:
                 writer.write(name, originals, labels)
@@ -208,6 +212,7 @@ def record_online(
         if "synthetic" in sources:
             for images, labels in sources["synthetic"].iter_shards(SPLIT):
                 writer.write("synthetic", images, labels)
+                del images, labels  # or the next shard is read while this one is still held
 
 
 def online_preview(params: AugmentParams, sources: dict[str, Dataset]) -> Preview:
@@ -215,19 +220,44 @@ def online_preview(params: AugmentParams, sources: dict[str, Dataset]) -> Previe
     (from streams of their own: training draws its copies batch by batch)."""
     samples = Preview()
     for name, dataset in sources.items():
-        reader = SplitReader.open(dataset, SPLIT)
-        first = np.unique(reader.labels, return_index=True)[1]
-        if not len(first):
+        originals, labels = first_of_each_class(dataset, SPLIT)
+        if not len(labels):
             continue
-        originals = np.empty((len(first), *reader.image_shape), dtype=np.uint8)
-        reader.read(first, originals)
-        picks = samples.start_rows(name, originals, reader.labels[first])
+        picks = samples.start_rows(name, originals, labels)
         for copy in range(1, min(params.copies, PREVIEW_COPIES) + 1):
             copies = augment(
                 torch.from_numpy(originals), params.transforms, params.seed, "preview", name, copy
             )
             samples.add_copies(name, picks, copies.numpy())
     return samples
+
+
+def first_of_each_class(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The first image of each class in ``split``, by class, and their labels. Found a shard's
+    labels at a time: a whole split's labels and their sort held 35 bytes an image (28 MB at
+    800,000 images)."""
+    found: dict[int, np.ndarray] = {}
+    for name in dataset.info.splits[split].shards:
+        layout = shard_layout(dataset.root / name, dataset.image_shape)
+        found |= first_of_new_classes(layout, dataset.image_shape, known=found.keys())
+        if len(found) == dataset.info.num_classes:
+            break
+    labels = np.array(sorted(found), dtype=np.int64)
+    originals = np.empty((len(labels), *dataset.image_shape), dtype=np.uint8)
+    for index, label in enumerate(labels):
+        originals[index] = found[label]
+    return originals, labels
+
+
+def first_of_new_classes(
+    layout: ShardLayout, image_shape: tuple[int, int, int], known: Iterable[int]
+) -> dict[int, np.ndarray]:
+    """Class -> its first image in this shard, for each class of the shard not in ``known``."""
+    classes, rows = np.unique(layout.labels, return_index=True)
+    new = ~np.isin(classes, list(known))
+    images = np.empty((int(new.sum()), *image_shape), dtype=np.uint8)
+    SplitReader(image_shape, [layout]).read(rows[new], images)
+    return dict(zip(classes[new].tolist(), images, strict=True))
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ keeps the summary columns.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section, param, params_dataclass
 from mlpipeline.core.paths import EVALUATE_REPORTS, INGESTED, MODELS
 from mlpipeline.core.shards import META_FILE, Dataset
-from mlpipeline.core.workers import ordered_map, workers_for
+from mlpipeline.core.workers import ordered_map_pairs, workers_for
 from mlpipeline.evaluation.baseline import (
     NAMES,
     Baseline,
@@ -105,10 +104,10 @@ def evaluate(
     if workers is None:
         workers = workers_for(math.ceil(data.count(TEST) / params.batch_size))
     report = Scoreboard(len(data.classes), params)
-    mine, theirs = itertools.tee(split_batches(data, TEST, params.batch_size))  # kept for the map's window
     start = partial(start_predicting, svm)
-    svm_batches = ordered_map(partial(predict_batch, num_classes=len(data.classes)), theirs, workers, start)
-    for (images, labels), svm_probabilities in zip(mine, svm_batches, strict=True):
+    predict = partial(predict_batch, num_classes=len(data.classes))
+    batches = split_batches(data, TEST, params.batch_size)
+    for (images, labels), svm_probabilities in ordered_map_pairs(predict, batches, workers, start):
         report.add(
             images, labels, predict_probabilities(model, images, device, params.batch_size), svm_probabilities
         )
