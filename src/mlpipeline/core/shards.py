@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import mmap
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +38,8 @@ from mlpipeline.core.errors import PipelineError
 FORMAT_VERSION = 2  # 2: shard fingerprints (sha256) in dataset.json
 META_FILE = "dataset.json"
 MAX_SHARD_BYTES = 32 * 1024 * 1024
+# Unix maps anonymous memory shared unless told otherwise; Windows' mmap takes no flags.
+PRIVATE_MAP = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,10 @@ class DatasetWriter:
     accumulated. Copying (not keeping the callers' arrays) means a caller may
     reuse its arrays, and memory holds one buffer per split, not many small
     arrays interleaved with a stage's large temporaries, which fragmented the
-    heap and tripled the peak RSS of a long synthesize run.
+    heap and tripled the peak RSS of a long synthesize run. Each buffer is a
+    memory map of its own (``mapped_empty``), dropped once its shard is
+    written: a split written earlier holds only the pages of its unfinished
+    shard, not a whole shard's until the last split is done.
     """
 
     def __init__(
@@ -204,8 +211,8 @@ class DatasetWriter:
     def _buffer(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in self._buffers:
             self._buffers[split] = (
-                np.empty((self.shard_images, *self.image_shape), dtype=np.uint8),
-                np.empty(self.shard_images, dtype=np.int64),
+                mapped_empty((self.shard_images, *self.image_shape), np.uint8),
+                mapped_empty((self.shard_images,), np.int64),
             )
         return self._buffers[split]
 
@@ -218,6 +225,7 @@ class DatasetWriter:
         self._sha256[name] = write_shard(self.directory / name, images[:count], labels[:count])
         self._shards[split].append(name)
         self._pending_count[split] = 0
+        del self._buffers[split]  # its pages go back now, not when the last split is done
 
     def _finish(self) -> None:
         for split in self._pending_count:
@@ -242,6 +250,15 @@ def write_shard(path: Path, images: np.ndarray, labels: np.ndarray) -> str:
     save_file({"images": images, "labels": labels}, path)  # no 32 MB bytes copy
     with open(path, "rb") as written:  # from the page cache
         return hashlib.file_digest(written, "sha256").hexdigest()
+
+
+def mapped_empty(shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
+    """An array in an anonymous memory map of its own, not in the C heap: dropped, its pages go
+    back to the system at once whatever the allocator's thresholds, leaving no hole in the heap,
+    and pages never written never become resident."""
+    count = math.prod(shape)
+    pages = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize), **PRIVATE_MAP)
+    return np.frombuffer(pages, dtype=dtype, count=count).reshape(shape)
 
 
 class Dataset:
