@@ -59,6 +59,7 @@ def read_span(first: int, count: int, row_shape: tuple[int, ...]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ShardTask:
+    split: str
     path: Path  # the shard file to write
     rows: np.ndarray  # its images' rows of the scratch, ascending
     labels: np.ndarray  # int64, one a row

@@ -182,16 +182,12 @@ class DatasetWriter:
 
     def add_file(self, name: str, data: bytes) -> None:
         """Store a small metadata file (a manifest, say) beside the shards."""
-        if self._tmp is None:
-            raise RuntimeError("DatasetWriter must be used as a context manager")
-        (self._tmp / name).write_bytes(data)
+        (self.directory / name).write_bytes(data)
 
     @contextmanager
     def open_file(self, name: str) -> Iterator[BinaryIO]:
         """Stream a metadata file too large to build in memory (a million-row manifest) beside the shards."""
-        if self._tmp is None:
-            raise RuntimeError("DatasetWriter must be used as a context manager")
-        with open(self._tmp / name, "wb") as handle:
+        with open(self.directory / name, "wb") as handle:
             yield handle
 
     def _checked(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

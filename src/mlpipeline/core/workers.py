@@ -114,6 +114,26 @@ class WorkerPool:
             for future in window:
                 future.cancel()
 
+    def map_pairs(self, function: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, R]]:
+        """``(item, function(item))`` for each item, as ``map`` computes them, for a caller that
+        writes each item beside its result (a batch and its copies).
+
+        Each item is held from when the map takes it until its pair is yielded: the map's window.
+        ``itertools.tee`` did not bound it so: it stores items in blocks of 57 and frees a block
+        only once both of its ends have passed it, so up to 57 batches stayed alive (in augment's
+        parent, 4,096 32x32 RGB images each, views that kept 21 shards resident: 650 MiB more at
+        1M images).
+        """
+        taken: deque[T] = deque()
+
+        def take() -> Iterator[T]:
+            for item in items:
+                taken.append(item)
+                yield item
+
+        for result in self.map(function, take()):
+            yield taken.popleft(), result
+
 
 def ordered_map_pairs(
     function: Callable[[T], R],
@@ -121,23 +141,9 @@ def ordered_map_pairs(
     workers: int,
     initializer: Callable[[], None] | None = None,
 ) -> Iterator[tuple[T, R]]:
-    """``(item, function(item))`` for each item, as ``ordered_map`` computes them, for a caller
-    that writes each item beside its result (a batch and its copies).
-
-    Each item is held from when the map takes it until its pair is yielded: the map's window.
-    ``itertools.tee`` did not bound it so: it stores items in blocks of 57 and frees a block only
-    once both of its ends have passed it, so up to 57 batches stayed alive (in augment's parent,
-    4,096 32x32 RGB images each, views that kept 21 shards resident: 650 MiB more at 1M images).
-    """
-    taken: deque[T] = deque()
-
-    def take() -> Iterator[T]:
-        for item in items:
-            taken.append(item)
-            yield item
-
-    for result in ordered_map(function, take(), workers, initializer):
-        yield taken.popleft(), result
+    """``(item, function(item))`` for each item (``WorkerPool.map_pairs`` in a pool of its own)."""
+    with WorkerPool(workers, initializer) as pool:
+        yield from pool.map_pairs(function, items)
 
 
 def start_worker(initializer: Callable[[], None] | None) -> None:

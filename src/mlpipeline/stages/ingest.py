@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -212,18 +212,16 @@ def decode_all(
     """Decode every sample into ``scratch``, in source order, over the pool's workers."""
     index = {name: i for i, name in enumerate(classes)}
     preprocessing = params.preprocessing()
-    in_flight: deque[list[RawSample]] = deque()
 
     def batches() -> Iterator[Batch]:
         row = 0
         while chunk := list(islice(samples, BATCH_IMAGES)):
-            in_flight.append(chunk)
             yield Batch(fs, chunk, preprocessing, params.max_image_pixels, first_row=row)
             row += len(chunk)
 
-    for decoded in pool.map(decode_batch, batches()):
-        chunk = in_flight.popleft()
-        scratch.append(chunk, np.array([index[s.label] for s in chunk], dtype=np.int32), decoded)
+    for batch, decoded in pool.map_pairs(decode_batch, batches()):
+        labels = np.array([index[s.label] for s in batch.samples], dtype=np.int32)
+        scratch.append(batch.samples, labels, decoded)
 
 
 def bad_files(scratch: Scratch, source: Source) -> list[tuple[str, str]]:
@@ -273,20 +271,16 @@ def write_dataset(
         ThreadPoolExecutor(1) as beside,
     ):
         manifest = beside.submit(write_manifest_file, writer, scratch, status, classes)
-        planned: deque[tuple[str, ShardTask]] = deque()
 
         def shard_tasks() -> Iterator[ShardTask]:
             for code, split in enumerate(SPLITS):
                 writer.add_split(split)
                 for index, rows in enumerate(split_shards(status, code, writer.shard_images)):
                     path = writer.directory / writer.shard_name(split, index)
-                    task = ShardTask(path, rows, labels[rows].astype(np.int64), scratch.row_shape)
-                    planned.append((split, task))
-                    yield task
+                    yield ShardTask(split, path, rows, labels[rows].astype(np.int64), scratch.row_shape)
 
-        for sha256 in pool.map(write_shard_rows, shard_tasks()):
-            split, task = planned.popleft()
-            writer.add_shard(split, task.path.name, sha256, task.labels)
+        for task, sha256 in pool.map_pairs(write_shard_rows, shard_tasks()):
+            writer.add_shard(task.split, task.path.name, sha256, task.labels)
         manifest.result()
 
 
