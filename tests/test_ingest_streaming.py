@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import pickle
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 from imagedata import ingest_params, make_folder, run_ingest
 
-from mlpipeline import scratch_rows
+from mlpipeline import decoding, scratch_rows
 from mlpipeline.core import shards
+from mlpipeline.decoding import Batch
+from mlpipeline.images import Preprocessing
+from mlpipeline.sources import RawSample
 from mlpipeline.splitting import SPLITS
 from mlpipeline.stages import ingest
 
@@ -23,6 +29,7 @@ def test_outputs_are_identical_for_one_and_two_workers(
 ) -> None:
     raw = make_folder(tmp_path / "raw", {"a": 90, "b": 70, "c": 40})  # several batches per worker
     monkeypatch.setattr(ingest, "PARALLEL_FROM", 10)  # small sources are decoded in-process
+    monkeypatch.setattr(decoding, "BATCH_PIXEL_BYTES", 16 * 64)  # batches of sixteen 8x8 images
     monkeypatch.setattr(shards, "MAX_SHARD_BYTES", 10 * 64)  # shards of ten 8x8 images, in parallel
     used = []
 
@@ -73,7 +80,7 @@ class Counting:
 def test_no_step_holds_a_whole_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Decoding, reading back and writing go 4 images at a time, while the train split has 68."""
     monkeypatch.setenv("MLPIPELINE_WORKERS", "1")
-    monkeypatch.setattr(ingest, "BATCH_IMAGES", 4)
+    monkeypatch.setattr(decoding, "BATCH_PIXEL_BYTES", 4 * 64)  # four 8x8 gray images
     monkeypatch.setattr(scratch_rows, "READ_BYTES", 4 * 64)  # four 8x8 gray images
     monkeypatch.setattr(shards, "MAX_SHARD_BYTES", 4 * 64)
     counting = Counting(monkeypatch)
@@ -85,3 +92,18 @@ def test_no_step_holds_a_whole_split(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.undo()
     monkeypatch.setenv("MLPIPELINE_WORKERS", "1")
     np.testing.assert_array_equal(streamed, run_ingest(ingest_params(raw), tmp_path / "whole").images())
+
+
+def test_a_batch_reaches_a_worker_whole() -> None:
+    """A batch travels as plain tuples of strings, and arrives as the batch that was sent."""
+    samples = [RawSample(f"/raw/a/ü {i}.png", f"a/ü {i}.png", "a", f"s3://b/a/ü {i}.png") for i in range(3)]
+    batch = Batch(LocalFileSystem(), samples, Preprocessing(3, (32, 24), "bicubic", True, 255, True), 10, 7)
+    assert pickle.loads(ForkingPickler.dumps(batch)) == batch
+
+
+@pytest.mark.parametrize(
+    ("channels", "side", "images"), [(1, 8, 1024), (3, 32, 170), (3, 224, 4), (3, 4096, 4)]
+)
+def test_a_batch_holds_about_half_a_mib_of_pixels(channels: int, side: int, images: int) -> None:
+    preprocessing = Preprocessing(channels, (side, side), "bicubic", True, 255, True)
+    assert decoding.batch_images(preprocessing) == images

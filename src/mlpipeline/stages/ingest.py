@@ -40,7 +40,7 @@ from mlpipeline.core.paths import INGESTED
 from mlpipeline.core.shards import DatasetWriter
 from mlpipeline.core.urls import redact
 from mlpipeline.core.workers import WorkerPool, worker_count
-from mlpipeline.decoding import BATCH_IMAGES, Batch, decode_batch
+from mlpipeline.decoding import Batch, batch_images, decode_batch
 from mlpipeline.images import Preprocessing, Resample
 from mlpipeline.scratch import Scratch
 from mlpipeline.scratch_rows import ShardTask, use_pixel_file, write_shard_rows
@@ -214,8 +214,8 @@ def decode_all(
     preprocessing = params.preprocessing()
 
     def batches() -> Iterator[Batch]:
-        row = 0
-        while chunk := list(islice(samples, BATCH_IMAGES)):
+        row, size = 0, batch_images(preprocessing)
+        while chunk := list(islice(samples, size)):
             yield Batch(fs, chunk, preprocessing, params.max_image_pixels, first_row=row)
             row += len(chunk)
 
