@@ -4,7 +4,7 @@ A batch carries what a spawned worker needs (the filesystem, the samples, the pr
 its first row) and the decoded pixels go straight into the scratch's pixel file at the batch's
 rows (``scratch_rows``), so only a few bytes an image travel back: the digests and what the
 decoder found. The parent records those in order
-(``core.workers.ordered_map``): any worker count, same bytes. Workers read their files
+(``core.workers.WorkerPool.map_pairs``): any worker count, same bytes. Workers read their files
 themselves, so reading spreads over the cores along with decoding.
 """
 
