@@ -23,10 +23,11 @@ from mlpipeline.images import Conversion, Preprocessing, decode_into, quiet_pill
 from mlpipeline.scratch_rows import write_rows
 from mlpipeline.sources import RawSample, read_files
 
-# Decoded pixels per task. A task costs the parent about half a millisecond (sending it, taking
+# Decoded pixels per task. A task costs the parent most of a millisecond here (sending it, taking
 # its result, recording it), so a task should hold many times that in decoding: 512 KiB is 170
 # 32x32 RGB images, 36 ms here (64 images a task was 9% slower with two workers; 1 MiB no
-# faster), and a worker's buffers stay about a MiB whatever the image size.
+# faster), and a worker's buffers hold about a MiB (or four images, where four are larger: a
+# task of 224x224 RGB images holds four).
 BATCH_PIXEL_BYTES = 512 * 1024
 BATCH_IMAGES = (4, 1024)  # fewest and most samples per task
 DIGEST_BYTES = 32  # sha256
@@ -44,7 +45,7 @@ class Batch:
 
     def __reduce__(self) -> tuple[Callable[..., Batch], tuple[Any, ...]]:
         """Travel as plain tuples of strings: pickling the RawSample objects themselves cost the
-        parent, which sends every batch, 3.3 µs an image (0.5 µs so)."""
+        parent, which sends every batch, 3.3 µs an image; the tuples cost 0.5 µs."""
         fields = [(s.location, s.name, s.label, s.shown) for s in self.samples]
         return _batch, (self.fs, fields, self.preprocessing, self.max_pixels, self.first_row)
 
