@@ -77,21 +77,21 @@ s3-down: setup ## Stop the local S3 server and drop its endpoint from .dvc/confi
 	python -m mlpipeline.devtools.s3server down --dir $(S3_DIR)
 
 check-remote: setup ## Tell in one line whether the DVC remote is reachable and writable
-	python -m mlpipeline.remote_check
+	python -m mlpipeline.cache.remote_check
 
 verify: setup ## Rehash the workspace outputs and the DVC cache against dvc.lock; one line per mismatch
-	python -m mlpipeline.verify
+	python -m mlpipeline.cache.verify
 
 # Cache hygiene: a dry run unless CONFIRM=1; CLOUD=1 cleans the DVC remote too. KEEP: dvc gc's scope
 # flags (default -w -a -T --all-experiments: workspace, branch tips, tags, experiments).
 gc: setup ## List what `dvc gc` would remove and why (CONFIRM=1 removes it, CLOUD=1 the remote too)
-	python -m mlpipeline.cache_gc $(if $(filter 1,$(CONFIRM)),--confirm) $(if $(filter 1,$(CLOUD)),--cloud) $(KEEP)
+	python -m mlpipeline.cache.gc $(if $(filter 1,$(CONFIRM)),--confirm) $(if $(filter 1,$(CLOUD)),--cloud) $(KEEP)
 
 # A model version: a GTO git tag ARTIFACT@vVERSION on HEAD, made once the model is pushed.
 ARTIFACT ?= image-classifier
 
 release: setup ## Register the committed model as version VERSION=1.2.0 (GTO tag), pushing it first
-	python -m mlpipeline.release $(VERSION) --name $(ARTIFACT)
+	python -m mlpipeline.versions.release $(VERSION) --name $(ARTIFACT)
 
 # Resolved in a fresh venv with no constraints, so the file holds what pyproject.toml alone
 # takes today; its header comment is kept. Then `make setup` installs the new versions.

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from common import peak_rss_mib, print_run, print_scaling
 
-from mlpipeline.augmentation import Transforms, augment
+from mlpipeline.augmentation.transforms import Transforms, augment
 from mlpipeline.core.params import load_section
 from mlpipeline.core.seeding import rng
 from mlpipeline.core.shards import DatasetWriter

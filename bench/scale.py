@@ -33,10 +33,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from mlpipeline.augmentation.online import read_online
 from mlpipeline.core.seeding import rng
 from mlpipeline.core.shards import Dataset
 from mlpipeline.core.workers import ordered_map, worker_count
-from mlpipeline.online_augmentation import read_online
 from mlpipeline.stages.augment import AugmentParams
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

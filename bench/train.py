@@ -43,7 +43,7 @@ from mlpipeline.core.paths import AUGMENTED, INGESTED
 from mlpipeline.core.seeding import rng, seed_everything
 from mlpipeline.core.shards import Dataset, DatasetWriter, SplitReader
 from mlpipeline.core.workers import worker_count
-from mlpipeline.model import ModelConfig, build_model, streamed_channel_stats
+from mlpipeline.modeling.network import ModelConfig, build_model, streamed_channel_stats
 from mlpipeline.stages.train import train
 from mlpipeline.training.data import VAL_SPLIT, Inputs, epoch_order, open_inputs, steps
 from mlpipeline.training.device import Runtime, configure

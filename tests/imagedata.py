@@ -15,7 +15,7 @@ from PIL import Image
 
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shards import Dataset
-from mlpipeline.splitting import SPLITS
+from mlpipeline.ingestion.splitting import SPLITS
 from mlpipeline.stages.ingest import MANIFEST, IngestParams, Summary, ingest
 
 

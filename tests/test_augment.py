@@ -15,8 +15,8 @@ import torch
 import yaml
 from conftest import REPO_ROOT, repo_params, run, set_params
 
-from mlpipeline.augmentation import Transforms, add_elastic, affine_coordinates, augment
-from mlpipeline.bitexact import ONE
+from mlpipeline.augmentation.transforms import Transforms, add_elastic, affine_coordinates, augment
+from mlpipeline.core.bitexact import ONE
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
 from mlpipeline.core.seeding import rng

@@ -20,7 +20,7 @@ from mlpipeline.evaluation.baseline import (
     fit_baseline,
 )
 from mlpipeline.evaluation.subset import pick_rows
-from mlpipeline.splitting import keep_fraction
+from mlpipeline.ingestion.splitting import keep_fraction
 
 PARAMS = BaselineParams(C=3.0, gamma=None, max_train=10_000, seed=0, kernel="auto", components=1000)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlpipeline.bitexact import (
+from mlpipeline.core.bitexact import (
     ONE,
     SAMPLE_BITS,
     exp_neg,

@@ -19,10 +19,10 @@ from conftest_history import TrainedHistory, head
 from conftest_s3 import S3Remote
 from dvcflow import commit_all, dvc, git_clone, make
 
-from mlpipeline import cache_gc
-from mlpipeline.cache_gc import DEFAULT_SCOPE, Scope, Store
-from mlpipeline.cache_listing import RUN_CACHE_COPIES, UNNAMED, store_lines
-from mlpipeline.cache_origins import Origin, find_origins
+from mlpipeline.cache import gc as cache_gc
+from mlpipeline.cache.gc import DEFAULT_SCOPE, Scope, Store
+from mlpipeline.cache.listing import RUN_CACHE_COPIES, UNNAMED, store_lines
+from mlpipeline.cache.origins import Origin, find_origins
 from mlpipeline.core.errors import PipelineError
 
 

@@ -1,4 +1,4 @@
-"""The committed demo data is exactly scikit-learn's digits as ``mlpipeline.demo`` exports them."""
+"""The committed demo data is exactly scikit-learn's digits as ``mlpipeline.devtools.demo`` exports them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import REPO_ROOT
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from mlpipeline.demo import digits_to_uint8, export_digits
+from mlpipeline.devtools.demo import digits_to_uint8, export_digits
 
 COMMITTED = REPO_ROOT / "data" / "raw" / "digits"
 

@@ -27,8 +27,8 @@ from mlpipeline.evaluation.report import (
     predictions_csv,
     worst_errors,
 )
-from mlpipeline.model import ModelConfig, build_model, channel_stats
-from mlpipeline.model_files import save_model
+from mlpipeline.modeling.files import save_model
+from mlpipeline.modeling.network import ModelConfig, build_model, channel_stats
 from mlpipeline.stages.evaluate import EvaluateParams, evaluate
 
 OUTPUTS = ("metrics.json", "predictions.csv", "misclassified.png")

@@ -15,7 +15,7 @@ from conftest import repo_params
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from mlpipeline.bitexact import ONE
+from mlpipeline.core.bitexact import ONE
 from mlpipeline.core.params import from_mapping
 from mlpipeline.stages.synthesize import SynthesizeParams
 from mlpipeline.synthetic import SynthesisTask, ValueMap, get_generator

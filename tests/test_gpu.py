@@ -29,8 +29,8 @@ from tiny_model import CLASSES, tiny_images, write_tiny_dataset
 from tiny_training import tiny_params, tiny_section, write_online_inputs, write_training_set
 
 from mlpipeline.core.params import from_mapping
-from mlpipeline.model_files import save_model
-from mlpipeline.predict import predict_paths
+from mlpipeline.modeling.files import save_model
+from mlpipeline.modeling.predict import predict_paths
 from mlpipeline.stages.evaluate import EvaluateParams, evaluate
 from mlpipeline.stages.train import train
 from mlpipeline.training.data import open_inputs

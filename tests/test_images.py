@@ -12,7 +12,7 @@ from imagedata import ingest_params, make_folder, noise, run_ingest
 from PIL import Image, PngImagePlugin
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.images import Preprocessing, decode, decode_image
+from mlpipeline.ingestion.images import Preprocessing, decode, decode_image
 
 GRAY = Preprocessing(1, (8, 8), "bicubic", convert=True, background=255, jpeg_draft=False)
 RGB = Preprocessing(3, (8, 8), "bicubic", convert=True, background=255, jpeg_draft=False)

@@ -16,10 +16,10 @@ import pytest
 from imagedata import Output, ingest_params, make_folder, noise, run_ingest, write_png
 from PIL import Image
 
-from mlpipeline import scratch, scratch_rows, sources
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import Dataset
-from mlpipeline.splitting import SPLITS
+from mlpipeline.ingestion import scratch, scratch_rows, sources
+from mlpipeline.ingestion.splitting import SPLITS
 from mlpipeline.stages import ingest as ingest_stage
 from mlpipeline.stages.ingest import MANIFEST
 

@@ -11,12 +11,12 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 from imagedata import ingest_params, make_folder, run_ingest
 
-from mlpipeline import decoding, scratch_rows
 from mlpipeline.core import shards
-from mlpipeline.decoding import Batch
-from mlpipeline.images import Preprocessing
-from mlpipeline.sources import RawSample
-from mlpipeline.splitting import SPLITS
+from mlpipeline.ingestion import decoding, scratch_rows
+from mlpipeline.ingestion.decoding import Batch
+from mlpipeline.ingestion.images import Preprocessing
+from mlpipeline.ingestion.sources import RawSample
+from mlpipeline.ingestion.splitting import SPLITS
 from mlpipeline.stages import ingest
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tiny_model import tiny_images, tiny_model, write_tiny_dataset, write_tiny_model
 
 from mlpipeline.core.params import from_mapping
-from mlpipeline.model_files import EXIT_MODEL_UNUSABLE, ModelError, load_model, save_model
+from mlpipeline.modeling.files import EXIT_MODEL_UNUSABLE, ModelError, load_model, save_model
 from mlpipeline.stages.evaluate import EvaluateParams, evaluate
 
 Damage = Callable[[Path], None]
@@ -203,7 +203,7 @@ def test_weights_written_before_the_config_was_recorded_still_load(workdir: Path
 def test_predict_gives_one_line_and_its_own_exit_code(workdir: Path) -> None:
     damage, message = CASES["image size the weights were not trained on"]
     damage(workdir / "models")
-    result = run([sys.executable, "-m", "mlpipeline.predict", "image.png"], workdir, check=False)
+    result = run([sys.executable, "-m", "mlpipeline.modeling.predict", "image.png"], workdir, check=False)
     assert result.returncode == EXIT_MODEL_UNUSABLE == 3
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"predict: error: {message}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 
-from mlpipeline.sources import natural_sorted
+from mlpipeline.ingestion.sources import natural_sorted
 
 
 def by_parts(text: str) -> list[int | str]:

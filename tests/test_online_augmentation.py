@@ -14,10 +14,10 @@ from test_train import weights_digest
 from tiny_model import tiny_images, write_tiny_dataset
 from tiny_training import killed_then_resumed, tiny_params, write_online_inputs
 
-from mlpipeline.augmentation import augment
+from mlpipeline.augmentation.online import OnlineAugmentation, read_online
+from mlpipeline.augmentation.transforms import augment
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import Dataset
-from mlpipeline.online_augmentation import OnlineAugmentation, read_online
 from mlpipeline.stages.train import train
 from mlpipeline.training.data import open_inputs
 from mlpipeline.training.loader import Feed, Resident

@@ -28,7 +28,7 @@ from dvcflow import (
 from imagedata import make_folder, noise, write_png
 
 from mlpipeline.core.shards import Dataset
-from mlpipeline.splitting import SPLITS
+from mlpipeline.ingestion.splitting import SPLITS
 
 DEMO_IMAGES = 1797
 

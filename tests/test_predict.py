@@ -19,9 +19,9 @@ from PIL import Image
 from tiny_model import CLASSES, tiny_images, tiny_model, write_tiny_model
 
 from mlpipeline.core.shards import Dataset
-from mlpipeline.inference import predict_probabilities
-from mlpipeline.model_files import ModelError, load_model, save_model
-from mlpipeline.predict import predict_paths
+from mlpipeline.modeling.files import ModelError, load_model, save_model
+from mlpipeline.modeling.inference import predict_probabilities
+from mlpipeline.modeling.predict import predict_paths
 
 CPU = torch.device("cpu")
 
@@ -57,7 +57,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 def test_cli_predicts_the_rest_and_names_the_bad_file(files: dict[str, Path]) -> None:
     args = [str(files[k]) for k in ("top", "corrupt", "folder", "center")]
     result = run(
-        [sys.executable, "-m", "mlpipeline.predict", *args, "--model", str(files["model"])],
+        [sys.executable, "-m", "mlpipeline.modeling.predict", *args, "--model", str(files["model"])],
         files["top"].parent,
         check=False,
     )
@@ -88,7 +88,7 @@ def test_cli_writes_output_file_and_exits_zero_when_all_succeed(
         [
             sys.executable,
             "-m",
-            "mlpipeline.predict",
+            "mlpipeline.modeling.predict",
             str(files["folder"]),
             "--model",
             str(files["model"]),
@@ -105,7 +105,9 @@ def test_cli_writes_output_file_and_exits_zero_when_all_succeed(
 
 def test_cli_without_a_model_is_one_line_exit_3(tmp_path: Path) -> None:
     result = run(
-        [sys.executable, "-m", "mlpipeline.predict", "x.png", "--model", "nowhere"], tmp_path, check=False
+        [sys.executable, "-m", "mlpipeline.modeling.predict", "x.png", "--model", "nowhere"],
+        tmp_path,
+        check=False,
     )
     assert result.returncode == 3  # the model cannot be used (see test_model_files)
     assert result.stderr.strip() == "predict: error: nowhere/model.json: not found (has the train stage run?)"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import run
 
-from mlpipeline import remote_check
+from mlpipeline.cache import remote_check
 from mlpipeline.core import stage
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.urls import redact_text

@@ -22,8 +22,8 @@ from dvcflow import dvc, file_digests, git_clone, make
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.devtools import s3server
-from mlpipeline.registry import CACHE_DIR, model_dir
-from mlpipeline.release import release
+from mlpipeline.versions.registry import CACHE_DIR, model_dir
+from mlpipeline.versions.release import release
 
 NAME = "image-classifier"
 IMAGES = "data/raw/digits/3"  # committed with the repository: every clone has them
@@ -83,7 +83,7 @@ def test_unknown_versions_and_stages_list_the_registered_ones(registry_repo: Pat
 
 
 def test_latest_and_stages_resolve_to_registered_versions(registry_repo: Path) -> None:
-    from mlpipeline.registry import resolve
+    from mlpipeline.versions.registry import resolve
 
     register(registry_repo, "v1.9.0", "HEAD~1")
     register(registry_repo, "v1.10.0")
@@ -115,7 +115,10 @@ def test_release_refuses_a_bad_version_an_unknown_artifact_and_a_stale_model(pip
 
 def predict(repo: Path, model: str, env: dict[str, str] | None = None, check: bool = True):
     return run(
-        [sys.executable, "-m", "mlpipeline.predict", IMAGES, "--model", model], repo, check=check, env=env
+        [sys.executable, "-m", "mlpipeline.modeling.predict", IMAGES, "--model", model],
+        repo,
+        check=check,
+        env=env,
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import run
 
-from mlpipeline import remote_check
+from mlpipeline.cache import remote_check
 from mlpipeline.devtools import s3server
 from mlpipeline.devtools.s3server import S3Server
 
@@ -114,7 +114,7 @@ def test_check_remote_on_a_stopped_server_fails_in_one_line(team_repo: Path, tmp
     server = s3server.start(tmp_path / "objects", buckets=["team-bucket"])
     s3server.configure_remote(team_repo, server)
     s3server.stop(server)
-    result = run(["python", "-m", "mlpipeline.remote_check"], team_repo, check=False)
+    result = run(["python", "-m", "mlpipeline.cache.remote_check"], team_repo, check=False)
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.strip() == (

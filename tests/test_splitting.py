@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.splitting import SPLITS, find_duplicates, keep_fraction, split_counts, stratified_split
+from mlpipeline.ingestion.splitting import (
+    SPLITS,
+    find_duplicates,
+    keep_fraction,
+    split_counts,
+    stratified_split,
+)
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 CLASSES = ["cat", "dog", "owl"]

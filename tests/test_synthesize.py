@@ -18,7 +18,7 @@ from conftest import REPO_ROOT, repo_params, run, set_params
 from PIL import Image
 from sklearn.metrics.pairwise import rbf_kernel as sklearn_rbf_kernel
 
-from mlpipeline.bitexact import exp_neg
+from mlpipeline.core.bitexact import exp_neg
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
 from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter

@@ -17,7 +17,7 @@ from tiny_training import tiny_params, write_online_inputs, write_training_set
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import Dataset, SplitReader
 from mlpipeline.core.workers import WORKERS_ENV
-from mlpipeline.model import channel_stats, streamed_channel_stats
+from mlpipeline.modeling.network import channel_stats, streamed_channel_stats
 from mlpipeline.stages import train as train_stage
 from mlpipeline.stages.train import train
 from mlpipeline.training import loader

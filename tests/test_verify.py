@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import run
 
-from mlpipeline.verify import verify
+from mlpipeline.cache.verify import verify
 
-VERIFY = [sys.executable, "-m", "mlpipeline.verify"]
+VERIFY = [sys.executable, "-m", "mlpipeline.cache.verify"]
 
 
 def cache_file(repo: Path, content: bytes) -> Path:

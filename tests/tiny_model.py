@@ -10,8 +10,8 @@ import torch
 
 from mlpipeline.core.seeding import rng
 from mlpipeline.core.shards import DatasetWriter
-from mlpipeline.model import ConvNet, ModelConfig, build_model, channel_stats
-from mlpipeline.model_files import save_model
+from mlpipeline.modeling.files import save_model
+from mlpipeline.modeling.network import ConvNet, ModelConfig, build_model, channel_stats
 
 CLASSES = ["top", "left", "center"]
 SHAPE = (1, 8, 8)

@@ -1,1 +1,4 @@
-"""Compare a git revision with the workspace for review: params, metrics and plots (``make report``)."""
+"""Compare a git revision with the workspace for review: params, metrics and plots (``make report``).
+
+May import: core.
+"""

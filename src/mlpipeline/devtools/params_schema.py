@@ -15,11 +15,11 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema
 
+from mlpipeline.augmentation.params import AugmentParams
 from mlpipeline.core.params import params_dataclass
-from mlpipeline.stages.augment import AugmentParams
-from mlpipeline.stages.evaluate import EvaluateParams
-from mlpipeline.stages.ingest import IngestParams
-from mlpipeline.stages.synthesize import SynthesizeParams
+from mlpipeline.evaluation.params import EvaluateParams
+from mlpipeline.ingestion.params import IngestParams
+from mlpipeline.synthetic.params import SynthesizeParams
 from mlpipeline.training.params import TrainParams
 
 SCHEMA_FILE = Path("params.schema.json")

@@ -1,1 +1,5 @@
-"""Pure pieces of the evaluate stage: metrics, the scikit-learn baseline, and the report files."""
+"""The evaluate stage's library: metrics, the scikit-learn baseline, the report files and the
+stage's params.
+
+May import: core.
+"""

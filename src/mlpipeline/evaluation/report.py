@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from mlpipeline.previews import image_grid
+from mlpipeline.core.previews import image_grid
 
 GRID_COLUMNS = 8
 

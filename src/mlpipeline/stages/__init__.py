@@ -1,0 +1,5 @@
+"""What ``dvc.yaml`` runs: one thin module per stage (``python -m mlpipeline.stages.<name>``),
+each reading its params, calling its library and writing its outputs. Nothing imports a stage.
+
+May import: core, ingestion, synthetic, augmentation, training, modeling, evaluation.
+"""

@@ -19,18 +19,19 @@ import math
 from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Literal, Self
 
 import numpy as np
 import torch
-from pydantic import model_validator
 
-from mlpipeline.augmentation import Transforms, augment
+from mlpipeline.augmentation.online import OnlineAugmentation
+from mlpipeline.augmentation.params import AugmentParams
+from mlpipeline.augmentation.transforms import Transforms, augment
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import limit_threads
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import load_section, param, params_dataclass
+from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import AUGMENT_PREVIEW, AUGMENTED, INGESTED, SYNTHETIC
+from mlpipeline.core.previews import image_grid
 from mlpipeline.core.shards import (
     META_FILE,
     Dataset,
@@ -40,33 +41,11 @@ from mlpipeline.core.shards import (
     shard_layout,
 )
 from mlpipeline.core.workers import ordered_map_pairs, workers_for
-from mlpipeline.online_augmentation import OnlineAugmentation
-from mlpipeline.previews import image_grid
 
 SPLIT = "train"
 SOURCES = ("real", "synthetic")  # also the names of the output's splits
 PREVIEW_COPIES = 6
 SHORT_NAMES = {"real": "real", "synthetic": "synth"}  # preview cells are 32 px wide
-
-
-@params_dataclass
-class AugmentParams:
-    mode: Literal["offline", "online"]  # online: training makes the copies (online_augmentation)
-    include_real: bool
-    include_synthetic: bool
-    copies: int = param(ge=0, le=1000)
-    keep_originals: bool
-    transforms: Transforms
-    seed: int = param(ge=0)
-    batch_size: int = param(ge=1, le=1_000_000)
-
-    @model_validator(mode="after")
-    def check(self) -> Self:
-        if not (self.include_real or self.include_synthetic):
-            raise ValueError("include_real and include_synthetic are both false: nothing to augment")
-        if self.copies == 0 and not self.keep_originals:
-            raise ValueError("copies is 0 and keep_originals is false: the output would be empty")
-        return self
 
 
 class Preview:

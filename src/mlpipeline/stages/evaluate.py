@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from mlpipeline.core import atomic, stage
-from mlpipeline.core.device import DeviceChoice, pick_device
+from mlpipeline.core.device import pick_device
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import load_section, param, params_dataclass
+from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import EVALUATE_REPORTS, INGESTED, MODELS
 from mlpipeline.core.shards import META_FILE, Dataset
 from mlpipeline.core.workers import ordered_map_pairs, workers_for
@@ -42,22 +42,14 @@ from mlpipeline.evaluation.baseline import (
     start_predicting,
 )
 from mlpipeline.evaluation.metrics import Scores
+from mlpipeline.evaluation.params import EvaluateParams
 from mlpipeline.evaluation.report import WorstErrors, misclassified_png, predictions_csv
 from mlpipeline.evaluation.subset import pick_rows
-from mlpipeline.inference import predict_probabilities
-from mlpipeline.model import ModelConfig
-from mlpipeline.model_files import CONFIG_FILE, load_model
+from mlpipeline.modeling.files import CONFIG_FILE, load_model
+from mlpipeline.modeling.inference import predict_probabilities
+from mlpipeline.modeling.network import ModelConfig
 
 TEST, TRAIN = "test", "train"
-
-
-@params_dataclass
-class EvaluateParams:
-    device: DeviceChoice
-    batch_size: int = param(ge=1)
-    ece_bins: int = param(ge=1)
-    misclassified: int = param(ge=1)
-    baseline: BaselineParams
 
 
 @dataclass(frozen=True)

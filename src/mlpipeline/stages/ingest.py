@@ -2,17 +2,17 @@
 
 Reads ``ingest.source`` (a folder, local or ``s3://``: class folders ``<class>/<file>``, or
 the ``path,label`` CSV ``ingest.manifest`` inside it), decodes every image to uint8
-C x H x W by ``ingest``'s preprocessing (``mlpipeline.images``), lists every bad file,
+C x H x W by ``ingest``'s preprocessing (``mlpipeline.ingestion.images``), lists every bad file,
 drops exact duplicates before splitting (so none can leak across splits), and writes
 ``data/ingested``: shards per split, ``dataset.json`` (with the preprocessing, which train
 hands on to predict) and ``manifest.csv`` with every file's origin, pixel mode, content
 hashes, label and split. The test split holds real data only.
 
 Memory stays bounded at any dataset size: images are decoded once, by
-``MLPIPELINE_WORKERS`` processes, into a disk-backed scratch (``mlpipeline.scratch``);
+``MLPIPELINE_WORKERS`` processes, into a disk-backed scratch (``mlpipeline.ingestion.scratch``);
 duplicates and the split are decided from a few bytes an image; the same processes then
 write the shards from the scratch's rows, a shard a task, while the manifest is written
-row by row. Pixels never pass between processes (``mlpipeline.scratch_rows``).
+row by row. Pixels never pass between processes (``mlpipeline.ingestion.scratch_rows``).
 """
 
 from __future__ import annotations
@@ -27,25 +27,24 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import chain, islice
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Literal, Self
+from typing import BinaryIO
 
 import fsspec
 import numpy as np
-from pydantic import Field, TypeAdapter, ValidatorFunctionWrapHandler, WrapValidator, model_validator
 
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import load_section, param, params_dataclass
+from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import INGESTED
 from mlpipeline.core.shards import DatasetWriter
 from mlpipeline.core.urls import redact
 from mlpipeline.core.workers import WorkerPool, worker_count
-from mlpipeline.decoding import Batch, batch_images, decode_batch
-from mlpipeline.images import Preprocessing, Resample
-from mlpipeline.scratch import Scratch
-from mlpipeline.scratch_rows import ShardTask, use_pixel_file, write_shard_rows
-from mlpipeline.sources import RawSample, Source, open_source
-from mlpipeline.splitting import SPLITS, find_duplicates, keep_fraction, stratified_split
+from mlpipeline.ingestion.decoding import Batch, batch_images, decode_batch
+from mlpipeline.ingestion.params import IngestParams
+from mlpipeline.ingestion.scratch import Scratch
+from mlpipeline.ingestion.scratch_rows import ShardTask, use_pixel_file, write_shard_rows
+from mlpipeline.ingestion.sources import RawSample, Source, open_source
+from mlpipeline.ingestion.splitting import SPLITS, find_duplicates, keep_fraction, stratified_split
 
 BAD_FILES = Path("reports/ingest/bad_files.csv")
 MANIFEST = "manifest.csv"
@@ -65,66 +64,6 @@ DUPLICATE, HELD_OUT, SKIPPED = (STATUSES.index(s) for s in ("duplicate", "held_o
 PARALLEL_FROM = 4096  # fewer images are decoded in this process: starting workers would cost more
 ROW_BLOCK = 65_536  # rows whose status or manifest columns are taken out of numpy at once
 SHOWN_BAD_FILES = 3  # bad files named on the error line (all of them go to BAD_FILES)
-
-
-Side = Annotated[int, Field(ge=1, le=4096)]
-SizePair = Annotated[list[Side], Field(min_length=2, max_length=2)]
-
-
-def as_square(value: Any, validate_pair: ValidatorFunctionWrapHandler) -> list[int]:
-    """``image_size: 28`` means ``[28, 28]`` (so ``-S ingest.image_size=28`` works)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [TypeAdapter(Side).validate_python(value)] * 2  # an error names image_size itself
-    return validate_pair(value)
-
-
-ImageSize = Annotated[SizePair, WrapValidator(as_square, json_schema_input_type=Side | SizePair)]
-
-
-@params_dataclass
-class SplitFractions:
-    train: float = param(gt=0, lt=1)
-    val: float = param(gt=0, lt=1)
-    test: float = param(gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def check(self) -> Self:
-        total = self.train + self.val + self.test
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"fractions must sum to 1, got {total:g}")
-        return self
-
-
-@params_dataclass
-class IngestParams:
-    source: str
-    manifest: str | None
-    classes: list[str] | None = param(min_len=2)
-    channels: int = param(ge=1, le=3)
-    image_size: ImageSize  # [height, width], or one side of a square
-    resample: Resample
-    convert: bool
-    background: int = param(ge=0, le=255)
-    jpeg_draft: bool
-    max_image_pixels: int = param(ge=1)
-    on_bad_file: Literal["fail", "skip"]
-    split: SplitFractions
-    keep_train_fraction: float = param(gt=0, le=1)
-    seed: int = param(ge=0)
-
-    @model_validator(mode="after")
-    def check(self) -> Self:
-        if self.channels == 2:
-            raise ValueError("channels must be 1 (grayscale) or 3 (RGB)")
-        if self.classes is not None and len(set(self.classes)) != len(self.classes):
-            raise ValueError("classes lists a class twice")
-        return self
-
-    def preprocessing(self) -> Preprocessing:
-        size = (self.image_size[0], self.image_size[1])
-        return Preprocessing(
-            self.channels, size, self.resample, self.convert, self.background, self.jpeg_draft
-        )
 
 
 class BadFiles(PipelineError):

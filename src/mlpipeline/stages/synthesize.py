@@ -19,19 +19,18 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import limit_threads
-from mlpipeline.core.params import load_section, param, params_dataclass
+from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import INGESTED, SYNTHESIZE_REPORTS, SYNTHETIC
 from mlpipeline.core.shards import Dataset, DatasetWriter
 from mlpipeline.core.workers import workers_for
 from mlpipeline.synthetic import SynthesisTask, ValueStats, class_counts, generate, get_generator
 from mlpipeline.synthetic.generators import batch_size
-from mlpipeline.synthetic.glyphs import GlyphParams
+from mlpipeline.synthetic.params import SynthesizeParams
 from mlpipeline.synthetic.preview import PerClassSamples, samples_png
 from mlpipeline.synthetic.realism import Sampler, transfer_score
 
@@ -39,15 +38,6 @@ PREVIEW = "samples.png"
 METRICS = "metrics.json"
 PREVIEW_PER_SOURCE = 6
 SPLIT = "train"
-
-
-@params_dataclass
-class SynthesizeParams:
-    count: int = param(ge=0)
-    class_balance: Literal["uniform", "match_real"]
-    generator: str
-    glyphs: GlyphParams
-    seed: int = param(ge=0)
 
 
 def synthesize(

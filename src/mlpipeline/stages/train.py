@@ -23,8 +23,8 @@ from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS
 from mlpipeline.core.seeding import seed_everything
 from mlpipeline.core.shards import SplitReader
-from mlpipeline.model import ModelConfig, build_model, streamed_channel_stats
-from mlpipeline.model_files import save_model
+from mlpipeline.modeling.files import save_model
+from mlpipeline.modeling.network import ModelConfig, build_model, streamed_channel_stats
 from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, run_key
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure

@@ -1,6 +1,8 @@
 """Synthetic training images that look like the real ones, from pluggable generators.
 
 Importing the package registers the built-in ``glyphs`` generator.
+
+May import: core.
 """
 
 from mlpipeline.synthetic import glyphs as _glyphs  # noqa: F401  (registers "glyphs")

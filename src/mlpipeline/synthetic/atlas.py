@@ -7,7 +7,7 @@ strokes by exactly r: stroke width and edge noise cost one comparison per
 pixel instead of repeated morphological passes.
 
 Every value is exact, so a sample is the same on every CPU (see
-``mlpipeline.bitexact``): Pillow draws the glyph in integer arithmetic
+``mlpipeline.core.bitexact``): Pillow draws the glyph in integer arithmetic
 (FreeType), scipy's Euclidean distance transform finds each pixel's nearest
 pixel across the outline in integers, and the distance is the correctly rounded
 square root of an integer, quantized to ``1/DIST_ONE`` of the glyph's longer
@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import distance_transform_edt
 
-from mlpipeline.bitexact import FRACTION_BITS, ONE
+from mlpipeline.core.bitexact import FRACTION_BITS, ONE
 from mlpipeline.core.errors import PipelineError
 
 OVERSAMPLE = 4  # Pillow draws each glyph 4x the cell size (at most MAX_FONT_PX), then the field

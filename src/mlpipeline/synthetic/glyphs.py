@@ -16,7 +16,7 @@ Lengths (stroke, edge noise, shift) are fractions of the frame's height, so
 the same params mean the same look at any image size.
 
 The output bytes are the same on every CPU (``tests/test_cross_cpu.py``), the
-way augment's are (``mlpipeline.bitexact``): the draws are numpy's integers
+way augment's are (``mlpipeline.core.bitexact``): the draws are numpy's integers
 and ``random()``; each image's pose is float64 ``+ - * /`` one operation at a
 time (sin and cos are polynomials), rounded once to fixed point; from there
 everything that decides a pixel is integer arithmetic: the atlas, its bilinear
@@ -29,47 +29,23 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Self
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
-from mlpipeline.bitexact import sums_of_four_bytes
+from mlpipeline.core.bitexact import sums_of_four_bytes
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.params import param, params_dataclass
 from mlpipeline.synthetic.atlas import Atlas, build_atlas, sample_distance
 from mlpipeline.synthetic.draws import exact_draws
 from mlpipeline.synthetic.fonts import has_glyph, resolve_fonts
 from mlpipeline.synthetic.generators import Renderer, SynthesisTask, register_generator
+from mlpipeline.synthetic.params import GlyphParams
 from mlpipeline.synthetic.placement import DRAWS, FRAME_ONE, Poses, pose, render_frame
 
 SUPERSAMPLE = 4  # render at 4x the output size, then count ink per 4x4 block
 CHUNK_SAMPLES = 1 << 18  # render samples per chunk: few calls per batch, arrays of about a MB
 NOISE_MEAN = 2 * 255  # of a sum of four uniform bytes
 NOISE_STD = math.sqrt(4 * (256**2 - 1) / 12)
-
-
-@params_dataclass
-class GlyphParams:
-    fonts: list[str] = param(min_len=1)
-    rotation: float = param(ge=0, le=180)
-    scale: list[Annotated[float, Field(gt=0, le=2)]] = param(min_len=2, max_len=2)
-    shear: float = param(ge=0, le=2)
-    translate: float = param(ge=0, le=0.5)
-    stroke: list[Annotated[float, Field(ge=-0.1, le=0.1)]] = param(min_len=2, max_len=2)
-    edge_noise: float = param(ge=0, le=0.1)
-    pixel_noise: float = param(ge=0, le=1)
-
-    @model_validator(mode="after")
-    def check(self) -> Self:
-        for name in ("scale", "stroke"):
-            low, high = getattr(self, name)
-            if low > high:
-                raise ValueError(f"{name} must be [low, high] with low <= high, got {[low, high]}")
-        if len(set(self.fonts)) != len(self.fonts):
-            raise ValueError("fonts lists a font twice")
-        return self
 
 
 def check_classes(classes: list[str], fonts: list[Path]) -> list[list[Path]]:

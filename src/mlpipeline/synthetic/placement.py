@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from mlpipeline.bitexact import ONE, sin_cos
+from mlpipeline.core.bitexact import ONE, sin_cos
 from mlpipeline.synthetic.atlas import SAMPLE_ONE, Atlas, Terms
-
-if TYPE_CHECKING:
-    from mlpipeline.synthetic.glyphs import GlyphParams
+from mlpipeline.synthetic.params import GlyphParams
 
 SIZE_BITS = 10  # a glyph's size in frame heights, in steps of 1/1024, for the threshold test
 MAX_SIZE = 1 << 16  # steps: sizes past 64 frame heights are clamped, so distance x size fits int32

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mlpipeline.previews import image_grid
+from mlpipeline.core.previews import image_grid
 
 
 class PerClassSamples:

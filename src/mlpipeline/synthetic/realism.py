@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.svm import SVC
 
-from mlpipeline.bitexact import exp_neg
+from mlpipeline.core.bitexact import exp_neg
 from mlpipeline.core.seeding import rng
 
 SAMPLE = 2000  # about this many images from each side

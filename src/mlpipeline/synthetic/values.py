@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mlpipeline.bitexact import ONE, gaussian_noise, round_to_uint8
+from mlpipeline.core.bitexact import ONE, gaussian_noise, round_to_uint8
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.synthetic.draws import exact_draws
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 
-import mlpipeline
 from mlpipeline.core import atomic
 from mlpipeline.core.shards import META_FILE, Dataset
 from mlpipeline.training.device import Runtime
@@ -54,7 +53,7 @@ def run_key(params: TrainParams, runtime: Runtime, datasets: Iterable[Dataset], 
     digest.update(f"torch {torch.__version__}".encode())
     for dataset in datasets:  # their shards' sha256 are in dataset.json: no need to read gigabytes
         _hash_file(digest, dataset.root / META_FILE)
-    package = Path(mlpipeline.__file__).parent
+    package = Path(__file__).resolve().parents[1]  # the mlpipeline package
     for source in sorted(package.rglob("*.py")):
         digest.update(source.relative_to(package).as_posix().encode())
         _hash_file(digest, source)

@@ -3,7 +3,7 @@
 Training images come from augment's output, ``data/augmented`` (splits ``real`` and
 ``synthetic``), val images from ingest's, ``data/ingested``. When augment ran online, its
 dataset.json holds the online record and its ``synthetic`` split the synthetic originals,
-and the real originals are ingest's ``train`` split (see ``online_augmentation``). Where
+and the real originals are ingest's ``train`` split (see ``augmentation.online``). Where
 the images wait for their batch is ``training.loader``'s business.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mlpipeline.augmentation.online import OnlineAugmentation, read_online
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.seeding import rng
 from mlpipeline.core.shards import META_FILE, Dataset, SplitReader
-from mlpipeline.online_augmentation import OnlineAugmentation, read_online
 
 REAL_SPLIT = "real"  # augment's splits: one per source
 SYNTHETIC_SPLIT = "synthetic"

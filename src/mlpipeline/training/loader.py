@@ -25,10 +25,10 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
+from mlpipeline.augmentation.online import OnlineAugmentation
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import SplitReader
 from mlpipeline.core.workers import worker_count
-from mlpipeline.online_augmentation import OnlineAugmentation
 
 PLACEMENT_ENV = "MLPIPELINE_TRAIN_DATA"
 RESIDENT_MAX_BYTES = 1 << 30  # a larger split streams: host memory stays bounded

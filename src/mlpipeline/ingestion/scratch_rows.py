@@ -1,7 +1,7 @@
 """The scratch's pixel rows as every ingest process sees them: written in place by whoever
 decodes a batch, read back by whoever writes a shard.
 
-Ingest's scratch (``mlpipeline.scratch``) keeps the decoded pixels in an unnamed file, one row
+Ingest's scratch (``mlpipeline.ingestion.scratch``) keeps the decoded pixels in an unnamed file, one row
 an image at ``row * row_bytes``. A pool's initializer (``use_pixel_file``) hands each worker
 that file; with one worker it is this process's own. So pixels never travel between processes:
 a decoding task returns digests, a shard task returns the shard's sha256.

@@ -1,12 +1,12 @@
 """``make release VERSION=1.2.0``: register the committed model as a version of its artifact.
 
 GTO makes the version: an annotated git tag ``image-classifier@v1.2.0`` on HEAD. Before that,
-this makes sure anyone with the tag can fetch the model (``mlpipeline.registry``): HEAD's
+this makes sure anyone with the tag can fetch the model (``mlpipeline.versions.registry``): HEAD's
 dvc.lock records the model the workspace holds, the pipeline is up to date (``dvc status``),
 and the model's files are in the DVC remote (pushed here). A version that could not be fetched
 is never tagged.
 
-Usage: ``python -m mlpipeline.release VERSION [--name ARTIFACT]``
+Usage: ``python -m mlpipeline.versions.release VERSION [--name ARTIFACT]``
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mlpipeline.core import stage
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.registry import registered_versions, remote_label
+from mlpipeline.versions.registry import registered_versions, remote_label
 
 DEFAULT_ARTIFACT = "image-classifier"
 
@@ -82,7 +82,7 @@ def _push(repo, root: Path, path: str) -> None:
     """The model's files into the default remote, which must answer first (fails fast, in one line)."""
     from dvc.exceptions import DvcException
 
-    from mlpipeline.remote_check import RemoteCheckFailed, check_remote
+    from mlpipeline.cache.remote_check import RemoteCheckFailed, check_remote
 
     try:
         check_remote(root)
@@ -104,7 +104,9 @@ def _register(root: Path, name: str, version: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mlpipeline.release", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mlpipeline.versions.release", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("version", metavar="VERSION", help="MAJOR.MINOR.PATCH, e.g. 1.2.0")
     parser.add_argument("--name", default=DEFAULT_ARTIFACT, help=f"artifact (default: {DEFAULT_ARTIFACT})")
     args = parser.parse_args(argv)

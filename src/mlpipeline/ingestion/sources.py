@@ -29,7 +29,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.urls import redact
-from mlpipeline.images import IMAGE_SUFFIXES
+from mlpipeline.ingestion.images import IMAGE_SUFFIXES
 
 # The first look at an S3 source fails fast: one attempt with a short connect timeout, not
 # botocore's and s3fs's retries with backoff (which took 10 s to end in a 138-line traceback).

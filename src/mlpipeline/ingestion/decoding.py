@@ -19,9 +19,9 @@ import fsspec
 import numpy as np
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.images import Conversion, Preprocessing, decode_into, quiet_pillow
-from mlpipeline.scratch_rows import write_rows
-from mlpipeline.sources import RawSample, read_files
+from mlpipeline.ingestion.images import Conversion, Preprocessing, decode_into, quiet_pillow
+from mlpipeline.ingestion.scratch_rows import write_rows
+from mlpipeline.ingestion.sources import RawSample, read_files
 
 # Decoded pixels per task. A task costs the parent most of a millisecond here (sending it, taking
 # its result, recording it), so a task should hold many times that in decoding: 512 KiB is 170

@@ -1,7 +1,7 @@
 """Where an unused cache object came from, for ``make gc``'s listing: the output it was and the
 commit whose ``dvc.lock`` or ``.dvc`` file recorded it, or else the run whose run-cache entry did.
 
-Advice only: what is kept is decided by DVC itself (``mlpipeline.cache_gc``). The files are
+Advice only: what is kept is decided by DVC itself (``mlpipeline.cache.gc``). The files are
 read straight from git (one ``git log``, one ``git cat-file --batch``) rather than through
 DVC's index commit by commit, which costs 0.3 to 0.7 s a commit here: minutes for a dry run on
 a long history, against milliseconds for the documented dvc.lock / .dvc format.

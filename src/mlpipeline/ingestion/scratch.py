@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from mlpipeline.core.workers import SharedFile
-from mlpipeline.decoding import DIGEST_BYTES, DecodedBatch
-from mlpipeline.sources import RawSample
+from mlpipeline.ingestion.decoding import DIGEST_BYTES, DecodedBatch
+from mlpipeline.ingestion.sources import RawSample
 
 # A row's record: the file's and the pixels' sha256, and the length of its UTF-8 name.
 RECORD = np.dtype([("file", "u1", DIGEST_BYTES), ("pixels", "u1", DIGEST_BYTES), ("name_bytes", "<u4")])

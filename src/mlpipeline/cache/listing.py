@@ -1,7 +1,7 @@
 """The text of ``make gc``'s listing: what stays, by scope flag and by name, then what each store
 would lose, grouped by the output each object was and where that came from.
 
-Formatting only: ``mlpipeline.cache_gc`` gathers the facts from DVC and git.
+Formatting only: ``mlpipeline.cache.gc`` gathers the facts from DVC and git.
 """
 
 from __future__ import annotations
@@ -9,12 +9,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from mlpipeline.cache_origins import Origin
-
-if TYPE_CHECKING:
-    from mlpipeline.cache_gc import Scope, Store
+from mlpipeline.cache.origins import Origin
+from mlpipeline.cache.scope import Scope, Store
 
 NAMES_SHOWN = 6  # branches, tags or experiments named before "and N more"
 UNNAMED = Origin("(unnamed)", "in no commit or run-cache entry", rank=1 << 30)

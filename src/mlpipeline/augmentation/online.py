@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlpipeline.augmentation import Transforms, augment
+from mlpipeline.augmentation.transforms import Transforms, augment
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shards import META_FILE, Dataset

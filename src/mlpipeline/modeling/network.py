@@ -3,7 +3,7 @@
 ``ModelConfig`` holds everything needed to rebuild the network and feed it:
 architecture sizes, input shape, class names and the input normalization
 measured on the training data. Train writes it; evaluate and predict read it
-through ``mlpipeline.model_files``, which refuses a model directory that cannot be used.
+through ``mlpipeline.modeling.files``, which refuses a model directory that cannot be used.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from pydantic import ConfigDict, Field, with_config
 from torch import nn
 
-from mlpipeline.images import Preprocessing
+from mlpipeline.ingestion.images import Preprocessing
 
 Positive = Annotated[int, Field(ge=1)]
 MIN_STD = 1e-6  # a constant channel still divides by something

@@ -8,7 +8,7 @@ included), hashes it as DVC does (``dvc_data``'s ``file_md5``) and prints one li
 bytes differ from what was recorded, then a summary. Exit 0: all match; 1: some differ.
 Files not present locally (not pulled, stage not run) are counted, not judged.
 
-Usage: ``python -m mlpipeline.verify`` from the repository root (``make verify``).
+Usage: ``python -m mlpipeline.cache.verify`` from the repository root (``make verify``).
 Hashing runs on ``MLPIPELINE_WORKERS`` threads (default: every core).
 """
 

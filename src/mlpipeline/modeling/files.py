@@ -25,7 +25,7 @@ from torch import nn
 
 from mlpipeline.core import atomic
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.model import ConvNet, ModelConfig, build_model
+from mlpipeline.modeling.network import ConvNet, ModelConfig, build_model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"

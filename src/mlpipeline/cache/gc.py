@@ -3,14 +3,14 @@ was and why it goes; with ``--confirm`` DVC removes exactly that.
 
 ``dvc gc --dry`` logs bare cache paths. This asks DVC which objects to keep (``Repo.used_objs``,
 the call ``dvc gc`` makes, with the same scope flags), lists every other object of each store
-the way ``dvc gc`` walks them, sizes them and names them (``cache_origins``). The default scope
+the way ``dvc gc`` walks them, sizes them and names them (``origins``). The default scope
 keeps the workspace, every branch tip, every tag (model versions are tags) and every
 experiment: ``dvc gc -w -a -T --all-experiments``. ``--confirm`` then runs DVC's own
 ``Repo.gc`` with the same flags; ``--cloud`` lists (and cleans) the default remote too.
 
 Usage (``make gc [CONFIRM=1] [CLOUD=1] [KEEP="dvc gc scope flags"]``)::
 
-    python -m mlpipeline.cache_gc [--confirm] [--cloud] [-r REMOTE] [-w] [-a] [-T]
+    python -m mlpipeline.cache.gc [--confirm] [--cloud] [-r REMOTE] [-w] [-a] [-T]
         [--all-experiments] [-A] [--rev REV] [-n N] [--date YYYY-MM-DD]
 """
 
@@ -20,56 +20,15 @@ import argparse
 import logging
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mlpipeline.cache_listing import Refs, names, report, size
-from mlpipeline.cache_origins import Origin, find_origins
+from mlpipeline.cache.listing import Refs, names, report, size
+from mlpipeline.cache.origins import find_origins
+from mlpipeline.cache.scope import DEFAULT_SCOPE, Scope, Store
 from mlpipeline.core import stage
 from mlpipeline.core.errors import PipelineError
-
-
-@dataclass(frozen=True)
-class Scope:
-    """What to keep, in ``dvc gc``'s own terms (its flags, its ``Repo.gc`` arguments)."""
-
-    workspace: bool = False
-    all_branches: bool = False
-    all_tags: bool = False
-    all_experiments: bool = False
-    all_commits: bool = False
-    rev: str | None = None
-    num: int | None = None
-    commit_date: str | None = None
-
-    def flags(self) -> str:
-        """The same scope as ``dvc gc`` flags."""
-        switches = {"-w": self.workspace, "-a": self.all_branches, "-T": self.all_tags}
-        switches |= {"--all-experiments": self.all_experiments, "-A": self.all_commits}
-        options = {"--rev": self.rev, "-n": self.num, "--date": self.commit_date}
-        words = [flag for flag, on in switches.items() if on]
-        return " ".join(words + [f"{flag} {value}" for flag, value in options.items() if value])
-
-
-DEFAULT_SCOPE = Scope(workspace=True, all_branches=True, all_tags=True, all_experiments=True)
-
-
-@dataclass
-class Store:
-    """One object store (the local cache, a remote) and what ``dvc gc`` would do to it."""
-
-    label: str
-    odb: Any  # dvc_data HashFileDB
-    kept: int
-    unused: list[str]
-    sizes: dict[str, int] = field(default_factory=dict)
-    origins: dict[str, Origin] = field(default_factory=dict)
-    git_tracked: set[str] = field(default_factory=set)  # `cache: false` outputs: git keeps them
-
-    @property
-    def unused_bytes(self) -> int:
-        return sum(self.sizes.values())
 
 
 def kept_objects(repo, scope: Scope, jobs: int | None = None) -> dict[Any, set]:
@@ -216,7 +175,7 @@ def _check_shared_branches(root: Path, scope: Scope, confirm: bool) -> None:
 
 def _check_remote(root: Path, remote: str | None) -> None:
     """A remote that cannot be reached fails in one line before anything is listed or deleted."""
-    from mlpipeline.remote_check import RemoteCheckFailed, check_remote
+    from mlpipeline.cache.remote_check import RemoteCheckFailed, check_remote
 
     try:
         check_remote(root, remote)
@@ -236,7 +195,7 @@ def _print_outcome(stores: list[Store], confirm: bool, cloud: bool) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mlpipeline.cache_gc", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mlpipeline.cache.gc", description=__doc__.split("\n")[0])
     parser.add_argument("--confirm", action="store_true", help="remove what the listing shows")
     parser.add_argument("-c", "--cloud", action="store_true", help="the default remote too")
     parser.add_argument("-r", "--remote", help="this remote instead of the default one (with --cloud)")

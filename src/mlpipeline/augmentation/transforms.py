@@ -21,7 +21,7 @@ running the tests can be forced onto, and against the committed ``dvc.lock``):
   products, whose products and partial sums are small multiples of 1/2, exact
   in any order of summation.
 - The warp is bilinear interpolation in integers on a 1/256 px grid
-  (``mlpipeline.bitexact`` says why rounding a float result at the end would
+  (``mlpipeline.core.bitexact`` says why rounding a float result at the end would
   not do). The per-pixel work on the images' device is int32 gathers,
   multiplies, adds and shifts: exact on CUDA and MPS as on the CPU (no float at
   all, so no float64, which MPS lacks), though only the CPU is tested here.
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from mlpipeline.bitexact import (
+from mlpipeline.core.bitexact import (
     ONE,
     SAMPLE_BITS,
     Padding,

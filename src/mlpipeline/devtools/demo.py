@@ -4,7 +4,7 @@ The digits are 8x8 counts of set pixels in 4x4 blocks (0..16); they are written
 as 8-bit grayscale PNGs (value * 255 / 16, rounded) under ``<digit>/<index>.png``,
 so the demo goes through exactly the code path a user's image folder takes.
 The export is committed to git: a fresh clone has its raw data with no remote.
-Usage: ``python -m mlpipeline.demo data/raw/digits``.
+Usage: ``python -m mlpipeline.devtools.demo data/raw/digits``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Predict: the class and its probability for image files or folders, with a trained model.
 
-    python -m mlpipeline.predict PATH... [--model models|image-classifier@v1.2.0] [--output predictions.csv]
+    mlpipeline-predict PATH... [--model models|image-classifier@v1.2.0] [--output predictions.csv]
 
 Folders are searched recursively for PNG/JPEG/BMP files. Every image goes
 through ``decode_image`` with the preprocessing ``model.json`` recorded from
@@ -18,7 +18,7 @@ Exit codes, so a script can tell the failures apart:
   or not matching each other), on one line naming the file; nothing predicted.
 
 ``--model`` takes a model directory or a registered version (``NAME@vX.Y.Z``,
-``NAME@latest``, ``NAME#STAGE``), fetched once into ``.cache/models`` (``mlpipeline.registry``).
+``NAME@latest``, ``NAME#STAGE``), fetched once into ``.cache/models`` (``mlpipeline.versions.registry``).
 From Python, ``predict_paths`` returns a DataFrame. A model of any git revision
 can be fetched first with ``dvc.api``::
 
@@ -40,14 +40,14 @@ from typing import get_args
 import numpy as np
 import pandas as pd
 
-from mlpipeline import registry
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import DeviceChoice, pick_device
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.images import IMAGE_SUFFIXES, Preprocessing, decode_image
-from mlpipeline.inference import predict_probabilities
-from mlpipeline.model_files import load_model
-from mlpipeline.sources import natural_sorted
+from mlpipeline.ingestion.images import IMAGE_SUFFIXES, Preprocessing, decode_image
+from mlpipeline.ingestion.sources import natural_sorted
+from mlpipeline.modeling.files import load_model
+from mlpipeline.modeling.inference import predict_probabilities
+from mlpipeline.versions import registry
 
 COLUMNS = ["path", "label", "probability"]
 
@@ -128,7 +128,7 @@ def _decode(path: str, preprocessing: Preprocessing) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mlpipeline.predict", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="mlpipeline-predict", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     parser.add_argument(
         "--model",

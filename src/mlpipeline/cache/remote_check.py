@@ -4,7 +4,7 @@ It goes through DVC's own remote set-up (``repo.cloud.get_remote``), so it sees 
 ``dvc push`` would: the merged config (committed, ``config.local``, global), ``endpointurl``,
 and credentials from the environment, an AWS profile or ``config.local``. It writes, reads back
 and deletes one small probe object under the remote's prefix.
-Usage: ``python -m mlpipeline.remote_check [REMOTE]`` (``make check-remote``).
+Usage: ``python -m mlpipeline.cache.remote_check [REMOTE]`` (``make check-remote``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,6 @@
+"""The ingest stage's library: listing a source (``sources``), decoding and converting images
+(``decoding``, ``images``), the disk-backed scratch that keeps memory bounded (``scratch``,
+``scratch_rows``), the seeded stratified split (``splitting``) and the stage's params.
+
+May import: core.
+"""

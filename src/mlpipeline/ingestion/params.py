@@ -1,0 +1,69 @@
+"""The ingest stage's params: where the raw images are, how they are converted, and the split."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, TypeAdapter, ValidatorFunctionWrapHandler, WrapValidator, model_validator
+
+from mlpipeline.core.params import param, params_dataclass
+from mlpipeline.ingestion.images import Preprocessing, Resample
+
+Side = Annotated[int, Field(ge=1, le=4096)]
+SizePair = Annotated[list[Side], Field(min_length=2, max_length=2)]
+
+
+def as_square(value: Any, validate_pair: ValidatorFunctionWrapHandler) -> list[int]:
+    """``image_size: 28`` means ``[28, 28]`` (so ``-S ingest.image_size=28`` works)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [TypeAdapter(Side).validate_python(value)] * 2  # an error names image_size itself
+    return validate_pair(value)
+
+
+ImageSize = Annotated[SizePair, WrapValidator(as_square, json_schema_input_type=Side | SizePair)]
+
+
+@params_dataclass
+class SplitFractions:
+    train: float = param(gt=0, lt=1)
+    val: float = param(gt=0, lt=1)
+    test: float = param(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def check(self) -> Self:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"fractions must sum to 1, got {total:g}")
+        return self
+
+
+@params_dataclass
+class IngestParams:
+    source: str
+    manifest: str | None
+    classes: list[str] | None = param(min_len=2)
+    channels: int = param(ge=1, le=3)
+    image_size: ImageSize  # [height, width], or one side of a square
+    resample: Resample
+    convert: bool
+    background: int = param(ge=0, le=255)
+    jpeg_draft: bool
+    max_image_pixels: int = param(ge=1)
+    on_bad_file: Literal["fail", "skip"]
+    split: SplitFractions
+    keep_train_fraction: float = param(gt=0, le=1)
+    seed: int = param(ge=0)
+
+    @model_validator(mode="after")
+    def check(self) -> Self:
+        if self.channels == 2:
+            raise ValueError("channels must be 1 (grayscale) or 3 (RGB)")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes lists a class twice")
+        return self
+
+    def preprocessing(self) -> Preprocessing:
+        size = (self.image_size[0], self.image_size[1])
+        return Preprocessing(
+            self.channels, size, self.resample, self.convert, self.background, self.jpeg_draft
+        )
