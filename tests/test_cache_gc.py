@@ -161,14 +161,14 @@ def test_cleaning_the_shared_remote_waits_for_branches_only_a_teammate_has(tmp_p
     assert cache_gc.remote_branches_not_kept(mine) == []
 
 
-def test_the_readme_lifecycle_rules_are_valid_s3_rules_for_the_remote_prefix() -> None:
-    """The README's bucket rules are what `aws s3api put-bucket-lifecycle-configuration` takes, and
-    they cover the prefix `.dvc/config` names (botocore checks them against S3's own API model)."""
+def test_the_documented_lifecycle_rules_are_valid_s3_rules_for_the_remote_prefix() -> None:
+    """docs/remote.md's bucket rules are what `aws s3api put-bucket-lifecycle-configuration` takes,
+    and they cover the prefix `.dvc/config` names (botocore checks them against S3's own API model)."""
     import botocore.session
     from botocore.validate import validate_parameters
 
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("### Keeping the cache and the bucket in check") :]
+    page = (REPO_ROOT / "docs" / "remote.md").read_text()
+    section = page[page.index("## Keeping the cache and the bucket in check") :]
     rules = json.loads(re.search(r"```json\n(.*?)```", section, re.DOTALL).group(1))
     s3 = botocore.session.get_session().get_service_model("s3")
     shape = s3.operation_model("PutBucketLifecycleConfiguration").input_shape
