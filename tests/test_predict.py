@@ -113,6 +113,14 @@ def test_cli_without_a_model_is_one_line_exit_3(tmp_path: Path) -> None:
     assert result.stderr.strip() == "predict: error: nowhere/model.json: not found (has the train stage run?)"
 
 
+def test_the_console_script_is_predict(tmp_path: Path) -> None:
+    # pip installs `mlpipeline-predict` beside the venv's python (pyproject's [project.scripts]).
+    script = Path(sys.executable).with_name("mlpipeline-predict")
+    result = run([str(script), "x.png", "--model", "nowhere"], tmp_path, check=False)
+    assert result.returncode == 3
+    assert result.stderr.startswith("predict: error: nowhere/model.json: not found")
+
+
 def test_predict_paths_reports_errors_in_the_frame(files: dict[str, Path], tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

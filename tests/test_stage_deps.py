@@ -95,13 +95,15 @@ def test_code_deps_are_exactly_the_modules_the_stage_runs(stage: str) -> None:
     assert not unlisted, f"dvc.yaml: stage {stage} runs {unlisted}: add them to its deps"
     assert not unused, f"dvc.yaml: stage {stage} lists {unused} but never imports them: drop them"
     # A folder dep reruns the stage on an edit of any module in it: each must be one it runs.
-    never_run = sorted(str(f) for dep in deps if (REPO_ROOT / dep).is_dir() for f in code_files(dep) if f not in modules)
+    folders = [dep for dep in deps if (REPO_ROOT / dep).is_dir()]
+    never_run = sorted(str(f) for dep in folders for f in code_files(dep) if f not in modules)
     assert not never_run, f"dvc.yaml: stage {stage} lists a folder holding {never_run}, which it never runs"
 
 
 def code_files(folder: Path) -> list[Path]:
     """The modules under a folder dep that could change an output (repo-relative)."""
-    return [f.relative_to(REPO_ROOT) for f in sorted((REPO_ROOT / folder).rglob("*.py")) if has_code(f.relative_to(REPO_ROOT))]
+    files = [f.relative_to(REPO_ROOT) for f in sorted((REPO_ROOT / folder).rglob("*.py"))]
+    return [f for f in files if has_code(f)]
 
 
 def named_paths(stage: str) -> dict[str, Path]:

@@ -158,5 +158,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``mlpipeline-predict`` command: ``main`` with the one-line errors and exit codes."""
     stage.run("predict", main)
+
+
+if __name__ == "__main__":
+    cli()
