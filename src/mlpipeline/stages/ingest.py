@@ -45,6 +45,7 @@ from mlpipeline.ingestion.scratch import Scratch
 from mlpipeline.ingestion.scratch_rows import ShardTask, use_pixel_file, write_shard_rows
 from mlpipeline.ingestion.sources import RawSample, Source, open_source
 from mlpipeline.ingestion.splitting import SPLITS, find_duplicates, keep_fraction, stratified_split
+from mlpipeline.ingestion.unhashed import LeftOut
 
 BAD_FILES = Path("reports/ingest/bad_files.csv")
 MANIFEST = "manifest.csv"
@@ -85,6 +86,7 @@ class Summary:
     converted: Counter[str]  # original pixel mode -> images converted from it
     rotated: int
     ignored: Counter[str]  # suffix -> files in class folders that are not PNG/JPEG/BMP
+    left_out: LeftOut  # what class folders hold that DVC does not hash
 
 
 def decide_classes(source: Source, declared: list[str] | None) -> list[str]:
@@ -137,6 +139,7 @@ def ingest(params: IngestParams, out_dir: Path) -> Summary:
         converted=Counter({scratch.mode_names[m]: int(n) for m, n in enumerate(np.bincount(modes)) if n}),
         rotated=int(scratch.rotated.array().sum()),
         ignored=source.ignored,
+        left_out=source.left_out,
     )
 
 
@@ -310,8 +313,22 @@ def describe_read(summary: Summary, source: str) -> str:
     if summary.ignored:
         suffixes = ", ".join(f"{suffix} {n}" for suffix, n in sorted(summary.ignored.items()))
         notes.append(f"ignored {summary.ignored.total()} files that are not PNG/JPEG/BMP ({suffixes})")
+    notes += describe_left_out(summary.left_out)
     text = f"{summary.images} images in {len(summary.classes)} classes from {redact(source)}"
     return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def describe_left_out(left_out: LeftOut) -> list[str]:
+    """The summary line's notes on what was not read because DVC does not hash it."""
+    notes = []
+    if left_out.excluded:
+        notes.append(f"left out {left_out.excluded} files .dvcignore excludes")
+    if left_out.linked:
+        shown = ", ".join(f"{name}/" for name in left_out.linked[:SHOWN_BAD_FILES])
+        more = ", ..." if len(left_out.linked) > SHOWN_BAD_FILES else ""
+        count = len(left_out.linked)
+        notes.append(f"left out {count} symlinked folders ({shown}{more}): DVC does not hash their files")
+    return notes
 
 
 def main() -> None:
