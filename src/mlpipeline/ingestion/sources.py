@@ -33,6 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.urls import redact
 from mlpipeline.ingestion.images import IMAGE_SUFFIXES
+from mlpipeline.ingestion.labels import class_name, folder_classes
 from mlpipeline.ingestion.unhashed import LeftOut, Unhashed, refuse_unhashed
 
 # The first look at an S3 source fails fast: one attempt with a short connect timeout, not
@@ -64,8 +65,9 @@ class Source:
     url: str  # ingest.source as written
     root: str  # the folder's path within ``fs``
     manifest: str | None  # ingest.manifest: a path inside the folder, or None for class folders
-    labels: list[str]  # every label found, in natural order
+    labels: list[str]  # every label found (in NFC: ``mlpipeline.ingestion.labels``), in natural order
     unhashed: Unhashed | None = None  # what DVC does not hash, for a local source
+    folders: dict[str, str] = field(default_factory=dict)  # class folders: label -> folder name
     ignored: Counter[str] = field(default_factory=Counter)  # non-image files per suffix, filled as listed
 
     @property
@@ -92,7 +94,8 @@ class Source:
             yield from self._manifest_rows()
 
     def _class_folder(self, label: str) -> Iterator[RawSample]:
-        folder = f"{self.root}/{label}"
+        folder_name = self.folders[label]
+        folder = f"{self.root}/{folder_name}"
         with reaching(self.shown):
             files = list(self.unhashed.walk(folder)) if self.unhashed is not None else _find(self.fs, folder)
         images = []
@@ -105,9 +108,9 @@ class Source:
                 self.ignored[posixpath.splitext(rel)[1].lower() or "(no suffix)"] += 1
         shown = self.shown
         if not images:
-            raise PipelineError(f"{_join(shown, label)}/: class '{label}' has no images")
-        for rel in natural_sorted(images):  # the same order as with "<label>/" in front
-            name = f"{label}/{rel}"
+            raise PipelineError(f"{_join(shown, folder_name)}/: class '{label}' has no images")
+        for rel in natural_sorted(images):  # the same order as with "<folder>/" in front
+            name = f"{folder_name}/{rel}"
             yield RawSample(f"{self.root}/{name}", name, label, _join(shown, name))
 
     def _manifest_rows(self) -> Iterator[RawSample]:
@@ -161,8 +164,9 @@ def open_source(url: str, manifest: str | None) -> Source:
             raise PipelineError(f"{shown}: source not found (set ingest.source to a folder)")
         unhashed = Unhashed(root) if isinstance(fs, LocalFileSystem) else None
         source = Source(probe, url, root, manifest, labels=[], unhashed=unhashed)
-        labels = _class_labels(source) if manifest is None else _manifest_labels(source)
-    return Source(fs, url, root, manifest, natural_sorted(list(labels)), unhashed)
+        folders = folder_classes(_class_labels(source), shown) if manifest is None else {}
+        labels = folders.keys() if manifest is None else _manifest_labels(source)
+    return Source(fs, url, root, manifest, natural_sorted(list(labels)), unhashed, folders)
 
 
 def _probe_fs(url: str) -> fsspec.AbstractFileSystem:
@@ -298,7 +302,7 @@ def _cells(cells: list[str], columns: tuple[int, int], shown: str, row: int) -> 
     rel, label = cells[columns[0]].strip(), cells[columns[1]].strip()
     if not rel or not label:
         raise PipelineError(f"{shown}: line {row} has an empty path or label")
-    return rel, label
+    return rel, class_name(label, f"{shown}: line {row}")
 
 
 def _inside(base: str, rel: str, where: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +102,7 @@ def decide_classes(source: Source, declared: list[str] | None) -> list[str]:
     """The class list: as declared in params, or every label found (in natural order)."""
     found = source.labels
     if declared is not None:
+        declared = [unicodedata.normalize("NFC", name) for name in declared]  # as labels are found
         unknown = [label for label in found if label not in declared]
         if unknown:
             first = next(s for s in source.samples() if s.label == unknown[0])
