@@ -8,6 +8,8 @@ from pathlib import Path
 from imagedata import make_folder
 from test_ingest import COUNTS, folder_rows, ingested, refusal, write_manifest
 
+from mlpipeline.core.shards import Dataset
+
 NFC = unicodedata.normalize("NFC", "café")
 NFD = unicodedata.normalize("NFD", "café")
 
@@ -56,3 +58,25 @@ def test_manifest_labels_in_two_spellings_are_one_class(tmp_path: Path) -> None:
 def test_declared_classes_match_in_either_spelling(tmp_path: Path) -> None:
     raw = make_folder(tmp_path / "raw", {"a": 5, NFC: 5})
     assert ingested(raw, classes=[NFD, "a"]).classes == [NFC, "a"]
+
+
+def test_the_sources_spelling_does_not_change_a_byte(tmp_path: Path, monkeypatch) -> None:
+    """``./data/raw``, ``data/raw/`` and the absolute path are one source: the same output bytes,
+    recorded relative to the repository (an absolute path would differ from machine to machine)."""
+    (tmp_path / "repo" / ".dvc").mkdir(parents=True)
+    make_folder(tmp_path / "repo" / "data" / "raw", COUNTS)
+    monkeypatch.chdir(tmp_path / "repo")
+    written = []
+    for n, spelling in enumerate(["data/raw", "./data/raw", "data/raw/", str(tmp_path / "repo/data/raw")]):
+        ingested(spelling, Path(f"out-{n}"))
+        written.append({f.name: f.read_bytes() for f in sorted(Path(f"out-{n}").iterdir())})
+        assert Dataset(Path(f"out-{n}")).info.attributes["source"] == "data/raw"
+    assert all(files == written[0] for files in written[1:])
+
+
+def test_a_source_outside_the_repository_is_recorded_whole(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "repo" / ".dvc").mkdir(parents=True)
+    make_folder(tmp_path / "photos", COUNTS)
+    monkeypatch.chdir(tmp_path / "repo")
+    ingested(f"{tmp_path}/photos/../photos/", Path("out"))
+    assert Dataset(Path("out")).info.attributes["source"] == f"{tmp_path}/photos"

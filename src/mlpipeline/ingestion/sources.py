@@ -34,7 +34,7 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.urls import redact
 from mlpipeline.ingestion.images import IMAGE_SUFFIXES
 from mlpipeline.ingestion.labels import class_name, folder_classes
-from mlpipeline.ingestion.unhashed import LeftOut, Unhashed, refuse_unhashed
+from mlpipeline.ingestion.unhashed import LeftOut, Unhashed, inside, refuse_unhashed, repo_root
 
 # The first look at an S3 source fails fast: one attempt with a short connect timeout, not
 # botocore's and s3fs's retries with backoff (which took 10 s to end in a 138-line traceback).
@@ -69,6 +69,17 @@ class Source:
     unhashed: Unhashed | None = None  # what DVC does not hash, for a local source
     folders: dict[str, str] = field(default_factory=dict)  # class folders: label -> folder name
     ignored: Counter[str] = field(default_factory=Counter)  # non-image files per suffix, filled as listed
+
+    @property
+    def recorded(self) -> str:
+        """The source as what ingest writes records it, the same bytes however ``ingest.source`` is
+        spelled: a local folder relative to the repository (``./data/raw/`` is ``data/raw``), or
+        whole and normalized outside it; a URL without its password or a trailing slash."""
+        if self.unhashed is None:
+            return self.shown.rstrip("/")
+        folder = self.unhashed.root
+        base = repo_root() or os.getcwd()
+        return (os.path.relpath(folder, base) if inside(folder, base) else folder).replace(os.sep, "/")
 
     @property
     def left_out(self) -> LeftOut:

@@ -96,21 +96,32 @@ class Unhashed:
         return self._linked_dirs[folder]
 
 
-def _dvcignore(root: str) -> Any:
-    """DVC's ``.dvcignore`` matcher for the repository that runs the stage (the working directory's),
-    or None when ``root`` is outside it: DVC applies no ``.dvcignore`` there."""
+def repo_root() -> str | None:
+    """The DVC repository that runs the stage (the working directory's), found as DVC finds it."""
     from dvc.exceptions import NotDvcRepoError
-    from dvc.fs import LocalFileSystem
-    from dvc.ignore import DvcIgnoreFilter
     from dvc.repo import Repo
 
     try:
-        repo_root = Repo.find_root()
+        return Repo.find_root()
     except NotDvcRepoError:
         return None
-    if os.path.commonpath([repo_root, root]) != repo_root:
+
+
+def inside(path: str, folder: str) -> bool:
+    """The absolute ``path`` is ``folder`` or below it."""
+    return os.path.commonpath([folder, path]) == folder
+
+
+def _dvcignore(root: str) -> Any:
+    """DVC's ``.dvcignore`` matcher for the repository that runs the stage, or None when ``root`` is
+    outside it: DVC applies no ``.dvcignore`` there."""
+    from dvc.fs import LocalFileSystem
+    from dvc.ignore import DvcIgnoreFilter
+
+    repository = repo_root()
+    if repository is None or not inside(root, repository):
         return None
-    return DvcIgnoreFilter(LocalFileSystem(), repo_root)
+    return DvcIgnoreFilter(LocalFileSystem(), repository)
 
 
 def _count_files(folder: str) -> int:

@@ -136,7 +136,7 @@ def ingest(params: IngestParams, out_dir: Path) -> Summary:
             raise BadFiles(bad_files(scratch, source))
         status = assign_splits(scratch, classes, params, source, duplicates.drop)
         attributes = {
-            "source": redact(params.source),
+            "source": source.recorded,
             "resample": params.resample,
             "preprocessing": preprocessing.to_json(),
         }
