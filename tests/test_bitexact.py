@@ -3,6 +3,8 @@ sin/cos/exp polynomials that agree with libm, to within their own rounding."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +84,43 @@ def test_sums_of_four_bytes_add_up_each_draws_bytes_whatever_the_byte_order() ->
     low, high = sum(parts[:4]), sum(parts[4:])  # bytes 0-3 and 4-7 of each draw, by arithmetic
     assert sums.dtype == np.int32 and sums.tolist() == np.concatenate([low, high]).tolist()
     assert sums.mean() == pytest.approx(510, abs=3) and sums.std() == pytest.approx(147.8, rel=0.02)
+
+
+# The fixed polynomials, written out here so a changed coefficient fails too: a cache shared
+# across machines holds bytes computed by exactly these.
+SIN_TERMS = [(-1) ** k / math.factorial(2 * k + 1) for k in range(14)]
+COS_TERMS = [(-1) ** k / math.factorial(2 * k) for k in range(15)]
+EXP_TERMS = [1 / math.factorial(k) for k in range(12)]
+EXP_HALVINGS, EXP_LARGEST = 10, 64.0
+
+
+def _horner_in_python(coefficients: list[float], x: float) -> float:
+    """The same scheme in Python floats: each * and + one IEEE double operation, never fused."""
+    total = coefficients[-1]
+    for coefficient in reversed(coefficients[:-1]):
+        total = total * x + coefficient
+    return total
+
+
+def test_sin_cos_is_the_fixed_polynomial_bit_for_bit() -> None:
+    """Agreeing with libm to 2e-15 would let np.sin pass: the cache needs every bit the same."""
+    angles = np.concatenate([np.random.default_rng(5).uniform(-np.pi, np.pi, 20_000), [0.0, np.pi, -np.pi]])
+    sin, cos = sin_cos(angles)
+    expected = [
+        (_horner_in_python(SIN_TERMS, a * a) * a, _horner_in_python(COS_TERMS, a * a))
+        for a in angles.tolist()
+    ]
+    assert sin.tolist() == [s for s, _ in expected]
+    assert cos.tolist() == [c for _, c in expected]
+
+
+def test_exp_neg_is_the_fixed_polynomial_squared_bit_for_bit() -> None:
+    x = np.concatenate([np.random.default_rng(6).uniform(0, 70, 20_000), [0.0, 1e-300, 64.0, 1e6]])
+
+    def expected(value: float) -> float:
+        power = _horner_in_python(EXP_TERMS, min(value, EXP_LARGEST) / -(2**EXP_HALVINGS))
+        for _ in range(EXP_HALVINGS):
+            power = power * power
+        return power
+
+    assert exp_neg(x).tolist() == [expected(v) for v in x.tolist()]

@@ -108,6 +108,23 @@ def test_alpha_is_composited_on_the_background(channels: int) -> None:
     assert result.conversion.mode == "RGBA" and result.conversion.converted
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_partial_alpha_blends_with_the_background_by_its_weight(mode: str) -> None:
+    """A half-transparent pixel is the alpha-weighted mean of its colour and ``background``;
+    compositing on a transparent background would give the colour itself (alpha 0 and 255 agree)."""
+    alphas = np.array([1, 64, 128, 200, 254], dtype=np.uint8)
+    colour = (200, 100, 50) if mode == "RGBA" else (200,)
+    pixels = np.zeros((len(alphas), 8, len(colour) + 1), dtype=np.uint8)
+    pixels[..., :-1] = colour
+    pixels[..., -1] = alphas[:, None]
+    channels = len(colour)
+    pre = Preprocessing(channels, (len(alphas), 8), "nearest", True, background=30, jpeg_draft=False)
+    result = decode(encoded(Image.fromarray(pixels.squeeze(), mode)), "half.png", pre)
+    weight = alphas[None, :].astype(np.float64) / 255
+    expected = np.array(colour, dtype=np.float64)[:, None] * weight + 30 * (1 - weight)
+    np.testing.assert_allclose(result.pixels[:, :, 0], expected, rtol=0, atol=1)
+
+
 def test_cmyk_jpeg_goes_through_pillows_conversion() -> None:
     data = encoded(Image.fromarray(noise(5, rgb=True)).convert("CMYK"), "JPEG", quality=95)
     result = decode(data, "print.jpg", RGB)

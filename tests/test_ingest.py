@@ -331,10 +331,42 @@ def test_duplicates_with_the_same_label_are_dropped_before_splitting(raw: Path) 
     assert kept["pixel_sha256"].is_unique  # so no image can sit in two splits
 
 
-def test_duplicate_with_another_label_is_refused_naming_both(raw: Path) -> None:
+def test_every_image_under_two_labels_is_listed_in_one_run(raw: Path) -> None:
+    """Not only the first pair: every copy of every conflicting image, with the other bad files."""
     shutil.copy(raw / "a" / "003.png", raw / "c" / "zz.png")
-    assert refusal(raw) == (
-        f"{raw}/c/zz.png: same image as {raw}/a/003.png but a different label; fix or remove one of them"
+    shutil.copy(raw / "a" / "003.png", raw / "a" / "zz.png")  # a same-label copy of it: listed too
+    shutil.copy(raw / "b" / "001.png", raw / "a" / "zzz.png")
+    (raw / "c" / "000.png").write_bytes(b"")
+    with pytest.raises(PipelineError) as caught:
+        ingested(raw)
+    assert caught.value.files == [  # type: ignore[attr-defined]
+        (f"{raw}/a/003.png", "same image as a/zz.png, c/zz.png under labels 'a', 'c'; keep one label"),
+        (f"{raw}/a/zz.png", "same image as a/003.png, c/zz.png under labels 'a', 'c'; keep one label"),
+        (f"{raw}/a/zzz.png", "same image as b/001.png under labels 'a', 'b'; keep one label"),
+        (f"{raw}/b/001.png", "same image as a/zzz.png under labels 'a', 'b'; keep one label"),
+        (f"{raw}/c/000.png", "file is empty"),
+        (f"{raw}/c/zz.png", "same image as a/003.png, a/zz.png under labels 'a', 'c'; keep one label"),
+    ]
+
+
+def test_skip_leaves_every_copy_of_an_image_under_two_labels_out(raw: Path) -> None:
+    shutil.copy(raw / "a" / "003.png", raw / "c" / "zz.png")
+    shutil.copy(raw / "a" / "003.png", raw / "a" / "zz.png")
+    (raw / "b" / "000.png").write_bytes(b"")
+    result = ingested(raw, on_bad_file="skip")
+    manifest = result.manifest.set_index("source")
+    left_out = manifest.loc[["a/003.png", "a/zz.png", "c/zz.png"]]
+    assert left_out["split"].tolist() == ["skipped"] * 3 and left_out["index"].tolist() == [-1] * 3
+    assert (
+        left_out["error"].tolist()[2]
+        == "same image as a/003.png, a/zz.png under labels 'a', 'c'; keep one label"
+    )
+    assert left_out["pixel_sha256"].nunique() == 1 and left_out["pixel_sha256"].iloc[0] != ""
+    assert result.summary.counts["skipped"] == 4 and result.summary.conflicting == (3, 1)
+    assert len(result.images()) == sum(COUNTS.values()) - 2
+    line = ingest_stage.describe_read(result.summary, str(raw))
+    assert (
+        "skipped 1 bad files" in line and "left out 3 copies of 1 images filed under several labels" in line
     )
 
 

@@ -102,7 +102,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], str]] = {
     ),
     "duplicate across labels": (
         lambda root: shutil.copy(root / "raw/a/003.png", root / "raw/c/zz.png"),
-        "raw/c/zz.png: same image as raw/a/003.png but a different label; fix or remove one of them",
+        "2 bad files, the first: raw/a/003.png: same image as c/zz.png under labels 'a', 'c'; keep one "
+        "label; raw/c/zz.png: same image as a/003.png under labels 'a', 'c'; keep one label (all 2 listed",
     ),
     "manifest column": (
         lambda root: (manifest_without("file")(root), edit_params(manifest="labels.csv")(root)),

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlpipeline.core import stage
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.workers import (
     IN_FLIGHT_PER_WORKER,
@@ -136,3 +137,19 @@ def test_workers_write_in_place_into_a_file_with_no_name(workers: int) -> None:
         )
         assert os.pread(unnamed.fileno(), 4000, 0) == b"".join(data for _, data in items)
     assert (writers == {os.getpid()}) == (workers == 1)  # spawned workers wrote it, with 2
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "-1"])
+def test_every_stage_refuses_a_bad_worker_count_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], raw: str
+) -> None:
+    """Not only where workers are spawned (ingest from 4,096 images): before the stage does anything."""
+    monkeypatch.setenv(WORKERS_ENV, raw)
+    ran = []
+    with pytest.raises(SystemExit) as exited:
+        stage.run("evaluate", lambda: ran.append(True))
+    assert exited.value.code == 2 and not ran
+    assert capsys.readouterr().err.splitlines() == [
+        f"evaluate: error: {WORKERS_ENV}={raw!r}: must be a whole number >= 1 "
+        f"(unset: all {available_cores()} cores)"
+    ]

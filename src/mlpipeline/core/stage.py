@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.urls import redact_text
+from mlpipeline.core.workers import check_worker_count
 
 # Libraries that log routine facts at INFO ("Found credentials in environment variables"):
 # a stage's stderr is its summary line or its one error line, so only their warnings show.
@@ -41,10 +42,11 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def run(stage: str, body: Callable[[], None]) -> None:
-    """Run a stage body; a ``PipelineError``, a refusal of the machine's (a full disk) or a worker
-    killed under it becomes one ``error:`` line and exit code 2."""
+    """Run a stage body, after checking ``MLPIPELINE_WORKERS``; a ``PipelineError``, a refusal of
+    the machine's (a full disk) or a worker killed under it becomes one ``error:`` line and exit 2."""
     setup_logging()
     try:
+        check_worker_count()
         body()
     except PipelineError as exc:
         print(f"{stage}: error: {redact_text(str(exc))}", file=sys.stderr)

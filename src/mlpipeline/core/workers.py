@@ -50,6 +50,12 @@ def worker_count() -> int:
     return int(raw)
 
 
+def check_worker_count() -> None:
+    """Refuse a bad ``MLPIPELINE_WORKERS`` at a stage's start (``stage.run``), not only where a stage
+    spawns workers: ingest does that only from 4,096 images, so a typo ran to exit 0 below that."""
+    worker_count()
+
+
 def ordered_map(
     function: Callable[[T], R],
     items: Iterable[T],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+from functools import partial
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, TypeAdapter, ValidatorFunctionWrapHandler, WrapValidator, model_validator
@@ -9,6 +11,7 @@ from pydantic import Field, TypeAdapter, ValidatorFunctionWrapHandler, WrapValid
 from mlpipeline.core.params import param, params_dataclass
 from mlpipeline.ingestion.images import Preprocessing, Resample
 
+nfc = partial(unicodedata.normalize, "NFC")
 Side = Annotated[int, Field(ge=1, le=4096)]
 SizePair = Annotated[list[Side], Field(min_length=2, max_length=2)]
 
@@ -58,8 +61,10 @@ class IngestParams:
     def check(self) -> Self:
         if self.channels == 2:
             raise ValueError("channels must be 1 (grayscale) or 3 (RGB)")
-        if self.classes is not None and len(set(self.classes)) != len(self.classes):
-            raise ValueError("classes lists a class twice")
+        if self.classes is not None and len(set(map(nfc, self.classes))) != len(self.classes):
+            raise ValueError(
+                "classes lists a class twice (in NFC, the one spelling class names are stored in)"
+            )
         return self
 
     def preprocessing(self) -> Preprocessing:

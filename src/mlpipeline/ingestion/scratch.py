@@ -69,6 +69,7 @@ class Scratch:
         self.rotated = Column(np.bool_)
         self._mode_codes: dict[str, int] = {}  # pixel mode -> its code in ``modes``
         self.errors: dict[int, str] = {}  # row -> why the file was refused
+        self.conflicting: set[int] = set()  # refused rows whose image is filed under several labels
 
     @property
     def count(self) -> int:

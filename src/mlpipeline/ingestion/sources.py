@@ -4,6 +4,9 @@
 dependency, so every file that can reach the model is hashed by DVC. A manifest
 (``ingest.manifest``, a ``path,label`` CSV) lives inside that folder and may only name files
 inside it; a path that escapes it (absolute, ``..`` past the folder, another URL) is refused.
+What DVC does not hash in a local source (``.dvcignore``d paths, symlinked folders: see
+``mlpipeline.ingestion.unhashed``) is left out of a class-folder listing and counted, and
+refused when a manifest names it.
 
 Both layouts resolve to the same thing, a stream of ``RawSample`` in a fixed order (class
 folders in natural order, each folder's files in natural order; a manifest in its own row
@@ -30,6 +33,8 @@ from fsspec.implementations.local import LocalFileSystem
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.urls import redact
 from mlpipeline.ingestion.images import IMAGE_SUFFIXES
+from mlpipeline.ingestion.labels import class_name, folder_classes
+from mlpipeline.ingestion.unhashed import LeftOut, Unhashed, inside, refuse_unhashed, repo_root
 
 # The first look at an S3 source fails fast: one attempt with a short connect timeout, not
 # botocore's and s3fs's retries with backoff (which took 10 s to end in a 138-line traceback).
@@ -60,8 +65,26 @@ class Source:
     url: str  # ingest.source as written
     root: str  # the folder's path within ``fs``
     manifest: str | None  # ingest.manifest: a path inside the folder, or None for class folders
-    labels: list[str]  # every label found, in natural order
+    labels: list[str]  # every label found (in NFC: ``mlpipeline.ingestion.labels``), in natural order
+    unhashed: Unhashed | None = None  # what DVC does not hash, for a local source
+    folders: dict[str, str] = field(default_factory=dict)  # class folders: label -> folder name
     ignored: Counter[str] = field(default_factory=Counter)  # non-image files per suffix, filled as listed
+
+    @property
+    def recorded(self) -> str:
+        """The source as what ingest writes records it, the same bytes however ``ingest.source`` is
+        spelled: a local folder relative to the repository (``./data/raw/`` is ``data/raw``), or
+        whole and normalized outside it; a URL without its password or a trailing slash."""
+        if self.unhashed is None:
+            return self.shown.rstrip("/")
+        folder = self.unhashed.root
+        base = repo_root() or os.getcwd()
+        return (os.path.relpath(folder, base) if inside(folder, base) else folder).replace(os.sep, "/")
+
+    @property
+    def left_out(self) -> LeftOut:
+        """What the listing passed over because DVC does not hash it."""
+        return self.unhashed.left_out if self.unhashed is not None else LeftOut()
 
     @property
     def shown(self) -> str:
@@ -82,9 +105,10 @@ class Source:
             yield from self._manifest_rows()
 
     def _class_folder(self, label: str) -> Iterator[RawSample]:
-        folder = f"{self.root}/{label}"
+        folder_name = self.folders[label]
+        folder = f"{self.root}/{folder_name}"
         with reaching(self.shown):
-            files = _find(self.fs, folder)
+            files = list(self.unhashed.walk(folder)) if self.unhashed is not None else _find(self.fs, folder)
         images = []
         for rel in files:
             if _hidden(rel):
@@ -95,16 +119,18 @@ class Source:
                 self.ignored[posixpath.splitext(rel)[1].lower() or "(no suffix)"] += 1
         shown = self.shown
         if not images:
-            raise PipelineError(f"{_join(shown, label)}/: class '{label}' has no images")
-        for rel in natural_sorted(images):  # the same order as with "<label>/" in front
-            name = f"{label}/{rel}"
+            raise PipelineError(f"{_join(shown, folder_name)}/: class '{label}' has no images")
+        for rel in natural_sorted(images):  # the same order as with "<folder>/" in front
+            name = f"{folder_name}/{rel}"
             yield RawSample(f"{self.root}/{name}", name, label, _join(shown, name))
 
     def _manifest_rows(self) -> Iterator[RawSample]:
         assert self.manifest is not None
         base = posixpath.dirname(self.manifest)
         for row, rel, label in _read_manifest(self):
-            name = _inside(base, rel, f"{_join(self.shown, self.manifest)}: line {row}")
+            where = f"{_join(self.shown, self.manifest)}: line {row}"
+            name = _inside(base, rel, where)
+            refuse_unhashed(self.unhashed, name, where)
             yield RawSample(f"{self.root}/{name}", rel, label, _join(self.shown, name))
 
 
@@ -147,9 +173,11 @@ def open_source(url: str, manifest: str | None) -> Source:
                     f"{shown}: ingest.source must be a folder (a manifest inside it goes in ingest.manifest)"
                 )
             raise PipelineError(f"{shown}: source not found (set ingest.source to a folder)")
-        source = Source(probe, url, root, manifest, labels=[])
-        labels = _class_labels(source) if manifest is None else _manifest_labels(source)
-    return Source(fs, url, root, manifest, natural_sorted(list(labels)))
+        unhashed = Unhashed(root) if isinstance(fs, LocalFileSystem) else None
+        source = Source(probe, url, root, manifest, labels=[], unhashed=unhashed)
+        folders = folder_classes(_class_labels(source), shown) if manifest is None else {}
+        labels = folders.keys() if manifest is None else _manifest_labels(source)
+    return Source(fs, url, root, manifest, natural_sorted(list(labels)), unhashed, folders)
 
 
 def _probe_fs(url: str) -> fsspec.AbstractFileSystem:
@@ -220,24 +248,25 @@ def _read_result(data: bytes | Exception) -> bytes | str:
 
 
 def _find(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
-    """Every file below ``folder``, relative to it. Locally through ``os.walk``: fsspec's ``find``
-    stats each file, which took longer than decoding a small PNG."""
-    if isinstance(fs, LocalFileSystem):
-        return [
-            os.path.relpath(os.path.join(top, name), folder).replace(os.sep, "/") if top != folder else name
-            for top, _, names in os.walk(folder)
-            for name in names
-        ]
+    """Every file below the remote ``folder``, relative to it (a local one is walked by
+    ``Unhashed.walk``, through ``os.walk``: fsspec's ``find`` stats each file, which took longer
+    than decoding a small PNG)."""
     return [path[len(folder) + 1 :] for path in fs.find(folder) if path.startswith(f"{folder}/")]
 
 
 def _class_labels(source: Source) -> list[str]:
-    entries = source.fs.ls(source.root, detail=True)
-    labels = [
-        posixpath.basename(d["name"].rstrip("/"))
-        for d in entries
-        if d["type"] == "directory" and not _hidden(posixpath.basename(d["name"].rstrip("/")))
-    ]
+    if source.unhashed is not None:
+        root = source.unhashed.root
+        names = os.listdir(root)
+        folders = [n for n in names if os.path.isdir(os.path.join(root, n))]  # a link to one too, so
+        labels, _ = source.unhashed.filter(root, folders, [])  # that the filter names it as left out
+    else:
+        entries = source.fs.ls(source.root, detail=True)
+        labels = [
+            posixpath.basename(d["name"].rstrip("/"))
+            for d in entries
+            if d["type"] == "directory" and not _hidden(posixpath.basename(d["name"].rstrip("/")))
+        ]
     if not labels:
         raise PipelineError(f"{source.shown}: no class folders (the folder layout is <class>/<image>)")
     return labels
@@ -254,7 +283,9 @@ def _read_manifest(source: Source) -> Iterator[tuple[int, str, str]]:
     """(line, path, label) of each row, streamed; malformed files and rows are refused."""
     assert source.manifest is not None
     shown = _join(source.shown, source.manifest)
-    path = f"{source.root}/{_inside('', source.manifest, 'ingest.manifest')}"
+    relative = _inside("", source.manifest, "ingest.manifest")
+    refuse_unhashed(source.unhashed, relative, "ingest.manifest")
+    path = f"{source.root}/{relative}"
     try:
         with reaching(shown), source.fs.open(path, "rb") as raw:
             text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
@@ -282,7 +313,7 @@ def _cells(cells: list[str], columns: tuple[int, int], shown: str, row: int) -> 
     rel, label = cells[columns[0]].strip(), cells[columns[1]].strip()
     if not rel or not label:
         raise PipelineError(f"{shown}: line {row} has an empty path or label")
-    return rel, label
+    return rel, class_name(label, f"{shown}: line {row}")
 
 
 def _inside(base: str, rel: str, where: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,20 +14,28 @@ from mlpipeline.core.seeding import rng
 SPLITS = ("train", "val", "test")
 
 
+@dataclass
+class Duplicates:
+    """What ``find_duplicates`` found: copies to drop, and images filed under several labels."""
+
+    drop: np.ndarray  # mask: a later copy of an image under one label
+    conflicts: list[list[int]] = field(default_factory=list)  # rows of each image under several labels
+
+
 def find_duplicates(
     keys: np.ndarray,
     candidates: np.ndarray,
     labels: np.ndarray,
     digest: Callable[[int], bytes],
-    name: Callable[[int], str],
-) -> np.ndarray:
-    """Mask of samples to drop because an earlier sample has the same content hash.
+) -> Duplicates:
+    """Samples to drop because an earlier sample has the same content hash, and conflicts.
 
     ``keys`` holds a short prefix (uint32) of each sample's digest, so memory stays at a few
     bytes a sample; samples whose prefixes collide are compared by their full ``digest(i)``.
     Only ``candidates`` (a mask: decoded samples) take part. The first occurrence (in index
-    order) is kept. The same content under two different labels cannot be resolved safely,
-    so it is refused, naming both files.
+    order) is kept. The same content under two different labels cannot be resolved safely:
+    every copy of it (whatever its label) is a conflict, each group's rows in index order, all
+    of them found in one pass so a user fixes them in one run.
     """
     # In place, one 8-byte array (and the row numbers while they are merged in): at a million
     # images the temporaries of the plain expressions held 40 MB, a sixth of ingest's peak.
@@ -37,26 +46,43 @@ def find_duplicates(
     prefix = packed.view(np.uint32)[1::2] if sys.byteorder == "little" else packed.view(np.uint32)[::2]
     repeated = np.concatenate(([False], prefix[1:] == prefix[:-1], [False]))
     edges = np.diff(repeated.astype(np.int8))  # +1 where a run of equal prefixes starts, -1 after it
-    drop = np.zeros(len(keys), dtype=bool)
+    found = Duplicates(np.zeros(len(keys), dtype=bool))
     for first, last in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
         group = packed[first : last + 1] & np.uint64(0xFFFFFFFF)
-        _drop_repeats([int(i) for i in group], labels, digest, name, drop)
-    return drop
+        _sort_copies([int(i) for i in group], labels, digest, found)
+    return found
 
 
-def _drop_repeats(
-    group: list[int], labels: np.ndarray, digest: Callable[[int], bytes], name: Callable[[int], str], drop
+def _sort_copies(
+    group: list[int], labels: np.ndarray, digest: Callable[[int], bytes], found: Duplicates
 ) -> None:
-    first: dict[bytes, int] = {}
+    """Rows whose keys are equal, by whole digest: later copies dropped, or all of them a conflict."""
+    copies: dict[bytes, list[int]] = {}
     for i in group:  # in index order: the packed sort put the row number in the low bits
-        j = first.setdefault(digest(i), i)
-        if j == i:
-            continue
-        if labels[i] != labels[j]:
-            raise PipelineError(
-                f"{name(i)}: same image as {name(j)} but a different label; fix or remove one of them"
-            )
-        drop[i] = True
+        copies.setdefault(digest(i), []).append(i)
+    for rows in copies.values():
+        if len({int(labels[i]) for i in rows}) > 1:
+            found.conflicts.append(rows)
+        else:
+            found.drop[rows[1:]] = True
+
+
+SHOWN_COPIES = 3  # other copies a conflict's reason names (a blank frame may have thousands)
+
+
+def conflict_reasons(
+    conflicts: list[list[int]], labels: np.ndarray, classes: Sequence[str], names: dict[int, str]
+) -> dict[int, str]:
+    """Why each row of each conflict is refused: the other copies' ``names`` and the labels."""
+    reasons = {}
+    for rows in conflicts:
+        filed = ", ".join(f"'{classes[c]}'" for c in sorted({int(labels[i]) for i in rows}))
+        for row in rows:
+            others = [names[i] for i in rows if i != row]
+            more = f" and {len(others) - SHOWN_COPIES} more" if len(others) > SHOWN_COPIES else ""
+            shown = ", ".join(others[:SHOWN_COPIES]) + more
+            reasons[row] = f"same image as {shown} under labels {filed}; keep one label"
+    return reasons
 
 
 def stratified_split(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,15 @@ from mlpipeline.ingestion.params import IngestParams
 from mlpipeline.ingestion.scratch import Scratch
 from mlpipeline.ingestion.scratch_rows import ShardTask, use_pixel_file, write_shard_rows
 from mlpipeline.ingestion.sources import RawSample, Source, open_source
-from mlpipeline.ingestion.splitting import SPLITS, find_duplicates, keep_fraction, stratified_split
+from mlpipeline.ingestion.splitting import (
+    SPLITS,
+    Duplicates,
+    conflict_reasons,
+    find_duplicates,
+    keep_fraction,
+    stratified_split,
+)
+from mlpipeline.ingestion.unhashed import LeftOut
 
 BAD_FILES = Path("reports/ingest/bad_files.csv")
 MANIFEST = "manifest.csv"
@@ -85,12 +94,15 @@ class Summary:
     converted: Counter[str]  # original pixel mode -> images converted from it
     rotated: int
     ignored: Counter[str]  # suffix -> files in class folders that are not PNG/JPEG/BMP
+    left_out: LeftOut  # what class folders hold that DVC does not hash
+    conflicting: tuple[int, int]  # copies, and images, filed under several labels (skipped)
 
 
 def decide_classes(source: Source, declared: list[str] | None) -> list[str]:
     """The class list: as declared in params, or every label found (in natural order)."""
     found = source.labels
     if declared is not None:
+        declared = [unicodedata.normalize("NFC", name) for name in declared]  # as labels are found
         unknown = [label for label in found if label not in declared]
         if unknown:
             first = next(s for s in source.samples() if s.label == unknown[0])
@@ -119,11 +131,12 @@ def ingest(params: IngestParams, out_dir: Path) -> Summary:
         WorkerPool(workers, initializer=partial(use_pixel_file, scratch.pixel_file())) as pool,
     ):
         decode_all(chain(head, listed), source.fs, classes, params, scratch, pool)
+        duplicates = refuse_conflicts(scratch, classes)
         if scratch.errors and params.on_bad_file == "fail":
             raise BadFiles(bad_files(scratch, source))
-        status = assign_splits(scratch, classes, params, source)
+        status = assign_splits(scratch, classes, params, source, duplicates.drop)
         attributes = {
-            "source": redact(params.source),
+            "source": source.recorded,
             "resample": params.resample,
             "preprocessing": preprocessing.to_json(),
         }
@@ -137,6 +150,8 @@ def ingest(params: IngestParams, out_dir: Path) -> Summary:
         converted=Counter({scratch.mode_names[m]: int(n) for m, n in enumerate(np.bincount(modes)) if n}),
         rotated=int(scratch.rotated.array().sum()),
         ignored=source.ignored,
+        left_out=source.left_out,
+        conflicting=(len(scratch.conflicting), len(duplicates.conflicts)),
     )
 
 
@@ -172,16 +187,29 @@ def bad_files(scratch: Scratch, source: Source) -> list[tuple[str, str]]:
     ]
 
 
-def assign_splits(scratch: Scratch, classes: list[str], params: IngestParams, source: Source) -> np.ndarray:
-    """Each row's status code (``STATUSES``): split, duplicate, held out, or skipped (bad file)."""
+def refuse_conflicts(scratch: Scratch, classes: list[str]) -> Duplicates:
+    """Find duplicates, and refuse every copy of each image filed under several labels as a bad
+    file (``scratch.errors``), so that one run lists them all."""
+    decoded = np.ones(scratch.count, dtype=bool)
+    decoded[list(scratch.errors)] = False
+    labels = scratch.labels.array()
+    duplicates = find_duplicates(scratch.keys.array(), decoded, labels, scratch.pixel_digest)
+    rows = {row for group in duplicates.conflicts for row in group}
+    if rows:
+        names = {row: name for row, (name, _, _) in enumerate(scratch.records()) if row in rows}
+        scratch.errors.update(conflict_reasons(duplicates.conflicts, labels, classes, names))
+        scratch.conflicting = rows
+    return duplicates
+
+
+def assign_splits(
+    scratch: Scratch, classes: list[str], params: IngestParams, source: Source, duplicate: np.ndarray
+) -> np.ndarray:
+    """Each row's status code (``STATUSES``): split, duplicate (``duplicate``), held out, or
+    skipped (a bad file, or an image under several labels)."""
     labels = scratch.labels.array()
     decoded = np.ones(scratch.count, dtype=bool)
     decoded[list(scratch.errors)] = False
-
-    def shown(row: int) -> str:
-        return source.shown_name(next(islice(scratch.records(), row, None))[0])
-
-    duplicate = find_duplicates(scratch.keys.array(), decoded, labels, scratch.pixel_digest, shown)
     status = np.full(scratch.count, SKIPPED, dtype=np.int8)
     status[duplicate] = DUPLICATE
     kept = decoded & ~duplicate
@@ -272,8 +300,9 @@ def manifest_rows(scratch: Scratch, status: np.ndarray, classes: list[str]) -> I
         )
         for row, ((name, file_digest, pixel_digest), label, mode, code, index) in enumerate(columns, start):
             error = scratch.errors.get(row, "")
-            hashes = ("", "") if error else (file_digest.hex(), pixel_digest.hex())
-            shown_mode = "" if error else scratch.mode_names[mode]
+            failed = error and row not in scratch.conflicting  # a conflict's hashes show its group
+            hashes = ("", "") if failed else (file_digest.hex(), pixel_digest.hex())
+            shown_mode = "" if failed else scratch.mode_names[mode]
             yield (name, classes[label], label, STATUSES[code], *hashes, index, shown_mode, error)
 
 
@@ -305,13 +334,32 @@ def describe_read(summary: Summary, source: str) -> str:
         notes.append(f"converted {summary.converted.total()} ({modes})")
     if summary.rotated:
         notes.append(f"rotated {summary.rotated} by EXIF orientation")
-    if summary.counts["skipped"]:
-        notes.append(f"skipped {summary.counts['skipped']} bad files (see the manifest's error column)")
+    copies, images = summary.conflicting
+    if summary.counts["skipped"] > copies:
+        notes.append(
+            f"skipped {summary.counts['skipped'] - copies} bad files (see the manifest's error column)"
+        )
+    if copies:
+        notes.append(f"left out {copies} copies of {images} images filed under several labels")
     if summary.ignored:
         suffixes = ", ".join(f"{suffix} {n}" for suffix, n in sorted(summary.ignored.items()))
         notes.append(f"ignored {summary.ignored.total()} files that are not PNG/JPEG/BMP ({suffixes})")
+    notes += describe_left_out(summary.left_out)
     text = f"{summary.images} images in {len(summary.classes)} classes from {redact(source)}"
     return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def describe_left_out(left_out: LeftOut) -> list[str]:
+    """The summary line's notes on what was not read because DVC does not hash it."""
+    notes = []
+    if left_out.excluded:
+        notes.append(f"left out {left_out.excluded} files .dvcignore excludes")
+    if left_out.linked:
+        shown = ", ".join(f"{name}/" for name in left_out.linked[:SHOWN_BAD_FILES])
+        more = ", ..." if len(left_out.linked) > SHOWN_BAD_FILES else ""
+        count = len(left_out.linked)
+        notes.append(f"left out {count} symlinked folders ({shown}{more}): DVC does not hash their files")
+    return notes
 
 
 def main() -> None:
