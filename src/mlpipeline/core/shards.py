@@ -444,6 +444,7 @@ class SplitReader:
         counts = [len(layout.labels) for layout in self.layouts]
         self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self.labels = np.concatenate([layout.labels for layout in self.layouts] or [np.empty(0, np.int64)])
+        self._checked: set[Path] = set()  # shards whose sha256 matched: train reads them whole twice
 
     @classmethod
     def open(cls, dataset: Dataset, split: str) -> SplitReader:
@@ -490,7 +491,9 @@ class SplitReader:
             with open(layout.path, "rb", buffering=0) as handle:
                 handle.seek(layout.images_offset)
                 self._fill(handle, images.reshape(-1), layout.path)
-            check_shard(layout.path, layout.sha256)
+            if layout.path not in self._checked:
+                check_shard(layout.path, layout.sha256)
+                self._checked.add(layout.path)
             yield images
 
     @staticmethod
