@@ -66,8 +66,9 @@ def main() -> None:
         }
         for reader, make in readers.items():
             plain, checked = best_of(make(unchecked(dataset))), best_of(make(dataset))
-            row = f"{name:6} {reader:22} {megabytes:6.0f} {plain:12.3f} {checked:10.3f} {checked / plain:6.2f}"
-            print(row, flush=True)
+            ratio = checked / plain
+            figures = f"{megabytes:6.0f} {plain:12.3f} {checked:10.3f} {ratio:6.2f}"
+            print(f"{name:6} {reader:22} {figures}", flush=True)
     shutil.rmtree(SCRATCH, ignore_errors=True)
 
 

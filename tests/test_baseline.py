@@ -17,8 +17,8 @@ from mlpipeline.evaluation.baseline import (
     BaselineParams,
     baseline_probabilities,
     choose_kernel,
-    flatten,
     fit_baseline,
+    flatten,
 )
 from mlpipeline.evaluation.subset import pick_rows
 from mlpipeline.ingestion.splitting import keep_fraction
