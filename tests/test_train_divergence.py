@@ -75,3 +75,17 @@ def test_fp16_skipped_first_step_leaks_no_scheduler_warning(
         warnings.simplefilter("error")
         result = train(tiny_params(precision="fp16", epochs=1), write_inputs(tmp_path), None, tmp_path / "c")
     assert result.trainer.scaler is not None and result.trainer.scaler.get_scale() < 2.0**120  # it skipped
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_and_write_nothing(tmp_path: Path) -> None:
+    """Every rank reaches the verdict at the same point (the summed loss is all-reduced), so none
+    waits forever in a collective, and rank 0 cleans up before torchrun stops the others."""
+    workdir = write_workdir(tmp_path, precision="fp16", processes=2, **EXPLODING)
+    result = run(STAGE, workdir, check=False, timeout=300)
+
+    assert result.returncode == 2
+    assert "train: error: training diverged in epoch " in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("train: error: 2 training processes under torchrun")
+    assert not (workdir / "models").exists() and not (workdir / "reports" / "train").exists()
+    assert not any((workdir / ".cache" / "checkpoints").glob("*"))

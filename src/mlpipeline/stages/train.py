@@ -108,6 +108,7 @@ def train(
                     kept.clear()
                 if report is not None:
                     report.discard()
+                world.barrier()  # every rank diverged together; torchrun kills the rest once one exits
                 raise
             trainer.release()
         assert trainer is not None
