@@ -32,8 +32,8 @@ class ShardCounter:
         self.peak_held = 0  # most images from earlier reads alive at a read
         read = Dataset._read_shard
 
-        def counting_read(dataset: Dataset, path: Path) -> tuple[np.ndarray, np.ndarray]:
-            images, labels = read(dataset, path)
+        def counting_read(dataset: Dataset, path: Path, sha256: str) -> tuple[np.ndarray, np.ndarray]:
+            images, labels = read(dataset, path, sha256)
             self._check_before_adding(len(images))
             self.live_images += len(images)
             weakref.finalize(memory_owner(images), self._release, len(images))

@@ -96,3 +96,12 @@ def test_temporaries_of_live_processes_and_other_hosts_are_kept(tmp_path: Path) 
             assert live.exists() and elsewhere.exists() and unrelated.exists()
         finally:
             sleeper.kill()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_json_is_strict_a_non_finite_value_is_refused_by_key(tmp_path: Path, value: float) -> None:
+    """Python's json writes a bare NaN/Infinity, which strict readers (and the JSON spec) refuse."""
+    target = tmp_path / "metrics.json"
+    with pytest.raises(ValueError, match=r"^.*metrics\.json: test\.per_class\.1\.f1 is (nan|inf|-inf)"):
+        atomic.write_json(target, {"test": {"accuracy": 0.5, "per_class": [{"f1": 1.0}, {"f1": value}]}})
+    assert list(tmp_path.iterdir()) == []

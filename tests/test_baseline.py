@@ -18,6 +18,7 @@ from mlpipeline.evaluation.baseline import (
     baseline_probabilities,
     choose_kernel,
     fit_baseline,
+    flatten,
 )
 from mlpipeline.evaluation.subset import pick_rows
 from mlpipeline.ingestion.splitting import keep_fraction
@@ -89,3 +90,18 @@ def test_single_image_class_is_refused() -> None:
     keep = np.r_[0:10, 10]  # classes 0 and 1 with 5 images, class 2 with one
     with pytest.raises(PipelineError, match=r"evaluate\.baseline: .* at least 2 per class"):
         fit_baseline(images[keep], labels[keep], PARAMS)
+
+
+@pytest.mark.parametrize("kernel", ["exact", "nystroem"])
+def test_a_middle_class_absent_from_training_keeps_the_others_in_their_columns(kernel: str) -> None:
+    """The model's columns follow its ``classes_`` ([0, 2] here), not the dataset's classes: by
+    position class 2's probabilities would land in column 1 (dropping the last class cannot tell)."""
+    images, labels = tiny_images(10, seed=0)
+    seen = labels != 1
+    model = fit_baseline(images[seen], labels[seen], PARAMS, kernel)
+    probabilities = baseline_probabilities(model, images, 3)
+
+    assert list(model.classes_) == [0, 2]
+    assert not probabilities[:, 1].any()
+    np.testing.assert_array_equal(probabilities[:, [0, 2]], model.predict_proba(flatten(images)))
+    assert (probabilities[labels == 2].argmax(axis=1) == 2).all()

@@ -16,6 +16,7 @@ import torch
 import yaml
 from conftest import repo_params, run
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tiny_model import tiny_images, tiny_model, write_tiny_dataset, write_tiny_model
 
@@ -40,6 +41,21 @@ def write_weights(tensors: Callable[[dict[str, torch.Tensor]], dict[str, torch.T
     def damage(models: Path) -> None:
         path = models / "model.safetensors"
         save_file(tensors(load_file(path)), path)
+
+    return damage
+
+
+def poison(name: str, value: float) -> Damage:
+    """One value of tensor ``name`` set to ``value``, the recorded config kept: what a diverged
+    run would have saved."""
+
+    def damage(models: Path) -> None:
+        path = models / "model.safetensors"
+        with safe_open(path, framework="pt") as weights:
+            metadata = weights.metadata()
+        tensors = load_file(path)
+        tensors[name].view(-1)[0] = value
+        save_file(tensors, path, metadata=metadata)
 
     return damage
 
@@ -138,6 +154,14 @@ CASES: dict[str, tuple[Damage, str]] = {
         weights_of_a_wider_network,
         f"{C} does not match {W}: widths is [8] in model.json, [16] in the config the weights were trained",
     ),
+    "NaN in a BatchNorm statistic": (
+        poison("features.1.running_var", float("nan")),
+        f"{W}: features.1.running_var holds NaN or infinity (the run that wrote it diverged; retrain",
+    ),
+    "infinity in a weight": (
+        poison("head.3.weight", float("-inf")),
+        f"{W}: head.3.weight holds NaN or infinity (the run that wrote it diverged; retrain",
+    ),
     "unrecorded weights with a tensor missing": (
         write_weights(lambda t: {k: v for k, v in t.items() if k != "head.3.bias"}),
         f"{W} does not match {C}: no tensor head.3.bias (1 missing)",
@@ -200,8 +224,11 @@ def test_weights_written_before_the_config_was_recorded_still_load(workdir: Path
     assert all(torch.equal(legacy.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
-def test_predict_gives_one_line_and_its_own_exit_code(workdir: Path) -> None:
-    damage, message = CASES["image size the weights were not trained on"]
+@pytest.mark.parametrize(
+    "case", ["image size the weights were not trained on", "NaN in a BatchNorm statistic"]
+)
+def test_predict_gives_one_line_and_its_own_exit_code(workdir: Path, case: str) -> None:
+    damage, message = CASES[case]
     damage(workdir / "models")
     result = run([sys.executable, "-m", "mlpipeline.modeling.predict", "image.png"], workdir, check=False)
     assert result.returncode == EXIT_MODEL_UNUSABLE == 3

@@ -14,15 +14,26 @@ from test_train import weights_digest
 from tiny_model import tiny_images, write_tiny_dataset
 from tiny_training import killed_then_resumed, tiny_params, write_online_inputs
 
+from mlpipeline.augmentation import online as online_module
 from mlpipeline.augmentation.online import OnlineAugmentation, read_online
 from mlpipeline.augmentation.transforms import augment
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import Dataset
+from mlpipeline.modeling.network import ModelConfig, build_model
 from mlpipeline.stages.train import train
-from mlpipeline.training.data import open_inputs
+from mlpipeline.training.data import Inputs, epoch_order, open_inputs
+from mlpipeline.training.device import Runtime
+from mlpipeline.training.distributed import World
 from mlpipeline.training.loader import Feed, Resident
+from mlpipeline.training.loop import Trainer
 
 CPU = torch.device("cpu")
+RUNTIME = Runtime(CPU, amp_dtype=None, threads=1)
+
+
+def tiny_config(inputs: Inputs) -> ModelConfig:
+    shape = list(inputs.image_shape)
+    return ModelConfig(inputs.classes, shape, widths=[8, 16], dropout=0.0, mean=[0.5], std=[0.25])
 
 
 def test_online_mode_writes_the_record_and_the_synthetic_originals_not_the_copies(tmp_path: Path) -> None:
@@ -102,3 +113,66 @@ def test_a_record_made_from_other_real_images_is_refused(tmp_path: Path) -> None
         PipelineError, match=r"augmented/dataset.json: made from 120 real train .* has 123 \(rerun augment\)"
     ):
         open_inputs(tmp_path / "data" / "augmented", tmp_path / "other")
+
+
+class RankWithoutGroup(World):
+    """One rank of a multi-process world, run alone: its collectives stay local, so a test can
+    run rank 1's epoch in this process."""
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        pass
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        return model
+
+
+def test_each_rank_draws_its_own_copies_of_the_rows_it_is_dealt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract (augmentation.online): a copy's draw is named by (phase, epoch, rank, step), so
+    two ranks never draw alike; what is shared with one process is which views an epoch shows
+    (every original as each copy number once, dealt out among the ranks), not the pixels."""
+    inputs = write_online_inputs(tmp_path, copies=2, keep_originals=False)
+    online = inputs.online
+    assert online is not None
+    drawn: dict[int, list[tuple[tuple, torch.Tensor, torch.Tensor]]] = {0: [], 1: []}
+    rank = 0
+
+    def recording(images: torch.Tensor, transforms, seed: int, *stream: str | int) -> torch.Tensor:
+        copies = augment(images, transforms, seed, *stream)
+        drawn[rank].append((stream, images.clone(), copies))
+        return copies
+
+    monkeypatch.setattr(online_module, "augment", recording)
+    params = tiny_params()
+    for rank in (0, 1):
+        torch.manual_seed(0)
+        world = RankWithoutGroup(rank=rank, size=2)
+        trainer = Trainer(
+            build_model(tiny_config(inputs)),
+            params,
+            RUNTIME,
+            world,
+            train=Feed(Resident(inputs.real, CPU), len(inputs.real), online),
+            val=Feed(Resident(inputs.real, CPU), len(inputs.real)),
+            phase="train",
+        )
+        trainer.train_epoch(epoch_order(len(trainer.train), params.seed, "train", 1, rank, 2), epoch=1)
+
+    streams = {r: [stream for stream, _, _ in calls] for r, calls in drawn.items()}
+    assert streams[0] and len(streams[0]) == len(streams[1])
+    assert not set(streams[0]) & set(streams[1])  # no draw of rank 1 repeats one of rank 0
+    for r, calls in drawn.items():
+        for stream, originals, copies in calls:
+            assert stream[:4] == ("online", "train", 1, r)
+            expected = augment(originals, online.transforms, online.seed, *stream)
+            assert torch.equal(copies, expected)
+
+    def views(rank: int, size: int) -> list[tuple[int, int]]:
+        order = epoch_order(len(inputs.real) * online.views, params.seed, "train", 1, rank, size)
+        return list(zip(order % len(inputs.real), online.copy_numbers(order, len(inputs.real)), strict=True))
+
+    assert sorted(views(0, 2) + views(1, 2)) == sorted(views(0, 1))

@@ -103,6 +103,32 @@ def test_cli_writes_output_file_and_exits_zero_when_all_succeed(
     assert pd.read_csv(out)["label"].tolist() == ["left", "left", "center"]
 
 
+def predict_cli(files: dict[str, Path], cwd: Path, *extra: str):
+    command = [sys.executable, "-m", "mlpipeline.modeling.predict", str(files["folder"])]
+    return run([*command, "--model", str(files["model"]), "--device", "cpu", *extra], cwd, check=False)
+
+
+def test_cli_output_dash_is_stdout(files: dict[str, Path], tmp_path: Path) -> None:
+    result = predict_cli(files, tmp_path, "--output", "-")
+    assert result.returncode == 0 and not (tmp_path / "-").exists()
+    assert pd.read_csv(io.StringIO(result.stdout))["label"].tolist() == ["left", "left", "center"]
+
+
+@pytest.mark.parametrize("folder", ["out", "."])
+def test_cli_output_an_existing_folder_is_one_line(
+    files: dict[str, Path], tmp_path: Path, folder: str
+) -> None:
+    (tmp_path / "out").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    result = predict_cli(files, tmp_path, "--output", folder)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"predict: error: --output {folder}: is a folder; name a file in it, e.g. "
+        f"{Path(folder) / 'predictions.csv'}"
+    ]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_cli_without_a_model_is_one_line_exit_3(tmp_path: Path) -> None:
     result = run(
         [sys.executable, "-m", "mlpipeline.modeling.predict", "x.png", "--model", "nowhere"],

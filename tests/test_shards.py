@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -312,3 +313,38 @@ def test_split_reader_of_a_missing_split_names_the_file(tmp_path: Path) -> None:
     dataset = Dataset(write(tmp_path / "ds", {"train": [4]}))
     with pytest.raises(PipelineError, match=r"dataset.json: has no split 'val'"):
         SplitReader.open(dataset, "val")
+
+
+def flip_last_byte_keeping_mtime(path: Path) -> None:
+    """What ``dvc status`` cannot see: same size, same mtime, one bit of an image changed."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def changed_shard_message(shard: Path) -> str:
+    return (
+        f"{shard}: its bytes differ from the sha256 dataset.json records (changed after the stage wrote "
+        f"it, maybe keeping its size and mtime, which dvc status trusts); restore it with dvc checkout "
+        f"--relink {shard}"
+    )
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda root: Dataset(root).load("train"),
+        lambda root: list(SplitReader.open(Dataset(root), "train").shards()),
+    ],
+    ids=["Dataset", "SplitReader.shards"],
+)
+def test_a_shard_read_whole_is_checked_against_its_sha256(tmp_path: Path, read) -> None:
+    root = write(tmp_path / "ds", {"train": [12]})
+    shard = root / "train-00001.safetensors"
+    flip_last_byte_keeping_mtime(shard)
+    with pytest.raises(PipelineError) as caught:
+        read(root)
+    assert str(caught.value).startswith(changed_shard_message(shard))
+    assert "\n" not in str(caught.value)

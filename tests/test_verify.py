@@ -69,25 +69,44 @@ def test_a_corrupted_cache_file_is_named_though_dvc_checkout_restores_it_silentl
     shown = cached.relative_to(repo)
     bad, good = hashlib.md5(b"HELLO\n").hexdigest(), hashlib.md5(b"hello\n").hexdigest()
     assert result.stdout.splitlines()[:2] == [
-        f"out/x.txt: differs from dvc.lock (md5 {bad}, recorded {good}); "
-        "dvc status tells whether an edit or a bad checkout did it",
+        f"out/x.txt: differs from dvc.lock (md5 {bad}, recorded {good}); restore it with dvc checkout "
+        "--relink out/x.txt (dvc status and a plain checkout trust an unchanged size and mtime; "
+        "if the change was meant, dvc commit it)",
         f"{shown} (the cache of out/x.txt): corrupted, its bytes hash to {bad}; delete it, "
-        "then dvc pull out/x.txt or dvc repro, and dvc checkout --force out/x.txt",
+        "then dvc pull out/x.txt or dvc repro, and dvc checkout --relink out/x.txt",
     ]
     assert result.stdout.splitlines()[2].startswith(
         "verify: 7 files hashed against dvc.lock and .dvc files: 2 differ"
     )
 
 
+def flip_keeping_mtime(path: Path) -> None:
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[1] ^= 0x02
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def test_bit_rot_that_keeps_size_and_mtime_is_found(repo: Path) -> None:
     """DVC's state database would trust this file: same size, same mtime."""
-    weights = repo / "weights.bin"
-    stat = weights.stat()
-    weights.write_bytes(b"\x00\x03weights")
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    flip_keeping_mtime(repo / "weights.bin")
     report = verify(repo)
     assert [line.split(":")[0] for line in report.mismatches] == ["weights.bin"]
     assert "differs from weights.bin.dvc" in report.mismatches[0]
+
+
+@pytest.mark.parametrize(("path", "record"), [("weights.bin", "weights.bin.dvc"), ("out/x.txt", "dvc.lock")])
+def test_the_hint_for_a_changed_workspace_file_repairs_it(repo: Path, path: str, record: str) -> None:
+    """``dvc status`` and a plain ``dvc checkout`` trust the kept size and mtime; the hint must not."""
+    run(["dvc", "status"], repo)  # DVC's state database learns this copy's inodes
+    flip_keeping_mtime(repo / path)
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+    (line,) = verify(repo).mismatches
+    hint = f"restore it with dvc checkout --relink {path} "
+    assert line.startswith(f"{path}: differs from {record} (md5 ") and hint in line
+    run(hint.removeprefix("restore it with ").split(), repo)
+    assert verify(repo).mismatches == []
 
 
 def test_a_corrupted_directory_listing_is_named(repo: Path) -> None:

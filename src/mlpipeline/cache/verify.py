@@ -132,7 +132,8 @@ def _check(item: Tracked, root: Path) -> tuple[list[str], int, int]:
                 _corrupt_cache(where, item.path, digests[key])
                 if where == item.cache
                 else f"{item.path}: differs from {item.record} (md5 {digests[key]}, recorded {item.md5}); "
-                "dvc status tells whether an edit or a bad checkout did it"
+                f"restore it with dvc checkout --relink {item.path} (dvc status and a plain checkout "
+                "trust an unchanged size and mtime; if the change was meant, dvc commit it)"
             )
     return problems, hashed, absent
 
@@ -140,7 +141,7 @@ def _check(item: Tracked, root: Path) -> tuple[list[str], int, int]:
 def _corrupt_cache(cache: str, path: str, actual: str) -> str:
     return (
         f"{cache} (the cache of {path}): corrupted, its bytes hash to {actual}; delete it, "
-        f"then dvc pull {path} or dvc repro, and dvc checkout --force {path}"
+        f"then dvc pull {path} or dvc repro, and dvc checkout --relink {path}"
     )
 
 

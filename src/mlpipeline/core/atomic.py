@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -73,13 +74,34 @@ def write_text(path: Path | str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def to_json_text(obj: Any) -> str:
-    """Canonical JSON (sorted keys, fixed indent, trailing newline): same object, same bytes."""
-    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+def to_json_text(obj: Any, where: str = "") -> str:
+    """Canonical, strict JSON (sorted keys, fixed indent, trailing newline): same object, same bytes.
+
+    NaN and infinity have no JSON form: Python would write a bare ``NaN`` that strict readers
+    (and the spec) refuse, so a value holding one is refused by its key (``where`` names the
+    file), before anything is written. Reaching here, it is a bug upstream, not bad input."""
+    try:
+        return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:
+        key = _nonfinite_key(obj)
+        if key is None:
+            raise
+        raise ValueError(f"{where}{': ' if where else ''}{key} has no JSON form") from None
+
+
+def _nonfinite_key(obj: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first NaN or infinity in ``obj`` and the value (``a.b.0 is nan``)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return f"{prefix or 'the value'} is {obj}"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list | tuple) else ()
+    for key, value in items:
+        if (found := _nonfinite_key(value, f"{prefix}.{key}" if prefix else str(key))) is not None:
+            return found
+    return None
 
 
 def write_json(path: Path | str, obj: Any) -> None:
-    write_text(path, to_json_text(obj))
+    write_text(path, to_json_text(obj, str(path)))
 
 
 @contextmanager

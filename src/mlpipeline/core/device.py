@@ -1,8 +1,11 @@
-"""Which torch device a stage runs on: the best one present, unless a param forces one."""
+"""Which torch device a stage runs on: the best one present, unless a param forces one; and
+which of a model's tensors hold NaN or infinity, read back from that device in one sync (a
+diverged run's weights must never become a model)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -38,3 +41,15 @@ def limit_threads() -> None:
     """
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
+
+
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors holding a NaN or an infinity, in the given order.
+
+    The flags are computed where the tensors are (one device: a model's) and read back once,
+    not once per tensor."""
+    floating = {name: t for name, t in tensors.items() if t.is_floating_point()}
+    if not floating:
+        return []
+    flags = torch.stack([torch.isfinite(t).all() for t in floating.values()])
+    return [name for name, finite in zip(floating, flags.tolist(), strict=True) if not finite]

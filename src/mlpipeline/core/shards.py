@@ -244,8 +244,27 @@ class DatasetWriter:
 def write_shard(path: Path, images: np.ndarray, labels: np.ndarray) -> str:
     """Write one shard file; the sha256 of its bytes (for ``dataset.json``)."""
     save_file({"images": images, "labels": labels}, path)  # no 32 MB bytes copy
-    with open(path, "rb") as written:  # from the page cache
-        return hashlib.file_digest(written, "sha256").hexdigest()
+    return file_sha256(path)  # from the page cache
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def check_shard(path: Path, sha256: str | None) -> None:
+    """Refuse a shard whose bytes are not those ``dataset.json`` records (None: not recorded).
+
+    Called right after a shard was read whole, so its bytes come from the page cache: hashing
+    costs little beside the read (``bench/shard_check.py``). DVC does not catch this: ``dvc
+    status`` and ``dvc checkout`` rehash a file only when its size, mtime or inode changed."""
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise PipelineError(
+            f"{path}: its bytes differ from the sha256 {META_FILE} records (changed after the stage "
+            f"wrote it, maybe keeping its size and mtime, which dvc status trusts); restore it with "
+            f"dvc checkout --relink {path} (if the bytes stay wrong, the cache copy is damaged too: "
+            "make verify names it, dvc pull restores it)"
+        )
 
 
 def mapped_empty(shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
@@ -281,8 +300,9 @@ class Dataset:
 
     def iter_shards(self, split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (images, labels) one shard at a time: memory bounded by one shard."""
-        for name in self._split(split).shards:
-            yield self._read_shard(self.root / name)
+        info = self._split(split)
+        for name in info.shards:
+            yield self._read_shard(self.root / name, info.sha256[name])
 
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The whole split in memory; for splits known to be small (val, test, training sets)."""
@@ -298,7 +318,7 @@ class Dataset:
         except KeyError:
             raise PipelineError(f"{self.root / META_FILE}: has no split '{split}' (has {self.splits})")
 
-    def _read_shard(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    def _read_shard(self, path: Path, sha256: str) -> tuple[np.ndarray, np.ndarray]:
         try:
             # pread, not the default memory map, whose file pages stayed resident beside the arrays
             tensors = load_file(path, backend="pread")
@@ -306,6 +326,7 @@ class Dataset:
             raise PipelineError(f"{path}: shard listed in {META_FILE} is missing")
         except (SafetensorError, OSError, ValueError) as exc:
             raise PipelineError(f"{path}: not a readable safetensors shard ({exc})")
+        check_shard(path, sha256)
         images, labels = tensors.get("images"), tensors.get("labels")
         if images is None or labels is None:
             raise PipelineError(f"{path}: shard must hold 'images' and 'labels' tensors")
@@ -371,9 +392,10 @@ class ShardLayout:
     path: Path
     images_offset: int  # of the first image's first byte
     labels: np.ndarray
+    sha256: str | None = None  # as dataset.json records it, checked when the shard is read whole
 
 
-def shard_layout(path: Path, image_shape: tuple[int, int, int]) -> ShardLayout:
+def shard_layout(path: Path, image_shape: tuple[int, int, int], sha256: str | None = None) -> ShardLayout:
     """Read a shard's header and labels, not its images; refuse, naming the file, what
     ``Dataset`` would refuse."""
     try:
@@ -390,7 +412,7 @@ def shard_layout(path: Path, image_shape: tuple[int, int, int]) -> ShardLayout:
         raise PipelineError(f"{path}: not a readable safetensors shard ({exc!r})")
     if len(labels) != count:
         raise PipelineError(f"{path}: shorter than its header says")
-    return ShardLayout(path, start + header["images"]["data_offsets"][0], labels)
+    return ShardLayout(path, start + header["images"]["data_offsets"][0], labels, sha256)
 
 
 def _checked_entries(header: dict[str, Any], image_shape: tuple[int, int, int]) -> tuple[int, list[int]]:
@@ -422,13 +444,18 @@ class SplitReader:
         counts = [len(layout.labels) for layout in self.layouts]
         self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self.labels = np.concatenate([layout.labels for layout in self.layouts] or [np.empty(0, np.int64)])
+        self._checked: set[Path] = set()  # shards whose sha256 matched: train reads them whole twice
 
     @classmethod
     def open(cls, dataset: Dataset, split: str) -> SplitReader:
         dataset.count(split)  # a missing split fails here, naming the file
-        names = dataset.info.splits[split].shards
+        info = dataset.info.splits[split]
         return cls(
-            dataset.image_shape, [shard_layout(dataset.root / name, dataset.image_shape) for name in names]
+            dataset.image_shape,
+            [
+                shard_layout(dataset.root / name, dataset.image_shape, info.sha256[name])
+                for name in info.shards
+            ],
         )
 
     @classmethod
@@ -457,12 +484,16 @@ class SplitReader:
                     self._fill(handle, flat[i], layout.path)
 
     def shards(self) -> Iterator[np.ndarray]:
-        """Each shard's images in turn, read whole: memory bounded by one shard."""
+        """Each shard's images in turn, read whole and checked against its sha256: memory bounded
+        by one shard."""
         for layout in self.layouts:
             images = np.empty((len(layout.labels), *self.image_shape), dtype=np.uint8)
             with open(layout.path, "rb", buffering=0) as handle:
                 handle.seek(layout.images_offset)
                 self._fill(handle, images.reshape(-1), layout.path)
+            if layout.path not in self._checked:
+                check_shard(layout.path, layout.sha256)
+                self._checked.add(layout.path)
             yield images
 
     @staticmethod

@@ -24,6 +24,7 @@ from safetensors.torch import save
 from torch import nn
 
 from mlpipeline.core import atomic
+from mlpipeline.core.device import nonfinite_tensors
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.modeling.network import ConvNet, ModelConfig, build_model
 
@@ -55,7 +56,7 @@ def load_model(model_dir: Path | str, device: torch.device | str = "cpu") -> tup
     """Rebuild the network from ``model.json`` and load ``model.safetensors``, in eval mode.
 
     Raises ``ModelError`` (one line naming the file) for a missing, unreadable or invalid file,
-    or a config that does not match the weights.
+    a config that does not match the weights, or weights holding NaN or infinity.
     """
     model_dir = Path(model_dir)
     config_path, weights_path = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
@@ -68,6 +69,11 @@ def load_model(model_dir: Path | str, device: torch.device | str = "cpu") -> tup
         _check_same_config(config, read_config(recorded, weights_path), config_path, weights_path)
     model = build_model(config)
     _check_tensors(model.state_dict(), tensors, config_path, weights_path)
+    if bad := nonfinite_tensors(tensors):  # every prediction would be NaN: refuse, do not print it
+        raise ModelError(
+            f"{weights_path}: {bad[0]} holds NaN or infinity (the run that wrote it diverged; retrain "
+            "with a lower train.lr)"
+        )
     model.load_state_dict(tensors)
     return model.to(device).eval(), config
 

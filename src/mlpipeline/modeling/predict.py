@@ -7,7 +7,8 @@ through ``decode_image`` with the preprocessing ``model.json`` recorded from
 ingestion (channels, size, resampling, mode conversion), so it is decoded
 exactly as the training images were. A file that cannot be read or decoded gets one
 ``error`` line on stderr naming it; the others are still predicted.
-Output: CSV ``path,label,probability`` on stdout or ``--output``.
+Output: CSV ``path,label,probability`` on stdout or ``--output FILE`` (``-``: stdout; a
+folder is refused).
 
 Exit codes, so a script can tell the failures apart:
 
@@ -135,21 +136,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="models",
         help="model directory or version, e.g. image-classifier@v1.2.0 (default: models)",
     )
-    parser.add_argument("--output", help="write the CSV here instead of stdout")
+    parser.add_argument("--output", help="write the CSV to this file instead of stdout (-: stdout)")
     parser.add_argument("--device", default="auto", choices=get_args(DeviceChoice))
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    output = None if args.output == "-" else args.output
+    if output is not None and Path(output).is_dir():  # checked before any work, not at the write
+        raise PipelineError(
+            f"--output {output}: is a folder; name a file in it, e.g. {Path(output) / 'predictions.csv'}"
+        )
     frame = predict_paths(args.paths, registry.model_dir(args.model), args.device, args.batch_size)
     failed = frame["error"].notna()
     for error in frame.loc[failed, "error"]:
         print(f"predict: error: {error}", file=sys.stderr)
     table = frame.loc[~failed, COLUMNS].to_csv(index=False, lineterminator="\n", float_format="%.6f")
-    if args.output:
-        atomic.write_text(args.output, table)
+    if output is not None:
+        atomic.write_text(output, table)
         print(
-            f"predict: wrote {args.output} ({(~failed).sum()} predicted, {failed.sum()} failed)",
+            f"predict: wrote {output} ({(~failed).sum()} predicted, {failed.sum()} failed)",
             file=sys.stderr,
         )
     else:

@@ -29,6 +29,7 @@ from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, run_key
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure
 from mlpipeline.training.distributed import World, in_worker, launch, process_group, world_from_env
+from mlpipeline.training.divergence import Diverged
 from mlpipeline.training.loader import Feed, chosen_placement, place
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
@@ -100,7 +101,15 @@ def train(
             all_checkpoints.append(checkpoints)
             if report is not None:
                 report.start_phase(phase.name, trainer.epochs, trainer.steps_per_epoch)
-            best = trainer.fit(checkpoints, report)
+            try:
+                best = trainer.fit(checkpoints, report)
+            except Diverged:  # these params cannot give a model: nothing of the run is kept
+                for kept in all_checkpoints if world.is_main else []:
+                    kept.clear()
+                if report is not None:
+                    report.discard()
+                world.barrier()  # every rank diverged together; torchrun kills the rest once one exits
+                raise
             trainer.release()
         assert trainer is not None
         if report is not None:

@@ -47,6 +47,11 @@ class World:
             dist.all_reduce(tensor)
         return tensor
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.size > 1:
+            dist.barrier()
+
     def sync_buffers(self, model: nn.Module) -> None:
         """Give every rank rank 0's BatchNorm statistics, so all ranks evaluate the model rank 0
         saves (DDP syncs buffers at the start of a forward, each rank then updates its own)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from mlpipeline.training.checkpoint import Checkpoints
 from mlpipeline.training.data import epoch_order, steps
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.distributed import World
+from mlpipeline.training.divergence import check_loss, check_val_loss, check_weights, mark_first_bad
 from mlpipeline.training.loader import Feed
 from mlpipeline.training.optim import epochs_to_run, make_optimizer, make_schedule, smoothed_loss
 from mlpipeline.training.params import TrainParams
@@ -35,6 +37,7 @@ from mlpipeline.training.reporting import EpochRecord, TrainingLog
 
 log = logging.getLogger("train")
 
+SCHEDULE_BEFORE_OPTIMIZER = r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`"
 EVAL_BATCH_FACTOR = 4  # no activations are kept for a backward pass, so bigger batches fit
 
 
@@ -100,8 +103,10 @@ class Trainer:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
+        first_bad = torch.zeros((), dtype=torch.long, device=device)  # no sync per step: see divergence
         stream = (self.phase, epoch, self.world.rank)  # names the epoch's online augmentation draws
-        for images, labels in self.train.batches(order, self.batch_size, drop_last=True, stream=stream):
+        batches = self.train.batches(order, self.batch_size, drop_last=True, stream=stream)
+        for step, (images, labels) in enumerate(batches, start=1):
             with self.runtime.autocast():
                 logits = self.module(images)
             loss, nll_sum = smoothed_loss(logits, labels, self.params.label_smoothing)
@@ -113,13 +118,30 @@ class Trainer:
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-            self.schedule.step()
+            self._step_schedule()
             loss_sum += nll_sum
+            first_bad = mark_first_bad(first_bad, nll_sum, step)
             correct += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
             if on_batch is not None:
                 on_batch()
-        return self._mean_over_ranks(loss_sum, correct, seen)
+        mean_loss, accuracy = self._mean_over_ranks(loss_sum, correct, seen)
+        check_loss(mean_loss, first_bad, self.phase, epoch, self.steps_per_epoch)
+        return mean_loss, accuracy
+
+    def _step_schedule(self) -> None:
+        """Step the learning-rate schedule, without torch's warning about a skipped first step.
+
+        The grad scaler skips an optimizer step whose fp16 gradients overflowed (by design: often
+        the very first, while it finds its scale); the schedule still steps, and torch takes that
+        for a misordered loop. It checks the schedule's first step only, so only that one is
+        filtered: ``catch_warnings`` resets every module's once-only warning registry."""
+        if self.scaler is None or self.schedule.last_epoch > 0:
+            self.schedule.step()
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", SCHEDULE_BEFORE_OPTIMIZER, UserWarning)
+            self.schedule.step()
 
     @torch.inference_mode()
     def evaluate(self, split: Feed) -> tuple[float, float]:
@@ -156,7 +178,9 @@ class Trainer:
         )
         train_loss, train_acc = self.train_epoch(order, epoch, on_batch)
         self.world.sync_buffers(self.model)
+        check_weights(self.model, self.phase, epoch)
         val_loss, val_acc = self.evaluate(self.val)
+        check_val_loss(val_loss, self.phase, epoch)
         return EpochRecord(
             epoch=epoch,
             train_loss=train_loss,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,3 +125,9 @@ class TrainingLog:
         if self.bar is not None:
             self.bar.close()
         self.live.end()
+
+    def discard(self) -> None:
+        """Close and remove the whole report: a run that wrote no model must leave no metrics that
+        read as its result."""
+        self.close()
+        shutil.rmtree(self.live.dir, ignore_errors=True)
