@@ -4,10 +4,11 @@ Each stage describes its section as a ``@params_dataclass`` (a frozen pydantic d
 fields carry their allowed range in ``param(...)``; cross-field rules are pydantic
 ``model_validator``s. ``load_section`` reads the YAML with DVC's own loader (``read_document``:
 YAML 1.2, duplicate keys refused), so a stage sees the values ``dvc params diff`` and the schema
-check see, and refuses, in one line naming the file and the dotted key, anything unknown, missing, mistyped or out of range. Validation is strict ("3" is
-not an integer, 1 is not true, 1.5 is not an integer), so a typo never turns into another value,
-and no field has a default: ``params.yaml`` is the single source of truth. The same classes
-generate ``params.schema.json`` (``make schema``), which editors check params.yaml against.
+check see, and refuses, in one line naming the file and the dotted key, anything unknown,
+missing, mistyped or out of range. Validation is strict ("3" is not an integer, 1 is not true,
+1.5 is not an integer), so a typo never turns into another value, and no field has a default:
+``params.yaml`` is the single source of truth. The same classes generate ``params.schema.json``
+(``make schema``), which editors check params.yaml against.
 """
 
 from __future__ import annotations
