@@ -41,12 +41,20 @@ format: setup ## Apply ruff's fixes and formatting
 	ruff check --fix src tests bench
 	ruff format src tests bench
 
+# Variables a user types (BASE, IMAGES_URL, KEEP, VERSION, ARTIFACT) reach the programs through
+# the environment, as the exact text typed ($(value): unexpanded), never through a shell's quoting:
+# the programs read MLPIPELINE_<NAME> and check it, so `VERSION='1.0.0;echo x'` is one bad version.
+# Not exported under their own names: make would expand them on the way (a `$(shell ...)` in one).
+unexport BASE IMAGES_URL KEEP VERSION ARTIFACT
+
 # BASE: any git revision; IMAGES_URL: where a PR comment finds the PNGs (default: beside report.md).
 BASE ?= main
 IMAGES_URL ?=
 
+report: export MLPIPELINE_BASE = $(value BASE)
+report: export MLPIPELINE_IMAGES_URL = $(value IMAGES_URL)
 report: setup ## Compare BASE (default main) with the workspace: reports/compare/report.md + PNGs
-	python -m mlpipeline.compare.report --base '$(BASE)' $(if $(IMAGES_URL),--images-url '$(IMAGES_URL)')
+	python -m mlpipeline.compare.report
 
 # The page `dvc plots show` fills (.dvc/config: plots.html_template), with the Vega scripts inside
 # it so plots draw offline; committed, rebuilt from the npm versions vendor/vega pins.
@@ -84,14 +92,17 @@ verify: setup ## Rehash the workspace outputs and the DVC cache against dvc.lock
 
 # Cache hygiene: a dry run unless CONFIRM=1; CLOUD=1 cleans the DVC remote too. KEEP: dvc gc's scope
 # flags (default -w -a -T --all-experiments: workspace, branch tips, tags, experiments).
+gc: export MLPIPELINE_KEEP = $(value KEEP)
 gc: setup ## List what `dvc gc` would remove and why (CONFIRM=1 removes it, CLOUD=1 the remote too)
-	python -m mlpipeline.cache.gc $(if $(filter 1,$(CONFIRM)),--confirm) $(if $(filter 1,$(CLOUD)),--cloud) $(KEEP)
+	python -m mlpipeline.cache.gc $(if $(filter 1,$(CONFIRM)),--confirm) $(if $(filter 1,$(CLOUD)),--cloud)
 
 # A model version: a GTO git tag ARTIFACT@vVERSION on HEAD, made once the model is pushed.
 ARTIFACT ?= image-classifier
 
+release: export MLPIPELINE_VERSION = $(value VERSION)
+release: export MLPIPELINE_ARTIFACT = $(value ARTIFACT)
 release: setup ## Register the committed model as version VERSION=1.2.0 (GTO tag), pushing it first
-	python -m mlpipeline.versions.release $(VERSION) --name $(ARTIFACT)
+	python -m mlpipeline.versions.release
 
 # Resolved in a fresh venv with no constraints, so the file holds what pyproject.toml alone
 # takes today; its header comment is kept. Then `make setup` installs the new versions.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -164,7 +165,10 @@ def test_load_section_errors_name_the_file(tmp_path: Path) -> None:
         (None, "params file not found"),
         ("sec: [unclosed\n", "not valid YAML at line 2"),
         ("other: {}\n", "missing section 'sec'"),
-        ("just a string\n", "missing section 'sec'"),
+        ("just a string\n", "holds a string, not a mapping of sections"),
+        ("- sec\n- other\n", "holds a list, not a mapping of sections"),
+        ("sec: {count: 1}\nsec: {count: 2}\n", "key 'sec' appears twice (line 2)"),
+        ("sec:\n  count: 1\n  count: 2\n", "key 'count' appears twice (line 3)"),
     ],
 )
 def test_load_section_file_problems(tmp_path: Path, text: str | None, expected: str) -> None:
@@ -173,6 +177,31 @@ def test_load_section_file_problems(tmp_path: Path, text: str | None, expected: 
         load_section(Section, "sec", path)
     assert str(caught.value).startswith(f"{path}: ")
     assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+@params_dataclass
+class Spelled:
+    lr: float
+    convert: bool | str
+    count: int
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("lr: 1e-3\nconvert: true\ncount: 017\n", Spelled(0.001, True, 17)),  # YAML 1.2: a float, decimal
+        ("lr: 1.0e-3\nconvert: yes\ncount: 1\n", Spelled(0.001, "yes", 1)),  # `yes` is a string
+        ("lr: .5\nconvert: 'on'\ncount: 0x10\n", Spelled(0.5, "on", 16)),
+    ],
+)
+def test_params_are_read_as_dvc_reads_them(tmp_path: Path, text: str, expected: Spelled) -> None:
+    """YAML 1.2, through DVC's own loader: the value a stage gets is the one `dvc params diff` shows."""
+    from dvc.utils.serialize import parse_yaml
+
+    path = write_params(tmp_path, "sec:\n" + "".join(f"  {line}\n" for line in text.splitlines()))
+    assert load_section(Spelled, "sec", path) == expected
+    seen = parse_yaml(path.read_text(), str(path))["sec"]
+    assert (seen["lr"], seen["convert"], seen["count"]) == dataclasses.astuple(expected)
 
 
 def test_repository_ingest_params_are_valid() -> None:

@@ -3,7 +3,10 @@ error line, not in a log line, not in `make check-remote`'s verdict."""
 
 from __future__ import annotations
 
+import http.server
 import logging
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,58 @@ def test_check_remote_calls_a_refused_connection_unreachable(repo: Path, url: st
     with pytest.raises(remote_check.RemoteCheckFailed) as failed:
         remote_check.check_remote(repo)
     assert str(failed.value).startswith(f"remote 'storage' ({url}): not reachable: ")
+
+
+def test_a_local_remote_folder_push_would_create_is_not_called_unwritable(repo: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "not" / "yet"
+    (repo / ".dvc" / "config.local").write_text(f"['remote \"storage\"']\n    url = {folder}\n")
+    verdict = remote_check.check_remote(repo)
+    assert (
+        verdict
+        == f"remote 'storage' ({folder}): does not exist yet; `dvc push` creates it ({tmp_path} is writable)"
+    )
+    assert not (tmp_path / "not").exists()
+
+
+class WebSite(http.server.BaseHTTPRequestHandler):
+    """A web server, not storage: every read is a 200 HTML page, every write unsupported (501); it
+    does not even answer HEAD, as S3 clients check existence."""
+
+    def do_GET(self) -> None:
+        page = b"<!doctype html><html><body>Welcome</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def web_site() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WebSite)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.mark.parametrize("kind", ["http", "s3"])
+def test_a_web_site_where_the_remote_should_be_is_named_as_one(
+    repo: Path, web_site: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    keys = "    access_key_id = a\n    secret_access_key = b\n"
+    s3 = f"    url = s3://bucket/cache\n    endpointurl = {web_site}\n{keys}"
+    remote = f"    url = {web_site}/cache\n" if kind == "http" else s3
+    (repo / ".dvc" / "config.local").write_text(f"['remote \"storage\"']\n{remote}")
+    with pytest.raises(remote_check.RemoteCheckFailed) as failed:
+        remote_check.check_remote(repo)
+    answering = f"{web_site}/cache" if kind == "http" else web_site
+    assert str(failed.value).endswith(
+        f"): {answering} answers with a web page (HTTP 200, text/html), not as storage: "
+        "check the remote's url and endpointurl"
+    )

@@ -130,3 +130,34 @@ def test_outside_a_dvc_repository_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("verify: error: .: not a DVC repository (")
     assert len(result.stderr.splitlines()) == 1
+
+
+def record_legacy(repo: Path, where: str, digest: str, size: int) -> None:
+    """``notes.txt`` recorded as DVC 2 recorded it (no ``hash:`` field: ``md5-dos2unix``)."""
+    if where == "dvc.lock":
+        with (repo / "dvc.yaml").open("a") as dvc_yaml:
+            dvc_yaml.write("  notes:\n    cmd: 'true'\n    outs:\n    - notes.txt\n")
+        with (repo / "dvc.lock").open("a") as lock:
+            lock.write(f"  notes:\n    cmd: 'true'\n    outs:\n    - path: notes.txt\n      md5: {digest}\n")
+            lock.write(f"      size: {size}\n")
+    else:
+        (repo / "notes.txt.dvc").write_text(f"outs:\n- md5: {digest}\n  size: {size}\n  path: notes.txt\n")
+
+
+@pytest.mark.parametrize("where", ["dvc.lock", "notes.txt.dvc"])
+def test_a_dvc2_output_of_a_crlf_text_file_is_hashed_as_dvc2_did(repo: Path, where: str) -> None:
+    """DVC 2 hashed text files with CRLF turned into LF (``md5-dos2unix``) and kept them in the
+    cache's top folder; hashed as plain md5 their bytes would look corrupted."""
+    crlf = b"first line\r\nsecond line\r\n"
+    legacy = hashlib.md5(crlf.replace(b"\r\n", b"\n")).hexdigest()
+    assert legacy != hashlib.md5(crlf).hexdigest()
+    (repo / "notes.txt").write_bytes(crlf)
+    record_legacy(repo, where, legacy, len(crlf))
+    cached = repo / ".dvc" / "cache" / legacy[:2] / legacy[2:]
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(crlf)
+    report = verify(repo)
+    assert report.mismatches == []
+    assert report.checked == 9 and report.absent == 0  # the two files above, hashed, not skipped
+    overwrite(cached, crlf.replace(b"second", b"3rd"))
+    assert [line.split(" ")[0] for line in verify(repo).mismatches] == [str(cached.relative_to(repo))]

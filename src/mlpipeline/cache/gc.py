@@ -8,7 +8,8 @@ keeps the workspace, every branch tip, every tag (model versions are tags) and e
 experiment: ``dvc gc -w -a -T --all-experiments``. ``--confirm`` then runs DVC's own
 ``Repo.gc`` with the same flags; ``--cloud`` lists (and cleans) the default remote too.
 
-Usage (``make gc [CONFIRM=1] [CLOUD=1] [KEEP="dvc gc scope flags"]``)::
+Usage (``make gc [CONFIRM=1] [CLOUD=1] [KEEP="dvc gc scope flags"]``; make hands KEEP over in the
+environment, ``MLPIPELINE_KEEP``, where only scope flags are taken)::
 
     python -m mlpipeline.cache.gc [--confirm] [--cloud] [-r REMOTE] [-w] [-a] [-T]
         [--all-experiments] [-A] [--rev REV] [-n N] [--date YYYY-MM-DD]
@@ -18,11 +19,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
+import shlex
 import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mlpipeline.cache.listing import Refs, names, report, size
 from mlpipeline.cache.origins import find_origins
@@ -194,11 +200,29 @@ def _print_outcome(stores: list[Store], confirm: bool, cloud: bool) -> None:
         print(f"gc: dry run, nothing removed: `make gc CONFIRM=1` removes these {count} objects{remote_hint}")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mlpipeline.cache.gc", description=__doc__.split("\n")[0])
-    parser.add_argument("--confirm", action="store_true", help="remove what the listing shows")
-    parser.add_argument("-c", "--cloud", action="store_true", help="the default remote too")
-    parser.add_argument("-r", "--remote", help="this remote instead of the default one (with --cloud)")
+KEEP_ENV = "MLPIPELINE_KEEP"  # `make gc KEEP=...`, handed over untouched by any shell
+SCOPE_FLAGS = "-w, -a, -T, --all-experiments, -A, --rev REV, -n N, --date YYYY-MM-DD"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Its mistakes are one ``PipelineError`` line (``stage.run``: exit 2), not usage and a traceback."""
+
+    def error(self, message: str) -> NoReturn:
+        raise PipelineError(f"{self.prog}: {message}")
+
+
+def _date(text: str) -> str:
+    """``--date``'s value as ``dvc gc`` takes it (DVC itself fails on any other with a traceback)."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            date.fromisoformat(text)
+            return text
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD (e.g. 2026-01-31)")
+
+
+def _scope_arguments(parser: argparse.ArgumentParser) -> None:
     keep = parser.add_argument_group("what to keep: dvc gc's flags (default: -w -a -T --all-experiments)")
     keep.add_argument("-w", "--workspace", action="store_true")
     keep.add_argument("-a", "--all-branches", action="store_true")
@@ -207,8 +231,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     keep.add_argument("-A", "--all-commits", action="store_true")
     keep.add_argument("--rev", metavar="REV")
     keep.add_argument("-n", "--num", type=int, metavar="N")
-    keep.add_argument("--date", dest="commit_date", metavar="YYYY-MM-DD")
-    return parser.parse_args(argv)
+    keep.add_argument("--date", dest="commit_date", type=_date, metavar="YYYY-MM-DD")
+
+
+def keep_words(text: str) -> list[str]:
+    """``KEEP``'s words: scope flags only, so ``KEEP=--confirm`` can never delete anything."""
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise PipelineError(f"KEEP={text}: {exc}")
+    parser = _Parser(prog=f"KEEP={text}", add_help=False)
+    _scope_arguments(parser)
+    _, unknown = parser.parse_known_args(words)
+    if unknown:
+        raise PipelineError(
+            f"KEEP={text}: {unknown[0]} is not a scope flag: KEEP takes dvc gc's {SCOPE_FLAGS} "
+            "(CONFIRM=1 and CLOUD=1 are make variables of their own)"
+        )
+    return words
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line, then the scope flags ``make gc`` passes in ``MLPIPELINE_KEEP``."""
+    parser = _Parser(prog="python -m mlpipeline.cache.gc", description=__doc__.split("\n")[0])
+    parser.add_argument("--confirm", action="store_true", help="remove what the listing shows")
+    parser.add_argument("-c", "--cloud", action="store_true", help="the default remote too")
+    parser.add_argument("-r", "--remote", help="this remote instead of the default one (with --cloud)")
+    _scope_arguments(parser)
+    words = list(sys.argv[1:] if argv is None else argv)
+    return parser.parse_args(words + keep_words(os.environ.get(KEEP_ENV, "")))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,7 +4,8 @@ commit whose ``dvc.lock`` or ``.dvc`` file recorded it, or else the run whose ru
 Advice only: what is kept is decided by DVC itself (``mlpipeline.cache.gc``). The files are
 read straight from git (one ``git log``, one ``git cat-file --batch``) rather than through
 DVC's index commit by commit, which costs 0.3 to 0.7 s a commit here: minutes for a dry run on
-a long history, against milliseconds for the documented dvc.lock / .dvc format.
+a long history, against milliseconds for the documented dvc.lock / .dvc format (about 9 ms for this
+repository's 12 KB dvc.lock with DVC's YAML 1.2 reader).
 """
 
 from __future__ import annotations
@@ -18,11 +19,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 # Every file that records output hashes: root and nested dvc.lock files, and `dvc add`'s .dvc files.
 METAFILES = ("dvc.lock", "*/dvc.lock", "*.dvc")
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 6x faster
 
 # (where the files were found, [(metafile path, its bytes)]): newest first.
 Source = tuple[str, list[tuple[str, bytes]]]
@@ -110,9 +108,11 @@ def _runs(runs_dir: Path) -> Iterator[Source]:
 
 def _outputs(metafile: str, data: bytes) -> Iterator[tuple[str, str]]:
     """(output path, md5) of each output a dvc.lock, .dvc file or run-cache entry records."""
-    try:
-        content = yaml.load(data, Loader=_LOADER)
-    except yaml.YAMLError:
+    from dvc.utils.serialize import YAMLError, parse_yaml
+
+    try:  # DVC's own reader (YAML 1.2): PyYAML would read an output named `yes` as true
+        content = parse_yaml(data.decode("utf-8", errors="replace"), metafile)
+    except YAMLError:
         return
     if not isinstance(content, dict):
         return

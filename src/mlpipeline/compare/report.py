@@ -2,6 +2,10 @@
 
     python -m mlpipeline.compare.report [--base main] [--out reports/compare] [--images-url URL]
 
+``make report`` hands BASE and IMAGES_URL over in the environment (``MLPIPELINE_BASE``,
+``MLPIPELINE_IMAGES_URL``), as typed: no shell reads them, and an empty BASE is refused rather
+than read as HEAD.
+
 Charts are the filled Vega-Lite specs of ``dvc plots diff``, drawn to PNG by vl-convert (Vega in
 an embedded JavaScript engine: no browser, no network); image plots are the files DVC writes for
 each revision. ``--images-url`` prefixes the image links, for a comment posted where the PNGs
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -69,12 +74,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m mlpipeline.compare.report", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--base", default="main", help="git revision to compare with (default: main)")
+    parser.add_argument(
+        "--base",
+        default=os.environ.get("MLPIPELINE_BASE", "main"),
+        help="git revision to compare with (default: $MLPIPELINE_BASE, else main)",
+    )
     parser.add_argument("--out", type=Path, default=OUTPUT, help=f"output directory (default: {OUTPUT})")
     parser.add_argument(
-        "--images-url", default=None, help="URL the image links start with (default: relative)"
+        "--images-url",
+        default=os.environ.get("MLPIPELINE_IMAGES_URL") or None,
+        help="URL the image links start with (default: $MLPIPELINE_IMAGES_URL, else relative)",
     )
     return parser.parse_args(argv)
+
+
+def check_base(base: str) -> str:
+    """A revision git can only read as one: not empty (DVC would compare HEAD), not an option."""
+    if not base.strip():
+        raise PipelineError("BASE is empty: name the git revision to compare with (e.g. BASE=main)")
+    if base.startswith("-"):
+        raise PipelineError(f"BASE={base}: a git revision, not an option (e.g. BASE=main)")
+    return base
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         logging.getLogger("dvc").setLevel(logging.ERROR)  # its "failed to load some plots": said below
-        comparison = write_report(Path.cwd(), args.base, args.out, args.images_url)
+        comparison = write_report(Path.cwd(), check_base(args.base), args.out, args.images_url)
         if line := not_found_line(comparison):
             print(f"report: {line}", file=sys.stderr)
         print(args.out / REPORT)

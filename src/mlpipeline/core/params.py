@@ -2,11 +2,13 @@
 
 Each stage describes its section as a ``@params_dataclass`` (a frozen pydantic dataclass) whose
 fields carry their allowed range in ``param(...)``; cross-field rules are pydantic
-``model_validator``s. ``load_section`` reads the YAML and refuses, in one line naming the file and
-the dotted key, anything unknown, missing, mistyped or out of range. Validation is strict ("3" is
-not an integer, 1 is not true, 1.5 is not an integer), so a typo never turns into another value,
-and no field has a default: ``params.yaml`` is the single source of truth. The same classes
-generate ``params.schema.json`` (``make schema``), which editors check params.yaml against.
+``model_validator``s. ``load_section`` reads the YAML with DVC's own loader (``read_document``:
+YAML 1.2, duplicate keys refused), so a stage sees the values ``dvc params diff`` and the schema
+check see, and refuses, in one line naming the file and the dotted key, anything unknown,
+missing, mistyped or out of range. Validation is strict ("3" is not an integer, 1 is not true,
+1.5 is not an integer), so a typo never turns into another value, and no field has a default:
+``params.yaml`` is the single source of truth. The same classes generate ``params.schema.json``
+(``make schema``), which editors check params.yaml against.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, dataclass_transform
 
 import pydantic
-import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from mlpipeline.core.errors import PipelineError
@@ -71,15 +73,30 @@ def load_section(cls: type[T], section: str, path: Path | str = PARAMS_FILE) -> 
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PipelineError(f"{path}: params file not found (run from the repository root)")
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise PipelineError(f"{path}: not valid YAML{where}") from None
-    if not isinstance(document, Mapping) or section not in document:
+    document = read_document(text, path)
+    if not isinstance(document, Mapping):
+        kind = {list: "a list", str: "a string"}.get(type(document), repr(document))
+        raise PipelineError(f"{path}: holds {kind}, not a mapping of sections")
+    if section not in document:
         raise PipelineError(f"{path}: missing section '{section}'")
     return from_mapping(cls, document[section], section, source=str(path))
+
+
+def read_document(text: str, path: Path) -> Any:
+    """``text`` as DVC reads params.yaml (``dvc.utils.serialize.parse_yaml``: ruamel, YAML 1.2, a
+    duplicated key refused): PyYAML's YAML 1.1 would read ``1e-3`` as a string and ``yes`` as true."""
+    from dvc.utils.serialize import YAMLFileCorruptedError, parse_yaml
+
+    try:
+        return parse_yaml(text, str(path))
+    except YAMLFileCorruptedError as exc:
+        cause = exc.__cause__
+        mark = getattr(cause, "problem_mark", None)
+        line = f"line {mark.line + 1}" if mark is not None else ""
+        duplicate = re.search(r'found duplicate key "(.*?)"', str(getattr(cause, "problem", "")))
+        if duplicate:  # DVC refuses the file too: the last value must not win silently
+            raise PipelineError(f"{path}: key '{duplicate.group(1)}' appears twice ({line})") from None
+        raise PipelineError(f"{path}: not valid YAML{' at ' + line if line else ''}") from None
 
 
 @functools.cache

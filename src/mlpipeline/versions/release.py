@@ -6,12 +6,15 @@ dvc.lock records the model the workspace holds, the pipeline is up to date (``dv
 and the model's files are in the DVC remote (pushed here). A version that could not be fetched
 is never tagged.
 
-Usage: ``python -m mlpipeline.versions.release VERSION [--name ARTIFACT]``
+Usage: ``python -m mlpipeline.versions.release VERSION [--name ARTIFACT]``; ``make release`` hands
+VERSION and ARTIFACT over in the environment (``MLPIPELINE_VERSION``, ``MLPIPELINE_ARTIFACT``), as
+typed, so no shell ever reads them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,9 +110,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m mlpipeline.versions.release", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("version", metavar="VERSION", help="MAJOR.MINOR.PATCH, e.g. 1.2.0")
-    parser.add_argument("--name", default=DEFAULT_ARTIFACT, help=f"artifact (default: {DEFAULT_ARTIFACT})")
+    parser.add_argument(
+        "version",
+        metavar="VERSION",
+        nargs="?",
+        default=os.environ.get("MLPIPELINE_VERSION"),
+        help="MAJOR.MINOR.PATCH, e.g. 1.2.0 (default: $MLPIPELINE_VERSION)",
+    )
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("MLPIPELINE_ARTIFACT") or DEFAULT_ARTIFACT,
+        help=f"artifact (default: $MLPIPELINE_ARTIFACT, else {DEFAULT_ARTIFACT})",
+    )
     args = parser.parse_args(argv)
+    if not args.version:
+        raise PipelineError("VERSION is missing: `make release VERSION=1.2.0`")
     print(f"release: {release(Path.cwd(), args.name, args.version)}")
 
 
