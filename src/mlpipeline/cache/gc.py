@@ -35,6 +35,7 @@ from mlpipeline.cache.origins import find_origins
 from mlpipeline.cache.scope import DEFAULT_SCOPE, Scope, Store
 from mlpipeline.core import stage
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.progress import counted, progress
 
 
 def kept_objects(repo, scope: Scope, jobs: int | None = None) -> dict[Any, set]:
@@ -70,7 +71,8 @@ def remote_stores(repo, used: dict[Any, set], remote: str | None) -> list[Store]
 def _store(label: str, odb, keep: Iterable) -> Store:
     """Every object of ``odb`` that is not in ``keep`` (``dvc_data``'s gc: hash names must match)."""
     keep_values = {info.value for info in keep if info.name == odb.hash_name}
-    stored = list(odb.all())
+    with progress("gc", f"listing {label}", unit="object") as shown:
+        stored = list(counted(odb.all(), shown))
     unused = [oid for oid in stored if oid not in keep_values]
     return Store(label, odb, kept=len(stored) - len(unused), unused=unused)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.progress import progress
 from mlpipeline.core.workers import worker_count
 
 
@@ -66,11 +67,15 @@ def verify(root: Path | str = ".") -> Report:
     with repo:
         root = Path(repo.root_dir)
         files = [item for out in repo.index.outs for item in _tracked(out, root, report)]
-    with ThreadPoolExecutor(worker_count()) as pool:
+    with (
+        ThreadPoolExecutor(worker_count()) as pool,
+        progress("verify", "hashing", len(files), "file") as shown,
+    ):
         for problems, hashed, absent in pool.map(partial(_check, root=root), files):
             report.mismatches += problems
             report.checked += hashed
             report.absent += absent
+            shown.advance()
     return report
 
 

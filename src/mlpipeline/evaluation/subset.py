@@ -9,6 +9,8 @@ the chosen rows out and no shard is held longer than it is read. The choice is t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from mlpipeline.core.errors import PipelineError
@@ -30,8 +32,11 @@ def kept_ranks(class_counts: list[int], limit: int, seed: int) -> list[np.ndarra
     return masks
 
 
-def pick_rows(data: Dataset, split: str, limit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The chosen images and labels of ``split``, in split order; memory: the subset and one shard."""
+def pick_rows(
+    data: Dataset, split: str, limit: int, seed: int, advance: Callable[[int], None] = lambda rows: None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen images and labels of ``split``, in split order; memory: the subset and one shard.
+    ``advance`` is told how many rows each shard read held (for the stage's progress)."""
     data.count(split)  # an unknown split fails here, naming the file
     masks = kept_ranks(data.info.splits[split].class_counts, limit, seed)
     total = sum(int(mask.sum()) for mask in masks)
@@ -44,6 +49,7 @@ def pick_rows(data: Dataset, split: str, limit: int, seed: int) -> tuple[np.ndar
         images[filled : filled + len(chosen)] = shard_images[chosen]
         labels[filled : filled + len(chosen)] = shard_labels[chosen]
         filled += len(chosen)
+        advance(len(shard_labels))
     if filled != total or seen.tolist() != [len(mask) for mask in masks]:
         raise PipelineError(
             f"{data.root / META_FILE}: the {split} split's class_counts disagree with its shards"

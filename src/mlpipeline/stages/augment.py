@@ -32,6 +32,7 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import AUGMENT_PREVIEW, AUGMENTED, INGESTED, SYNTHETIC
 from mlpipeline.core.previews import image_grid
+from mlpipeline.core.progress import progress
 from mlpipeline.core.shards import (
     META_FILE,
     Dataset,
@@ -154,13 +155,15 @@ def augment_dataset(
         for name in SOURCES:
             writer.add_split(name)
         done = ordered_map_pairs(work, batches(sources, params.batch_size), workers, limit_threads)
-        for ((name, _, _), originals, labels), copies in done:
-            picks = samples.start_rows(name, originals, labels)
-            if params.keep_originals:
-                writer.write(name, originals, labels)
-            for copy in copies:
-                writer.write(name, copy, labels)
-                samples.add_copies(name, picks, copy)
+        with progress("augment", "augmenting", sum(c["images"] for c in counts.values())) as shown:
+            for ((name, _, _), originals, labels), copies in done:
+                picks = samples.start_rows(name, originals, labels)
+                if params.keep_originals:
+                    writer.write(name, originals, labels)
+                for copy in copies:
+                    writer.write(name, copy, labels)
+                    samples.add_copies(name, picks, copy)
+                shown.advance(len(labels))
     atomic.write_bytes(preview, samples.png(real.classes))
     return counts
 
@@ -189,9 +192,12 @@ def record_online(
         for name in SOURCES:
             writer.add_split(name)
         if "synthetic" in sources:
-            for images, labels in sources["synthetic"].iter_shards(SPLIT):
-                writer.write("synthetic", images, labels)
-                del images, labels  # or the next shard is read while this one is still held
+            total = sources["synthetic"].count(SPLIT)
+            with progress("augment", "copying synthetic originals", total) as shown:
+                for images, labels in sources["synthetic"].iter_shards(SPLIT):
+                    writer.write("synthetic", images, labels)
+                    shown.advance(len(labels))
+                    del images, labels  # or the next shard is read while this one is still held
 
 
 def online_preview(params: AugmentParams, sources: dict[str, Dataset]) -> Preview:

@@ -30,6 +30,7 @@ from mlpipeline.core.device import pick_device
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import EVALUATE_REPORTS, INGESTED, MODELS
+from mlpipeline.core.progress import progress
 from mlpipeline.core.shards import META_FILE, Dataset
 from mlpipeline.core.workers import ordered_map_pairs, workers_for
 from mlpipeline.evaluation.baseline import (
@@ -99,10 +100,11 @@ def evaluate(
     start = partial(start_predicting, svm)
     predict = partial(predict_batch, num_classes=len(data.classes))
     batches = split_batches(data, TEST, params.batch_size)
-    for (images, labels), svm_probabilities in ordered_map_pairs(predict, batches, workers, start):
-        report.add(
-            images, labels, predict_probabilities(model, images, device, params.batch_size), svm_probabilities
-        )
+    with progress("evaluate", "predicting", data.count(TEST)) as shown:
+        for (images, labels), svm_probabilities in ordered_map_pairs(predict, batches, workers, start):
+            network = predict_probabilities(model, images, device, params.batch_size)
+            report.add(images, labels, network, svm_probabilities)
+            shown.advance(len(labels))
     return report.evaluation(data.classes, NAMES[kernel], fitted)
 
 
@@ -139,7 +141,8 @@ class Scoreboard:
 def fit_on_train(data: Dataset, params: BaselineParams) -> tuple[str, Baseline, int]:
     """The kernel chosen, the baseline fitted on the train split's seeded subset, and its size."""
     kernel = choose_kernel(params, data.count(TRAIN), data.count(TEST), int(np.prod(data.image_shape)))
-    images, labels = pick_rows(data, TRAIN, params.max_train, params.seed)
+    with progress("evaluate", f"reading the baseline's {TRAIN} images", data.count(TRAIN)) as shown:
+        images, labels = pick_rows(data, TRAIN, params.max_train, params.seed, shown.advance)
     return kernel, fit_baseline(images, labels, params, kernel), len(labels)
 
 

@@ -37,6 +37,7 @@ from mlpipeline.core import atomic, stage
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import INGESTED
+from mlpipeline.core.progress import progress
 from mlpipeline.core.shards import DatasetWriter
 from mlpipeline.core.urls import redact
 from mlpipeline.core.workers import WorkerPool, worker_count
@@ -173,9 +174,12 @@ def decode_all(
             yield Batch(fs, chunk, preprocessing, params.max_image_pixels, first_row=row)
             row += len(chunk)
 
-    for batch, decoded in pool.map_pairs(decode_batch, batches()):
-        labels = np.array([index[s.label] for s in batch.samples], dtype=np.int32)
-        scratch.append(batch.samples, labels, decoded)
+    # Listing streams as decoding goes, so the number of images is known only at the end.
+    with progress("ingest", "listing and decoding") as shown:
+        for batch, decoded in pool.map_pairs(decode_batch, batches()):
+            labels = np.array([index[s.label] for s in batch.samples], dtype=np.int32)
+            scratch.append(batch.samples, labels, decoded)
+            shown.advance(len(batch.samples))
 
 
 def bad_files(scratch: Scratch, source: Source) -> list[tuple[str, str]]:
@@ -246,8 +250,10 @@ def write_dataset(
                     path = writer.directory / writer.shard_name(split, index)
                     yield ShardTask(split, path, rows, labels[rows].astype(np.int64), scratch.row_shape)
 
-        for task, sha256 in pool.map_pairs(write_shard_rows, shard_tasks()):
-            writer.add_shard(task.split, task.path.name, sha256, task.labels)
+        with progress("ingest", "writing shards", int(np.count_nonzero(status < len(SPLITS)))) as shown:
+            for task, sha256 in pool.map_pairs(write_shard_rows, shard_tasks()):
+                writer.add_shard(task.split, task.path.name, sha256, task.labels)
+                shown.advance(len(task.labels))
         manifest.result()
 
 

@@ -26,6 +26,7 @@ from mlpipeline.core import atomic, stage
 from mlpipeline.core.device import limit_threads
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import INGESTED, SYNTHESIZE_REPORTS, SYNTHETIC
+from mlpipeline.core.progress import progress
 from mlpipeline.core.shards import Dataset, DatasetWriter
 from mlpipeline.core.workers import workers_for
 from mlpipeline.synthetic import SynthesisTask, ValueStats, class_counts, generate, get_generator
@@ -57,10 +58,12 @@ def synthesize(
     real_samples = PerClassSamples(len(real.classes), PREVIEW_PER_SOURCE)
     stats = ValueStats(real.image_shape[0])
     real_for_score = Sampler(real.count(SPLIT), params.seed, "real")
-    for images, labels in real.iter_shards(SPLIT):
-        stats.add(images)
-        real_samples.add(images, labels)
-        real_for_score.add(images, labels)
+    with progress("synthesize", f"reading real {SPLIT}", real.count(SPLIT)) as shown:
+        for images, labels in real.iter_shards(SPLIT):
+            stats.add(images)
+            real_samples.add(images, labels)
+            real_for_score.add(images, labels)
+            shown.advance(len(labels))
     values = stats.value_map(f"{real_dir} ({SPLIT} split)")
     counts = class_counts(params.count, params.class_balance, real.info.splits[SPLIT].class_counts)
     synthetic_samples = PerClassSamples(len(real.classes), PREVIEW_PER_SOURCE)
@@ -77,10 +80,12 @@ def synthesize(
             task = SynthesisTask(real.classes, real.image_shape, values, params, device)
             if workers is None:
                 workers = workers_for(math.ceil(params.count / batch_size(real.image_shape)))
-            for images, labels in generate(factory, task, counts, params.seed, workers):
-                writer.write(SPLIT, images, labels)
-                synthetic_samples.add(images, labels)
-                synthetic_for_score.add(images, labels)
+            with progress("synthesize", "rendering", params.count) as shown:
+                for images, labels in generate(factory, task, counts, params.seed, workers):
+                    writer.write(SPLIT, images, labels)
+                    synthetic_samples.add(images, labels)
+                    synthetic_for_score.add(images, labels)
+                    shown.advance(len(labels))
         sources = {"real": real_samples, "synth": synthetic_samples}
         atomic.write_bytes(report_dir / PREVIEW, samples_png(real.classes, sources))
         score = transfer_score(synthetic_for_score, real_for_score, real.classes)

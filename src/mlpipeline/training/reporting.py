@@ -11,9 +11,9 @@ left out of ``metrics.json``, and dvc.yaml plots it without making it a stage
 output, whose hash would change every run.
 
 A run of several phases (pretraining, then training) logs them as one history: the
-curves' x axis counts epochs across the phases. On a terminal a progress bar per phase
-counts batches and the epoch lines scroll above it; in a CI log each epoch is one plain
-line.
+curves' x axis counts epochs across the phases. Each phase's batches are counted by
+``core.progress``: on a terminal a bar per phase with the epoch lines scrolling above it; in a
+CI log each epoch is one plain line, with progress lines between them on long epochs.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from dvclive import Live
-from tqdm import tqdm
 
+from mlpipeline.core.progress import Progress, start
 from mlpipeline.training.phases import TRAIN
 
 log = logging.getLogger("train")
@@ -70,10 +69,9 @@ class EpochRecord:
 class TrainingLog:
     """Rank 0's record of a run: dvclive history, summary metrics and the terminal display."""
 
-    def __init__(self, out_dir: Path, interactive: bool | None = None) -> None:
+    def __init__(self, out_dir: Path) -> None:
         self.live = Live(str(out_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-        self.show_bar = sys.stderr.isatty() if interactive is None else interactive
-        self.bar: tqdm | None = None
+        self.bar = Progress()
         self.phase = ""
         self.epochs = 0
         self.steps_per_epoch = 0
@@ -81,16 +79,13 @@ class TrainingLog:
         self.offset = 0  # epochs logged by the phases before this one
 
     def start_phase(self, phase: str, epochs: int, steps_per_epoch: int) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
         self.phase, self.epochs, self.steps_per_epoch = phase, epochs, steps_per_epoch
         self.offset = self.logged
-        if self.show_bar:
-            self.bar = tqdm(total=epochs * steps_per_epoch, unit="batch", desc=phase)
+        self.bar = start("train", phase, epochs * steps_per_epoch, unit="batch")
 
     def batch_done(self) -> None:
-        if self.bar is not None:
-            self.bar.update()
+        self.bar.advance()
 
     def epoch_done(self, record: EpochRecord, replayed: bool = False) -> None:
         """Log ``record``; ``replayed`` records come from a checkpoint and are not shown again."""
@@ -102,15 +97,10 @@ class TrainingLog:
         del self.live.summary[EPOCH_SECONDS]  # history only: keeps metrics.json deterministic
         self.live.next_step()
         if replayed:
-            if self.bar is not None:
-                self.bar.update(self.steps_per_epoch)
+            self.bar.advance(self.steps_per_epoch)
         else:
             line = record.line(self.epochs)
-            line = line if self.phase == TRAIN else f"{self.phase} {line}"
-            if self.bar is not None:
-                self.bar.write(line)
-            else:
-                log.info(line)
+            self.bar.write(line if self.phase == TRAIN else f"{self.phase} {line}", log)
 
     def finish(self, best: EpochRecord, epochs_run: int) -> None:
         """Summarize the run by the last phase's best epoch, whose weights are the model written
@@ -122,8 +112,7 @@ class TrainingLog:
         self.close()
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
         self.live.end()
 
     def discard(self) -> None:
