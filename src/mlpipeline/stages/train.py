@@ -64,7 +64,7 @@ def train(
     )
     with process_group(world, runtime.device):
         phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
-        mean, std = streamed_channel_stats(phases[-1].originals.shards())
+        mean, std = world.from_main(lambda: streamed_channel_stats(phases[-1].originals.shards()))
         config = ModelConfig(
             classes=inputs.classes,
             image_shape=list(inputs.image_shape),

@@ -13,9 +13,10 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,6 +27,8 @@ from mlpipeline.core.errors import PipelineError
 
 # Set by torchrun in every worker it starts.
 WORKER_ENV = "TORCHELASTIC_RUN_ID"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,16 @@ class World:
         if self.size > 1:
             dist.all_reduce(tensor)
         return tensor
+
+    def from_main(self, compute: Callable[[], T]) -> T:
+        """``compute()`` run by rank 0 alone and its (small, picklable) result sent to every rank:
+        what all ranks need but one read is enough for, such as the channel stats, which read the
+        whole training split."""
+        if self.size == 1:
+            return compute()
+        box = [compute() if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Give every rank rank 0's BatchNorm statistics, so all ranks evaluate the model rank 0
