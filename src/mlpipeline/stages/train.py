@@ -30,6 +30,7 @@ from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, fingerp
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure
 from mlpipeline.training.distributed import World, in_worker, launch, process_group, world_from_env
+from mlpipeline.training.gpu_lock import hold_gpus
 from mlpipeline.training.loader import Feed, chosen_placement, place
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
@@ -115,6 +116,8 @@ def main() -> None:
     params = load_section(TrainParams, "train")
     inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
     check_sources(params, len(inputs.real), inputs.train.root)
+    if params.device in ("auto", "cuda") and not in_worker():  # before CUDA starts: see gpu_lock
+        hold_gpus(params.processes)
     if params.world_size > 1 and not in_worker():
         threads = params.num_threads or auto_threads(params.processes)
         launch(__spec__.name, params.nodes, params.processes, threads)
