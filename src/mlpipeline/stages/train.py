@@ -8,7 +8,8 @@ split) and ``data/ingested`` (split val), batch by batch when they are large (se
 ``training.phases``: pretraining on the synthetic images, then the real ones). Writes ``models/``
 (safetensors weights and a JSON config, of the epoch ``early_stopping.monitor``
 keeps) and dvclive's ``reports/train``.
-``train.processes > 1`` re-launches this module under torchrun (DDP).
+``train.processes > 1`` or ``train.nodes > 1`` re-launches this module under torchrun (DDP; see
+``training.distributed``); every rank first proves it holds the same params, code and inputs.
 Interrupted runs resume from ``.cache/checkpoints/<key>/`` (one key per phase), removed
 on success.
 """
@@ -25,11 +26,12 @@ from mlpipeline.core.seeding import seed_everything
 from mlpipeline.core.shards import SplitReader
 from mlpipeline.modeling.files import save_model
 from mlpipeline.modeling.network import ModelConfig, build_model, streamed_channel_stats
-from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, run_key
+from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, fingerprint, run_key
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure
 from mlpipeline.training.distributed import World, in_worker, launch, process_group, world_from_env
 from mlpipeline.training.divergence import Diverged
+from mlpipeline.training.gpu_lock import hold_gpus
 from mlpipeline.training.loader import Feed, chosen_placement, place
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
@@ -64,8 +66,9 @@ def train(
         params.device, params.precision, params.num_threads, world.local_rank, world.local_size
     )
     with process_group(world, runtime.device):
+        world.agree(fingerprint(params, runtime, inputs.datasets))
         phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
-        mean, std = streamed_channel_stats(phases[-1].originals.shards())
+        mean, std = world.from_main(lambda: streamed_channel_stats(phases[-1].originals.shards()))
         config = ModelConfig(
             classes=inputs.classes,
             image_shape=list(inputs.image_shape),
@@ -97,7 +100,8 @@ def train(
                 val=val,
                 phase=phase.name,
             )
-            checkpoints = Checkpoints(run_key(params, runtime, inputs.datasets, phase.name), checkpoint_root)
+            key = run_key(params, runtime, inputs.datasets, phase.name)
+            checkpoints = Checkpoints(key, checkpoint_root, world)
             all_checkpoints.append(checkpoints)
             if report is not None:
                 report.start_phase(phase.name, trainer.epochs, trainer.steps_per_epoch)
@@ -121,8 +125,11 @@ def main() -> None:
     params = load_section(TrainParams, "train")
     inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
     check_sources(params, len(inputs.real), inputs.train.root)
-    if params.processes > 1 and not in_worker():
-        launch(__spec__.name, params.processes, params.num_threads or auto_threads(params.processes))
+    if params.device in ("auto", "cuda") and not in_worker():  # before CUDA starts: see gpu_lock
+        hold_gpus(params.processes)
+    if params.world_size > 1 and not in_worker():
+        threads = params.num_threads or auto_threads(params.processes)
+        launch(__spec__.name, params.nodes, params.processes, threads)
         return
     world = world_from_env()
     with stage.summary("train") as report:
@@ -135,6 +142,7 @@ def main() -> None:
             checkpoints.clear()
         trainer, best = result.trainer, result.best
         processes = f" x {world.size} processes" if world.size > 1 else ""
+        processes += f" on {params.nodes} nodes" if params.nodes > 1 else ""
         resumed = f", resumed after epoch {trainer.resumed_after}" if trainer.resumed_after else ""
         online = inputs.online
         report["read"] = (

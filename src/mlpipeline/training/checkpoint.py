@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import shutil
 from collections.abc import Iterable
@@ -33,6 +34,7 @@ import torch
 from mlpipeline.core import atomic
 from mlpipeline.core.shards import META_FILE, Dataset
 from mlpipeline.training.device import Runtime
+from mlpipeline.training.distributed import World
 from mlpipeline.training.params import TrainParams
 
 CHECKPOINT_ROOT = Path(".cache/checkpoints")
@@ -42,35 +44,55 @@ _CHUNK = 1 << 20
 log = logging.getLogger("train")
 
 
-def run_key(params: TrainParams, runtime: Runtime, datasets: Iterable[Dataset], phase: str) -> str:
-    """A hash of what a phase's model depends on: params, how they resolved on this machine
-    (device type, precision, threads: ``auto`` and ``0`` resolve per machine), the inputs'
-    dataset.json files, code, torch version."""
-    digest = hashlib.sha256()
-    digest.update(phase.encode())
-    digest.update(atomic.to_json_text(dataclasses.asdict(params)).encode())
-    digest.update(f"{runtime.device.type} {runtime.precision} {runtime.threads} threads".encode())
-    digest.update(f"torch {torch.__version__}".encode())
+def fingerprint(params: TrainParams, runtime: Runtime, datasets: Iterable[Dataset]) -> dict[str, str]:
+    """What a run's model depends on, part by part, so ranks that disagree can say on what: each
+    param, how params resolved on this machine (device type, precision, threads: ``auto`` and
+    ``0`` resolve per machine), the torch version, the inputs' dataset.json files and each
+    source file of the package (which also fixes the checkpoint format)."""
+    parts = {f"train.{key}": json.dumps(value) for key, value in _leaves(dataclasses.asdict(params))}
+    parts["device and precision"] = f"{runtime.device.type} {runtime.precision}"
+    parts["threads"] = str(runtime.threads)
+    parts["torch"] = torch.__version__
     for dataset in datasets:  # their shards' sha256 are in dataset.json: no need to read gigabytes
-        _hash_file(digest, dataset.root / META_FILE)
+        root = dataset.root if not dataset.root.is_absolute() else Path(dataset.root.name)
+        parts[(root / META_FILE).as_posix()] = _file_digest(dataset.root / META_FILE)
     package = Path(__file__).resolve().parents[1]  # the mlpipeline package
     for source in sorted(package.rglob("*.py")):
-        digest.update(source.relative_to(package).as_posix().encode())
-        _hash_file(digest, source)
-    return digest.hexdigest()[:20]
+        parts[f"mlpipeline/{source.relative_to(package).as_posix()}"] = _file_digest(source)
+    return parts
 
 
-def _hash_file(digest: Any, path: Path) -> None:
+def run_key(params: TrainParams, runtime: Runtime, datasets: Iterable[Dataset], phase: str) -> str:
+    """A hash of a phase's name and ``fingerprint``: a checkpoint is resumed only by the run it
+    belongs to."""
+    text = atomic.to_json_text({"phase": phase, **fingerprint(params, runtime, datasets)})
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
+    return digest.hexdigest()
 
 
 class Checkpoints:
-    """The checkpoint directory of one run key."""
+    """The checkpoint directory of one run key, on the node of rank 0 (which alone saves): on
+    resume, rank 0 reads it and sends it to every rank, so ranks on other nodes, which hold no
+    checkpoint, start from the same state."""
 
-    def __init__(self, key: str, root: Path = CHECKPOINT_ROOT) -> None:
+    def __init__(self, key: str, root: Path = CHECKPOINT_ROOT, world: World | None = None) -> None:
         self.directory = root / key
+        self.world = world or World()
 
     @property
     def path(self) -> Path:
@@ -83,10 +105,11 @@ class Checkpoints:
 
     def load(self) -> dict[str, Any] | None:
         """The latest checkpoint of this key, or None if there is none (or it is unreadable)."""
-        if not self.path.exists():
+        data = self.world.from_main(lambda: self.path.read_bytes() if self.path.exists() else None)
+        if data is None:
             return None
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # damaged in any way: a checkpoint only saves time, start afresh
             log.warning("ignoring unreadable checkpoint %s (%s)", self.path, exc)
             return None

@@ -1,31 +1,52 @@
-"""Multi-process training with DistributedDataParallel, launched through torchrun.
+"""Multi-process and multi-node training with DistributedDataParallel, launched through torchrun.
 
-``train.processes > 1`` makes the stage start itself again under
-``python -m torch.distributed.run --standalone`` (a free rendezvous port on this
-machine), one process per GPU, or per share of the cores with the gloo backend on
-CPU. Every rank trains on its own shard of each epoch's order and holds the same
-weights after every step; rank 0 alone writes checkpoints and outputs.
+``train.processes > 1`` or ``train.nodes > 1`` makes the stage start itself again under
+torchrun: ``--standalone`` on one node (a free rendezvous port on this machine), a static
+rendezvous at ``MASTER_ADDR:MASTER_PORT`` across nodes. One process per GPU, or per share
+of the cores with the gloo backend on CPU. Every rank trains on its own shard of each
+epoch's order and holds the same weights after every step; global rank 0 (on node 0)
+alone writes checkpoints and outputs. See docs/multinode.md.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed import run as torchrun
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.rendezvous import RendezvousError
 from torch.nn.parallel import DistributedDataParallel
 
-from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.errors import EXIT_USER_ERROR, PipelineError
 
 # Set by torchrun in every worker it starts.
 WORKER_ENV = "TORCHELASTIC_RUN_ID"
+
+TIMEOUT_ENV = "MLPIPELINE_RENDEZVOUS_TIMEOUT"
+DEFAULT_TIMEOUT = 600  # seconds: cluster schedulers may start nodes minutes apart
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the nodes meet: node 0's address and port, this node's index, the wait allowed."""
+
+    address: str
+    port: int
+    node: int
+    nodes: int
+    timeout: int
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     local_size: int = 1
+    node: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -52,6 +74,37 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def from_main(self, compute: Callable[[], T]) -> T:
+        """``compute()`` run by rank 0 alone and its (small, picklable) result sent to every rank:
+        what all ranks need but one read is enough for, such as the channel stats, which read the
+        whole training split."""
+        if self.size == 1:
+            return compute()
+        box = [compute() if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def agree(self, parts: dict[str, str]) -> None:
+        """Refuse to train unless every rank holds rank 0's ``parts`` (params, code, inputs: see
+        ``checkpoint.fingerprint``), before any work: a node at another commit or with other data
+        would otherwise train a model nobody can reproduce. Every node says so in one line (its
+        local rank 0; the others leave quietly)."""
+        if self.size == 1:
+            return
+        gathered: list[tuple[int, dict[str, str]] | None] = [None] * self.size
+        dist.all_gather_object(gathered, (self.node, parts))
+        main = parts if self.is_main else gathered[0][1]  # type: ignore[index]
+        for node, theirs in gathered:  # type: ignore[misc]
+            differing = sorted(key for key in main.keys() | theirs.keys() if main.get(key) != theirs.get(key))
+            if differing:
+                if self.local_rank != 0:
+                    raise SystemExit(EXIT_USER_ERROR)
+                what = _differences(differing, main, theirs, node)
+                raise PipelineError(
+                    f"node {node} differs from node 0 in {what}: every node must run the same commit, "
+                    "params and inputs (git checkout, dvc pull)"
+                )
+
     def sync_buffers(self, model: nn.Module) -> None:
         """Give every rank rank 0's BatchNorm statistics, so all ranks evaluate the model rank 0
         saves (DDP syncs buffers at the start of a forward, each rank then updates its own)."""
@@ -64,6 +117,20 @@ class World:
         if self.size == 1:
             return model
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _differences(
+    keys: list[str], main: dict[str, str], theirs: dict[str, str], node: int, shown: int = 3
+) -> str:
+    """``train.lr (0.01 on node 0, 0.02 on node 1)`` for params, the name alone for files."""
+    named = [
+        f"{key} ({main.get(key)} on node 0, {theirs.get(key)} on node {node})"
+        if key.startswith("train.")
+        else key
+        for key in keys[:shown]
+    ]
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(named) + more
 
 
 def in_worker() -> bool:
@@ -79,6 +146,7 @@ def world_from_env() -> World:
         size=int(env["WORLD_SIZE"]),
         local_rank=int(env["LOCAL_RANK"]),
         local_size=int(env["LOCAL_WORLD_SIZE"]),
+        node=int(env.get("GROUP_RANK", "0")),  # torchrun's name for the node's index
     )
 
 
@@ -100,19 +168,94 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def launch(module: str, processes: int, threads_per_process: int) -> None:
-    """Run ``python -m module`` in ``processes`` workers under torchrun and wait for them."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={processes}",
-        "-m",
-        module,
-    ]
-    # torchrun would otherwise set 1 thread per worker and warn about it.
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_process)}
-    code = subprocess.run(command, env=env, check=False).returncode
-    if code != 0:
-        raise PipelineError(f"{processes} training processes under torchrun failed (exit {code}); see above")
+def rendezvous_from_env(nodes: int) -> Rendezvous:
+    """Where this node is in a world of ``nodes``, as cluster launchers export it: ``MASTER_ADDR``,
+    ``MASTER_PORT``, ``NODE_RANK`` (or torchrun's ``PET_`` names of the same). Never guessed: a
+    node that took the wrong rank or address would wait for a world that never forms."""
+    values = {}
+    for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
+        values[name] = os.environ.get(name, os.environ.get(f"PET_{name}", ""))
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        raise PipelineError(
+            f"train.nodes is {nodes}: set {', '.join(missing)} in the environment (node 0's address, "
+            f"a free port on it, this node's index 0..{nodes - 1}), as cluster launchers do; "
+            "see docs/multinode.md"
+        )
+    port, node = values["MASTER_PORT"], values["NODE_RANK"]
+    if not port.isdigit() or not node.isdigit() or int(node) >= nodes:
+        raise PipelineError(
+            f"train.nodes is {nodes}: MASTER_PORT must be a port number and NODE_RANK one of "
+            f"0..{nodes - 1}, got MASTER_PORT={port!r} NODE_RANK={node!r}"
+        )
+    return Rendezvous(values["MASTER_ADDR"], int(port), int(node), nodes, rendezvous_timeout())
+
+
+def rendezvous_timeout() -> int:
+    """Seconds a node waits for the others (``MLPIPELINE_RENDEZVOUS_TIMEOUT``): an environment
+    setting, not a param, since it cannot change an output byte."""
+    value = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT))
+    if not value.isdigit() or int(value) == 0:
+        raise PipelineError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {value!r}")
+    return int(value)
+
+
+def launch(module: str, nodes: int, processes: int, threads_per_process: int) -> None:
+    """Run ``python -m module`` in ``processes`` workers on each of ``nodes`` nodes under torchrun
+    (in this process, so a failure is one line, not torchrun's traceback) and wait for them.
+
+    One node: a standalone rendezvous on a free port. Several: a static rendezvous at
+    ``MASTER_ADDR:MASTER_PORT``, node ``NODE_RANK`` taking global ranks ``NODE_RANK * processes``
+    onwards, so global rank 0, which alone writes, runs on node 0.
+    """
+    where = ["--standalone"]
+    meeting = None
+    if nodes > 1:
+        meeting = rendezvous_from_env(nodes)
+        where = [
+            f"--nnodes={nodes}",
+            f"--node-rank={meeting.node}",
+            "--rdzv-backend=static",
+            f"--master-addr={meeting.address}",
+            f"--master-port={meeting.port}",
+            f"--rdzv-conf=timeout={meeting.timeout}",
+        ]
+    if meeting is not None and meeting.node > 0:
+        _wait_for_node_0(meeting)
+    argv = [*where, f"--nproc-per-node={processes}", "--max-restarts=0", "-m", module]
+    os.environ["OMP_NUM_THREADS"] = str(threads_per_process)  # torchrun would set 1 and warn
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its failure report
+    try:
+        torchrun.run(torchrun.get_args_parser().parse_args(argv))
+    except ChildFailedError as failed:
+        codes = sorted({failure.exitcode for failure in failed.failures.values()})
+        if EXIT_USER_ERROR in codes:  # a worker said why in its one error line
+            raise SystemExit(EXIT_USER_ERROR) from None
+        raise PipelineError(
+            f"training processes under torchrun failed (exit {', '.join(map(str, codes))}); see above"
+        ) from None
+    except (dist.DistError, RendezvousError) as exc:
+        assert meeting is not None, exc  # a standalone rendezvous has no one to wait for
+        raise _no_meeting(meeting) from None
+
+
+def _wait_for_node_0(meeting: Rendezvous) -> None:
+    """Wait, quietly, until node 0's rendezvous port answers: torchrun's own wait prints a C++
+    stack trace per attempt."""
+    deadline = time.monotonic() + meeting.timeout
+    while True:
+        try:
+            socket.create_connection((meeting.address, meeting.port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise _no_meeting(meeting) from None
+            time.sleep(0.5)
+
+
+def _no_meeting(meeting: Rendezvous) -> PipelineError:
+    return PipelineError(
+        f"node {meeting.node} of {meeting.nodes}: the nodes did not all meet at {meeting.address}:"
+        f"{meeting.port} within {meeting.timeout} s ({TIMEOUT_ENV}); start every node with the "
+        "same MASTER_ADDR and MASTER_PORT (docs/multinode.md)"
+    )

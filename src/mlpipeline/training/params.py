@@ -60,16 +60,24 @@ class TrainParams:
     seed: int = param(ge=0)
     device: DeviceChoice
     precision: Precision
+    nodes: int = param(ge=1, le=4096)
     processes: int = param(ge=1, le=1024)
     num_threads: int = param(ge=0, le=1024)
 
+    @property
+    def world_size(self) -> int:
+        """Training processes in all: ``processes`` on each of ``nodes`` nodes."""
+        return self.nodes * self.processes
+
     @model_validator(mode="after")
     def check(self) -> Self:
-        if self.batch_size % self.processes:
+        if self.batch_size % self.world_size:
+            across = f"nodes x processes ({self.nodes} x {self.processes})" if self.nodes > 1 else ""
             raise ValueError(
                 f"batch_size ({self.batch_size}) is the global batch and must be divisible by "
-                f"processes ({self.processes})"
+                f"{across or f'processes ({self.processes})'}"
             )
-        if self.processes > 1 and self.device == "mps":
-            raise ValueError("processes > 1 needs cuda or cpu: DistributedDataParallel does not run on mps")
+        if self.world_size > 1 and self.device == "mps":
+            what = "processes > 1" if self.processes > 1 else "nodes > 1"
+            raise ValueError(f"{what} needs cuda or cpu: DistributedDataParallel does not run on mps")
         return self

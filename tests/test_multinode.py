@@ -1,0 +1,213 @@
+"""Training across nodes, on 127.0.0.1: two clones of the repository stand in for two machines
+(one gloo process each, one thread), node 0 under `dvc repro`, node 1 with the plain command, as
+docs/multinode.md tells a user to run them. Also: the channel stats read once, on rank 0."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from conftest import REPO_ROOT, copy_repo, run
+from tiny_training import tiny_params, tiny_section, write_inputs
+
+from mlpipeline.training.distributed import TIMEOUT_ENV, World
+
+STAGE = [sys.executable, "-m", "mlpipeline.stages.train"]  # what every node but node 0 runs
+NODE_0 = ["dvc", "repro", "--single-item", "train"]  # node 0: the stage the DVC way
+TRAIN_PER_CLASS = 300  # epochs long enough (about a second) to kill a run between two of them
+EPOCHS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def files(root: Path) -> set[tuple[str, int]]:
+    """Every file under ``root`` but git's and Python's byte-code caches, with its size."""
+    return {
+        (str(path.relative_to(root)), path.stat().st_size)
+        for path in root.rglob("*")
+        if path.is_file() and ".git" not in path.parts and "__pycache__" not in path.parts
+    }
+
+
+def models(root: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted((root / "models").iterdir())}
+
+
+def write_node(root: Path, nodes: int = 2, processes: int = 1, **overrides: object) -> Path:
+    """Training inputs and the tiny train params of the runs compared here in ``root`` (a clone,
+    whose params.yaml keeps its other sections, or an empty directory)."""
+    write_inputs(root, train_per_class=TRAIN_PER_CLASS)
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text()) if path.exists() else {}
+    params["train"] = tiny_section(epochs=EPOCHS, nodes=nodes, processes=processes, **overrides)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_node_two_processes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The model of the same training as one node running two processes."""
+    root = write_node(tmp_path_factory.mktemp("one-node"), nodes=1, processes=2)
+    run(STAGE, root, env={"PYTHONPATH": str(REPO_ROOT / "src")})
+    return models(root)
+
+
+@pytest.fixture
+def clones(tmp_path: Path) -> tuple[Path, Path]:
+    """Node 0's and node 1's clones of the repository, at the same commit."""
+    node0 = copy_repo(tmp_path / "node0")
+    run(["git", "clone", "-q", str(node0), str(tmp_path / "node1")], tmp_path)
+    return node0, tmp_path / "node1"
+
+
+def start(command: list[str], clone: Path, node: int, port: int, log: Path, **env: str) -> subprocess.Popen:
+    """One node's command in its own process group, as a cluster launcher would start it."""
+    environment = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str((clone if (clone / "src").exists() else REPO_ROOT) / "src"),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "NODE_RANK": str(node),
+        **env,
+    }
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            command, cwd=clone, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def run_nodes(node0: Path, node1: Path, logs: Path, **env: str) -> tuple[subprocess.Popen, subprocess.Popen]:
+    port = free_port()
+    return (
+        start(NODE_0, node0, 0, port, logs / "node0.log", **env),
+        start(STAGE, node1, 1, port, logs / "node1.log", **env),
+    )
+
+
+def wait(nodes: tuple[subprocess.Popen, ...], logs: Path) -> list[int]:
+    codes = [node.wait(timeout=300) for node in nodes]
+    if codes != [0, 0]:
+        print((logs / "node0.log").read_text(), (logs / "node1.log").read_text())
+    return codes
+
+
+def kill_tree(node: subprocess.Popen) -> None:
+    """SIGKILL a node's command and every process under it, as a preempted machine loses them:
+    torchrun starts its workers in sessions of their own, out of reach of a group kill."""
+    tree = [psutil.Process(node.pid), *psutil.Process(node.pid).children(recursive=True)]
+    for process in tree:
+        process.kill()
+    psutil.wait_procs(tree, timeout=30)
+    node.wait()
+
+
+@pytest.mark.slow
+def test_two_nodes_train_what_one_node_of_two_processes_trains_and_only_node_0_writes(
+    clones: tuple[Path, Path], tmp_path: Path, one_node_two_processes: dict[str, bytes]
+) -> None:
+    node0, node1 = (write_node(clone) for clone in clones)
+    before = files(node1)
+    assert wait(run_nodes(node0, node1, tmp_path), tmp_path) == [0, 0]
+
+    assert models(node0) == one_node_two_processes
+    assert files(node1) == before  # no models/, reports, checkpoints: nothing at all
+    assert "nodes: 2" in (node0 / "dvc.lock").read_text()  # the world's size is in the lock
+    assert "x 2 processes on 2 nodes" in (tmp_path / "node0.log").read_text()
+
+
+@pytest.mark.slow
+def test_two_nodes_killed_after_an_epoch_resume_to_the_same_bytes(
+    clones: tuple[Path, Path], tmp_path: Path, one_node_two_processes: dict[str, bytes]
+) -> None:
+    node0, node1 = (write_node(clone) for clone in clones)
+    nodes = run_nodes(node0, node1, tmp_path)
+    checkpoints = node0 / ".cache" / "checkpoints"
+    while not any(checkpoints.glob("*/latest.pt")):  # node 0 saved an epoch
+        assert all(node.poll() is None for node in nodes), "finished before a checkpoint was seen"
+        time.sleep(0.02)
+    for node in nodes:
+        kill_tree(node)
+    assert not (node0 / "models").exists()
+
+    assert wait(run_nodes(node0, node1, tmp_path), tmp_path) == [0, 0]
+    assert "resumed after epoch" in (tmp_path / "node0.log").read_text()
+    assert models(node0) == one_node_two_processes
+    assert not (node1 / ".cache").exists() and not (node1 / "models").exists()
+
+
+@pytest.mark.slow
+def test_a_node_with_other_params_is_refused_on_both_nodes_in_one_line(
+    clones: tuple[Path, Path], tmp_path: Path
+) -> None:
+    node0, node1 = write_node(clones[0]), write_node(clones[1], lr=0.02)
+    codes = [node.wait(timeout=300) for node in run_nodes(node0, node1, tmp_path)]
+
+    assert codes[0] != 0 and codes[1] == 2
+    refusal = (
+        "train: error: node 1 differs from node 0 in train.lr (0.01 on node 0, 0.02 on node 1): every node "
+        "must run the same commit, params and inputs (git checkout, dvc pull)"
+    )
+    assert (tmp_path / "node1.log").read_text().splitlines() == [refusal]
+    node0_lines = (tmp_path / "node0.log").read_text().splitlines()
+    assert node0_lines.count(refusal) == 1 and not (node0 / "models").exists()
+
+
+@pytest.mark.slow
+def test_a_node_that_never_arrives_ends_the_run_in_one_line(tmp_path: Path) -> None:
+    write_node(tmp_path)
+    node0 = start(STAGE, tmp_path, 0, free_port(), tmp_path / "node0.log", **{TIMEOUT_ENV: "2"})
+
+    assert node0.wait(timeout=120) == 2
+    (line,) = (tmp_path / "node0.log").read_text().splitlines()
+    assert line.startswith("train: error: node 0 of 2: the nodes did not all meet at 127.0.0.1:")
+    assert f"within 2 s ({TIMEOUT_ENV})" in line
+
+
+def _rank_reads_stats(rank: int, port: int, root: Path, calls: Path) -> None:
+    """One of two gloo ranks running ``train``, counting its calls of the channel stats."""
+    import mlpipeline.stages.train as stage
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    stats = stage.streamed_channel_stats
+
+    def counted(shards):
+        with open(calls / f"rank{rank}", "a") as out:
+            out.write("call\n")
+        return stats(shards)
+
+    stage.streamed_channel_stats = counted
+    world = World(rank=rank, size=2, local_rank=rank, local_size=2)
+    result = stage.train(tiny_params(processes=2, epochs=1), write_inputs(root), None, root / "ckpt", world)
+    (calls / f"config{rank}").write_text(repr((result.config.mean, result.config.std)))
+
+
+@pytest.mark.slow
+def test_channel_stats_are_read_on_rank_0_alone_and_broadcast(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    port = free_port()
+    context = multiprocessing.get_context("spawn")
+    ranks = [
+        context.Process(target=_rank_reads_stats, args=(rank, port, tmp_path / f"r{rank}", calls))
+        for rank in range(2)
+    ]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(120)
+    assert [process.exitcode for process in ranks] == [0, 0]
+    assert (calls / "rank0").read_text() == "call\n" and not (calls / "rank1").exists()
+    assert (calls / "config0").read_text() == (calls / "config1").read_text()
