@@ -30,6 +30,8 @@ running the tests can be forced onto, and against the committed ``dvc.lock``):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Self
 
 import numpy as np
@@ -40,12 +42,15 @@ from mlpipeline.core.bitexact import (
     ONE,
     SAMPLE_BITS,
     Padding,
+    bilinear_taps,
     exp_neg,
-    gaussian_noise,
+    gather_bilinear,
+    noise_levels,
+    noise_sums,
     round_to_uint8,
-    sample_bilinear,
     sin_cos,
 )
+from mlpipeline.core.device import staged_for, to_device
 from mlpipeline.core.params import param, params_dataclass
 from mlpipeline.core.seeding import rng
 
@@ -113,27 +118,74 @@ def augment(images: torch.Tensor, transforms: Transforms, seed: int, *stream: st
 
     The randomness comes from ``seed`` and ``stream`` only (name the batch in
     ``stream``), and the bytes are the same on every CPU and device (see the
-    module docstring). The random fields are drawn on the CPU; the gathers and
-    integer sums run on the device ``images`` lives on.
+    module docstring). The random fields are drawn on the CPU (``draw``); the
+    gathers and integer sums run on the device ``images`` lives on.
     """
-    n, _, height, width = images.shape
+    return draw(transforms, seed, tuple(images.shape), *stream).to(images.device).apply(images)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Everything random about one augmented batch, worked out on the host from numpy's
+    generators before its images are at hand: training draws batch k+1 while the device runs
+    batch k. ``apply`` is the per-pixel integer work, on the images' device."""
+
+    taps: tuple[torch.Tensor, ...] | None  # bilinear_taps: where each sample reads, and its weights
+    noise: tuple[torch.Tensor, torch.Tensor] | None  # noise_levels and noise_sums: levels[sums]
+    erase: torch.Tensor | None  # bool N x 1 x H x W: cutout and dropped values, both set to 0
+
+    def to(self, device: torch.device) -> Draws:
+        """On ``device``, copied without blocking (``core.device.to_device``)."""
+        return self._map(lambda tensor: to_device(tensor, device))
+
+    def staged_for(self, device: torch.device) -> Draws:
+        """In pinned memory when bound for CUDA: done where the draws are made, off the
+        training thread, so ``to`` is only the copy."""
+        return self._map(lambda tensor: staged_for(tensor, device))
+
+    def _map(self, move: Callable[[torch.Tensor], torch.Tensor]) -> Draws:
+        taps, noise, erase = self.taps, self.noise, self.erase
+        return Draws(
+            taps=None if taps is None else tuple(move(t) for t in taps),
+            noise=None if noise is None else (move(noise[0]), move(noise[1])),
+            erase=None if erase is None else move(erase),
+        )
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """The augmented copy of ``images``, on their device (which the draws must be on)."""
+        if self.taps is not None:
+            samples = gather_bilinear(images, *self.taps)
+        else:
+            samples = images.to(torch.int32) << SAMPLE_BITS
+        if self.noise is not None:
+            levels, sums = self.noise
+            samples += levels[sums.to(torch.int32)]
+        out = round_to_uint8(samples)
+        if self.erase is not None:
+            out.masked_fill_(self.erase, 0)
+        return out
+
+
+def draw(transforms: Transforms, seed: int, shape: tuple[int, ...], *stream: str | int) -> Draws:
+    """The draws of ``augment`` for a batch of ``shape`` (N x C x H x W), on the CPU."""
+    n, _, height, width = shape
+    taps = noise = erase = None
     if transforms.affine.active or transforms.elastic.active:
         x, y = affine_coordinates(transforms.affine, n, (height, width), rng(seed, *stream, "affine"))
         add_elastic(x, y, transforms.elastic, rng(seed, *stream, "elastic"))
-        samples = sample_bilinear(images, x, y, transforms.padding)
-    else:
-        samples = images.to(torch.int32) << SAMPLE_BITS
+        taps = tuple(torch.from_numpy(t) for t in bilinear_taps(x, y, (height, width), transforms.padding))
     if transforms.noise_std:
-        noise = gaussian_noise(transforms.noise_std, images.shape, rng(seed, *stream, "noise"))
-        samples += torch.from_numpy(noise).to(images.device)
-    out = round_to_uint8(samples)
+        sums = noise_sums(shape, rng(seed, *stream, "noise"))
+        noise = (torch.from_numpy(noise_levels(transforms.noise_std)), torch.from_numpy(sums))
     if transforms.cutout.active:
-        mask = cutout_mask(transforms.cutout, n, (height, width), rng(seed, *stream, "cutout"))
-        out.masked_fill_(torch.from_numpy(mask).to(images.device), 0)
+        erase = cutout_mask(transforms.cutout, n, (height, width), rng(seed, *stream, "cutout"))
     if transforms.drop_values:
-        draws = rng(seed, *stream, "drop").random((n, 1, height, width), dtype=np.float32)
-        out.masked_fill_(torch.from_numpy(draws < transforms.drop_values).to(images.device), 0)
-    return out
+        dropped = (
+            rng(seed, *stream, "drop").random((n, 1, height, width), dtype=np.float32)
+            < transforms.drop_values
+        )
+        erase = dropped if erase is None else erase | dropped
+    return Draws(taps, noise, None if erase is None else torch.from_numpy(erase))
 
 
 def uniform(draws: np.random.Generator, low: float, high: float, shape: int | tuple[int, ...]) -> np.ndarray:

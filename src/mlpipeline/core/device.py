@@ -38,3 +38,28 @@ def limit_threads() -> None:
     """
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
+
+
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``host`` (CPU memory) on ``device``, without making the host wait for the device.
+
+    A blocking copy waits for everything already queued on the device, so the host could not
+    prepare the next batch while the device runs this one. CUDA copies from pinned memory
+    without blocking; PyTorch's pinned-memory cache holds the block until the copy is done, so
+    the caller may drop ``host`` at once. MPS copies block: a non-blocking one there reads its
+    source after returning and silently corrupts the data once the source is freed (pytorch
+    issues 139550 and 189690, open in torch 2.13). The CPU trains on ``host`` itself.
+    """
+    if device.type == "cpu":
+        return host
+    if device.type == "mps":
+        return host.to(device)
+    if device.type == "cuda" and not host.is_pinned():
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
+def staged_for(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``host`` in pinned memory if it is bound for CUDA (``to_device`` then only copies it), else
+    as it is. Pinning is a copy on the host: done ahead, by whoever made ``host``."""
+    return host.pin_memory() if device.type == "cuda" else host
