@@ -22,6 +22,7 @@ from mlpipeline.training.device import Runtime
 from mlpipeline.training.distributed import World
 from mlpipeline.training.loader import Feed, Resident, Streamed
 from mlpipeline.training.loop import Trainer
+from mlpipeline.training.optim import make_optimizer
 
 META = torch.device("meta", 0)
 STEPS = 4
@@ -113,3 +114,24 @@ def test_no_blocking_host_to_device_copy_in_a_training_step(
     assert copies.blocking == [], f"blocking host-to-device copies in steps {copies.blocking}"
     if online or placement is Streamed:
         assert copies.non_blocking, "the counter saw no copy at all: it no longer sees the loader's"
+
+
+def test_adamw_is_fused_on_cuda_only_and_the_same_update() -> None:
+    """The fused kernel on CUDA (no ``.item()`` in fp16's scaled step); elsewhere the default
+    one, so CPU models keep their bytes. Fused runs on the CPU too, which shows it is the same
+    update to rounding."""
+    params = tiny_params(optimizer="adamw", weight_decay=0.01)
+    models = [torch.nn.Linear(5, 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    default = make_optimizer(models[0], params)
+    assert not default.defaults["fused"] and make_optimizer(models[0], params, META).defaults["fused"] is None
+    fused = make_optimizer(models[1], params, torch.device("cuda"))
+    assert fused.defaults["fused"] is True
+    inputs = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    for model, optimizer in zip(models, (default, fused), strict=True):
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(inputs).square().sum().backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
