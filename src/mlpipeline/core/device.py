@@ -20,11 +20,21 @@ def pick_device(choice: DeviceChoice, param_key: str) -> torch.device:
         "mps": torch.backends.mps.is_available(),
         "cpu": True,
     }
-    if choice == "auto":
-        return torch.device(next(name for name, present in available.items() if present))
-    if not available[choice]:
+    if choice != "auto" and not available[choice]:
         raise PipelineError(f"{param_key}: {choice} is not available on this machine (use auto or cpu)")
-    return torch.device(choice)
+    device = torch.device(choice if choice != "auto" else next(n for n, ok in available.items() if ok))
+    if device.type == "cuda":
+        exact_float32()
+    return device
+
+
+def exact_float32() -> None:
+    """float32 means float32 on CUDA too: cuDNN's default runs float32 convolutions in TF32 on
+    Ampere and later (a 10-bit mantissa), so validation, evaluate and predict would score a
+    model differently from the CPU in the third digit. Training's mixed precision is autocast's
+    bf16 or fp16 and does not care."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def limit_threads() -> None:
