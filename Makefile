@@ -30,8 +30,8 @@ test: setup browser ## Run the whole test suite on every core
 test-fast: setup ## Run all but the slow tests (DVC runs, S3 flows, end-to-end training) on every core
 	pytest -m "not slow" -n auto
 
-test-gpu: setup ## Run the GPU suite on this machine's CUDA or MPS device (skipped without one)
-	pytest -m gpu
+test-gpu: setup ## Run the GPU suite on this machine's CUDA or MPS device (fails without one)
+	MLPIPELINE_GPU_REQUIRED=1 pytest -m gpu
 
 lint: setup ## Check lint and formatting with ruff
 	ruff check src tests bench

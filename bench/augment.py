@@ -2,6 +2,12 @@
 vectorized path against a per-image loop of the same transforms.
 
     python bench/augment.py [--quick]      # --quick skips the 1M runs
+    python bench/augment.py --online --size 224 [--size 32 ...]
+
+``--online`` prints instead what one online batch (``ONLINE_BATCH`` RGB images, the params.yaml
+transforms, every image a copy) costs one core: the draws (``transforms.draw``: all the host
+does when training runs on a GPU, made ahead in the draw threads) and the per-pixel work
+(``Draws.apply``: on the GPU there, measured here on the CPU), per image, best of 3 CPU times.
 
 Each (size, count) run is the stage's own ``augment_dataset`` (read shards, augment, write shards,
 preview) in a fresh child process, so its peak RSS is its own: it must stay flat as the count grows
@@ -26,7 +32,7 @@ import numpy as np
 import torch
 from common import peak_rss_mib, print_run, print_scaling
 
-from mlpipeline.augmentation.transforms import Transforms, augment
+from mlpipeline.augmentation.transforms import Transforms, augment, draw
 from mlpipeline.core.params import load_section
 from mlpipeline.core.seeding import rng
 from mlpipeline.core.shards import DatasetWriter
@@ -38,6 +44,8 @@ COUNTS = (10_000, 100_000, 1_000_000)
 CLASSES = [str(i) for i in range(10)]
 WRITE_CHUNK = 65_536
 LOOP_IMAGES = 1_000
+ONLINE_BATCH = 128
+ONLINE_SIDES = (224, 32)
 
 
 def bench_params() -> AugmentParams:
@@ -123,15 +131,36 @@ def run_loop_comparison() -> None:
         )
 
 
+def run_online(sides: list[int]) -> None:
+    """Per-image CPU cost of one online batch, on one core (module docstring)."""
+    torch.set_num_threads(1)
+    spec = bench_params().transforms
+    print(f"online batch of {ONLINE_BATCH} RGB images, params.yaml transforms, one core, best of 3 CPU time")
+    print(f"{'size':>9} {'draws ms/image':>15} {'apply ms/image':>15} {'total ms/image':>15}")
+    for side in sides:
+        shape = (ONLINE_BATCH, 3, side, side)
+        images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+        drawn = draw(spec, 0, shape, "bench")
+        draws = best_seconds(partial(draw, spec, 0, shape, "bench"), 3)
+        apply = best_seconds(partial(drawn.apply, images), 3)
+        per_image = [1000 * seconds / ONLINE_BATCH for seconds in (draws, apply, draws + apply)]
+        print(f"{side:>4}x{side:<4}" + "".join(f"{ms:>16.3f}" for ms in per_image))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="skip the 1M-image runs")
+    parser.add_argument("--online", action="store_true", help="per-image cost of one online batch")
+    parser.add_argument("--size", type=int, action="append", help="image side for --online (repeatable)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child)
+        return
+    if args.online:
+        run_online(args.size or list(ONLINE_SIDES))
         return
     limit_threads()
     run_scaling(COUNTS[:2] if args.quick else COUNTS)

@@ -15,7 +15,14 @@ import torch
 import yaml
 from conftest import REPO_ROOT, repo_params, run, set_params
 
-from mlpipeline.augmentation.transforms import Transforms, add_elastic, affine_coordinates, augment
+from mlpipeline.augmentation.transforms import (
+    Transforms,
+    add_elastic,
+    affine_coordinates,
+    augment,
+    elastic_step,
+    upsample_linear,
+)
 from mlpipeline.core.bitexact import ONE
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
@@ -313,13 +320,38 @@ def test_cutout_erases_one_rectangle_of_the_given_size() -> None:
     assert torch.equal(erased[inside].sum((1, 2)), torch.full((int(inside.sum()),), 32))
 
 
-def test_elastic_displacement_has_the_given_rms() -> None:
+@pytest.mark.parametrize(("size", "images"), [((20, 12), 500), ((160, 224), 200)])
+def test_elastic_displacement_has_the_given_rms_on_every_pixel_grid(
+    size: tuple[int, int], images: int
+) -> None:
+    """Small images draw the field at every pixel; large ones on a coarse grid (160 x 224 at
+    sigma 0.15: a point every 4 and 8 px), interpolated: the RMS holds either way."""
+    height, width = size
     spec = transforms({"transforms.elastic.probability": 1.0, "transforms.elastic.alpha": 0.05})
-    identity = affine_coordinates(spec.affine, 500, (20, 12), rng(0, "a"))
+    identity = affine_coordinates(spec.affine, images, size, rng(0, "a"))
     x, y = (axis.copy() for axis in identity)
     add_elastic(x, y, spec.elastic, rng(0, "e"))
-    shift = [(x - identity[0]) / (ONE * 12), (y - identity[1]) / (ONE * 20)]  # fractions of the size
+    shift = [(x - identity[0]) / (ONE * width), (y - identity[1]) / (ONE * height)]
     assert [axis.std() for axis in shift] == pytest.approx([0.05, 0.05], rel=0.05)
+
+
+def test_the_demo_sizes_keep_a_field_drawn_at_every_pixel() -> None:
+    """The grid is coarse only from 4 points a sigma up: the demo's 8x8 and 28x28 and 32x32
+    images keep the bytes they had before it existed (``dvc.lock``, ``tests/test_cross_cpu.py``)."""
+    assert [elastic_step(0.15 * side) for side in (8, 28, 32, 53, 54, 224, 512)] == [1, 1, 1, 1, 2, 8, 16]
+
+
+def test_upsample_linear_is_bilinear_interpolation_rounded_once() -> None:
+    grid = np.random.default_rng(0).integers(-(2**20), 2**20, (3, 7, 5))
+    out = upsample_linear(grid, (4, 8), (25, 33))
+    rows, cols = np.arange(25) / 4, np.arange(33) / 8
+    top, left = np.minimum(rows.astype(int), 5), np.minimum(cols.astype(int), 3)
+    down, across = (rows - top)[:, None], cols - left
+    corners = [grid[:, top + dy][:, :, left + dx] for dy in (0, 1) for dx in (0, 1)]
+    weights = [(1 - down) * (1 - across), (1 - down) * across, down * (1 - across), down * across]
+    expected = np.floor(sum(c * w for c, w in zip(corners, weights, strict=True)) + 0.5)
+    assert out.dtype == np.int64 and np.array_equal(out, expected.astype(np.int64))
+    assert np.array_equal(upsample_linear(grid, (1, 1), (7, 5)), grid)
 
 
 def test_affine_scale_enlarges_around_the_centre() -> None:

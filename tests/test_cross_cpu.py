@@ -179,3 +179,34 @@ def test_synthesize_writes_the_same_bytes_on_every_code_path_beyond_the_demo(
 ) -> None:
     assert len(wide_native) == 4  # a shard, dataset.json, samples.png and metrics.json
     assert synthesize_under(env, rgb_digits, tmp_path / name) == wide_native
+
+
+# Beyond the demo's sizes: 224 x 160 RGB, every transform on (the elastic field on its coarse grid).
+AUGMENT_LARGE = (
+    "import hashlib, json, sys, numpy as np, torch; from mlpipeline.core.params import from_mapping; "
+    "from mlpipeline.augmentation.transforms import Transforms, augment; "
+    "spec = from_mapping(Transforms, json.loads(sys.argv[1]), 'transforms'); "
+    "images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 3, 224, 160), dtype=np.uint8)); "
+    "print(hashlib.sha256(augment(images, spec, 7, 'large').numpy().tobytes()).hexdigest())"
+)
+
+
+def augment_large_under(env: dict[str, str]) -> str:
+    section = copy.deepcopy(repo_params()["augment"]["transforms"])
+    section["elastic"]["probability"] = section["affine"]["probability"] = section["cutout"][
+        "probability"
+    ] = 1
+    section["drop_values"] = 0.05
+    out = subprocess.run(
+        [sys.executable, "-c", AUGMENT_LARGE, json.dumps(section)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize(("name", "env"), list(forced_code_paths().items()))
+def test_augment_at_224_writes_the_same_bytes_on_every_code_path(name: str, env: dict[str, str]) -> None:
+    assert augment_large_under(env) == augment_large_under({})

@@ -8,6 +8,13 @@ of the same params trained on the CPU. The paths under test are the CPU's
 (one ``train()``, one stage), so what the CPU suite proves holds here but for bitwise equality.
 ``MLPIPELINE_GPU_TESTS_DEVICE=cpu pytest -m gpu`` runs the suite on the CPU instead: a dry run
 of the tests themselves on a machine without a GPU (the NCCL test still needs two GPUs).
+``make test-gpu`` sets ``MLPIPELINE_GPU_REQUIRED``: without a device it then fails at collection
+(a CPU wheel or an old driver would otherwise skip everything and pass).
+
+Beyond training: streamed batches equal resident ones on the device, with each copy out of a
+pinned buffer held back on the stream (``torch.cuda._sleep``) so a reader refilling a buffer
+too early would show; and the augmentation kernel gives the same bytes on the device as on the
+CPU. Each device test runs with the determinism settings its stage uses.
 """
 
 from __future__ import annotations
@@ -28,14 +35,17 @@ from PIL import Image
 from tiny_model import CLASSES, tiny_images, write_tiny_dataset
 from tiny_training import tiny_params, tiny_section, write_online_inputs, write_training_set
 
+from mlpipeline.augmentation.transforms import Transforms, augment
 from mlpipeline.core.params import from_mapping
+from mlpipeline.core.shards import Dataset, SplitReader
 from mlpipeline.modeling.files import save_model
 from mlpipeline.modeling.predict import predict_paths
 from mlpipeline.stages.evaluate import EvaluateParams, evaluate
 from mlpipeline.stages.train import train
-from mlpipeline.training.data import open_inputs
+from mlpipeline.training import loader
+from mlpipeline.training.data import epoch_order, open_inputs
 from mlpipeline.training.device import mixed_precision
-from mlpipeline.training.loader import PLACEMENT_ENV, Resident, Streamed
+from mlpipeline.training.loader import PLACEMENT_ENV, Feed, Resident, Streamed
 
 DEVICE_ENV = "MLPIPELINE_GPU_TESTS_DEVICE"
 STAGE = [sys.executable, "-m", "mlpipeline.stages.train"]
@@ -53,6 +63,13 @@ def accelerator() -> str | None:
 
 
 DEVICE = accelerator()
+REQUIRED_ENV = "MLPIPELINE_GPU_REQUIRED"
+if DEVICE is None and os.environ.get(REQUIRED_ENV):
+    pytest.exit(
+        f"no CUDA or MPS device visible to torch: torch {torch.__version__}, built for CUDA "
+        f"{torch.version.cuda or 'none'}, cuda.is_available() False"
+        f"{'' if torch.version.cuda is None else ' (driver too old or no GPU?)'}, mps.is_available() False"
+    )
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
@@ -156,16 +173,30 @@ def test_two_gpus_train_one_model_with_nccl(workdir: Path, tmp_path: Path) -> No
 
 @pytest.fixture(scope="module")
 def models(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The same params trained on the device and on the CPU, saved as the stage saves them."""
+    """The same params trained on the device and on the CPU, saved as the stage saves them.
+
+    Training sets process-wide flags for its device (on the CPU: deterministic algorithms);
+    evaluate and predict set none, so the tests after this one get the process's own back."""
     inputs = open_inputs(workdir / "data" / "augmented", workdir / "data" / "ingested")
     root = tmp_path_factory.mktemp("models")
     saved = {}
-    for device in (DEVICE, "cpu"):
-        params = tiny_params(device=device, precision="auto", early_stopping=LAST)
-        result = train(params, inputs, None, root / f"checkpoints-{device}")
-        save_model(result.trainer.model, result.config, root / f"models-{device}")
-        saved[str(device)] = root / f"models-{device}"
+    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    try:
+        for device in (DEVICE, "cpu"):
+            params = tiny_params(device=device, precision="auto", early_stopping=LAST)
+            result = train(params, inputs, None, root / f"checkpoints-{device}")
+            save_model(result.trainer.model, result.config, root / f"models-{device}")
+            saved[str(device)] = root / f"models-{device}"
+    finally:
+        torch.use_deterministic_algorithms(flags[0])
+        torch.backends.cudnn.benchmark = flags[1]
     return saved
+
+
+def test_evaluate_and_predict_run_with_their_stages_determinism(models: dict[str, Path]) -> None:
+    """Neither stage sets deterministic algorithms (cuBLAS would want CUBLAS_WORKSPACE_CONFIG):
+    the CPU training in ``models`` must not leave them on for the device tests after it."""
+    assert models and not torch.are_deterministic_algorithms_enabled()
 
 
 def test_the_device_model_scores_within_a_point_of_the_cpu_one(
@@ -191,3 +222,55 @@ def test_predict_on_the_device_agrees_with_the_cpu(models: dict[str, Path], tmp_
     assert on_device["error"].isna().all() and list(on_device["label"]) == list(on_cpu["label"])
     assert (on_device["label"] == [CLASSES[label] for label in labels]).mean() >= 0.9
     np.testing.assert_allclose(on_device["probability"], on_cpu["probability"], rtol=0, atol=0.01)
+
+
+def delayed_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hold every copy out of host memory back on the device's stream for about 10 ms, so the
+    window in which a reader could overwrite a pinned buffer still being copied is wide open."""
+    if DEVICE != "cuda":
+        return
+    to_device = loader.to_device
+
+    def late(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+        torch.cuda._sleep(10_000_000)  # cycles: about 10 ms, queued on the stream before the copy
+        return to_device(host, device)
+
+    monkeypatch.setattr(loader, "to_device", late)
+
+
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+def test_streamed_batches_equal_resident_ones_on_the_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, online: bool
+) -> None:
+    if online:
+        inputs = write_online_inputs(tmp_path)
+        reader, record = inputs.real, inputs.online
+    else:
+        root = write_tiny_dataset(tmp_path / "ds", {"train": 60})
+        reader, record = SplitReader.open(Dataset(root), "train"), None
+    device = torch.device(DEVICE)
+    delayed_copies(monkeypatch)
+    batches = {}
+    for placement in (Resident(reader, device), Streamed(reader, device, workers=4)):
+        feed = Feed(placement, len(reader), record)
+        order = epoch_order(len(feed), seed=0, phase="main", epoch=1)
+        batches[type(placement)] = list(feed.batches(order, 16, drop_last=False, stream=("main", 1, 0)))
+    assert len(batches[Streamed]) == len(batches[Resident]) > loader.STAGING_BUFFERS
+    for (streamed, streamed_labels), (resident, resident_labels) in zip(
+        batches[Streamed], batches[Resident], strict=True
+    ):
+        assert streamed.device.type == DEVICE and torch.equal(streamed, resident)
+        assert torch.equal(streamed_labels, resident_labels)
+
+
+@pytest.mark.parametrize("shape", [(9, 1, 8, 8), (4, 3, 224, 160)])
+def test_augment_on_the_device_gives_the_cpus_bytes(shape: tuple[int, ...]) -> None:
+    """Every transform on (the elastic field on its coarse grid at 224 x 160)."""
+    section = {**repo_params()["augment"]["transforms"], "drop_values": 0.05}
+    for name in ("affine", "elastic", "cutout"):
+        section[name] = {**section[name], "probability": 1.0}
+    spec = from_mapping(Transforms, section, "transforms")
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+    on_device = augment(images.to(DEVICE), spec, 7, "device")
+    assert on_device.device.type == DEVICE
+    assert torch.equal(on_device.cpu(), augment(images, spec, 7, "device"))

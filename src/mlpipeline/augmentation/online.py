@@ -7,7 +7,9 @@ disk, and again in the DVC cache. Online, ``data/augmented`` holds this record i
 and training reads the real originals where ingest wrote them. Each row of an epoch is then one
 view of an original: the original itself (with ``keep_originals``) or its copy number k, made
 by the same ``augment`` kernel when the row's batch is drawn, with draws named by (phase, epoch,
-rank, step): a resumed run draws exactly what an uninterrupted one would have. An epoch has as
+rank, step): a resumed run draws exactly what an uninterrupted one would have. The draws are
+made on the host ahead of their batch (``draw_copies``, in training's draw threads) and only
+the per-pixel integer work waits for the images (``BatchCopies.apply``), on their device. An epoch has as
 many rows as the offline training set, so ``epochs`` and ``min_steps`` mean the same budget in
 both modes; unlike offline, every epoch sees fresh copies.
 """
@@ -21,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlpipeline.augmentation.transforms import Transforms, augment
+from mlpipeline.augmentation.transforms import Draws, Transforms, draw
+from mlpipeline.core.device import staged_for, to_device
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shards import META_FILE, Dataset
@@ -50,13 +53,30 @@ class OnlineAugmentation:
         ``r // originals`` (counted from 1 without keep_originals; 0 is the original)."""
         return rows // originals + (0 if self.keep_originals else 1)
 
-    def apply(self, images: torch.Tensor, copies: np.ndarray, *stream: str | int) -> torch.Tensor:
-        """``images`` (uint8, any device, changed in place) with each row whose copy number is not
-        0 replaced by an augmented copy, drawn from the named ``stream``."""
+    def draw_copies(
+        self, copies: np.ndarray, image_shape: tuple[int, ...], device: torch.device, *stream: str | int
+    ) -> BatchCopies | None:
+        """The copies of a batch whose rows are the views ``copies``, drawn on the host from the
+        named ``stream`` and staged for ``device``; None when every row is an original."""
         chosen = np.flatnonzero(copies)
-        if len(chosen):
-            index = torch.from_numpy(chosen).to(images.device)
-            images[index] = augment(images[index], self.transforms, self.seed, *stream)
+        if not len(chosen):
+            return None
+        draws = draw(self.transforms, self.seed, (len(chosen), *image_shape), *stream)
+        return BatchCopies(staged_for(torch.from_numpy(chosen), device), draws.staged_for(device))
+
+
+@dataclass(frozen=True)
+class BatchCopies:
+    """The augmented copies of one batch, drawn before its images arrive: which of its rows are
+    copies, and their draws (``augmentation.transforms.Draws``)."""
+
+    rows: torch.Tensor  # int64 positions in the batch
+    draws: Draws
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` (uint8, any device, changed in place) with the copies' rows augmented."""
+        index = to_device(self.rows, images.device)
+        images[index] = self.draws.to(images.device).apply(images[index])
         return images
 
 

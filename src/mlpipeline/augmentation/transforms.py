@@ -30,6 +30,8 @@ running the tests can be forced onto, and against the committed ``dvc.lock``):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Self
 
 import numpy as np
@@ -40,12 +42,15 @@ from mlpipeline.core.bitexact import (
     ONE,
     SAMPLE_BITS,
     Padding,
+    bilinear_taps,
     exp_neg,
-    gaussian_noise,
+    gather_bilinear,
+    noise_levels,
+    noise_sums,
     round_to_uint8,
-    sample_bilinear,
     sin_cos,
 )
+from mlpipeline.core.device import staged_for, to_device
 from mlpipeline.core.params import param, params_dataclass
 from mlpipeline.core.seeding import rng
 
@@ -53,6 +58,7 @@ RADIANS_PER_DEGREE = math.pi / 180
 ELASTIC_VARIANCE = (256**2 - 1) / 12  # of the elastic field's white noise, uniform over 256 values
 ELASTIC_CHUNK = 512  # images whose elastic fields are smoothed at once
 KERNEL_ONE = 1 << 10  # the elastic smoothing kernel's centre tap; the others are rounded to integers
+ELASTIC_GRID_PER_SIGMA = 4  # elastic field points per sigma: linear between them is within 2% of RMS
 
 
 @params_dataclass
@@ -113,27 +119,74 @@ def augment(images: torch.Tensor, transforms: Transforms, seed: int, *stream: st
 
     The randomness comes from ``seed`` and ``stream`` only (name the batch in
     ``stream``), and the bytes are the same on every CPU and device (see the
-    module docstring). The random fields are drawn on the CPU; the gathers and
-    integer sums run on the device ``images`` lives on.
+    module docstring). The random fields are drawn on the CPU (``draw``); the
+    gathers and integer sums run on the device ``images`` lives on.
     """
-    n, _, height, width = images.shape
+    return draw(transforms, seed, tuple(images.shape), *stream).to(images.device).apply(images)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Everything random about one augmented batch, worked out on the host from numpy's
+    generators before its images are at hand: training draws batch k+1 while the device runs
+    batch k. ``apply`` is the per-pixel integer work, on the images' device."""
+
+    taps: tuple[torch.Tensor, ...] | None  # bilinear_taps: where each sample reads, and its weights
+    noise: tuple[torch.Tensor, torch.Tensor] | None  # noise_levels and noise_sums: levels[sums]
+    erase: torch.Tensor | None  # bool N x 1 x H x W: cutout and dropped values, both set to 0
+
+    def to(self, device: torch.device) -> Draws:
+        """On ``device``, copied without blocking (``core.device.to_device``)."""
+        return self._map(lambda tensor: to_device(tensor, device))
+
+    def staged_for(self, device: torch.device) -> Draws:
+        """In pinned memory when bound for CUDA: done where the draws are made, off the
+        training thread, so ``to`` is only the copy."""
+        return self._map(lambda tensor: staged_for(tensor, device))
+
+    def _map(self, move: Callable[[torch.Tensor], torch.Tensor]) -> Draws:
+        taps, noise, erase = self.taps, self.noise, self.erase
+        return Draws(
+            taps=None if taps is None else tuple(move(t) for t in taps),
+            noise=None if noise is None else (move(noise[0]), move(noise[1])),
+            erase=None if erase is None else move(erase),
+        )
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """The augmented copy of ``images``, on their device (which the draws must be on)."""
+        if self.taps is not None:
+            samples = gather_bilinear(images, *self.taps)
+        else:
+            samples = images.to(torch.int32) << SAMPLE_BITS
+        if self.noise is not None:
+            levels, sums = self.noise
+            samples += levels.index_select(0, sums.view(-1).to(torch.int32)).view(sums.shape)
+        out = round_to_uint8(samples)
+        if self.erase is not None:
+            out.masked_fill_(self.erase, 0)
+        return out
+
+
+def draw(transforms: Transforms, seed: int, shape: tuple[int, ...], *stream: str | int) -> Draws:
+    """The draws of ``augment`` for a batch of ``shape`` (N x C x H x W), on the CPU."""
+    n, _, height, width = shape
+    taps = noise = erase = None
     if transforms.affine.active or transforms.elastic.active:
         x, y = affine_coordinates(transforms.affine, n, (height, width), rng(seed, *stream, "affine"))
         add_elastic(x, y, transforms.elastic, rng(seed, *stream, "elastic"))
-        samples = sample_bilinear(images, x, y, transforms.padding)
-    else:
-        samples = images.to(torch.int32) << SAMPLE_BITS
+        taps = tuple(torch.from_numpy(t) for t in bilinear_taps(x, y, (height, width), transforms.padding))
     if transforms.noise_std:
-        noise = gaussian_noise(transforms.noise_std, images.shape, rng(seed, *stream, "noise"))
-        samples += torch.from_numpy(noise).to(images.device)
-    out = round_to_uint8(samples)
+        sums = noise_sums(shape, rng(seed, *stream, "noise"))
+        noise = (torch.from_numpy(noise_levels(transforms.noise_std)), torch.from_numpy(sums))
     if transforms.cutout.active:
-        mask = cutout_mask(transforms.cutout, n, (height, width), rng(seed, *stream, "cutout"))
-        out.masked_fill_(torch.from_numpy(mask).to(images.device), 0)
+        erase = cutout_mask(transforms.cutout, n, (height, width), rng(seed, *stream, "cutout"))
     if transforms.drop_values:
-        draws = rng(seed, *stream, "drop").random((n, 1, height, width), dtype=np.float32)
-        out.masked_fill_(torch.from_numpy(draws < transforms.drop_values).to(images.device), 0)
-    return out
+        dropped = (
+            rng(seed, *stream, "drop").random((n, 1, height, width), dtype=np.float32)
+            < transforms.drop_values
+        )
+        erase = dropped if erase is None else erase | dropped
+    return Draws(taps, noise, None if erase is None else torch.from_numpy(erase))
 
 
 def uniform(draws: np.random.Generator, low: float, high: float, shape: int | tuple[int, ...]) -> np.ndarray:
@@ -177,16 +230,19 @@ def affine_coordinates(
 def add_elastic(x: np.ndarray, y: np.ndarray, elastic: ElasticParams, draws: np.random.Generator) -> None:
     """Add a smooth random displacement to the chosen images' fixed-point coordinates, in place.
 
-    Each field is white noise (uniform over the 256 half-integers -127.5..127.5)
-    on a canvas larger by the kernel radius (so the smoothing has no border
-    effect), smoothed by a separable Gaussian with integer taps, then scaled to
-    an RMS displacement of ``alpha`` times the width (x) or height (y). The
-    smoothing is two float64 matrix products with banded matrices, exact
-    whatever BLAS does: every product and partial sum is a multiple of 1/2
-    below 2**52 (the largest possible, 127.5 * (1024 * (2.51 * sigma_px + 1))**2,
-    stays below it while ``sigma`` times the image side is under 2,000 px).
-    Uniform noise (as in Simard et al. 2003), summed over a kernel, is as
-    Gaussian as Gaussian noise.
+    Each field is drawn on a grid of one point every ``elastic_step`` pixels (every pixel
+    below 4 ``ELASTIC_GRID_PER_SIGMA`` px of sigma: the demo's sizes, whose bytes this keeps),
+    as white noise (uniform over the 256 half-integers -127.5..127.5) on a canvas larger by
+    the kernel radius (so the smoothing has no border effect), smoothed by a separable
+    Gaussian with integer taps, scaled to an RMS displacement of ``alpha`` times the width
+    (x) or height (y), rounded to the 1/``ONE`` px grid, and then interpolated linearly to
+    every pixel in integers (``upsample_linear``). The smoothing is two float64 matrix
+    products with banded matrices, exact whatever BLAS does: every product and partial sum
+    is a multiple of 1/2 below 2**52 (the largest possible, 127.5 * (1024 * (2.51 *
+    sigma_grid + 1))**2, stays below it while sigma is under 2,000 grid points). Uniform noise
+    (as in Simard et al. 2003), summed over a kernel, is as Gaussian as Gaussian noise. A
+    field smooth over sigma varies little between grid points ``ELASTIC_GRID_PER_SIGMA`` to a
+    sigma apart: at 224x224 the coarse grid makes the field 60 times cheaper.
     """
     if not elastic.active:
         return
@@ -194,8 +250,10 @@ def add_elastic(x: np.ndarray, y: np.ndarray, elastic: ElasticParams, draws: np.
     chosen = np.flatnonzero(draws.random(n) < elastic.probability)
     if not len(chosen):
         return
-    smooth_y, squares_y = smoothing_matrix(height, elastic.sigma * height)
-    smooth_x, squares_x = smoothing_matrix(width, elastic.sigma * width)
+    step_y, step_x = (elastic_step(elastic.sigma * side) for side in (height, width))
+    grid_h, grid_w = -(-(height - 1) // step_y) + 1, -(-(width - 1) // step_x) + 1
+    smooth_y, squares_y = smoothing_matrix(grid_h, elastic.sigma * height / step_y)
+    smooth_x, squares_x = smoothing_matrix(grid_w, elastic.sigma * width / step_x)
     rows, cols = smooth_y.shape[1], smooth_x.shape[1]
     # Canvas rows first (rows x images x 2 x cols), so each pass is one large matrix product.
     noise = draws.integers(0, 256, (rows, len(chosen), 2, cols), dtype=np.uint8)
@@ -205,10 +263,43 @@ def add_elastic(x: np.ndarray, y: np.ndarray, elastic: ElasticParams, draws: np.
         images = chosen[start : start + ELASTIC_CHUNK]
         canvas = torch.from_numpy(noise[:, start : start + len(images)]).to(torch.float64).sub_(127.5)
         smoothed = (canvas.reshape(-1, cols) @ smooth_x.T).view(rows, -1)
-        field = (smooth_y @ smoothed).view(height, len(images), 2, width).numpy()
+        field = (smooth_y @ smoothed).view(grid_h, len(images), 2, grid_w).numpy()
         for axis, coordinates in enumerate((x, y)):
             shift = field[:, :, axis].transpose(1, 0, 2) * gains[axis]
-            coordinates[images] += np.rint(shift, out=shift).astype(np.int64)
+            shift = np.rint(shift, out=shift).astype(np.int64)
+            coordinates[images] += upsample_linear(shift, (step_y, step_x), (height, width))
+
+
+def elastic_step(sigma_px: float) -> int:
+    """Pixels between the elastic field's grid points: a power of two (the upsampling's one
+    rounding is then a shift), at most a sigma over ``ELASTIC_GRID_PER_SIGMA``."""
+    return 1 << max(0, int(sigma_px / ELASTIC_GRID_PER_SIGMA).bit_length() - 1)
+
+
+def upsample_linear(grid: np.ndarray, steps: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """Integer ``grid`` (N x h x w, points ``steps`` px apart, powers of two) interpolated
+    bilinearly to every pixel of ``size``, in integers: weights in whole steps, one rounding
+    (halves up) at the end."""
+    if steps == (1, 1):
+        return grid
+    for axis, step in ((1, steps[0]), (2, steps[1])):
+        grid = _interpolate(grid, axis, step)
+    out = grid[:, : size[0], : size[1]]
+    out += (steps[0] * steps[1]) // 2
+    out >>= (steps[0] * steps[1]).bit_length() - 1
+    return out
+
+
+def _interpolate(grid: np.ndarray, axis: int, step: int) -> np.ndarray:
+    """``grid`` with ``step`` points per interval along ``axis`` (1 or 2), times ``step``: point
+    ``i * step + k`` is ``grid[i] * (step - k) + grid[i + 1] * k``, by broadcasting (no gathers)."""
+    moved = np.moveaxis(grid, axis, -1)
+    start, rise = moved[..., :-1], np.diff(moved, axis=-1)
+    within = np.arange(step)
+    fine = start[..., None] * step + rise[..., None] * within  # ... x intervals x step
+    fine = fine.reshape(*moved.shape[:-1], -1)
+    last = moved[..., -1:] * step  # the last point itself
+    return np.moveaxis(np.concatenate([fine, last], axis=-1), -1, axis)
 
 
 def smoothing_matrix(size: int, sigma_px: float) -> tuple[torch.Tensor, int]:

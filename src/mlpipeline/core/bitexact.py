@@ -93,10 +93,21 @@ def sample_bilinear(images: torch.Tensor, x: np.ndarray, y: np.ndarray, padding:
 
     Pixel centres are at multiples of ``ONE``. Returns int32 N x C x H x W in
     steps of 1/``ONE**2`` of a pixel value (at most 255 * 2**16: int32 is
-    exact on every device). The gather and the blend run on ``images``'s
-    device; the indices are worked out on the CPU.
+    exact on every device). The taps are worked out on the CPU, the gather and
+    the blend run on ``images``'s device.
     """
-    n, channels, height, width = images.shape
+    taps = bilinear_taps(x, y, tuple(images.shape[2:]), padding)
+    return gather_bilinear(images, *(torch.from_numpy(tap).to(images.device) for tap in taps))
+
+
+def bilinear_taps(
+    x: np.ndarray, y: np.ndarray, size: tuple[int, int], padding: Padding
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What ``gather_bilinear`` needs of fixed-point ``x``, ``y`` (int64 N x H x W) on an image of
+    ``size`` (H, W): each sample's top-left tap in the padded image (int32 N x 1 x H*W) and its
+    weights along x and y (uint8, in 1/``ONE`` steps). Small types: they cross to the device."""
+    height, width = size
+    n = len(x)
     stride = width + 3  # one column of zeros before the image, two after: every tap is inside
     # Folded, every coordinate is within a pixel of the image: int32 from here, half the memory.
     column, row = (fold(c, side, padding).astype(np.int32) for c, side in ((x, width), (y, height)))
@@ -105,13 +116,23 @@ def sample_bilinear(images: torch.Tensor, x: np.ndarray, y: np.ndarray, padding:
     index = row >> FRACTION_BITS
     index *= stride
     index += column >> FRACTION_BITS
-    fx, fy = (c & (ONE - 1) for c in (column, row))
-    index = torch.from_numpy(index.reshape(n, 1, -1)).to(images.device, torch.int64)  # as gather takes it
-    fx, fy = (torch.from_numpy(f.reshape(n, 1, -1)).to(images.device) for f in (fx, fy))
-    padded = F.pad(images.to(torch.int32), (1, 2, 1, 2)).view(n, channels, -1)
+    fx, fy = ((c & (ONE - 1)).astype(np.uint8).reshape(n, 1, -1) for c in (column, row))
+    return index.reshape(n, 1, -1), fx, fy
+
+
+def gather_bilinear(
+    images: torch.Tensor, index: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor
+) -> torch.Tensor:
+    """The samples ``bilinear_taps`` describes, on the device of ``images`` and the taps: int32
+    gathers, multiplies and adds only, so the same bytes on every device."""
+    n, channels, height, width = images.shape
+    stride = width + 3
+    index = index.to(torch.int64)  # as gather takes it
+    fx, fy = fx.to(torch.int32), fy.to(torch.int32)
+    padded = F.pad(images, (1, 2, 1, 2)).view(n, channels, -1)  # gathered as bytes: a quarter of the reads
 
     def tap(offset: int) -> torch.Tensor:
-        return padded.gather(2, (index + offset).expand(n, channels, -1))
+        return padded.gather(2, (index + offset).expand(n, channels, -1)).to(torch.int32)
 
     top_left, bottom_left = tap(0), tap(stride)
     top = top_left * ONE + (tap(1) - top_left) * fx
@@ -127,7 +148,13 @@ def round_to_uint8(samples: torch.Tensor) -> torch.Tensor:
 
 def gaussian_noise(std: float, shape: tuple[int, ...], draws: np.random.Generator) -> np.ndarray:
     """Zero-mean noise of standard deviation ``std`` pixel values, as int32 of ``shape`` in steps of
-    1/``ONE**2`` (the unit ``sample_bilinear`` returns).
+    1/``ONE**2`` (the unit ``sample_bilinear`` returns): ``noise_levels(std)[noise_sums(...)]``."""
+    return noise_levels(std)[noise_sums(shape, draws)]
+
+
+def noise_sums(shape: tuple[int, ...], draws: np.random.Generator) -> np.ndarray:
+    """The random half of ``gaussian_noise``: which of its ``noise_levels`` each value takes, int16
+    of ``shape`` (two bytes a value to the device, not four; the device looks the levels up).
 
     Each value is the sum of eight uniform bytes (Irwin-Hall): its variance is
     exact, its shape near Gaussian (kurtosis 2.85 against 3, tails cut at 4.9
@@ -138,8 +165,13 @@ def gaussian_noise(std: float, shape: tuple[int, ...], draws: np.random.Generato
     sums = _pair_bytes(draws.bit_generator.random_raw(math.prod(shape)))
     sums *= SUM_OF_LANES
     sums >>= 48  # the four lanes added up in the top 16 bits
+    return sums.astype(np.int16).reshape(shape)
+
+
+def noise_levels(std: float) -> np.ndarray:
+    """The noise value, int32 in 1/``ONE**2`` steps, of each sum of eight bytes (0..2040)."""
     levels = np.rint((np.arange(NOISE_TERMS * 255 + 1) - NOISE_MEAN) * (std * ONE**2 / NOISE_STD))
-    return levels.astype(np.int32)[sums].reshape(shape)
+    return levels.astype(np.int32)
 
 
 def sums_of_four_bytes(draws: np.random.Generator, count: int) -> np.ndarray:

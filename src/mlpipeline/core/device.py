@@ -23,11 +23,21 @@ def pick_device(choice: DeviceChoice, param_key: str) -> torch.device:
         "mps": torch.backends.mps.is_available(),
         "cpu": True,
     }
-    if choice == "auto":
-        return torch.device(next(name for name, present in available.items() if present))
-    if not available[choice]:
+    if choice != "auto" and not available[choice]:
         raise PipelineError(f"{param_key}: {choice} is not available on this machine (use auto or cpu)")
-    return torch.device(choice)
+    device = torch.device(choice if choice != "auto" else next(n for n, ok in available.items() if ok))
+    if device.type == "cuda":
+        exact_float32()
+    return device
+
+
+def exact_float32() -> None:
+    """float32 means float32 on CUDA too: cuDNN's default runs float32 convolutions in TF32 on
+    Ampere and later (a 10-bit mantissa), so validation, evaluate and predict would score a
+    model differently from the CPU in the third digit. Training's mixed precision is autocast's
+    bf16 or fp16 and does not care."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def limit_threads() -> None:
@@ -53,3 +63,28 @@ def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
         return []
     flags = torch.stack([torch.isfinite(t).all() for t in floating.values()])
     return [name for name, finite in zip(floating, flags.tolist(), strict=True) if not finite]
+
+
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``host`` (CPU memory) on ``device``, without making the host wait for the device.
+
+    A blocking copy waits for everything already queued on the device, so the host could not
+    prepare the next batch while the device runs this one. CUDA copies from pinned memory
+    without blocking; PyTorch's pinned-memory cache holds the block until the copy is done, so
+    the caller may drop ``host`` at once. MPS copies block: a non-blocking one there reads its
+    source after returning and silently corrupts the data once the source is freed (pytorch
+    issues 139550 and 189690, open in torch 2.13). The CPU trains on ``host`` itself.
+    """
+    if device.type == "cpu":
+        return host
+    if device.type == "mps":
+        return host.to(device)
+    if device.type == "cuda" and not host.is_pinned():
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
+def staged_for(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``host`` in pinned memory if it is bound for CUDA (``to_device`` then only copies it), else
+    as it is. Pinning is a copy on the host: done ahead, by whoever made ``host``."""
+    return host.pin_memory() if device.type == "cuda" else host

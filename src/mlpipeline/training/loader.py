@@ -6,9 +6,11 @@ both stay resident: loaded once, shard by shard, onto the device (on the CPU: in
 each batch is gathered there by indexing. Otherwise both stream, so memory stays within the one
 budget however the data divides between splits: each batch's rows are read
 from the shards at their raw offsets by reader threads (``MLPIPELINE_WORKERS`` of them; the
-reads release the GIL) while the device trains on the batch before, so memory holds two
-batches, never the split. On CUDA they are read into two pinned staging buffers, taken in
-turn, and copied without blocking; a buffer is refilled only once the copy out of it is done.
+reads release the GIL) ``PREFETCH_BATCHES`` ahead of the batch the device trains on, so memory
+holds a few batches, never the split. On CUDA they are read into pinned staging buffers, taken
+in turn, and copied without blocking; a buffer is refilled only once the copy out of it is done
+(its reader sleeps on a blocking CUDA event meanwhile). Labels and row indices go to the device
+once an epoch, so no step copies anything with a blocking copy (``tests/test_feed.py`` counts).
 Both paths deal the same rows in the same order, so they train the same model (bit for bit on
 CPU). ``MLPIPELINE_TRAIN_DATA=resident`` or ``streamed`` forces one: it cannot change the
 model, so it is no DVC param. A DataLoader's worker processes would earn their cost where a
@@ -18,6 +20,7 @@ batch needs CPU work (decoding); here a batch is bytes at known offsets.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal, Protocol
@@ -25,7 +28,8 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from mlpipeline.augmentation.online import OnlineAugmentation
+from mlpipeline.augmentation.online import BatchCopies, OnlineAugmentation
+from mlpipeline.core.device import to_device
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import SplitReader
 from mlpipeline.core.workers import worker_count
@@ -33,7 +37,11 @@ from mlpipeline.core.workers import worker_count
 PLACEMENT_ENV = "MLPIPELINE_TRAIN_DATA"
 RESIDENT_MAX_BYTES = 1 << 30  # a larger split streams: host memory stays bounded
 DEVICE_MEMORY_SHARE = 0.5  # at most this share of free GPU memory holds a resident split
-STAGING_BUFFERS = 2
+# Batches read ahead of the one the device trains on. One would hand the device every hiccup of
+# a read (a page-cache miss, another process's turn on the cores); two absorb one slow read
+# while memory holds four batches (the reads, the copy in flight, the batch in training).
+PREFETCH_BATCHES = 2
+STAGING_BUFFERS = PREFETCH_BATCHES + 1  # the batches being read and the one whose copy may be in flight
 
 Placement = Literal["resident", "streamed"]
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images N x C x H x W, int64 labels N, on the device
@@ -41,6 +49,9 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images N x C x H x W, int64 l
 
 class Rows(Protocol):
     """A split placed for the device: batches of any of its rows, in the order asked."""
+
+    device: torch.device
+    image_shape: tuple[int, ...]
 
     def batches(self, rows: np.ndarray, batch_size: int, drop_last: bool) -> Iterator[Batch]: ...
 
@@ -60,6 +71,7 @@ class Resident:
 
     def __init__(self, reader: SplitReader, device: torch.device) -> None:
         self.device = device
+        self.image_shape = reader.image_shape
         self.images = torch.empty((len(reader), *reader.image_shape), dtype=torch.uint8, device=device)
         start = 0
         for shard in reader.shards():
@@ -68,7 +80,7 @@ class Resident:
         self.labels = torch.from_numpy(reader.labels).to(device)
 
     def batches(self, rows: np.ndarray, batch_size: int, drop_last: bool) -> Iterator[Batch]:
-        index = torch.from_numpy(rows).to(self.device)
+        index = to_device(torch.from_numpy(rows), self.device)  # once an epoch, without blocking
         for bounds in batch_bounds(len(rows), batch_size, drop_last):
             chosen = index[bounds]
             yield self.images[chosen], self.labels[chosen]
@@ -89,7 +101,7 @@ class Staging:
         shape = (batch_size, *image_shape)
         count = STAGING_BUFFERS if self.pinned else 0
         self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(count)]
-        self.copied: list[torch.cuda.Event | None] = [None] * count
+        self.copied: list[torch.cuda.Event | None] = [None] * count  # the last copy out of each
         self.turn = 0
 
     def take(self, count: int) -> tuple[torch.Tensor, int, torch.cuda.Event | None]:
@@ -100,9 +112,10 @@ class Staging:
         return self.buffers[slot][:count], slot, self.copied[slot]
 
     def to_device(self, host: torch.Tensor, slot: int) -> torch.Tensor:
-        images = host.to(self.device, non_blocking=self.pinned)
+        images = to_device(host, self.device)
         if self.pinned:
-            self.copied[slot] = torch.cuda.Event()
+            # blocking=True: a reader waiting on it sleeps in the driver instead of spinning on a core
+            self.copied[slot] = torch.cuda.Event(blocking=True)
             self.copied[slot].record()
         return images
 
@@ -119,24 +132,25 @@ class Streamed:
     def __init__(self, reader: SplitReader, device: torch.device, workers: int) -> None:
         self.reader = reader
         self.device = device
+        self.image_shape = reader.image_shape
         self.workers = workers
-        self.labels = torch.from_numpy(reader.labels).to(device)  # 8 bytes an image
 
     def batches(self, rows: np.ndarray, batch_size: int, drop_last: bool) -> Iterator[Batch]:
         bounds = batch_bounds(len(rows), batch_size, drop_last)
         if not bounds:
             return
+        labels = to_device(torch.from_numpy(self.reader.labels[rows]), self.device)  # the epoch's, at once
         staging = Staging(self.device, batch_size, self.reader.image_shape)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="shard-reader") as pool:
-            ahead = self._start(pool, staging, rows[bounds[0]])
+            ahead = deque(self._start(pool, staging, rows[bound]) for bound in bounds[:PREFETCH_BATCHES])
             for step, bound in enumerate(bounds):
-                host, slot, reads = ahead
+                host, slot, reads = ahead.popleft()
                 for read in reads:
                     read.result()
-                if step + 1 < len(bounds):
-                    ahead = self._start(pool, staging, rows[bounds[step + 1]])
-                index = torch.from_numpy(rows[bound]).to(self.device)
-                yield staging.to_device(host, slot), self.labels[index]
+                images = staging.to_device(host, slot)
+                if step + PREFETCH_BATCHES < len(bounds):
+                    ahead.append(self._start(pool, staging, rows[bounds[step + PREFETCH_BATCHES]]))
+                yield images, labels[bound]
 
     def _start(
         self, pool: ThreadPoolExecutor, staging: Staging, rows: np.ndarray
@@ -186,12 +200,32 @@ class Feed:
     def batches(
         self, order: np.ndarray, batch_size: int, drop_last: bool, stream: tuple[str | int, ...] = ()
     ) -> Iterator[Batch]:
-        """Batches of the rows in ``order``; ``stream`` names the epoch's augmentation draws."""
+        """Batches of the rows in ``order``; ``stream`` names the epoch's augmentation draws, made
+        by draw threads ``draws_ahead()`` batches ahead of the batch the device trains on."""
         batches = self.rows.batches(order % self.originals, batch_size, drop_last)
         if self.online is None:
             yield from batches
             return
         copies = self.online.copy_numbers(order, self.originals)
-        for step, (images, labels) in enumerate(batches):
-            chosen = copies[step * batch_size : (step + 1) * batch_size]
-            yield self.online.apply(images, chosen, "online", *stream, step), labels
+        bounds = batch_bounds(len(order), batch_size, drop_last)
+        online, device, shape = self.online, self.rows.device, self.rows.image_shape
+
+        def drawn(step: int) -> BatchCopies | None:
+            return online.draw_copies(copies[bounds[step]], shape, device, "online", *stream, step)
+
+        depth = draws_ahead()
+        with ThreadPoolExecutor(depth, thread_name_prefix="online-draws") as drawer:
+            ahead = deque(drawer.submit(drawn, step) for step in range(min(depth, len(bounds))))
+            for step, (images, labels) in enumerate(batches):
+                batch_copies = ahead.popleft().result()
+                if step + depth < len(bounds):
+                    ahead.append(drawer.submit(drawn, step + depth))
+                yield (images if batch_copies is None else batch_copies.apply(images)), labels
+
+
+def draws_ahead() -> int:
+    """Batches whose online draws are made at once, one a thread: as many as ``MLPIPELINE_WORKERS``
+    (a batch's draws come from one random stream, so one thread makes them; the cores are shared
+    out by batch), and at least ``PREFETCH_BATCHES``. At 224x224 RGB, a batch of 128 copies'
+    draws take about 80 MB of (pinned) host memory."""
+    return max(PREFETCH_BATCHES, worker_count())

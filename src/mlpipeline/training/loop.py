@@ -88,7 +88,7 @@ class Trainer:
         rank_share = -(-len(train) // world.size)  # epoch_order pads to a multiple of the ranks
         self.steps_per_epoch = steps(rank_share, self.batch_size)
         self.epochs = epochs_to_run(params, self.steps_per_epoch)
-        self.optimizer = make_optimizer(model, params)
+        self.optimizer = make_optimizer(model, params, runtime.device)
         self.schedule = make_schedule(self.optimizer, params, self.epochs * self.steps_per_epoch)
         self.scaler = runtime.grad_scaler()
         self.progress = Progress()

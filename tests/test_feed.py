@@ -1,0 +1,137 @@
+"""The device never waits for the host: no blocking host-to-device copy in a training step.
+
+A blocking copy (``non_blocking=False``) waits for everything queued on the device before it, so
+one per step leaves the GPU idle while the host reads, draws and copies the next batch. There
+is no GPU here: the ``meta`` device stands in (it keeps shapes, not bytes, and refuses ``.item()``
+and ``.tolist()``, so a device-to-host sync inside a step fails too), and a counting shim around
+``Tensor.to`` and ``Tensor.copy_`` records every copy out of host memory into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_training import tiny_params, write_inputs, write_online_inputs
+
+from mlpipeline.modeling.network import ModelConfig, build_model
+from mlpipeline.training.data import Inputs, epoch_order
+from mlpipeline.training.device import Runtime
+from mlpipeline.training.distributed import World
+from mlpipeline.training.loader import Feed, Resident, Streamed
+from mlpipeline.training.loop import Trainer
+from mlpipeline.training.optim import make_optimizer
+
+META = torch.device("meta", 0)
+STEPS = 4
+
+
+class CopyCounter:
+    """Host-to-device copies, blocking or not, as the step that made them."""
+
+    def __init__(self) -> None:
+        self.blocking: list[int] = []
+        self.non_blocking: list[int] = []
+        self.step = 0
+
+    def record(self, source: torch.Tensor, target: torch.device | None, non_blocking: bool) -> None:
+        if source.device.type == "cpu" and target is not None and target.type != "cpu":
+            (self.non_blocking if non_blocking else self.blocking).append(self.step)
+
+
+def _target(args: tuple, kwargs: dict) -> torch.device | None:
+    for value in (*args, kwargs.get("device")):
+        if isinstance(value, torch.device):
+            return value
+        if isinstance(value, str):
+            return torch.device(value)
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return None
+
+
+@pytest.fixture
+def copies(monkeypatch: pytest.MonkeyPatch) -> Iterator[CopyCounter]:
+    counter = CopyCounter()
+    to, copy_ = torch.Tensor.to, torch.Tensor.copy_
+
+    def counted_to(self: torch.Tensor, *args, **kwargs):
+        non_blocking = kwargs.get("non_blocking", any(a is True for a in args[1:2]))
+        counter.record(self, _target(args, kwargs), bool(non_blocking))
+        return to(self, *args, **kwargs)
+
+    def counted_copy(self: torch.Tensor, source: torch.Tensor, non_blocking: bool = False):
+        counter.record(source, self.device, non_blocking)
+        return copy_(self, source, non_blocking)
+
+    monkeypatch.setattr(torch.Tensor, "to", counted_to)
+    monkeypatch.setattr(torch.Tensor, "copy_", counted_copy)
+    yield counter
+
+
+def meta_trainer(inputs: Inputs, placement: type, monkeypatch: pytest.MonkeyPatch) -> Trainer:
+    reader = inputs.real
+    rows = Resident(reader, META) if placement is Resident else Streamed(reader, META, workers=2)
+    params = tiny_params(batch_size=8)
+    channels = inputs.image_shape[0]
+    config = ModelConfig(
+        classes=inputs.classes,
+        image_shape=list(inputs.image_shape),
+        widths=list(params.model.widths),
+        dropout=params.model.dropout,
+        mean=[0.5] * channels,
+        std=[0.25] * channels,
+    )
+    runtime = Runtime(device=META, amp_dtype=None, threads=1)
+    model = build_model(config).to(META)
+    train = Feed(rows, len(reader), inputs.online)
+    trainer = Trainer(model, params, runtime, World(), train=train, val=train, phase="main")
+    # The epoch's means leave the device once, after its last step: not what this test counts.
+    monkeypatch.setattr(trainer, "_mean_over_ranks", lambda *_: (0.0, 0.0))
+    return trainer
+
+
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+@pytest.mark.parametrize("placement", [Resident, Streamed], ids=["resident", "streamed"])
+def test_no_blocking_host_to_device_copy_in_a_training_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copies: CopyCounter, placement: type, online: bool
+) -> None:
+    inputs = write_online_inputs(tmp_path) if online else write_inputs(tmp_path, train_per_class=12)
+    assert (inputs.online is not None) == online
+    trainer = meta_trainer(inputs, placement, monkeypatch)
+    order = epoch_order(len(trainer.train), seed=0, phase="main", epoch=1)[: STEPS * trainer.batch_size]
+    copies.blocking.clear()  # placing the model and a resident split: before the epoch, once a run
+    copies.non_blocking.clear()
+
+    def next_step() -> None:
+        copies.step += 1
+
+    trainer.train_epoch(order, epoch=1, on_batch=next_step)
+
+    assert copies.step == STEPS
+    assert copies.blocking == [], f"blocking host-to-device copies in steps {copies.blocking}"
+    if online or placement is Streamed:
+        assert copies.non_blocking, "the counter saw no copy at all: it no longer sees the loader's"
+
+
+def test_adamw_is_fused_on_cuda_only_and_the_same_update() -> None:
+    """The fused kernel on CUDA (no ``.item()`` in fp16's scaled step); elsewhere the default
+    one, so CPU models keep their bytes. Fused runs on the CPU too, which shows it is the same
+    update to rounding."""
+    params = tiny_params(optimizer="adamw", weight_decay=0.01)
+    models = [torch.nn.Linear(5, 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    default = make_optimizer(models[0], params)
+    assert not default.defaults["fused"] and make_optimizer(models[0], params, META).defaults["fused"] is None
+    fused = make_optimizer(models[1], params, torch.device("cuda"))
+    assert fused.defaults["fused"] is True
+    inputs = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    for model, optimizer in zip(models, (default, fused), strict=True):
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(inputs).square().sum().backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
