@@ -25,7 +25,7 @@ from torch import nn
 
 from mlpipeline.core import atomic
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.modeling.network import ConvNet, ModelConfig, build_model
+from mlpipeline.modeling.network import ModelConfig, build_model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
@@ -46,12 +46,12 @@ def save_model(model: nn.Module, config: ModelConfig, out_dir: Path | str) -> No
     """Write weights (safetensors, recording ``config``) and config (JSON) atomically into ``out_dir``."""
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-    config_text = atomic.to_json_text(dataclasses.asdict(config))
+    config_text = atomic.to_json_text(config.to_dict())
     atomic.write_bytes(out_dir / WEIGHTS_FILE, save(state, metadata={CONFIG_METADATA_KEY: config_text}))
     atomic.write_text(out_dir / CONFIG_FILE, config_text)
 
 
-def load_model(model_dir: Path | str, device: torch.device | str = "cpu") -> tuple[ConvNet, ModelConfig]:
+def load_model(model_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelConfig]:
     """Rebuild the network from ``model.json`` and load ``model.safetensors``, in eval mode.
 
     Raises ``ModelError`` (one line naming the file) for a missing, unreadable or invalid file,
