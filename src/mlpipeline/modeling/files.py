@@ -15,31 +15,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
-from pydantic import TypeAdapter, ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
 from mlpipeline.core import atomic
-from mlpipeline.core.errors import PipelineError
-from mlpipeline.modeling.network import ModelConfig, build_model
+from mlpipeline.modeling.config import (  # noqa: F401 (EXIT_MODEL_UNUSABLE: the exit code, here too)
+    CONFIG_METADATA_KEY,
+    EXIT_MODEL_UNUSABLE,
+    ModelConfig,
+    ModelError,
+    read_config,
+)
+from mlpipeline.modeling.network import build_model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
-CONFIG_METADATA_KEY = "mlpipeline.model_config"  # model.json as train wrote it, inside the weights
-EXIT_MODEL_UNUSABLE = 3
-
-_CONFIG = TypeAdapter(ModelConfig)
 log = logging.getLogger("model")
-
-
-class ModelError(PipelineError):
-    """The model directory cannot be used: missing, damaged, or its two files disagree."""
-
-    exit_code = EXIT_MODEL_UNUSABLE
 
 
 def save_model(model: nn.Module, config: ModelConfig, out_dir: Path | str) -> None:
@@ -70,24 +64,6 @@ def load_model(model_dir: Path | str, device: torch.device | str = "cpu") -> tup
     _check_tensors(model.state_dict(), tensors, config_path, weights_path)
     model.load_state_dict(tensors)
     return model.to(device).eval(), config
-
-
-def read_config(text: str | bytes, path: Path) -> ModelConfig:
-    """The ``ModelConfig`` in JSON ``text`` read from ``path``, or ``ModelError`` naming what is wrong."""
-    try:
-        return _CONFIG.validate_json(text)
-    except ValidationError as exc:
-        problems = "; ".join(_describe(error) for error in exc.errors(include_url=False)[:3])
-        more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
-        raise ModelError(f"{path}: not a valid model config: {problems}{more}") from None
-
-
-def _describe(error: Any) -> str:
-    where = ".".join(str(part) for part in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
-    quiet = error["type"] in ("missing", "json_invalid", "value_error")  # the message says it all
-    shown = "" if quiet else f" (got {error['input']!r:.60})"
-    return f"{where}: {message}{shown}" if where else f"{message}{shown}"
 
 
 def _unreadable(path: Path, exc: OSError) -> ModelError:
