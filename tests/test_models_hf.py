@@ -242,3 +242,15 @@ def test_the_backbone_learns_at_its_scaled_rate(tmp_path: Path) -> None:
 def test_params_yaml_switches_arch_in_one_key() -> None:
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["train"]["model"]
     assert params["arch"] == "convnet" and set(params["hf"]) >= {"resnet", "vit"}
+
+
+def test_other_pretrained_weights_never_resume_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = save_checkpoint(tmp_path / "data" / "weights" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    params, inputs = hf_params(epochs=2, model={"weights": "tiny"}), write_inputs(tmp_path)
+    train(params, inputs, None, tmp_path / "ckpt")  # leaves its last checkpoint (the stage removes it)
+    assert train(params, inputs, None, tmp_path / "ckpt").trainer.resumed_after == 2
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.4], "image_std": [0.31]}))
+    assert train(params, inputs, None, tmp_path / "ckpt").trainer.resumed_after == 0

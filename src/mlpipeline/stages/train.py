@@ -99,7 +99,9 @@ def train(
                 val=val,
                 phase=phase.name,
             )
-            checkpoints = Checkpoints(run_key(params, runtime, inputs.datasets, phase.name), checkpoint_root)
+            pretrained = config.pretrained["sha256"] if config.pretrained else ""
+            key = run_key(params, runtime, inputs.datasets, phase.name, pretrained)
+            checkpoints = Checkpoints(key, checkpoint_root)
             all_checkpoints.append(checkpoints)
             if report is not None:
                 report.start_phase(phase.name, trainer.epochs, trainer.steps_per_epoch)

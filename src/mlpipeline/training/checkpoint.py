@@ -42,12 +42,15 @@ _CHUNK = 1 << 20
 log = logging.getLogger("train")
 
 
-def run_key(params: TrainParams, runtime: Runtime, datasets: Iterable[Dataset], phase: str) -> str:
+def run_key(
+    params: TrainParams, runtime: Runtime, datasets: Iterable[Dataset], phase: str, weights: str = ""
+) -> str:
     """A hash of what a phase's model depends on: params, how they resolved on this machine
     (device type, precision, threads: ``auto`` and ``0`` resolve per machine), the inputs'
-    dataset.json files, code, torch version."""
+    dataset.json files, the pretrained ``weights``' hash, code, torch version."""
     digest = hashlib.sha256()
     digest.update(phase.encode())
+    digest.update(f"weights {weights}".encode())
     digest.update(atomic.to_json_text(dataclasses.asdict(params)).encode())
     digest.update(f"{runtime.device.type} {runtime.precision} {runtime.threads} threads".encode())
     digest.update(f"torch {torch.__version__}".encode())
