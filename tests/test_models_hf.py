@@ -254,3 +254,28 @@ def test_other_pretrained_weights_never_resume_a_checkpoint(
     assert train(params, inputs, None, tmp_path / "ckpt").trainer.resumed_after == 2
     (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.4], "image_std": [0.31]}))
     assert train(params, inputs, None, tmp_path / "ckpt").trainer.resumed_after == 0
+
+
+def test_make_weights_fetches_into_a_folder_and_refuses_pickles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    from mlpipeline.devtools.fetch_weights import fetch
+
+    def fake_download(repo_id: str, local_dir: Path, allow_patterns: list[str]) -> None:
+        if repo_id == "org/pickled":
+            Path(local_dir).mkdir(parents=True)
+            (Path(local_dir) / "config.json").write_text("{}")  # and a pytorch_model.bin, not fetched
+        else:
+            save_checkpoint(Path(local_dir))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    folder = fetch("org/tiny-resnet", "tiny-resnet", tmp_path)
+    assert folder == tmp_path / "tiny-resnet" and (folder / "model.safetensors").is_file()
+    assert config_for("convnet", {}, weights=folder).arch == "resnet"
+    with pytest.raises(PipelineError, match=r"tiny-resnet: already fetched"):
+        fetch("org/tiny-resnet", "tiny-resnet", tmp_path)
+    with pytest.raises(PipelineError, match=r"org/pickled: no config.json and safetensors weights"):
+        fetch("org/pickled", "pickled", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-resnet"]
