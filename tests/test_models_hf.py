@@ -279,3 +279,35 @@ def test_make_weights_fetches_into_a_folder_and_refuses_pickles(
     with pytest.raises(PipelineError, match=r"org/pickled: no config.json and safetensors weights"):
         fetch("org/pickled", "pickled", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-resnet"]
+
+
+@pytest.mark.slow
+def test_dvc_repro_trains_exports_and_evaluates_an_hf_arch_on_rgb_photos(pipeline_repo: Path) -> None:
+    """A user's photo folder (32x32 RGB here) and `-S train.model.arch=resnet`: the whole pipeline."""
+    from conftest import set_params
+    from dvcflow import TINY_PARAMS, dvc, flatten, stages_ran
+    from imagedata import noise, write_png
+
+    for index in range(60):
+        write_png(
+            pipeline_repo / "data" / "photos" / f"class{index % 3}" / f"{index}.png",
+            noise(index, (32, 32), True),
+        )
+    set_params(pipeline_repo, flatten(yaml.safe_load(TINY_PARAMS.read_text())))
+    set_params(
+        pipeline_repo,
+        {
+            "ingest.source": "data/photos",
+            "ingest.channels": 3,
+            "ingest.image_size": [32, 32],
+            "synthesize.count": 0,
+        },
+    )
+    done = dvc(pipeline_repo, "exp", "run", "-S", "train.model.arch=resnet")
+    assert {"ingest", "train", "export", "evaluate"} <= set(stages_ran(done.stdout)), done.stdout
+    model = json.loads((pipeline_repo / "models" / "model.json").read_text())
+    assert model["arch"] == "resnet" and model["network"]["num_channels"] == 3
+    parity = json.loads((pipeline_repo / "reports" / "export" / "parity.json").read_text())
+    assert parity["different_classes"] == 0 and parity["images"] > 0
+    again = dvc(pipeline_repo, "exp", "run", "-S", "train.model.arch=resnet")
+    assert stages_ran(again.stdout) == [], again.stdout
