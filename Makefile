@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report plots-page browser verify gc release
+.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report plots-page browser verify gc release weights
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -95,6 +95,10 @@ verify: setup ## Rehash the workspace outputs and the DVC cache against dvc.lock
 gc: export MLPIPELINE_KEEP = $(value KEEP)
 gc: setup ## List what `dvc gc` would remove and why (CONFIRM=1 removes it, CLOUD=1 the remote too)
 	python -m mlpipeline.cache.gc $(if $(filter 1,$(CONFIRM)),--confirm) $(if $(filter 1,$(CLOUD)),--cloud)
+
+# A pretrained checkpoint as DVC-tracked data (needs internet once; stages never download).
+weights: setup ## Fetch MODEL=microsoft/resnet-50 from the Hugging Face hub into data/weights/NAME and dvc add it
+	python -m mlpipeline.devtools.fetch_weights $(MODEL) $(if $(NAME),--name $(NAME))
 
 # A model version: a GTO git tag ARTIFACT@vVERSION on HEAD, made once the model is pushed.
 ARTIFACT ?= image-classifier

@@ -1,6 +1,9 @@
 """Training throughput and memory: the template's loop against a bare PyTorch loop, and streamed
 against resident data at scale, each pair in one run.
 
+``--arch``: the same comparison for a transformers arch (its ``train.model.hf`` settings) on
+generated 32x32 RGB images (target: the template's loop >= 0.95x the bare one's images/s).
+
 Default: the stage's own inputs and params (run from the repository root after ``dvc repro
 augment``) on whatever device ``train.device`` picks. Same model architecture and initial
 weights, same batches delivered the same way (data placed as the stage places it), same
@@ -16,6 +19,7 @@ count, the stage's ``train()`` for one epoch, streamed, in a child process of it
 peak RSS must stay flat as the count grows.
 
     nice -n 10 python bench/train.py [--epochs 5]
+    nice -n 10 python bench/train.py --arch resnet|vit [--images 4096] [--epochs 5]
     nice -n 10 python bench/train.py --scale [--counts 100000 1000000] [--widths 8 16]
 """
 
@@ -43,7 +47,7 @@ from mlpipeline.core.paths import AUGMENTED, INGESTED
 from mlpipeline.core.seeding import rng, seed_everything
 from mlpipeline.core.shards import Dataset, DatasetWriter, SplitReader
 from mlpipeline.core.workers import worker_count
-from mlpipeline.modeling.network import ModelConfig, build_model, streamed_channel_stats
+from mlpipeline.modeling.network import build_model, new_config, streamed_channel_stats
 from mlpipeline.stages.train import train
 from mlpipeline.training.data import VAL_SPLIT, Inputs, epoch_order, open_inputs, steps
 from mlpipeline.training.device import Runtime, configure
@@ -98,9 +102,11 @@ def timed(runtime: Runtime, run: Callable[[], object]) -> float:
 
 
 def build(params: TrainParams, runtime: Runtime, inputs: Inputs, rows: SplitReader) -> torch.nn.Module:
-    mean, std = streamed_channel_stats(rows.shards())
-    config = ModelConfig(
-        inputs.classes, list(inputs.image_shape), list(params.model.widths), params.model.dropout, mean, std
+    """The network the stage would train (any ``train.model.arch``), as the stage places it."""
+    spec, shape = params.model, list(inputs.image_shape)
+    stats = streamed_channel_stats(rows.shards())
+    config = new_config(
+        spec.arch, inputs.classes, shape, stats, None, spec.widths, spec.dropout, spec.hf, None
     )
     seed_everything(params.seed)
     return runtime.place(build_model(config))
@@ -117,10 +123,20 @@ def interleaved(runs: dict[str, Callable[[int], float]], rounds: int) -> dict[st
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def arch_params(arch: str) -> TrainParams:
+    """The repository's train params with the model ``arch`` (its ``train.model.hf`` settings), on the CPU."""
+    section = asdict(load_section(TrainParams, "train"))
+    section.update(model={**section["model"], "arch": arch}, batch_size=64, device="cpu", precision="float32")
+    return from_mapping(TrainParams, section, "train")
+
+
 def loop_overhead(args: argparse.Namespace) -> None:
-    params = replace(load_section(TrainParams, "train"), schedule="constant")  # no end to run past
+    """The stage's loop against a bare one on the same model: the stage's data and params, or with
+    ``--arch`` the repository's params with that arch on ``--images`` generated 32x32 RGB images."""
+    params = load_section(TrainParams, "train") if args.arch is None else arch_params(args.arch)
+    params = replace(params, schedule="constant")  # no end to run past
     runtime = configure(params.device, params.precision, params.num_threads)
-    inputs = open_inputs(AUGMENTED, INGESTED)
+    inputs = open_inputs(AUGMENTED, INGESTED) if args.arch is None else open_generated(args.images)
     mixed = replace(params, synthetic=replace(params.synthetic, use="mix"))  # one phase on all images
     (phase,) = plan(mixed, inputs.real, inputs.synthetic, inputs.train.root)
     model = build(params, runtime, inputs, phase.originals)
@@ -150,17 +166,19 @@ def loop_overhead(args: argparse.Namespace) -> None:
     kind = "resident" if isinstance(data.rows, Resident) else "streamed"
     shape, batch = inputs.image_shape, params.batch_size
     print(f"device: {runtime.describe()}; {len(data)} images {shape} {kind}, batch {batch}")
-    print(f"widths {list(params.model.widths)}; median of {args.epochs} epochs each, interleaved")
+    spec = params.model
+    size = f"widths {list(spec.widths)}" if spec.arch == "convnet" else f"{spec.hf.get(spec.arch, {})}"
+    print(f"{spec.arch} {size}; median of {args.epochs} epochs each, interleaved")
     print(f"bare PyTorch loop:   {bare_rate:10.0f} images/s")
     print(f"template train loop: {loop_rate:10.0f} images/s")
-    print(f"overhead: {100 * (bare_rate / loop_rate - 1):+.1f}% time per image (target < 15%)")
+    print(f"template / bare: {loop_rate / bare_rate:.2f}x images/s (target >= 0.95x)")
 
 
 def scale_params(widths: list[int]) -> TrainParams:
     """The repository's train params with a small model, one epoch, one CPU thread."""
     section = {
         **asdict(load_section(TrainParams, "train")),
-        "model": {"widths": widths, "dropout": 0.0},
+        "model": {**asdict(load_section(TrainParams, "train"))["model"], "widths": widths, "dropout": 0.0},
         "schedule": "constant",  # the timed rounds run past any end a schedule would have
         "epochs": 1,
         "min_steps": 0,
@@ -273,6 +291,8 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--widths", type=int, nargs="+", default=[8, 16], help="the model of --scale")
     parser.add_argument("--batches", type=int, default=100, help="batches per timed round of --scale")
+    parser.add_argument("--arch", help="a train.model.arch (resnet, vit, ...) on generated 32x32 RGB images")
+    parser.add_argument("--images", type=int, default=4096, help="generated training images of --arch")
     parser.add_argument("--child", nargs=2, metavar=("COUNT", "PLACEMENT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -36,7 +36,9 @@ TINY: dict[str, Any] = {
 
 def tiny_section(**overrides: Any) -> dict[str, Any]:
     """The repository's train section with the tiny settings and ``overrides`` on top."""
-    return {**repo_params()["train"], **TINY, **overrides}
+    section = {**repo_params()["train"], **TINY, **overrides}
+    # model is merged key by key: a test names the keys it changes, the arch's others are the repo's
+    return {**section, "model": {**repo_params()["train"]["model"], **section["model"]}}
 
 
 def tiny_params(**overrides: Any) -> TrainParams:

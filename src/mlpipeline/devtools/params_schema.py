@@ -19,6 +19,7 @@ from mlpipeline.augmentation.params import AugmentParams
 from mlpipeline.core.params import params_dataclass
 from mlpipeline.evaluation.params import EvaluateParams
 from mlpipeline.ingestion.params import IngestParams
+from mlpipeline.modeling.params import ExportParams
 from mlpipeline.synthetic.params import SynthesizeParams
 from mlpipeline.training.params import TrainParams
 
@@ -34,6 +35,7 @@ class ParamsFile:
     augment: AugmentParams
     evaluate: EvaluateParams
     train: TrainParams
+    export: ExportParams
 
 
 class WithoutFieldTitles(GenerateJsonSchema):

@@ -15,44 +15,38 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
-from pydantic import TypeAdapter, ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
 from mlpipeline.core import atomic
 from mlpipeline.core.device import nonfinite_tensors
-from mlpipeline.core.errors import PipelineError
-from mlpipeline.modeling.network import ConvNet, ModelConfig, build_model
+from mlpipeline.modeling.config import (  # noqa: F401 (EXIT_MODEL_UNUSABLE: the exit code, here too)
+    CONFIG_METADATA_KEY,
+    EXIT_MODEL_UNUSABLE,
+    ModelConfig,
+    ModelError,
+    read_config,
+)
+from mlpipeline.modeling.network import build_model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
-CONFIG_METADATA_KEY = "mlpipeline.model_config"  # model.json as train wrote it, inside the weights
-EXIT_MODEL_UNUSABLE = 3
-
-_CONFIG = TypeAdapter(ModelConfig)
 log = logging.getLogger("model")
-
-
-class ModelError(PipelineError):
-    """The model directory cannot be used: missing, damaged, or its two files disagree."""
-
-    exit_code = EXIT_MODEL_UNUSABLE
 
 
 def save_model(model: nn.Module, config: ModelConfig, out_dir: Path | str) -> None:
     """Write weights (safetensors, recording ``config``) and config (JSON) atomically into ``out_dir``."""
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-    config_text = atomic.to_json_text(dataclasses.asdict(config))
+    config_text = atomic.to_json_text(config.to_dict())
     atomic.write_bytes(out_dir / WEIGHTS_FILE, save(state, metadata={CONFIG_METADATA_KEY: config_text}))
     atomic.write_text(out_dir / CONFIG_FILE, config_text)
 
 
-def load_model(model_dir: Path | str, device: torch.device | str = "cpu") -> tuple[ConvNet, ModelConfig]:
+def load_model(model_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelConfig]:
     """Rebuild the network from ``model.json`` and load ``model.safetensors``, in eval mode.
 
     Raises ``ModelError`` (one line naming the file) for a missing, unreadable or invalid file,
@@ -76,24 +70,6 @@ def load_model(model_dir: Path | str, device: torch.device | str = "cpu") -> tup
         )
     model.load_state_dict(tensors)
     return model.to(device).eval(), config
-
-
-def read_config(text: str | bytes, path: Path) -> ModelConfig:
-    """The ``ModelConfig`` in JSON ``text`` read from ``path``, or ``ModelError`` naming what is wrong."""
-    try:
-        return _CONFIG.validate_json(text)
-    except ValidationError as exc:
-        problems = "; ".join(_describe(error) for error in exc.errors(include_url=False)[:3])
-        more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
-        raise ModelError(f"{path}: not a valid model config: {problems}{more}") from None
-
-
-def _describe(error: Any) -> str:
-    where = ".".join(str(part) for part in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
-    quiet = error["type"] in ("missing", "json_invalid", "value_error")  # the message says it all
-    shown = "" if quiet else f" (got {error['input']!r:.60})"
-    return f"{where}: {message}{shown}" if where else f"{message}{shown}"
 
 
 def _unreadable(path: Path, exc: OSError) -> ModelError:

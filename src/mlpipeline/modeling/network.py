@@ -1,86 +1,39 @@
 """The network and its portable form: safetensors weights plus a JSON config, never a pickle.
 
-``ModelConfig`` holds everything needed to rebuild the network and feed it:
-architecture sizes, input shape, class names and the input normalization
-measured on the training data. Train writes it; evaluate and predict read it
-through ``mlpipeline.modeling.files``, which refuses a model directory that cannot be used.
+The network is built from a ``ModelConfig`` (``mlpipeline.modeling.config``, re-exported here).
+A transformers arch is built by ``mlpipeline.modeling.hf``, imported only when one is asked
+for, so the CNN's start-up never pays for importing transformers.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from fractions import Fraction
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ConfigDict, Field, with_config
 from torch import nn
 
-from mlpipeline.ingestion.images import Preprocessing
+from mlpipeline.core.errors import PipelineError
+from mlpipeline.modeling.config import CONVNET, ModelConfig
 
-Positive = Annotated[int, Field(ge=1)]
 MIN_STD = 1e-6  # a constant channel still divides by something
 STATS_CHUNK_PIXELS = 1 << 22  # values squared at a time: bounds the temporary to 16 MiB
 _SQUARES = np.arange(256, dtype=np.int32) ** 2
-
-
-# Strict: model.json is written by train, so a string where a number belongs is damage, not
-# something to coerce. Unknown keys are refused too (a typo would otherwise pass unnoticed).
-@with_config(ConfigDict(strict=True, extra="forbid"))
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture and input contract of a trained model (written as ``model.json``)."""
-
-    classes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=2)]
-    image_shape: Annotated[list[Positive], Field(min_length=3, max_length=3)]  # C, H, W
-    widths: Annotated[list[Positive], Field(min_length=1)]  # channels of each conv block
-    dropout: Annotated[float, Field(ge=0, lt=1)]
-    mean: list[Annotated[float, Field(ge=0, le=1)]]  # per-channel mean of training pixels, in [0, 1]
-    std: list[Annotated[float, Field(gt=0)]]  # per-channel std of training pixels
-    # How ingest turned files into pixels (images.Preprocessing.to_json), for predict to repeat;
-    # None in models trained before ingest recorded it.
-    preprocessing: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes repeat a name: {self.classes}")
-        channels = self.image_shape[0] if self.image_shape else 0
-        if not len(self.mean) == len(self.std) == channels:
-            raise ValueError(
-                f"mean and std need one value per channel ({channels}), got {self.mean}, {self.std}"
-            )
-        made = self.input_preprocessing()
-        if [made.channels, *made.image_size] != list(self.image_shape):
-            raise ValueError(
-                f"preprocessing gives {made.channels}x{made.image_size[0]}x{made.image_size[1]} images, "
-                f"image_shape is {self.image_shape}"
-            )
-
-    def input_preprocessing(self) -> Preprocessing:
-        """How an image file becomes this model's input, as ingest did it for the training images.
-
-        A model trained before ingest recorded it gets what ingest did then: bicubic, no
-        conversion, no JPEG draft.
-        """
-        if self.preprocessing is None:
-            channels, height, width = self.image_shape
-            return Preprocessing(channels, (height, width), "bicubic", False, 255, False)
-        return Preprocessing.from_json(self.preprocessing)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 class ConvNet(nn.Module):
     """Blocks of two 3x3 conv-BN-ReLU layers, 2x2 max-pooling while the map is >= 4 px,
     then global average pooling and a linear head: the same code fits 8x8 and 32x32 inputs."""
 
+    HEAD = "head."  # the prefix of the classifier's parameters (fine-tuning trains it first)
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        assert config.widths is not None and config.dropout is not None  # ModelConfig checks it
         channels, height, width = config.image_shape
         layers: list[nn.Module] = []
         for out in config.widths:
@@ -113,8 +66,59 @@ class ConvNet(nn.Module):
         return self.head(self.features((images - self.mean) / self.std))
 
 
-def build_model(config: ModelConfig) -> ConvNet:
-    return ConvNet(config)
+def build_model(config: ModelConfig) -> nn.Module:
+    """The network of ``config``, freshly initialized (from the global torch seed). Its forward
+    takes uint8 (or [0, 1] float) images N x C x H x W and returns logits, whatever the arch;
+    ``model.HEAD`` is the prefix of the classifier's parameter names."""
+    if config.arch == CONVNET:
+        return ConvNet(config)
+    from mlpipeline.modeling import hf  # imports transformers: only for its archs
+
+    return hf.build(config)
+
+
+def new_config(
+    arch: str,
+    classes: list[str],
+    image_shape: list[int],
+    stats: tuple[list[float], list[float]],
+    preprocessing: dict[str, Any] | None,
+    widths: list[int],
+    dropout: float,
+    overrides: dict[str, dict[str, Any]],
+    weights: Path | None,
+) -> ModelConfig:
+    """The config of the network to train on data of ``classes`` and ``image_shape`` whose channel
+    ``stats`` are (mean, std). With ``weights`` (a checkpoint folder) the arch is the checkpoint's
+    and the normalization its preprocessor's, when it has one; else ``arch`` sized by ``widths``
+    and ``dropout`` (convnet) or by ``overrides[arch]`` (a transformers arch)."""
+    common: dict[str, Any] = {"mean": stats[0], "std": stats[1], "preprocessing": preprocessing}
+    if weights is None and arch == CONVNET:
+        return ModelConfig(classes, image_shape, widths=list(widths), dropout=dropout, **common)
+    from mlpipeline.modeling import hf  # imports transformers: only for its archs
+
+    if weights is None:
+        network = hf.new_network(arch, overrides.get(arch, {}), classes, image_shape)
+        return ModelConfig(classes, image_shape, **common, **hf.provenance(network, None))
+    network, checkpoint_stats, source = hf.pretrained_network(weights, classes, image_shape)
+    if arch not in (CONVNET, network["model_type"]):
+        raise PipelineError(
+            f"params.yaml: train.model.arch is {arch}, but {weights} holds a {network['model_type']} "
+            "(with weights the arch is the checkpoint's: set arch to it, or to convnet)"
+        )
+    if checkpoint_stats is not None:
+        common["mean"], common["std"] = checkpoint_stats
+    return ModelConfig(classes, image_shape, **common, **hf.provenance(network, source))
+
+
+def initial_model(config: ModelConfig, weights: Path | None) -> nn.Module:
+    """The network training starts from: fresh (seeded by the global torch seed), or holding the
+    checkpoint in ``weights`` with a new head."""
+    if weights is None:
+        return build_model(config)
+    from mlpipeline.modeling import hf
+
+    return hf.from_pretrained(config, weights)
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:

@@ -1,6 +1,7 @@
 """Predict: the class and its probability for image files or folders, with a trained model.
 
     mlpipeline-predict PATH... [--model models|image-classifier@v1.2.0] [--output predictions.csv]
+    mlpipeline-predict PATH... --onnx exported/model.onnx   # onnxruntime alone: no torch needed
 
 Folders are searched recursively for PNG/JPEG/BMP files. Every image goes
 through ``decode_image`` with the preprocessing ``model.json`` recorded from
@@ -34,21 +35,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from mlpipeline.core import atomic, stage
-from mlpipeline.core.device import DeviceChoice, pick_device
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.ingestion.images import IMAGE_SUFFIXES, Preprocessing, decode_image
 from mlpipeline.ingestion.sources import natural_sorted
-from mlpipeline.modeling.files import load_model
-from mlpipeline.modeling.inference import predict_probabilities
+from mlpipeline.modeling.config import ModelConfig
 from mlpipeline.versions import registry
+
+if TYPE_CHECKING:  # torch is imported only to predict with it: --onnx runs on onnxruntime alone
+    from mlpipeline.core.device import DeviceChoice
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # DeviceChoice's values (a test holds them equal)
 
 COLUMNS = ["path", "label", "probability"]
 
@@ -93,8 +97,35 @@ def predict_paths(
     are missing. Memory stays bounded by ``batch_size`` decoded images. Raises
     ``ModelError`` (a ``PipelineError``) if the model directory cannot be used.
     """
+    from mlpipeline.core.device import pick_device
+    from mlpipeline.modeling.files import load_model
+    from mlpipeline.modeling.inference import predict_probabilities
+
     torch_device = pick_device(device, "device")
     model, config = load_model(model_dir, torch_device)
+    return classify(
+        paths,
+        config,
+        lambda images: predict_probabilities(model, images, torch_device, batch_size),
+        batch_size,
+    )
+
+
+def predict_onnx(paths: Iterable[Path | str], onnx_file: Path | str, batch_size: int = 256) -> pd.DataFrame:
+    """``predict_paths`` with an exported ONNX model, on ONNX Runtime alone (torch is never imported)."""
+    from mlpipeline.modeling.onnx_model import OnnxModel, softmax
+
+    model = OnnxModel(onnx_file)
+    return classify(paths, model.config, lambda images: softmax(model.logits(images, batch_size)), batch_size)
+
+
+def classify(
+    paths: Iterable[Path | str],
+    config: ModelConfig,
+    probabilities_of: Callable[[np.ndarray], np.ndarray],
+    batch_size: int,
+) -> pd.DataFrame:
+    """``predict_paths``' table, with ``probabilities_of`` a batch of decoded images."""
     preprocessing = config.input_preprocessing()
     files = expand_paths(paths)
     labels: list[str | None] = [None] * len(files)
@@ -110,7 +141,7 @@ def predict_paths(
                 errors[i] = str(exc)
         if not decoded:
             continue
-        scores = predict_probabilities(model, np.stack(list(decoded.values())), torch_device, batch_size)
+        scores = probabilities_of(np.stack(list(decoded.values())))
         for i, row in zip(decoded, scores, strict=True):
             labels[i] = config.classes[int(row.argmax())]
             probabilities[i] = float(row.max())
@@ -137,7 +168,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="model directory or version, e.g. image-classifier@v1.2.0 (default: models)",
     )
     parser.add_argument("--output", help="write the CSV to this file instead of stdout (-: stdout)")
-    parser.add_argument("--device", default="auto", choices=get_args(DeviceChoice))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument(
+        "--onnx", metavar="FILE", help="an exported model.onnx, run by onnxruntime alone (instead of --model)"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -147,7 +181,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise PipelineError(
             f"--output {output}: is a folder; name a file in it, e.g. {Path(output) / 'predictions.csv'}"
         )
-    frame = predict_paths(args.paths, registry.model_dir(args.model), args.device, args.batch_size)
+    if args.onnx:
+        frame = predict_onnx(args.paths, args.onnx, args.batch_size)
+    else:
+        frame = predict_paths(args.paths, registry.model_dir(args.model), args.device, args.batch_size)
     failed = frame["error"].notna()
     for error in frame.loc[failed, "error"]:
         print(f"predict: error: {error}", file=sys.stderr)

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.params import load_section
-from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS
+from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS, WEIGHTS
 from mlpipeline.core.seeding import seed_everything
 from mlpipeline.core.shards import SplitReader
 from mlpipeline.modeling.files import save_model
-from mlpipeline.modeling.network import ModelConfig, build_model, streamed_channel_stats
+from mlpipeline.modeling.network import ModelConfig, initial_model, new_config, streamed_channel_stats
 from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, fingerprint, run_key
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure
@@ -69,17 +69,20 @@ def train(
         world.agree(fingerprint(params, runtime, inputs.datasets))
         phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
         mean, std = world.from_main(lambda: streamed_channel_stats(phases[-1].originals.shards()))
-        config = ModelConfig(
-            classes=inputs.classes,
-            image_shape=list(inputs.image_shape),
-            widths=list(params.model.widths),
-            dropout=params.model.dropout,
-            mean=mean,
-            std=std,
-            preprocessing=inputs.val.info.attributes.get("preprocessing"),
+        spec, weights = params.model, WEIGHTS / params.model.weights if params.model.weights else None
+        config = new_config(
+            spec.arch,
+            inputs.classes,
+            list(inputs.image_shape),
+            (mean, std),
+            inputs.val.info.attributes.get("preprocessing"),
+            spec.widths,
+            spec.dropout,
+            spec.hf,
+            weights,
         )
         seed_everything(params.seed)  # the same initial weights on every rank
-        model = runtime.place(build_model(config))
+        model = runtime.place(initial_model(config, weights))
         val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
         largest = max(phase.originals.nbytes for phase in phases)
         placement = chosen_placement(val_rows.nbytes + largest, runtime.device)  # one budget for both
@@ -100,7 +103,8 @@ def train(
                 val=val,
                 phase=phase.name,
             )
-            key = run_key(params, runtime, inputs.datasets, phase.name)
+            pretrained = config.pretrained["sha256"] if config.pretrained else ""
+            key = run_key(params, runtime, inputs.datasets, phase.name, pretrained)
             checkpoints = Checkpoints(key, checkpoint_root, world)
             all_checkpoints.append(checkpoints)
             if report is not None:

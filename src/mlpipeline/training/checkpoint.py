@@ -44,15 +44,19 @@ _CHUNK = 1 << 20
 log = logging.getLogger("train")
 
 
-def fingerprint(params: TrainParams, runtime: Runtime, datasets: Iterable[Dataset]) -> dict[str, str]:
+def fingerprint(
+    params: TrainParams, runtime: Runtime, datasets: Iterable[Dataset], weights: str = ""
+) -> dict[str, str]:
     """What a run's model depends on, part by part, so ranks that disagree can say on what: each
     param, how params resolved on this machine (device type, precision, threads: ``auto`` and
     ``0`` resolve per machine), the torch version, the inputs' dataset.json files and each
-    source file of the package (which also fixes the checkpoint format)."""
+    source file of the package (which also fixes the checkpoint format), and the pretrained
+    ``weights``' hash (empty: none)."""
     parts = {f"train.{key}": json.dumps(value) for key, value in _leaves(dataclasses.asdict(params))}
     parts["device and precision"] = f"{runtime.device.type} {runtime.precision}"
     parts["threads"] = str(runtime.threads)
     parts["torch"] = torch.__version__
+    parts["pretrained weights"] = weights
     for dataset in datasets:  # their shards' sha256 are in dataset.json: no need to read gigabytes
         root = dataset.root if not dataset.root.is_absolute() else Path(dataset.root.name)
         parts[(root / META_FILE).as_posix()] = _file_digest(dataset.root / META_FILE)
@@ -62,10 +66,12 @@ def fingerprint(params: TrainParams, runtime: Runtime, datasets: Iterable[Datase
     return parts
 
 
-def run_key(params: TrainParams, runtime: Runtime, datasets: Iterable[Dataset], phase: str) -> str:
+def run_key(
+    params: TrainParams, runtime: Runtime, datasets: Iterable[Dataset], phase: str, weights: str = ""
+) -> str:
     """A hash of a phase's name and ``fingerprint``: a checkpoint is resumed only by the run it
     belongs to."""
-    text = atomic.to_json_text({"phase": phase, **fingerprint(params, runtime, datasets)})
+    text = atomic.to_json_text({"phase": phase, **fingerprint(params, runtime, datasets, weights)})
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

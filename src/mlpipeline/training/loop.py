@@ -89,7 +89,9 @@ class Trainer:
         self.steps_per_epoch = steps(rank_share, self.batch_size)
         self.epochs = epochs_to_run(params, self.steps_per_epoch)
         self.optimizer = make_optimizer(model, params, runtime.device)
-        self.schedule = make_schedule(self.optimizer, params, self.epochs * self.steps_per_epoch)
+        self.schedule = make_schedule(
+            self.optimizer, params, self.epochs * self.steps_per_epoch, self.steps_per_epoch
+        )
         self.scaler = runtime.grad_scaler()
         self.progress = Progress()
         self.resumed_after = 0  # epochs restored from a checkpoint

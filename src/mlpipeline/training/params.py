@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -18,8 +18,29 @@ Precision = Literal["auto", "float32", "bf16", "fp16"]  # float32, or autocast t
 
 @params_dataclass
 class ArchitectureParams:
+    """Which network: ``convnet`` (the built-in CNN, sized by ``widths`` and ``dropout``) or a
+    transformers image-classification model type, configured by its own key under ``hf``. Only the
+    chosen arch's settings are read, so switching is one ``-S train.model.arch=resnet``.
+    ``weights`` names a folder of ``data/weights`` in transformers' format; the arch then comes
+    from its ``config.json``."""
+
+    arch: str
+    weights: str | None = param(min_len=1)
     widths: list[Annotated[int, Field(ge=1, le=4096)]] = param(min_len=1, max_len=8)
     dropout: float = param(ge=0, lt=1)
+    hf: dict[str, dict[str, Any]]  # model type -> config overrides (depths, hidden_sizes, patch_size...)
+    freeze_epochs: int = param(ge=0)  # first epochs of the last phase: the classifier head alone learns
+    backbone_lr_scale: float = param(gt=0, le=10)  # everything but the head learns at lr times this
+
+    @model_validator(mode="after")
+    def check(self) -> Self:
+        if self.weights is not None and not _is_folder_name(self.weights):
+            raise ValueError(f"weights names a folder of data/weights, not a path (got {self.weights!r})")
+        return self
+
+
+def _is_folder_name(name: str) -> bool:
+    return "/" not in name and "\\" not in name and name not in (".", "..")
 
 
 @params_dataclass

@@ -1,0 +1,209 @@
+"""Hugging Face transformers image-classification models, inside the pipeline's network contract.
+
+Why transformers and not timm: timm imports torchvision, whose PyPI wheels link the CUDA build of
+torch and fail to import beside the CPU torch these machines install; transformers' vision models
+import with torch alone, and their checkpoint folders (``config.json`` + safetensors) are already
+the format this pipeline stores. Only :mod:`mlpipeline.modeling.network` imports this module, and
+only when an arch other than the CNN is asked for, so the CNN's start-up does not import
+transformers. The hub is offline here: weights are DVC-tracked folders, never a download.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # a stage never downloads: before transformers reads it
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoModelForImageClassification, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+)
+
+from mlpipeline.core.errors import PipelineError
+
+transformers.logging.set_verbosity_error()  # its load report would list the replaced head
+
+HEAD = "classifier"  # every transformers image-classification model's head module
+PREPROCESSOR_FILE = "preprocessor_config.json"
+FETCH = "make weights MODEL=<hub id> NAME={name}"
+
+
+class HFNet(nn.Module):
+    """A transformers model behind the CNN's interface: uint8 (or [0, 1] float) images in,
+    normalized here, logits out (transformers returns an output object)."""
+
+    HEAD = f"net.{HEAD}."  # the prefix of the classifier's parameter names
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        return self.net(pixel_values=(images - self.mean) / self.std).logits
+
+
+def supported() -> list[str]:
+    """The model types the installed transformers builds image classifiers for."""
+    return sorted(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
+
+
+def check_arch(arch: str, where: str) -> None:
+    if arch not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        close = difflib.get_close_matches(arch, ["convnet", *supported()], n=3, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else f"one of convnet, {', '.join(supported())}"
+        raise PipelineError(
+            f"{where}: {arch!r} is not convnet or an image-classification model type of "
+            f"transformers {transformers.__version__} ({hint})"
+        )
+
+
+def new_network(
+    arch: str, overrides: dict[str, Any], classes: list[str], image_shape: list[int]
+) -> dict[str, Any]:
+    """The full config of a fresh ``arch`` fitted to the data, with the user's ``overrides``."""
+    check_arch(arch, "params.yaml: train.model.arch")
+    defaults = AutoConfig.for_model(arch)
+    for key in overrides:
+        if not hasattr(defaults, key):
+            close = difflib.get_close_matches(key, list(defaults.to_dict()), n=3)
+            hint = f" (closest: {', '.join(close)})" if close else ""
+            raise PipelineError(f"params.yaml: train.model.hf.{arch}.{key} is no {arch} config key{hint}")
+    config = AutoConfig.for_model(arch, **overrides)
+    return _fit(config, classes, image_shape, f"params.yaml: train.model.hf.{arch}")
+
+
+def pretrained_network(
+    folder: Path, classes: list[str], image_shape: list[int]
+) -> tuple[dict[str, Any], tuple[list[float], list[float]] | None, dict[str, str]]:
+    """The config of the checkpoint in ``folder`` fitted to the data, its preprocessor's mean and
+    std (None when it has none) and the record of where the weights came from."""
+    if not (folder / "config.json").is_file():
+        raise PipelineError(
+            f"{folder}: no pretrained weights here (train.model.weights); fetch them once on a machine "
+            f"with internet: {FETCH.format(name=folder.name)}, then dvc push (or dvc pull them)"
+        )
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{folder / 'config.json'}: not a transformers config ({exc})") from None
+    check_arch(config.model_type, f"{folder / 'config.json'}: model_type")
+    network = _fit(config, classes, image_shape, f"{folder / 'config.json'}", pretrained=True)
+    source = {"source": folder.as_posix(), "sha256": folder_sha256(folder)}
+    return network, _preprocessor_stats(folder, image_shape[0]), source
+
+
+def _fit(
+    config: PretrainedConfig, classes: list[str], image_shape: list[int], where: str, pretrained: bool = False
+) -> dict[str, Any]:
+    """``config`` with the data's classes, channels and image size; built once to prove it builds."""
+    channels, height, width = image_shape
+    config.num_labels = len(classes)
+    config.id2label = dict(enumerate(classes))
+    config.label2id = {name: index for index, name in enumerate(classes)}
+    if pretrained and getattr(config, "num_channels", channels) != channels:  # its stem is fixed
+        raise PipelineError(
+            f"{where}: the checkpoint takes {config.num_channels}-channel images, the data has "
+            f"{channels} (set ingest.channels: {config.num_channels})"
+        )
+    config.num_channels = channels
+    if hasattr(config, "image_size"):
+        config.image_size = height if height == width else [height, width]
+    network = json.loads(config.to_json_string(use_diff=False))
+    _from_network(network, where)  # a config its own model cannot be built from fails here, in one line
+    return network
+
+
+def _from_network(network: dict[str, Any], where: str) -> nn.Module:
+    model_type = network.get("model_type", "")
+    if model_type not in CONFIG_MAPPING or model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        raise PipelineError(
+            f"{where}: arch {model_type!r} is unknown to the installed transformers "
+            f"{transformers.__version__} (trained with {network.get('transformers_version')}; install that)"
+        )
+    try:
+        config = CONFIG_MAPPING[model_type].from_dict(network)
+        return AutoModelForImageClassification.from_config(config)
+    except (ValueError, TypeError, IndexError, KeyError, RuntimeError, AttributeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PipelineError(f"{where}: {model_type} cannot be built from this config ({message})") from None
+
+
+def build(config: Any) -> HFNet:
+    """A fresh network of ``config`` (a ``ModelConfig`` of a transformers arch)."""
+    return HFNet(_from_network(config.network, "model.json: network"), config.mean, config.std)
+
+
+def from_pretrained(config: Any, folder: Path) -> HFNet:
+    """The network of ``config`` holding the checkpoint of ``folder``: every tensor but the head's
+    loads (the head is new, sized for the classes), or one line names the first that does not."""
+    model_type = config.network["model_type"]
+    fitted = CONFIG_MAPPING[model_type].from_dict(config.network)
+    net, info = AutoModelForImageClassification.from_pretrained(
+        folder,
+        config=fitted,
+        ignore_mismatched_sizes=True,
+        output_loading_info=True,
+        local_files_only=True,
+        use_safetensors=True,  # never a pickle
+        dtype=torch.float32,
+    )
+    if mismatched := sorted(item for item in info["mismatched_keys"] if not _in_head(item[0])):
+        name, theirs, ours = mismatched[0]
+        raise PipelineError(
+            f"{folder}: tensor {name} is {list(theirs)} in the checkpoint, {list(ours)} in the network "
+            f"({len(mismatched)} differ; for a position embedding set ingest.image_size to the checkpoint's)"
+        )
+    if missing := sorted(name for name in info["missing_keys"] if not _in_head(name)):
+        raise PipelineError(f"{folder}: the checkpoint has no tensor {missing[0]} ({len(missing)} missing)")
+    return HFNet(net, config.mean, config.std)
+
+
+def _in_head(name: str) -> bool:
+    return name.startswith(f"{HEAD}.")
+
+
+def _preprocessor_stats(folder: Path, channels: int) -> tuple[list[float], list[float]] | None:
+    path = folder / PREPROCESSOR_FILE
+    if not path.is_file():
+        return None
+    stats = json.loads(path.read_text())
+    mean, std = stats.get("image_mean"), stats.get("image_std")
+    if mean is None or std is None:
+        return None
+    if len(mean) != channels or len(std) != channels:
+        raise PipelineError(f"{path}: image_mean and image_std need {channels} values, one per channel")
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def folder_sha256(folder: Path) -> str:
+    """One hash over every file of ``folder`` (names and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance(network: dict[str, Any], source: dict[str, str] | None) -> dict[str, Any]:
+    """model.json's fields for a transformers arch: what rebuilds it and where its weights began."""
+    return {
+        "arch": network["model_type"],
+        "network": network,
+        "transformers": transformers.__version__,
+        "pretrained": source,
+    }

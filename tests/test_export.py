@@ -1,0 +1,142 @@
+"""The export stage: models/ as one ONNX file with a dynamic batch axis, checked on the test split
+against PyTorch before it is written, byte-identical run after run; and `mlpipeline-predict --onnx`,
+which classifies with onnxruntime alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_models_hf import RESNET, config_for
+from test_predict import save_png
+from tiny_model import SHAPE, tiny_images, write_tiny_dataset, write_tiny_model
+
+import mlpipeline.stages.export as export_stage
+from mlpipeline.core.errors import PipelineError
+from mlpipeline.modeling.export import Parity
+from mlpipeline.modeling.files import ModelError, load_model, save_model
+from mlpipeline.modeling.network import build_model
+from mlpipeline.modeling.onnx_model import OnnxModel
+from mlpipeline.modeling.params import ExportParams
+from mlpipeline.modeling.predict import DEVICES, predict_onnx, predict_paths
+
+PARAMS = ExportParams(atol=1e-4, batch_size=5)
+
+
+def workdir(root: Path, arch: str = "convnet") -> Path:
+    """models/ and data/ingested as the stages upstream of export leave them."""
+    write_tiny_dataset(root / "data" / "ingested")
+    if arch == "convnet":
+        write_tiny_model(root / "models")
+    else:
+        torch.manual_seed(0)
+        config = config_for(arch, RESNET)
+        save_model(build_model(config), config, root / "models")
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, export_stage.Exported]:
+    """The tiny CNN's work directory and its export, made once (an export takes seconds)."""
+    root = workdir(tmp_path_factory.mktemp("export"))
+    return root, export_stage.export(PARAMS, root / "models", root / "data" / "ingested")
+
+
+def test_export_matches_pytorch_and_repeats_its_bytes(exported, tmp_path: Path) -> None:
+    root, first = exported
+    assert first.parity.images == 24 and first.parity.different_classes == 0
+    assert first.parity.max_abs_diff <= PARAMS.atol
+    assert (
+        export_stage.export(PARAMS, root / "models", root / "data" / "ingested").model_bytes
+        == first.model_bytes
+    )
+
+
+def test_an_hf_arch_exports_and_matches(tmp_path: Path) -> None:
+    root = workdir(tmp_path, "resnet")
+    result = export_stage.export(PARAMS, root / "models", root / "data" / "ingested")
+    assert result.parity.different_classes == 0 and result.parity.max_abs_diff <= PARAMS.atol
+
+
+def test_the_batch_axis_is_dynamic(exported) -> None:
+    root, result = exported
+    onnx_model = OnnxModel("model.onnx", result.model_bytes)
+    model, config = load_model(root / "models")
+    images = tiny_images(3, seed=5)[0]
+    for count in (1, 7):
+        with torch.inference_mode():
+            ours = model(torch.from_numpy(images[:count])).numpy()
+        np.testing.assert_allclose(onnx_model.logits(images[:count]), ours, atol=1e-4)
+    assert onnx_model.config == config
+
+
+def test_a_disagreeing_export_fails_in_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = workdir(tmp_path)
+    (root / "params.yaml").write_text("export:\n  atol: 0.0001\n  batch_size: 8\n")
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(export_stage, "parity", lambda *args: Parity(24, 0.5, 2))
+    with pytest.raises(PipelineError, match=r"model\.onnx: ONNX Runtime disagrees .* up to 0\.5 .*2 of 24"):
+        export_stage.main()
+    assert not (root / "exported").exists() and not (root / "reports").exists()
+
+
+@pytest.mark.slow
+def test_the_stage_writes_the_model_and_its_parity(tmp_path: Path) -> None:
+    root = workdir(tmp_path)
+    (root / "params.yaml").write_text("export:\n  atol: 0.0001\n  batch_size: 8\n")
+    src = Path(export_stage.__file__).parents[2]
+    env = {"PYTHONPATH": str(src), "PATH": str(Path(sys.executable).parent)}
+    done = subprocess.run(
+        [sys.executable, "-m", "mlpipeline.stages.export"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "wrote exported/model.onnx (opset" in done.stderr and "batchx1x8x8 uint8" in done.stderr
+    parity = json.loads((root / "reports" / "export" / "parity.json").read_text())
+    assert parity["different_classes"] == 0 and parity["images"] == 24
+
+
+def test_predict_onnx_runs_without_torch_and_agrees_with_pytorch(exported, tmp_path: Path) -> None:
+    models, result = exported[0] / "models", exported[1]
+    root = tmp_path
+    (root / "model.onnx").write_bytes(result.model_bytes)
+    images = tiny_images(2, seed=9)[0]
+    for index, image in enumerate(images):
+        save_png(root / "photos" / f"{index}.png", image)
+    code = (
+        "import sys\n"
+        "from mlpipeline.modeling.predict import main\n"
+        f"main([{str(root / 'photos')!r}, '--onnx', {str(root / 'model.onnx')!r}, '--output', "
+        f"{str(root / 'out.csv')!r}])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    src = Path(export_stage.__file__).parents[2]
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(src)})
+    onnx_rows = predict_onnx([root / "photos"], root / "model.onnx")
+    torch_rows = predict_paths([root / "photos"], models, "cpu")
+    assert list(onnx_rows["label"]) == list(torch_rows["label"])
+    np.testing.assert_allclose(onnx_rows["probability"], torch_rows["probability"], atol=1e-5)
+    assert (root / "out.csv").read_text().count("\n") == 1 + len(images)
+
+
+def test_a_bad_onnx_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelError, match=r"model\.onnx: not an ONNX model, or damaged"):
+        OnnxModel(tmp_path / "model.onnx")
+    with pytest.raises(ModelError, match=r"missing\.onnx: not found"):
+        OnnxModel(tmp_path / "missing.onnx")
+
+
+def test_predict_names_the_device_choices() -> None:
+    from typing import get_args
+
+    from mlpipeline.core.device import DeviceChoice
+
+    assert get_args(DeviceChoice) == DEVICES
+    assert SHAPE == (1, 8, 8)
