@@ -4,6 +4,7 @@ by batch with the same kernel, fresh each epoch, and a resumed run stays bitwise
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -141,12 +142,25 @@ def test_each_rank_draws_its_own_copies_of_the_rows_it_is_dealt(
     drawn: dict[int, list[tuple[tuple, torch.Tensor, torch.Tensor]]] = {0: [], 1: []}
     rank = 0
 
-    def recording(images: torch.Tensor, transforms, seed: int, *stream: str | int) -> torch.Tensor:
-        copies = augment(images, transforms, seed, *stream)
-        drawn[rank].append((stream, images.clone(), copies))
-        return copies
+    @dataclass(frozen=True)
+    class RecordedCopies(online_module.BatchCopies):
+        """A batch's copies that remember the stream they were drawn from and record what they do."""
 
-    monkeypatch.setattr(online_module, "augment", recording)
+        stream: tuple[str | int, ...] = ()
+
+        def apply(self, images: torch.Tensor) -> torch.Tensor:
+            originals = images[self.rows].clone()
+            out = super().apply(images)
+            drawn[rank].append((self.stream, originals, out[self.rows].clone()))
+            return out
+
+    draw_copies = online_module.OnlineAugmentation.draw_copies
+
+    def recording(self, copies, image_shape, device, *stream: str | int):
+        made = draw_copies(self, copies, image_shape, device, *stream)
+        return None if made is None else RecordedCopies(made.rows, made.draws, stream)
+
+    monkeypatch.setattr(online_module.OnlineAugmentation, "draw_copies", recording)
     params = tiny_params()
     for rank in (0, 1):
         torch.manual_seed(0)

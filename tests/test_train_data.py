@@ -3,9 +3,10 @@ device where the real one (MPS, CUDA) is absent."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -87,6 +88,9 @@ def test_streamed_and_resident_train_the_same_model_bytes(
     assert len(digests) == 1
 
 
+T = TypeVar("T")
+
+
 class Counted:
     """A counting fake of the shard reader: every read's rows, per reader."""
 
@@ -145,6 +149,14 @@ class OneOfTwoRanks(World):
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         return model
+
+    def agree(self, parts: dict[str, str]) -> None:
+        return None
+
+    def from_main(self, compute: Callable[[], T]) -> T:
+        """What rank 0 would broadcast (the channel stats, or no checkpoint), worked out here: it
+        reads whole shards, which the batch reads counted below never include."""
+        return compute()
 
 
 def test_each_ddp_rank_reads_only_its_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
