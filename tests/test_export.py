@@ -10,14 +10,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from conftest import REPO_ROOT
 from test_models_hf import RESNET, config_for
 from test_predict import save_png
 from tiny_model import SHAPE, tiny_images, write_tiny_dataset, write_tiny_model
 
 import mlpipeline.stages.export as export_stage
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.modeling.config import CONFIG_METADATA_KEY
 from mlpipeline.modeling.export import Parity
 from mlpipeline.modeling.files import ModelError, load_model, save_model
 from mlpipeline.modeling.network import build_model
@@ -55,6 +58,17 @@ def test_export_matches_pytorch_and_repeats_its_bytes(exported, tmp_path: Path) 
         export_stage.export(PARAMS, root / "models", root / "data" / "ingested").model_bytes
         == first.model_bytes
     )
+
+
+def test_the_file_records_nothing_of_the_machine_it_was_made_on(exported) -> None:
+    # DVC caches exported/ across machines: torch's exporter writes each node's stack trace (the
+    # checkout's absolute path) and the torch build's local tag; two clones differed in bytes.
+    _, first = exported
+    proto = onnx.load_from_string(first.model_bytes)
+    assert str(REPO_ROOT / "src").encode() not in first.model_bytes
+    assert "+" not in proto.producer_version
+    assert [prop.key for prop in proto.metadata_props] == [CONFIG_METADATA_KEY]
+    assert not any(node.metadata_props or node.doc_string for node in proto.graph.node)
 
 
 def test_an_hf_arch_exports_and_matches(tmp_path: Path) -> None:

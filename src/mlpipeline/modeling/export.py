@@ -50,9 +50,31 @@ def to_onnx(model: nn.Module, config: ModelConfig, config_text: str) -> bytes:
             verbose=False,
         )
     proto = program.model_proto
-    del proto.metadata_props[:]
+    strip_provenance(proto)
     proto.metadata_props.add(key=CONFIG_METADATA_KEY, value=config_text)
     return proto.SerializeToString(deterministic=True)
+
+
+def strip_provenance(proto: onnx.ModelProto) -> None:
+    """Drop what the exporter records about where it ran, so the file's bytes depend only on the
+    model (DVC caches them across machines): each node's stack trace names the absolute path of
+    the checkout, the graph's export notes name symbolic sizes by a counter, and the producer's
+    version carries the torch build's local tag (``+cpu``, ``+cu128``)."""
+    proto.producer_version = proto.producer_version.split("+")[0]
+    proto.doc_string = ""
+    del proto.metadata_props[:]
+    graph = proto.graph
+    for part in (graph, *proto.functions):
+        part.doc_string = ""
+        del part.metadata_props[:]
+        for node in part.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+    for info in (*graph.value_info, *graph.input, *graph.output):
+        info.doc_string = ""
+        del info.metadata_props[:]
+    for tensor in graph.initializer:
+        del tensor.metadata_props[:]
 
 
 @dataclass(frozen=True)
