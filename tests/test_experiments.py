@@ -124,7 +124,7 @@ def test_experiments_run_queue_and_travel_to_another_clone(
 
     # One experiment in the workspace: only training and evaluation run, the data is reused.
     ran = dvc(lab, "exp", "run", "-n", "lr-top", "-S", f"train.lr={lrs[4]}")
-    assert stages_ran(ran.stdout) == ["train", "evaluate"], ran.stdout
+    assert stages_ran(ran.stdout) == ["train", "export", "evaluate"], ran.stdout
     assert json.loads(dvc(lab, "status", "--json").stdout) == {}  # nothing left dirty by the run
 
     table = experiments(lab)

@@ -91,7 +91,7 @@ def test_the_train_job_reproduces_pushes_and_reports_against_the_remote(
     train = [command for command in commands("train") if command != SETUP]
     outputs = [run_step(command, pr, env, tmp_path / f"step{i}.log") for i, command in enumerate(train)]
 
-    assert [stages_ran(out) for out in outputs if stages_ran(out)] == [["train", "evaluate"]]
+    assert [stages_ran(out) for out in outputs if stages_ran(out)] == [["train", "export", "evaluate"]]
     unpushed = json.loads(dvc(pr, "status", "--cloud", "--json").stdout)
     assert "new" not in unpushed.values(), unpushed  # ("deleted": on the remote, not needed here)
     pushed = run(["git", "show", "double-lr:dvc.lock"], main).stdout

@@ -18,7 +18,17 @@ RECIPES = REPO_ROOT / "recipes"
 NODE_SCRIPT = RECIPES / "node.sh"
 OTHER_NODES = " ".join(STAGE[1:])  # "-m mlpipeline.stages.train", after whichever python
 # SkyPilot's task keys (docs.skypilot.co, "YAML spec"): anything else is refused by `sky launch`.
-SKYPILOT_KEYS = {"name", "workdir", "num_nodes", "resources", "envs", "secrets", "file_mounts", "setup", "run"}
+SKYPILOT_KEYS = {
+    "name",
+    "workdir",
+    "num_nodes",
+    "resources",
+    "envs",
+    "secrets",
+    "file_mounts",
+    "setup",
+    "run",
+}
 
 
 def shell_syntax_ok(path: Path) -> None:

@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
 # What the CPU box computes and shares, what the GPU box runs, and the data it needs for that.
 DATA_STAGES = ["ingest", "synthesize", "augment"]
-TRAINING_STAGES = ["train", "evaluate"]
+TRAINING_STAGES = ["train", "export", "evaluate"]
 TRAINING_INPUTS = ["data/ingested", "data/augmented"]
 
 
