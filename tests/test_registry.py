@@ -178,8 +178,8 @@ def test_released_versions_are_fetched_from_the_remote_and_predict(
     gone = predict(offline, f"{NAME}@v1.0.0", check=False)
     assert gone.returncode == 2
     (line,) = gone.stderr.strip().splitlines()
-    assert line.startswith(f"predict: error: {NAME}@v1.0.0: cannot fetch the model from remote 'storage' (")
-    assert f"it has no {s3_remote.bucket}/{key}: push the model" in line
+    assert line.startswith(f"predict: error: {NAME}@v1.0.0: the model's files are in neither the local DVC")
+    assert f"(missing: {s3_remote.bucket}/{key}): on a machine whose DVC cache still holds them" in line
 
     dead_endpoint(offline, s3_remote.server)
     failed = predict(offline, f"{NAME}@v1.0.0", env={"AWS_MAX_ATTEMPTS": "1"}, check=False)
@@ -188,3 +188,43 @@ def test_released_versions_are_fetched_from_the_remote_and_predict(
     assert line.startswith(f"predict: error: {NAME}@v1.0.0: cannot fetch the model from remote 'storage' (")
     assert "127.0.0.1" in line
     assert not (offline / CACHE_DIR / NAME / "v1.0.0").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_a_narrower_gc_scope_keeps_released_versions_and_a_lost_one_says_what_is_missing(
+    history_repo: Path, trained_history: TrainedHistory, s3_remote: S3Remote, tmp_path: Path
+) -> None:
+    repo = history_repo
+    run(["git", "checkout", "-q", trained_history.first], repo)
+    dvc(repo, "checkout")
+    make(repo, "release", "VERSION=1.0.0")
+    run(["git", "checkout", "-q", "main"], repo)
+    dvc(repo, "checkout")
+    dvc(repo, "push")
+    # -w alone keeps only the workspace (model B): model A lives on only as the release.
+    listing = make(repo, "gc", "KEEP=-w", "CONFIRM=1", "CLOUD=1").stdout
+    assert f"model versions (registered releases, kept by every scope): {NAME}@v1.0.0" in listing, listing
+    consumer = git_clone(repo, tmp_path / "consumer")
+    s3_remote.configure(consumer)
+    assert predict(consumer, f"{NAME}@v1.0.0").stdout
+
+    # Lost all the same (deleted by hand, another tool's gc): the line says what is missing and
+    # how to get it back.
+    remote_models = [
+        key
+        for key in (p.relative_to(s3_remote.directory) for p in s3_remote.directory.rglob("*") if p.is_file())
+        if key.parts[0] == "files"
+    ]
+    client = s3server.client(s3_remote.server.endpoint)
+    for key in remote_models:
+        client.delete_object(Bucket=s3_remote.bucket, Key=f"{s3_remote.prefix}/{key.as_posix()}")
+    elsewhere = git_clone(repo, tmp_path / "lost")
+    s3_remote.configure(elsewhere)
+    lost = predict(elsewhere, f"{NAME}@v1.0.0", check=False)
+    assert lost.returncode == 2
+    (line,) = lost.stderr.strip().splitlines()
+    assert line.startswith(
+        f"predict: error: {NAME}@v1.0.0: the model's files are in neither the local DVC cache nor remote"
+    ), line
+    assert f"git checkout {NAME}@v1.0.0 && dvc push models" in line, line

@@ -4,9 +4,11 @@ was and why it goes; with ``--confirm`` DVC removes exactly that.
 ``dvc gc --dry`` logs bare cache paths. This asks DVC which objects to keep (``Repo.used_objs``,
 the call ``dvc gc`` makes, with the same scope flags), lists every other object of each store
 the way ``dvc gc`` walks them, sizes them and names them (``origins``). The default scope
-keeps the workspace, every branch tip, every tag (model versions are tags) and every
-experiment: ``dvc gc -w -a -T --all-experiments``. ``--confirm`` then runs DVC's own
-``Repo.gc`` with the same flags; ``--cloud`` lists (and cleans) the default remote too.
+keeps the workspace, every branch tip, every tag and every experiment: ``dvc gc -w -a -T
+--all-experiments``. Whatever the scope, registered model versions (GTO tags such as
+``image-classifier@v1.0.0``) are kept too: a narrower scope never deletes a released model.
+``--confirm`` then deletes exactly the listed objects, as ``dvc gc`` deletes them, under DVC's
+repository lock; ``--cloud`` lists (and cleans) the default remote too.
 
 Usage (``make gc [CONFIRM=1] [CLOUD=1] [KEEP="dvc gc scope flags"]``; make hands KEEP over in the
 environment, ``MLPIPELINE_KEEP``, where only scope flags are taken)::
@@ -37,15 +39,40 @@ from mlpipeline.core import stage
 from mlpipeline.core.errors import PipelineError
 
 
-def kept_objects(repo, scope: Scope, jobs: int | None = None) -> dict[Any, set]:
-    """The objects each store must keep, exactly as ``dvc gc`` collects them."""
-    return repo.used_objs(
+def kept_objects(repo, scope: Scope, releases: dict[str, str], jobs: int | None = None) -> dict[Any, set]:
+    """The objects each store must keep, as ``dvc gc`` collects them, plus every registered model
+    version's (``releases``: a narrower scope than ``-T`` must not delete a released model)."""
+    used = repo.used_objs(
         **{key: value for key, value in asdict(scope).items() if key not in ("workspace", "rev", "num")},
         revs=[scope.rev] if scope.rev else None,
         num=scope.num or 1,
         force=True,  # a directory whose listing is missing everywhere is skipped, not asked about
         jobs=jobs,
     )
+    if releases and not (scope.all_tags or scope.all_commits):
+        for odb, objs in repo.used_objs(revs=sorted(set(releases.values())), force=True, jobs=jobs).items():
+            used.setdefault(odb, set()).update(objs)
+    return used
+
+
+def registered_versions(root: Path) -> dict[str, str]:
+    """Every GTO registration tag (``image-classifier@v1.0.0``) and the commit it registers."""
+    from gto.constants import Action
+    from gto.tag import parse_name
+
+    listed = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname:lstrip=2) %(objectname) %(*objectname)", "refs/tags"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = {}
+    for line in listed.splitlines():
+        name, sha, peeled = line.split(" ")  # peeled: empty for a lightweight tag
+        if parse_name(name, raise_on_fail=False).get("action") == Action.REGISTER:
+            found[name] = peeled or sha  # an annotated tag (GTO's) peels to its commit
+    return found
 
 
 def local_stores(repo, used: dict[Any, set]) -> list[Store]:
@@ -118,7 +145,8 @@ def refs(repo, scope: Scope, cloud: bool) -> Refs:
 
     missed = remote_branches_not_kept(Path(repo.root_dir)) if cloud and not scope.all_commits else []
     experiments = [ref.name for ref in exp_refs(repo.scm)]
-    return Refs(list(repo.scm.list_branches()), list(repo.scm.list_tags()), experiments, missed)
+    releases = list(registered_versions(Path(repo.root_dir)))
+    return Refs(list(repo.scm.list_branches()), list(repo.scm.list_tags()), experiments, missed, releases)
 
 
 def remote_branches_not_kept(root: Path) -> list[str]:
@@ -141,7 +169,7 @@ def remote_branches_not_kept(root: Path) -> list[str]:
 
 def plan(repo, scope: Scope, cloud: bool, remote: str | None, jobs: int | None = None) -> list[Store]:
     """Every store ``dvc gc`` with this scope would clean, with its unused objects named and sized."""
-    used = kept_objects(repo, scope, jobs)
+    used = kept_objects(repo, scope, registered_versions(Path(repo.root_dir)), jobs)
     stores = local_stores(repo, used) + (remote_stores(repo, used, remote) if cloud else [])
     describe(repo, stores, jobs)
     return stores
@@ -150,7 +178,7 @@ def plan(repo, scope: Scope, cloud: bool, remote: str | None, jobs: int | None =
 def run(root: Path, scope: Scope, confirm: bool, cloud: bool, remote: str | None) -> list[Store]:
     """Print the plan; with ``confirm``, let DVC's ``Repo.gc`` remove it."""
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
+    from dvc.repo import Repo, lock_repo
     from dvc.repo.gc import _validate_args
 
     try:
@@ -158,15 +186,33 @@ def run(root: Path, scope: Scope, confirm: bool, cloud: bool, remote: str | None
         if cloud:
             _check_shared_branches(root, scope, confirm)
             _check_remote(root, remote)
-        with Repo(str(root)) as repo:
+        with Repo(str(root)) as repo, lock_repo(repo):  # as `dvc gc`: no other DVC command meanwhile
             stores = plan(repo, scope, cloud, remote)
             print("\n".join(report(scope, refs(repo, scope, cloud), stores, cloud)))
             if confirm:
-                repo.gc(**asdict(scope), cloud=cloud, remote=remote, force=True)
+                for store in stores:
+                    remove(store)
     except DvcException as exc:
         raise PipelineError(str(exc).strip().splitlines()[0])
     _print_outcome(stores, confirm, cloud)
     return stores
+
+
+def remove(store: Store) -> None:
+    """Delete exactly the listed objects, as ``dvc gc`` deletes (``dvc_data``'s gc: listings first).
+
+    Not ``Repo.gc`` itself: it takes one ``--rev``, and the registered versions must be kept too."""
+    from dvc_data.hashfile.db import get_index
+    from dvc_data.hashfile.hash_info import HASH_DIR_SUFFIX
+
+    listings = [oid for oid in store.unused if oid.endswith(HASH_DIR_SUFFIX)]
+    for oid in listings:
+        store.odb._remove_unpacked_dir(oid)  # DVC 2's unpacked copy of a listing, as dvc gc does
+    for oids in (listings, [oid for oid in store.unused if not oid.endswith(HASH_DIR_SUFFIX)]):
+        if oids:
+            store.odb.fs.remove([store.odb.oid_to_path(oid) for oid in oids])
+    if store.unused and store.label.startswith("remote"):
+        get_index(store.odb).clear()  # DVC's record of what the remote holds is stale now
 
 
 def _check_shared_branches(root: Path, scope: Scope, confirm: bool) -> None:

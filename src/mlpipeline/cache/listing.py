@@ -27,6 +27,7 @@ class Refs:
     tags: list[str]
     experiments: list[str]
     not_kept: list[str]  # remote-tracking branches no local branch points at
+    releases: list[str]  # registered model versions (GTO tags): kept whatever the scope
 
 
 def report(scope: Scope, refs: Refs, stores: list[Store], cloud: bool) -> list[str]:
@@ -56,6 +57,8 @@ def scope_lines(scope: Scope, refs: Refs) -> list[str]:
         lines.append(f"{last or 'commit '}{scope.rev} (--rev)")
     if scope.commit_date:
         lines.append(f"commits since {scope.commit_date} (--date)")
+    if refs.releases:
+        lines.append(f"model versions (registered releases, kept by every scope): {names(refs.releases)}")
     if refs.not_kept:
         lines.append(
             f"NOT kept, as no local branch points there (git checkout them first): {names(refs.not_kept)}"

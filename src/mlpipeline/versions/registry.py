@@ -109,20 +109,23 @@ def fetch(root: Path, spec: str, name: str, version: str, target: Path) -> None:
             causes = list(_chain(exc))
             if any(isinstance(cause, ArtifactNotFoundError) for cause in causes):
                 raise PipelineError(f"{spec}: the tagged commit's dvc.yaml declares no artifact '{name}'")
-            raise PipelineError(
-                f"{spec}: cannot fetch the model from {remote_label(root)}: {_reason(causes)}"
-            )
+            missing = [cause for cause in causes if isinstance(cause, FileNotFoundError)]
+            if missing:
+                raise PipelineError(_missing_files(spec, f"{name}@{version}", root, missing[-1]))
+            reason = str(causes[-1]).strip().splitlines()[0]
+            raise PipelineError(f"{spec}: cannot fetch the model from {remote_label(root)}: {reason}")
 
 
-def _reason(causes: list[BaseException]) -> str:
-    """The root cause in one line; a missing object is said plainly (pushed, or collected since?)."""
-    missing = [cause for cause in causes if isinstance(cause, FileNotFoundError)]
-    if missing:
-        return (
-            f"it has no {missing[-1]}: push the model from a checkout of that version "
-            "(`dvc push models`; `make release` pushes before it tags)"
-        )
-    return str(causes[-1]).strip().splitlines()[0]
+def _missing_files(spec: str, tag: str, root: Path, missing: FileNotFoundError) -> str:
+    """What is missing, where it was looked for, and how to get it back (never pushed, or a
+    ``dvc gc`` elsewhere removed it)."""
+    what = missing.filename or str(missing)  # DVC names the file, or the object it looked for
+    return (
+        f"{spec}: the model's files are in neither the local DVC cache nor {remote_label(root)} "
+        f"(missing: {what}): on a machine whose DVC cache still holds them, "
+        f"`git checkout {tag} && dvc push models`; else `dvc repro train` at that tag rebuilds them "
+        "(bit for bit on the CPU type that trained them), then `dvc push models`"
+    )
 
 
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:
