@@ -9,11 +9,15 @@ and ``.tolist()``, so a device-to-host sync inside a step fails too), and a coun
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT, run
 from tiny_training import tiny_params, write_inputs, write_online_inputs
 
 from mlpipeline.modeling.network import ModelConfig, build_model
@@ -25,6 +29,9 @@ from mlpipeline.training.loop import Trainer
 from mlpipeline.training.optim import make_optimizer
 
 META = torch.device("meta", 0)
+SRC_ON_PATH = {
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")]))
+}
 STEPS = 4
 
 
@@ -135,3 +142,19 @@ def test_adamw_is_fused_on_cuda_only_and_the_same_update() -> None:
             optimizer.step()
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_the_gpu_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    """``bench/gpu.py`` on the CPU with a tiny model: every row printed (the figures are the
+    bench's business, never a test's)."""
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    bench = [sys.executable, str(REPO_ROOT / "bench" / "gpu.py"), "--device", "cpu", "--size", "8"]
+    out = run([*bench, "--images", "64", "--batch", "16", "--widths", "4"], tmp_path, env=SRC_ON_PATH).stdout
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["resident"], ["streamed"])]
+    assert [row[:2] for row in rows] == [
+        ["resident", "no"],
+        ["resident", "yes"],
+        ["streamed", "no"],
+        ["streamed", "yes"],
+    ]
+    assert all(float(row[-1]) > 0 for row in rows)
