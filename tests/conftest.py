@@ -17,6 +17,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The local S3 server and per-test remotes (tests marked s3); a trained history shared by flows.
 pytest_plugins = ["conftest_s3", "conftest_history"]
 
+# Commands run as from a user's shell, not as sub-makes of `make test`: its variables would make a
+# nested make print `make[1]:` and pass its flags down.
+for _parent_make in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"):
+    os.environ.pop(_parent_make, None)
+
 # A git identity for repos the tests create: CI machines may have none.
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "pipeline-tests",
