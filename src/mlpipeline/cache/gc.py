@@ -8,8 +8,7 @@ keeps the workspace, every branch tip, every tag and every experiment: ``dvc gc 
 --all-experiments``. Whatever the scope, registered model versions (GTO tags such as
 ``image-classifier@v1.0.0``) are kept too: a narrower scope never deletes a released model.
 ``--confirm`` then deletes exactly the listed objects, as ``dvc gc`` deletes them, under DVC's
-repository lock; ``--cloud`` lists (and cleans) the default remote too. What DVC warns while it
-collects (an output no dvc.lock of a commit records, once per commit) is said by the listing.
+repository lock; ``--cloud`` lists (and cleans) the default remote too.
 
 Usage (``make gc [CONFIRM=1] [CLOUD=1] [KEEP="dvc gc scope flags"]``; make hands KEEP over in the
 environment, ``MLPIPELINE_KEEP``, where only scope flags are taken)::
