@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO_ROOT, run
 from conftest_history import TrainedHistory, head
 from conftest_s3 import S3Remote
+from dvc.repo import Repo  # at import: DVC's console handlers keep the streams of the importing test
 from dvcflow import commit_all, dvc, git_clone, make
 
 from mlpipeline.cache import gc as cache_gc
@@ -144,8 +145,6 @@ def test_scope_mistakes_are_refused_before_anything_is_read(
 
 def dvc_project(path: Path) -> Path:
     """An empty DVC project, committed."""
-    from dvc.repo import Repo
-
     path.mkdir()
     run(["git", "init", "-q", "-b", "main"], path)
     Repo.init(str(path)).close()
@@ -162,6 +161,37 @@ def test_an_empty_cache_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "the local cache holds no objects",
         "gc: nothing to remove",
     ]
+
+
+def test_an_output_no_commit_recorded_is_named_in_the_listing_not_in_dvc_warnings(tmp_path: Path) -> None:
+    """A commit whose dvc.yaml has a stage its dvc.lock does not record yet: DVC warns once per such
+    commit walked (-A, -n, --date); the listing names the output and the commits instead."""
+    repo = dvc_project(tmp_path / "project")
+    stage = "stages:\n  mk:\n    cmd: echo made > made.txt\n    outs:\n    - made.txt\n"
+    unlocked = commit_files(repo, "a stage, not run", {"dvc.yaml": stage})
+    dvc(repo, "repro", "-q")
+    commit_all(repo, "run")
+
+    gc = run(
+        ["python", "-m", "mlpipeline.cache.gc"],
+        repo,
+        env={"PYTHONPATH": str(REPO_ROOT / "src"), "MLPIPELINE_KEEP": "-A"},
+    )
+    assert gc.stderr == ""
+    assert (
+        f"  made.txt: no hash recorded in {unlocked} (not run there yet): nothing of it to keep" in gc.stdout
+    )
+    assert "gc: nothing to remove" in gc.stdout
+
+
+def test_dvc_warnings_are_sorted_once_each() -> None:
+    missing = "Output 'a/b'(stage: '../../dvc.yaml:mk') is missing version info. Cache for it will not be"
+    caught = [("abc1234", missing), ("abc1234", missing), ("def5678", missing), ("the workspace", missing)]
+    caught += [("abc1234", "something else\nsecond line"), ("def5678", "something else\nsecond line")]
+    assert cache_gc.sort_warnings(caught) == (
+        {"a/b": ["abc1234", "def5678", "the workspace"]},
+        ["something else"],
+    )
 
 
 def test_cleaning_the_shared_remote_waits_for_branches_only_a_teammate_has(tmp_path: Path) -> None:
@@ -272,8 +302,6 @@ def test_gc_lists_then_removes_exactly_what_no_kept_revision_uses(
     assert f"from commit {trained_history.first[:7]}" in rows["models"], listing
     assert f"from commit {commits['old'][:7]}" in rows[EXTRA], listing
     assert "in no commit or run-cache entry" in rows["(unnamed)"], listing
-
-    from dvc.repo import Repo
 
     with Repo(str(repo)) as dvc_repo:
         stores = cache_gc.plan(dvc_repo, DEFAULT_SCOPE, cloud=True, remote=None)

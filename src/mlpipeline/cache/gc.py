@@ -26,7 +26,8 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
@@ -140,15 +141,58 @@ def _dir_reader(odb):
     return entries
 
 
-def refs(repo, scope: Scope, cloud: bool) -> Refs:
-    """The branches, tags and experiments the scope keeps by name, and for a shared remote, the
-    remote-tracking branches it would not keep."""
+DVC_LOGGERS = ("dvc", "dvc_objects", "dvc_data")
+# What `Output.get_used_objs` warns, once per revision, for an output whose hash no dvc.lock recorded.
+UNRECORDED = re.compile(r"Output '(?P<output>.+?)'\(.*\) is missing version info\.")
+
+
+@contextmanager
+def dvc_warnings(repo) -> Iterator[list[tuple[str, str]]]:
+    """What DVC warns meanwhile, as (revision, message), held back from its console handlers: it
+    warns once per commit it walks, naming stages by paths relative to its git view."""
+    caught: list[tuple[str, str]] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            rev = getattr(repo.fs, "rev", None)  # the brancher's git view; none in the workspace
+            caught.append((rev[:7] if rev else "the workspace", record.getMessage()))
+
+    loggers = [logging.getLogger(name) for name in DVC_LOGGERS]
+    saved = [logger.handlers for logger in loggers]
+    for logger in loggers:
+        logger.handlers = [Hold(logging.WARNING)]
+    try:
+        yield caught
+    finally:
+        for logger, handlers in zip(loggers, saved, strict=True):
+            logger.handlers = handlers
+
+
+def sort_warnings(caught: Iterable[tuple[str, str]]) -> tuple[dict[str, list[str]], list[str]]:
+    """The outputs with no recorded hash, with the revisions where; and every other warning, once."""
+    unrecorded: dict[str, list[str]] = {}
+    others: list[str] = []
+    for rev, message in caught:
+        found = UNRECORDED.match(message)
+        if found:
+            revs = unrecorded.setdefault(found["output"], [])
+            if rev not in revs:
+                revs.append(rev)
+        elif message.splitlines()[0] not in others:
+            others.append(message.splitlines()[0])
+    return unrecorded, others
+
+
+def refs(repo, scope: Scope, cloud: bool, unrecorded: dict[str, list[str]] | None = None) -> Refs:
+    """The branches, tags and experiments the scope keeps by name, for a shared remote the
+    remote-tracking branches it would not keep, and the outputs it has no hash to keep for."""
     from dvc.repo.experiments.utils import exp_refs
 
     missed = remote_branches_not_kept(Path(repo.root_dir)) if cloud and not scope.all_commits else []
     experiments = [ref.name for ref in exp_refs(repo.scm)]
     releases = list(registered_versions(Path(repo.root_dir)))
-    return Refs(list(repo.scm.list_branches()), list(repo.scm.list_tags()), experiments, missed, releases)
+    branches, tags = list(repo.scm.list_branches()), list(repo.scm.list_tags())
+    return Refs(branches, tags, experiments, missed, releases, unrecorded or {})
 
 
 def remote_branches_not_kept(root: Path) -> list[str]:
@@ -189,8 +233,12 @@ def run(root: Path, scope: Scope, confirm: bool, cloud: bool, remote: str | None
             _check_shared_branches(root, scope, confirm)
             _check_remote(root, remote)
         with Repo(str(root)) as repo:
-            stores = plan(repo, scope, cloud, remote)
-            print("\n".join(report(scope, refs(repo, scope, cloud), stores, cloud)))
+            with dvc_warnings(repo) as caught:
+                stores = plan(repo, scope, cloud, remote)
+            unrecorded, others = sort_warnings(caught)
+            print("\n".join(report(scope, refs(repo, scope, cloud, unrecorded), stores, cloud)))
+            for line in others:
+                print(f"gc: DVC warned: {line}", file=sys.stderr)
             if confirm:
                 for store in stores:
                     remove(store)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mlpipeline.cache.origins import Origin
 from mlpipeline.cache.scope import Scope, Store
@@ -28,6 +28,7 @@ class Refs:
     experiments: list[str]
     not_kept: list[str]  # remote-tracking branches no local branch points at
     releases: list[str]  # registered model versions (GTO tags): kept whatever the scope
+    unrecorded: dict[str, list[str]] = field(default_factory=dict)  # output -> revisions without its hash
 
 
 def report(scope: Scope, refs: Refs, stores: list[Store], cloud: bool) -> list[str]:
@@ -59,6 +60,10 @@ def scope_lines(scope: Scope, refs: Refs) -> list[str]:
         lines.append(f"commits since {scope.commit_date} (--date)")
     if refs.releases:
         lines.append(f"model versions (registered releases, kept by every scope): {names(refs.releases)}")
+    for output, revs in sorted(refs.unrecorded.items()):
+        lines.append(
+            f"{output}: no hash recorded in {names(revs)} (not run there yet): nothing of it to keep"
+        )
     if refs.not_kept:
         lines.append(
             f"NOT kept, as no local branch points there (git checkout them first): {names(refs.not_kept)}"
