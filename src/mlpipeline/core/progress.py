@@ -105,7 +105,7 @@ class Lines(Progress):
         """'ingest: decoding: 4000/10000 images (40%) in 00:32, 125 images/s, 00:48 left', as the bar
         shows it (the label's colon keeps it apart from a stage's own lines, 'train: pretrain epoch')."""
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        units = f"{self.unit}s"
+        units = f"{self.unit}es" if self.unit.endswith(("s", "sh", "ch", "x")) else f"{self.unit}s"
         if not self.total:
             return (
                 f"{self.label}: {self.done} {units} in {tqdm.format_interval(elapsed)}, {rate:.0f} {units}/s"
