@@ -94,6 +94,18 @@ def test_an_unknown_total_prints_count_and_rate(capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().err == "gc: listing: 400 objects in 00:20, 20 objects/s\n"
 
 
+def test_a_bar_names_its_unit_as_a_word(capsys: pytest.CaptureFixture[str]) -> None:
+    bar = progress.Bar("ingest: listing and decoding", None, "image")
+    bar.advance(12410)
+    bar.bar.refresh()
+    batches = progress.Bar("train: train", 40, "batch")
+    batches.advance(4)
+    batches.bar.refresh()
+    err = capsys.readouterr().err
+    assert "ingest: listing and decoding: 12410 images [" in err and " images/s]" in err
+    assert re.search(r"\| 4/40 \[.* batches/s\]", err), err
+
+
 @pytest.mark.parametrize(
     ("env", "kind"),
     [
@@ -249,6 +261,16 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_each_stage_shows_progress_only_where_it_should(pipeline_dir: Path, name: str) -> None:
     command = [sys.executable, "-m", f"mlpipeline.stages.{name}"]
     check_four_ways(command, pipeline_dir, OUTPUTS[name], STAGE_PHASES[name])
+
+
+@pytest.mark.slow
+def test_online_augment_shows_progress_only_where_it_should(pipeline_dir: Path) -> None:
+    """Online mode copies the synthetic originals (training makes the copies, under its bar)."""
+    params = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
+    params["augment"]["mode"] = "online"
+    (pipeline_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    command = [sys.executable, "-m", "mlpipeline.stages.augment"]
+    check_four_ways(command, pipeline_dir, OUTPUTS["augment"], ["augment: copying synthetic originals"])
 
 
 @pytest.fixture(scope="module")
