@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def run_stage(work: Path, module: str, shown: bool) -> tuple[float, float]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode:
         raise SystemExit(f"{module} failed:\n{result.stderr}")
-    lines = [line for line in result.stderr.splitlines() if shown and ": " in line and "/s" in line]
+    lines = [line for line in result.stderr.splitlines() if shown and re.match(r"\S+: [^:]+: \d", line)]
     if lines:
         print(f"    {len(lines)} progress line(s), the last: {lines[-1]}")
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import GIT_ENV, REPO_ROOT, repo_params, run
+from dvcflow import commit_all, dvc
 from imagedata import make_folder
 from tiny_training import tiny_section
 
@@ -31,6 +32,7 @@ from mlpipeline.core.errors import PipelineError
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 SECONDS = re.compile(r"\d+\.\d+ s\b")  # elapsed times in summary and epoch lines
+DVC_BAR = re.compile(r"!|\d+% .*\|.*\]")  # DVC's own bar, on a terminal only ('make report' reading plots)
 STAGE_PHASES = {
     "ingest": ["ingest: listing and decoding", "ingest: writing shards"],
     "synthesize": ["synthesize: reading real train", "synthesize: rendering"],
@@ -90,6 +92,18 @@ def test_an_unknown_total_prints_count_and_rate(capsys: pytest.CaptureFixture[st
     clock.now = 20
     lines.advance(400)
     assert capsys.readouterr().err == "gc: listing: 400 objects in 00:20, 20 objects/s\n"
+
+
+def test_a_bar_names_its_unit_as_a_word(capsys: pytest.CaptureFixture[str]) -> None:
+    bar = progress.Bar("ingest: listing and decoding", None, "image")
+    bar.advance(12410)
+    bar.bar.refresh()
+    batches = progress.Bar("train: train", 40, "batch")
+    batches.advance(4)
+    batches.bar.refresh()
+    err = capsys.readouterr().err
+    assert "ingest: listing and decoding: 12410 images [" in err and " images/s]" in err
+    assert re.search(r"\| 4/40 \[.* batches/s\]", err), err
 
 
 @pytest.mark.parametrize(
@@ -195,7 +209,8 @@ def is_progress(line: str, phase: str) -> bool:
 def shown_lines(text: str, phases: list[str]) -> list[str]:
     """What a reader is left with: lines without timings, bars and progress lines."""
     lines = (SECONDS.sub("T s", line.strip()) for line in re.split(r"[\r\n]+", ANSI.sub("", text)))
-    return [line for line in lines if line and not any(is_progress(line, phase) for phase in phases)]
+    shown = (line for line in lines if line and not DVC_BAR.fullmatch(line))
+    return [line for line in shown if not any(is_progress(line, phase) for phase in phases)]
 
 
 def check_four_ways(command: list[str], cwd: Path, outputs: list[str], phases: list[str]) -> None:
@@ -248,6 +263,16 @@ def test_each_stage_shows_progress_only_where_it_should(pipeline_dir: Path, name
     check_four_ways(command, pipeline_dir, OUTPUTS[name], STAGE_PHASES[name])
 
 
+@pytest.mark.slow
+def test_online_augment_shows_progress_only_where_it_should(pipeline_dir: Path) -> None:
+    """Online mode copies the synthetic originals (training makes the copies, under its bar)."""
+    params = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
+    params["augment"]["mode"] = "online"
+    (pipeline_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    command = [sys.executable, "-m", "mlpipeline.stages.augment"]
+    check_four_ways(command, pipeline_dir, OUTPUTS["augment"], ["augment: copying synthetic originals"])
+
+
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DVC repo with a tracked file, committed, and an older version of it left in the cache."""
@@ -275,3 +300,15 @@ def test_cache_tools_show_progress_only_where_they_should(
     dvc_repo: Path, module: str, phases: list[str]
 ) -> None:
     check_four_ways([sys.executable, "-m", module], dvc_repo, [], phases)
+
+
+@pytest.mark.slow
+def test_make_report_shows_progress_only_where_it_should(pipeline_repo: Path) -> None:
+    """The committed results against a workspace whose loss curve moved: every chart drawn."""
+    dvc(pipeline_repo, "remote", "remove", "storage")
+    commit_all(pipeline_repo, "no remote")
+    loss = pipeline_repo / "reports/train/plots/metrics/train/loss.tsv"
+    header, *rows = loss.read_text().splitlines()
+    loss.write_text("\n".join([header, *(row.rsplit("\t", 1)[0] + "\t9.5" for row in rows)]) + "\n")
+    command = [sys.executable, "-m", "mlpipeline.compare.report", "--base", "HEAD"]
+    check_four_ways(command, pipeline_repo, ["reports/compare"], ["report: drawing charts"])

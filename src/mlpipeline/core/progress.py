@@ -58,7 +58,10 @@ class Bar(Progress):
     """A tqdm bar on stderr, cleared when the phase ends."""
 
     def __init__(self, label: str, total: int | None, unit: str) -> None:
-        self.bar = tqdm(total=total, desc=label, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
+        # ' images' reads '12410 images [00:03, 6000.66 images/s]' (tqdm joins its unit to the count)
+        self.bar = tqdm(
+            total=total, desc=label, unit=f" {plural(unit)}", leave=False, file=sys.stderr, dynamic_ncols=True
+        )
 
     def advance(self, count: int = 1) -> None:
         self.bar.update(count)
@@ -105,7 +108,7 @@ class Lines(Progress):
         """'ingest: decoding: 4000/10000 images (40%) in 00:32, 125 images/s, 00:48 left', as the bar
         shows it (the label's colon keeps it apart from a stage's own lines, 'train: pretrain epoch')."""
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        units = f"{self.unit}es" if self.unit.endswith(("s", "sh", "ch", "x")) else f"{self.unit}s"
+        units = plural(self.unit)
         if not self.total:
             return (
                 f"{self.label}: {self.done} {units} in {tqdm.format_interval(elapsed)}, {rate:.0f} {units}/s"
@@ -117,6 +120,11 @@ class Lines(Progress):
         if self.done < self.total and rate > 0:
             text += f", {tqdm.format_interval((self.total - self.done) / rate)} left"
         return text
+
+
+def plural(unit: str) -> str:
+    """'image' -> 'images', 'batch' -> 'batches': the units are English nouns."""
+    return f"{unit}es" if unit.endswith(("s", "sh", "ch", "x")) else f"{unit}s"
 
 
 def enabled() -> bool:
