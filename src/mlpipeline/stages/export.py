@@ -20,6 +20,7 @@ from mlpipeline.core import atomic, stage
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import EXPORT_REPORTS, EXPORTED, INGESTED, MODELS
+from mlpipeline.core.progress import Progress, progress
 from mlpipeline.core.shards import META_FILE, Dataset
 from mlpipeline.modeling.export import Parity, check, describe, parity, to_onnx
 from mlpipeline.modeling.files import CONFIG_FILE, load_model
@@ -47,16 +48,20 @@ def export(params: ExportParams, model_dir: Path, data_dir: Path) -> Exported:
         )
     model_bytes = to_onnx(model, config, atomic.to_json_text(config.to_dict()))
     target = EXPORTED / ONNX_FILE
-    result = parity(model, OnnxModel(target, model_bytes), image_batches(data, params.batch_size))
+    with progress("export", "checking against PyTorch", data.count(TEST)) as shown:
+        batches = image_batches(data, params.batch_size, shown)
+        result = parity(model, OnnxModel(target, model_bytes), batches)
     check(result, params.atol, str(target))
     return Exported(model_bytes, result)
 
 
-def image_batches(data: Dataset, batch_size: int) -> Iterator[np.ndarray]:
-    """The test split's images, ``batch_size`` at a time within each shard."""
+def image_batches(data: Dataset, batch_size: int, shown: Progress) -> Iterator[np.ndarray]:
+    """The test split's images, ``batch_size`` at a time within each shard, counted in ``shown``."""
     for images, _ in data.iter_shards(TEST):
         for start in range(0, len(images), batch_size):
-            yield images[start : start + batch_size]
+            batch = images[start : start + batch_size]
+            yield batch
+            shown.advance(len(batch))
 
 
 def main() -> None:
