@@ -7,6 +7,8 @@ import resource
 import sys
 from pathlib import Path
 
+import torch
+
 
 def peak_rss_mib() -> float:
     """This process's peak RSS. Linux's VmHWM starts afresh at exec; ``ru_maxrss`` would carry
@@ -34,3 +36,18 @@ def print_scaling(side: int, counts: list[int], times: dict[int, float]) -> None
     """How time grows with the image count: linear growth prints ~10x time for 10x images."""
     steps = [f"{b // a}x images -> {times[b] / times[a]:.1f}x time" for a, b in itertools.pairwise(counts)]
     print(f"        scaling at {side}x{side}: {', '.join(steps)}")
+
+
+def plain_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> None:
+    """Backward and one optimizer step as a plain PyTorch loop takes them (through the grad
+    scaler on the fp16 path): the peer the benchmarks hold the template's loop against."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import plain_step
 
 from mlpipeline.augmentation.online import OnlineAugmentation
 from mlpipeline.augmentation.params import AugmentParams
@@ -116,14 +117,7 @@ def plain_rate(params: TrainParams, runtime: Runtime, count: int, side: int) -> 
             chosen = slice(step * batch, (step + 1) * batch)
             with runtime.autocast():
                 loss = F.cross_entropy(model(images[chosen]), labels[chosen])
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+            plain_step(loss, optimizer, scaler)
         loss.item()  # synchronized
 
     return steps * batch / seconds_of_second(epoch)

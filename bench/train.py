@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import peak_rss_mib
+from common import peak_rss_mib, plain_step
 
 from mlpipeline.core.params import from_mapping, load_section
 from mlpipeline.core.paths import AUGMENTED, INGESTED
@@ -81,14 +81,7 @@ def bare_epoch(
         with runtime.autocast():
             logits = model(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        plain_step(loss, optimizer, scaler)
 
 
 def timed(runtime: Runtime, run: Callable[[], object]) -> float:
