@@ -49,7 +49,7 @@ def run(stage: str, body: Callable[[], None]) -> None:
         check_worker_count()
         body()
     except PipelineError as exc:
-        print(f"{stage}: error: {redact_text(str(exc))}", file=sys.stderr)
+        print_error(stage, exc)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print(f"{stage}: interrupted", file=sys.stderr)
@@ -63,6 +63,11 @@ def run(stage: str, body: Callable[[], None]) -> None:
     except BrokenProcessPool:
         print(f"{stage}: error: {WORKER_DIED}", file=sys.stderr)
         sys.exit(PipelineError.exit_code)
+
+
+def print_error(stage: str, exc: PipelineError) -> None:
+    """The stage's one error line for ``exc``, out before the caller goes on (or exits)."""
+    print(f"{stage}: error: {redact_text(str(exc))}", file=sys.stderr, flush=True)
 
 
 @contextmanager

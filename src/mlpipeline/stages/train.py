@@ -16,6 +16,7 @@ on success.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,12 +112,16 @@ def train(
                 report.start_phase(phase.name, trainer.epochs, trainer.steps_per_epoch)
             try:
                 best = trainer.fit(checkpoints, report)
-            except Diverged:  # these params cannot give a model: nothing of the run is kept
+            except Diverged as diverged:  # these params cannot give a model: nothing of the run is kept
                 for kept in all_checkpoints if world.is_main else []:
                     kept.clear()
                 if report is not None:
                     report.discard()
-                world.barrier()  # every rank diverged together; torchrun kills the rest once one exits
+                if world.size > 1:  # every rank diverged at the same step: rank 0 says so, once
+                    if world.is_main:
+                        stage.print_error("train", diverged)
+                    world.barrier()  # the line is out before any rank exits and torchrun stops the rest
+                    sys.exit(diverged.exit_code)
                 raise
             trainer.release()
         assert trainer is not None
