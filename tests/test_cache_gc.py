@@ -163,6 +163,14 @@ def test_an_empty_cache_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[st
     ]
 
 
+def test_gc_refuses_while_another_dvc_command_holds_the_repository(tmp_path: Path) -> None:
+    """As `dvc gc`: under DVC's repo lock, so a `dvc add` meanwhile cannot lose a fresh object."""
+    repo = dvc_project(tmp_path / "project")
+    refused = pytest.raises(PipelineError, match=r"^Unable to acquire lock")
+    with Repo(str(repo)) as other, other.lock, refused:
+        cache_gc.run(repo, DEFAULT_SCOPE, confirm=True, cloud=False, remote=None)
+
+
 def test_an_output_no_commit_recorded_is_named_in_the_listing_not_in_dvc_warnings(tmp_path: Path) -> None:
     """A commit whose dvc.yaml has a stage its dvc.lock does not record yet: DVC warns once per such
     commit walked (-A, -n, --date); the listing names the output and the commits instead."""

@@ -7,8 +7,9 @@ the way ``dvc gc`` walks them, sizes them and names them (``origins``). The defa
 keeps the workspace, every branch tip, every tag and every experiment: ``dvc gc -w -a -T
 --all-experiments``. Whatever the scope, registered model versions (GTO tags such as
 ``image-classifier@v1.0.0``) are kept too: a narrower scope never deletes a released model.
-``--confirm`` then deletes exactly the listed objects, as ``dvc gc`` deletes them (run no other
-DVC command in the repository meanwhile); ``--cloud`` lists (and cleans) the default remote too.
+``--confirm`` then deletes exactly the listed objects, as ``dvc gc`` deletes them and under its
+repository lock (another DVC command running meanwhile is refused, not raced); ``--cloud`` lists
+(and cleans) the default remote too.
 
 Usage (``make gc [CONFIRM=1] [CLOUD=1] [KEEP="dvc gc scope flags"]``; make hands KEEP over in the
 environment, ``MLPIPELINE_KEEP``, where only scope flags are taken)::
@@ -222,9 +223,9 @@ def plan(repo, scope: Scope, cloud: bool, remote: str | None, jobs: int | None =
 
 
 def run(root: Path, scope: Scope, confirm: bool, cloud: bool, remote: str | None) -> list[Store]:
-    """Print the plan; with ``confirm``, let DVC's ``Repo.gc`` remove it."""
+    """Print the plan; with ``confirm``, remove exactly what it lists."""
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
+    from dvc.repo import Repo, lock_repo
     from dvc.repo.gc import _validate_args
 
     try:
@@ -232,7 +233,7 @@ def run(root: Path, scope: Scope, confirm: bool, cloud: bool, remote: str | None
         if cloud:
             _check_shared_branches(root, scope, confirm)
             _check_remote(root, remote)
-        with Repo(str(root)) as repo:
+        with Repo(str(root)) as repo, lock_repo(repo):  # as `dvc gc`: no other DVC command meanwhile
             with dvc_warnings(repo) as caught:
                 stores = plan(repo, scope, cloud, remote)
             unrecorded, others = sort_warnings(caught)
