@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
+from mlpipeline.core.errors import PipelineError
 from mlpipeline.training import gpu_lock
 
 DEVICES = ["0", "1"]  # stand-ins: the lock knows devices by name only
@@ -102,3 +103,10 @@ def test_cpu_takes_no_lock_and_a_first_run_keeps_device_0(
     assert (tmp_path / "locks").exists() == (count > 0)  # CPU: nothing written anywhere
     for descriptor in gpu_lock._held:
         gpu_lock.os.close(descriptor)
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "nan"])
+def test_a_bad_wait_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(gpu_lock.WAIT_ENV, value)
+    with pytest.raises(PipelineError, match=f"^MLPIPELINE_GPU_WAIT='{value}': must be a number of seconds"):
+        gpu_lock.max_wait()

@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
+from mlpipeline.core import settings
 from mlpipeline.core.errors import PipelineError
 
 T = TypeVar("T")
@@ -137,16 +138,8 @@ def enabled() -> bool:
 
 def interval() -> float:
     """``MLPIPELINE_PROGRESS_INTERVAL``: seconds between plain lines (unset: 10)."""
-    raw = os.environ.get(INTERVAL_ENV, "").strip()
-    if not raw:
-        return DEFAULT_INTERVAL
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:  # also refuses nan
-        raise PipelineError(f"{INTERVAL_ENV}={raw!r}: must be a number of seconds >= 0 (unset: 10)")
-    return seconds
+    value = settings.seconds(INTERVAL_ENV, unset=f"{DEFAULT_INTERVAL:g}")
+    return DEFAULT_INTERVAL if value is None else value
 
 
 def start(stage: str, phase: str, total: int | None = None, unit: str = "image") -> Progress:

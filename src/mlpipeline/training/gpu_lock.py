@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlpipeline.core import settings
 from mlpipeline.core.errors import PipelineError
 
 LOCK_DIR_ENV = "MLPIPELINE_GPU_LOCK_DIR"
@@ -46,16 +47,7 @@ def lock_dir() -> Path:
 
 
 def max_wait() -> float | None:
-    value = os.environ.get(WAIT_ENV, "")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if seconds < 0:
-        raise PipelineError(f"{WAIT_ENV} must be a number of seconds >= 0, got {value!r}")
-    return seconds
+    return settings.seconds(WAIT_ENV, unset="wait as long as it takes")
 
 
 def visible_gpus() -> list[str]:
