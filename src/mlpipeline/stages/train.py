@@ -16,7 +16,6 @@ on success.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,10 +117,7 @@ def train(
                 if report is not None:
                     report.discard()
                 if world.size > 1:  # every rank diverged at the same step: rank 0 says so, once
-                    if world.is_main:
-                        stage.print_error("train", diverged)
-                    world.barrier()  # the line is out before any rank exits and torchrun stops the rest
-                    sys.exit(diverged.exit_code)
+                    world.stop_together(diverged, says=world.is_main)
                 raise
             trainer.release()
         assert trainer is not None

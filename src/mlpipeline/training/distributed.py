@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -27,6 +27,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous import RendezvousError
 from torch.nn.parallel import DistributedDataParallel
 
+from mlpipeline.core import stage
 from mlpipeline.core.errors import EXIT_USER_ERROR, PipelineError
 
 # Set by torchrun in every worker it starts.
@@ -97,13 +98,21 @@ class World:
         for node, theirs in gathered:  # type: ignore[misc]
             differing = sorted(key for key in main.keys() | theirs.keys() if main.get(key) != theirs.get(key))
             if differing:
-                if self.local_rank != 0:
-                    raise SystemExit(EXIT_USER_ERROR)
                 what = _differences(differing, main, theirs, node)
-                raise PipelineError(
+                refusal = PipelineError(
                     f"node {node} differs from node 0 in {what}: every node must run the same commit, "
                     "params and inputs (git checkout, dvc pull)"
                 )
+                self.stop_together(refusal, says=self.local_rank == 0)
+
+    def stop_together(self, error: PipelineError, says: bool) -> NoReturn:
+        """End this rank on ``error``, which every rank reached at the same point: the ranks that
+        ``says`` print its one line, then all wait for each other before exiting (torchrun stops
+        every rank once one exits, maybe before a line is out)."""
+        if says:
+            stage.print_error("train", error)
+        self.barrier()
+        raise SystemExit(error.exit_code)
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Give every rank rank 0's BatchNorm statistics, so all ranks evaluate the model rank 0
