@@ -29,6 +29,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.modeling.inputs import NormalizedInput
 
 transformers.logging.set_verbosity_error()  # its load report would list the replaced head
 
@@ -37,22 +38,18 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 FETCH = "make weights MODEL=<hub id> NAME={name}"
 
 
-class HFNet(nn.Module):
+class HFNet(NormalizedInput):
     """A transformers model behind the CNN's interface: uint8 (or [0, 1] float) images in,
     normalized here, logits out (transformers returns an output object)."""
 
     HEAD = f"net.{HEAD}."  # the prefix of the classifier's parameter names
 
     def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
-        super().__init__()
+        super().__init__(mean, std)
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype == torch.uint8:
-            images = images.float().div_(255.0)
-        return self.net(pixel_values=(images - self.mean) / self.std).logits
+        return self.net(pixel_values=self.normalized(images)).logits
 
 
 def supported() -> list[str]:

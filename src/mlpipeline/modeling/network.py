@@ -19,20 +19,21 @@ from torch import nn
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.modeling.config import CONVNET, ModelConfig
+from mlpipeline.modeling.inputs import NormalizedInput
 
 MIN_STD = 1e-6  # a constant channel still divides by something
 STATS_CHUNK_PIXELS = 1 << 22  # values squared at a time: bounds the temporary to 16 MiB
 _SQUARES = np.arange(256, dtype=np.int32) ** 2
 
 
-class ConvNet(nn.Module):
+class ConvNet(NormalizedInput):
     """Blocks of two 3x3 conv-BN-ReLU layers, 2x2 max-pooling while the map is >= 4 px,
     then global average pooling and a linear head: the same code fits 8x8 and 32x32 inputs."""
 
     HEAD = "head."  # the prefix of the classifier's parameters (fine-tuning trains it first)
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
+        super().__init__(config.mean, config.std)
         assert config.widths is not None and config.dropout is not None  # ModelConfig checks it
         channels, height, width = config.image_shape
         layers: list[nn.Module] = []
@@ -56,14 +57,10 @@ class ConvNet(nn.Module):
             nn.Dropout(config.dropout),
             nn.Linear(channels, config.num_classes),
         )
-        self.register_buffer("mean", torch.tensor(config.mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(config.std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for uint8 (or already float in [0, 1]) images N x C x H x W."""
-        if images.dtype == torch.uint8:
-            images = images.float().div_(255.0)
-        return self.head(self.features((images - self.mean) / self.std))
+        return self.head(self.features(self.normalized(images)))
 
 
 def build_model(config: ModelConfig) -> nn.Module:
