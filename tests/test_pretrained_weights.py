@@ -360,6 +360,14 @@ def test_a_malformed_json_file_of_the_folder_is_one_line(
         load(folder)
 
 
+def test_loading_weights_writes_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    folder = save_checkpoint(tmp_path / "tiny")
+    capfd.readouterr()
+    load(folder)
+    assert capfd.readouterr() == ("", "")
+
+
+@pytest.mark.slow
 def test_the_stage_trains_from_weights_without_transformers_bars(tmp_path: Path) -> None:
     """transformers' own 'Loading weights' bar (carriage returns in a piped log) never shows: the
     stage's stderr is its lines alone, with progress off as with it on."""
