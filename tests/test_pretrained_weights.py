@@ -202,6 +202,23 @@ def test_an_index_naming_a_shard_outside_the_folder_is_refused(tmp_path: Path) -
     )
 
 
+def test_the_weights_file_config_json_names_is_read_if_it_is_inside(tmp_path: Path) -> None:
+    """transformers honours config.json's transformers_weights; so does train, inside the folder."""
+    folder = save_checkpoint(tmp_path / "weights" / "tiny")
+    whole = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").rename(folder / "chosen.safetensors")
+    edit_json(folder / "config.json", transformers_weights="chosen.safetensors")
+    assert torch.equal(load(folder).state_dict()[f"net.{BACKBONE_TENSOR}"], whole[BACKBONE_TENSOR])
+    (folder / "chosen.safetensors").rename(tmp_path / "outside.safetensors")
+    edit_json(folder / "config.json", transformers_weights="../../outside.safetensors")
+    with pytest.raises(PipelineError) as refused:
+        load(folder)
+    assert str(refused.value) == (
+        f"{folder}/config.json: transformers_weights names '../../outside.safetensors', outside {folder}; "
+        "train reads only the files of the weights folder"
+    )
+
+
 def test_a_symlinked_weights_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """DVC does not walk into a symlinked folder: retargeting it would go unnoticed."""
     save_checkpoint(tmp_path / "elsewhere")
@@ -346,6 +363,8 @@ def test_nan_pretrained_weights_stop_before_training_with_their_own_advice(
         ("config.json", "[1, 2]", r"config.json: not a JSON object"),
         ("config.json", '{"depths": [1]}', r"config.json: no model_type: not a transformers config"),
         ("preprocessor_config.json", "{not json", r"preprocessor_config.json: not JSON"),
+        ("preprocessor_config.json", '{"image_mean": ["x"], "image_std": [1]}', r"one finite number per"),
+        ("preprocessor_config.json", '{"image_mean": 0.5, "image_std": [1]}', r"one finite number per"),
         ("model.safetensors.index.json", '{"weight_map": 3}', r"index.json: weight_map is not"),
     ],
 )

@@ -35,13 +35,7 @@ from transformers.models.auto.modeling_auto import (
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.modeling.inputs import NormalizedInput
-from mlpipeline.modeling.pretrained import (
-    CONFIG_FILE,
-    PREPROCESSOR_FILE,
-    CheckpointFolder,
-    refuse_casts,
-    refuse_code,
-)
+from mlpipeline.modeling.pretrained import CONFIG_FILE, CheckpointFolder, refuse_casts, refuse_code
 
 transformers.logging.set_verbosity_error()  # its load report would list the replaced head
 # Its 'Loading weights' bar would reach a piped log as carriage returns, progress off or on:
@@ -110,7 +104,7 @@ def pretrained_network(
     config = _checkpoint_config(checkpoint)
     network = _fit(config, classes, image_shape, f"{folder / CONFIG_FILE}", pretrained=True)
     source = {"source": folder.as_posix(), "sha256": folder_sha256(folder)}
-    return network, _preprocessor_stats(checkpoint, image_shape[0]), source
+    return network, checkpoint.stats(image_shape[0]), source
 
 
 def _checkpoint_config(checkpoint: CheckpointFolder) -> PretrainedConfig:
@@ -203,29 +197,6 @@ def from_pretrained(config: Any, folder: Path) -> HFNet:
 
 def _in_head(name: str) -> bool:
     return name.startswith(f"{HEAD}.")
-
-
-def _preprocessor_stats(
-    checkpoint: CheckpointFolder, channels: int
-) -> tuple[list[float], list[float]] | None:
-    path, stats = checkpoint.folder / PREPROCESSOR_FILE, checkpoint.json(PREPROCESSOR_FILE)
-    if stats is None:
-        return None
-    if not isinstance(stats, dict):
-        raise PipelineError(f"{path}: not a JSON object (a preprocessor config is one)")
-    mean, std = stats.get("image_mean"), stats.get("image_std")
-    if mean is None or std is None:
-        return None
-    numbers = all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*_listed(mean), *_listed(std)]
-    )
-    if not numbers or len(_listed(mean)) != channels or len(_listed(std)) != channels:
-        raise PipelineError(f"{path}: image_mean and image_std need {channels} numbers, one per channel")
-    return [float(v) for v in mean], [float(v) for v in std]
-
-
-def _listed(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [None]
 
 
 def folder_sha256(folder: Path) -> str:

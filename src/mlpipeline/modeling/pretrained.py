@@ -24,6 +24,7 @@ read the shards an index names wherever they are, and look for pickles. This mod
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 from collections.abc import Mapping
 from pathlib import Path
@@ -89,6 +90,23 @@ class CheckpointFolder:
         refuse_code(config, str(path))
         return config
 
+    def stats(self, channels: int) -> tuple[list[float], list[float]] | None:
+        """The input mean and std of preprocessor_config.json, one number per channel; None when
+        it has none."""
+        path, values = self.folder / PREPROCESSOR_FILE, self.json(PREPROCESSOR_FILE)
+        if values is None:
+            return None
+        if not isinstance(values, dict):
+            raise PipelineError(f"{path}: not a JSON object (a preprocessor config is one)")
+        mean, std = values.get("image_mean"), values.get("image_std")
+        if mean is None or std is None:
+            return None
+        if not (_numbers(mean, channels) and _numbers(std, channels)):
+            raise PipelineError(
+                f"{path}: image_mean and image_std need one finite number per channel ({channels})"
+            )
+        return [float(v) for v in mean], [float(v) for v in std]
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor of the checkpoint's safetensors file, or of the shards its index names;
         all finite."""
@@ -126,6 +144,8 @@ class CheckpointFolder:
     def _shards(self, name: str) -> list[Path]:
         self.path(name, f"{self.folder / CONFIG_FILE}: {EXPLICIT_WEIGHTS}")
         index_path, index = self.folder / name, self.json(name)
+        if index is None:
+            raise PipelineError(f"{index_path}: not found ({self.folder / CONFIG_FILE} names it)")
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise PipelineError(f"{index_path}: weight_map is not a mapping of tensor names to file names")
@@ -175,6 +195,14 @@ def refuse_casts(
             f"{where}: tensor {name} is {_kind(theirs)} in the checkpoint, {_kind(ours)} in the network "
             f"({len(cast)} such; pretrained weights are floating-point)"
         )
+
+
+def _numbers(value: Any, count: int) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == count
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
 
 
 def _kind(dtype: torch.dtype) -> str:
