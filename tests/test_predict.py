@@ -210,3 +210,34 @@ def test_model_round_trip_gives_the_same_predictions(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         predict_probabilities(loaded, images, CPU, 8), predict_probabilities(model, images, CPU, 8)
     )
+
+
+PREDICT = [sys.executable, "-m", "mlpipeline.modeling.predict"]
+
+
+def with_closed(descriptor: int, command: list[str]) -> list[str]:
+    """``command`` run by a shell with ``descriptor`` closed (``2>&-``)."""
+    return ["sh", "-c", f'"$@" {descriptor}>&-', "sh", *command]
+
+
+def test_a_closed_stderr_keeps_error_lines_out_of_the_csv_on_stdout(files: dict[str, Path]) -> None:
+    # `mlpipeline-predict ... > pred.csv 2>&-`: Python leaves sys.stderr None then, and print(file=None)
+    # writes to stdout: the error line landed above the header, and pandas read it as the header.
+    command = [*PREDICT, str(files["folder"]), str(files["corrupt"]), "--model", str(files["model"])]
+    result = run(with_closed(2, command), files["top"].parent, check=False)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == "path,label,probability"
+    assert pd.read_csv(io.StringIO(result.stdout))["label"].tolist() == ["left", "left", "center"]
+
+
+def test_a_closed_stderr_keeps_the_model_error_out_of_stdout(tmp_path: Path) -> None:
+    result = run(with_closed(2, [*PREDICT, "x.png", "--model", "nowhere"]), tmp_path, check=False)
+    assert (result.returncode, result.stdout) == (3, "")
+
+
+def test_a_closed_stdout_without_output_is_one_line(files: dict[str, Path], tmp_path: Path) -> None:
+    # It wrote to sys.stdout, None: an AttributeError traceback.
+    command = [*PREDICT, str(files["folder"]), "--model", str(files["model"])]
+    result = run(with_closed(1, command), tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["predict: error: stdout is closed: name a file with --output"]

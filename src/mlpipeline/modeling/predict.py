@@ -177,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     output = None if args.output == "-" else args.output
+    if output is None and sys.stdout is None:
+        raise PipelineError("stdout is closed: name a file with --output")
     if output is not None and Path(output).is_dir():  # checked before any work, not at the write
         raise PipelineError(
             f"--output {output}: is a folder; name a file in it, e.g. {Path(output) / 'predictions.csv'}"
