@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 from test_models_hf import RESNET, config_for
-from test_predict import save_png
+from test_predict import PREDICT, save_png
 from tiny_model import SHAPE, tiny_images, write_tiny_dataset, write_tiny_model
 
 import mlpipeline.stages.export as export_stage
@@ -154,3 +154,18 @@ def test_predict_names_the_device_choices() -> None:
 
     assert get_args(DeviceChoice) == DEVICES
     assert SHAPE == (1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "models"], "--onnx model.onnx and --model models name two models: give one"),
+        (["--device", "cuda"], "--device cuda: --onnx runs on the CPU"),
+    ],
+)
+def test_onnx_refuses_what_it_would_ignore(tmp_path: Path, extra: list[str], message: str) -> None:
+    # --onnx ran the file and ignored --model and --device without a word.
+    command = [*PREDICT, "x.png", "--onnx", "model.onnx", *extra]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"predict: error: {message}") and done.stderr.count("\n") == 1

@@ -241,3 +241,56 @@ def test_a_closed_stdout_without_output_is_one_line(files: dict[str, Path], tmp_
     result = run(with_closed(1, command), tmp_path, check=False)
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["predict: error: stdout is closed: name a file with --output"]
+
+
+@pytest.mark.parametrize("named", ["explicitly", "in its folder"])
+def test_an_output_that_is_an_input_image_is_refused(
+    files: dict[str, Path], tmp_path: Path, named: str
+) -> None:
+    # It overwrote the image with the CSV.
+    target = files["folder"] / "10.png"
+    before = target.read_bytes()
+    inputs = [str(target)] if named == "explicitly" else [str(files["folder"])]
+    command = [*PREDICT, *inputs, "--model", str(files["model"]), "--output", str(target)]
+    result = run(command, tmp_path, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"predict: error: --output {target}: is one of the images to predict; name another file"
+    ]
+    assert target.read_bytes() == before
+
+
+def test_an_output_that_reaches_an_input_through_a_link_is_refused(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    (tmp_path / "linked").symlink_to(files["folder"])
+    target = tmp_path / "linked" / "sub" / "1.png"
+    before = target.read_bytes()
+    result = predict_cli(files, tmp_path, "--output", str(target))
+    assert result.returncode == 2 and "is one of the images to predict" in result.stderr
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("output", ["newdir/", "newdir/.", "newdir/sub/"])
+def test_an_output_naming_a_missing_folder_is_one_line(
+    files: dict[str, Path], tmp_path: Path, output: str
+) -> None:
+    # Path("newdir/") is Path("newdir"): the trailing slash was dropped and a file named newdir written.
+    result = predict_cli(files, tmp_path, "--output", output)
+    assert result.returncode == 2 and result.stdout == ""
+    folder = output.rstrip("/").removesuffix("/.")
+    assert result.stderr.splitlines() == [
+        f"predict: error: --output {output}: names a folder; name a file in it, e.g. "
+        f"{Path(folder) / 'predictions.csv'}"
+    ]
+    assert not (tmp_path / "newdir").exists()
+
+
+def test_an_output_under_a_file_is_one_line(files: dict[str, Path], tmp_path: Path) -> None:
+    # A FileExistsError traceback, after predicting every image.
+    output = f"{files['top']}/predictions.csv"
+    result = predict_cli(files, tmp_path, "--output", output)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"predict: error: --output {output}: {files['top']} is not a folder"
+    ]
