@@ -5,6 +5,7 @@ which classifies with onnxruntime alone."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,93 @@ def test_predict_names_the_device_choices() -> None:
 
     assert get_args(DeviceChoice) == DEVICES
     assert SHAPE == (1, 8, 8)
+
+
+def edited(model_bytes: bytes, config: dict | None = None, input_name: str | None = None) -> bytes:
+    """The exported file with ``config``'s keys changed in its metadata, or its input renamed."""
+    proto = onnx.load_from_string(model_bytes)
+    recorded = json.loads(proto.metadata_props[0].value)
+    proto.metadata_props[0].value = json.dumps({**recorded, **(config or {})})
+    if input_name is not None:
+        old = proto.graph.input[0].name
+        proto.graph.input[0].name = input_name
+        for node in proto.graph.node:
+            node.input[:] = [input_name if name == old else name for name in node.input]
+    return proto.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"config": {"image_shape": [1, 16, 16]}},
+            "its model config says 1x16x16 images, its graph takes 1x8x8",
+        ),
+        (
+            {"config": {"classes": list("abcde")}},
+            "its model config names 5 classes, its graph gives 3 logits",
+        ),
+        ({"input_name": "pixels"}, "its graph takes pixels and gives logits, not images and logits"),
+    ],
+    ids=["image shape", "classes", "input name"],
+)
+def test_metadata_that_disagrees_with_the_graph_is_one_line(
+    exported, tmp_path: Path, change: dict, message: str
+) -> None:
+    # Each gave a traceback (or, with fewer classes than logits, labels from the wrong list).
+    path = tmp_path / "model.onnx"
+    path.write_bytes(edited(exported[1].model_bytes, **change))
+    with pytest.raises(ModelError) as refused:
+        OnnxModel(path)
+    assert str(refused.value) == f"{path}: {message} (not as the export stage writes it)"
+
+
+def failing_graph(config_text: str) -> bytes:
+    """An ONNX file that agrees with its metadata and loads, but runs a batch of 2 only."""
+    helper, tensor = onnx.helper, onnx.TensorProto
+    nodes = [
+        helper.make_node("Cast", ["images"], ["pixels"], to=tensor.FLOAT),
+        helper.make_node("Reshape", ["pixels", "two"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "weights"], ["logits"]),
+    ]
+    initializers = [
+        onnx.numpy_helper.from_array(np.array([2, 64], dtype=np.int64), "two"),
+        onnx.numpy_helper.from_array(np.ones((64, 3), dtype=np.float32), "weights"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fixed-batch",
+        [helper.make_tensor_value_info("images", tensor.UINT8, ["batch", *SHAPE])],
+        [helper.make_tensor_value_info("logits", tensor.FLOAT, ["batch", 3])],
+        initializers,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    proto.metadata_props.add(key=CONFIG_METADATA_KEY, value=config_text)
+    return proto.SerializeToString()
+
+
+def test_a_graph_that_fails_to_run_is_one_line(exported, tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    config_text = onnx.load_from_string(exported[1].model_bytes).metadata_props[0].value
+    path.write_bytes(failing_graph(config_text))
+    model, images = OnnxModel(path), tiny_images(1, seed=0)[0]
+    assert model.logits(images[:2]).shape == (2, 3)
+    with pytest.raises(ModelError) as refused:
+        model.logits(images[:1])
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}: ONNX Runtime cannot run it on a batch of 1 1x8x8 images \(.*Reshape.*\)",
+        str(refused.value),
+    )
+
+
+def test_onnx_naming_a_folder_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as refused:
+        OnnxModel(tmp_path)
+    assert (
+        str(refused.value)
+        == f"{tmp_path}: is a folder; name the ONNX file in it, e.g. {tmp_path / 'model.onnx'}"
+    )
 
 
 @pytest.mark.parametrize(
