@@ -18,14 +18,15 @@ from conftest import REPO_ROOT
 from test_models_hf import RESNET, config_for
 from test_predict import PREDICT, save_png
 from tiny_model import SHAPE, tiny_images, write_tiny_dataset, write_tiny_model
+from torch import nn
 
 import mlpipeline.stages.export as export_stage
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.modeling.config import CONFIG_METADATA_KEY
-from mlpipeline.modeling.export import Parity
+from mlpipeline.modeling.export import Parity, check, parity
 from mlpipeline.modeling.files import ModelError, load_model, save_model
 from mlpipeline.modeling.network import build_model
-from mlpipeline.modeling.onnx_model import OnnxModel
+from mlpipeline.modeling.onnx_model import OnnxModel, softmax
 from mlpipeline.modeling.params import ExportParams
 from mlpipeline.modeling.predict import DEVICES, predict_onnx, predict_paths
 
@@ -90,16 +91,73 @@ def test_the_batch_axis_is_dynamic(exported) -> None:
     assert onnx_model.config == config
 
 
+@pytest.mark.parametrize(
+    "found",
+    [Parity(24, 0.5, 0), Parity(24, 1e-6, 2)],
+    ids=["logits past atol, same classes", "logits within atol, classes differ"],
+)
 def test_a_disagreeing_export_fails_in_one_line_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, found: Parity
 ) -> None:
     root = workdir(tmp_path)
     (root / "params.yaml").write_text("export:\n  atol: 0.0001\n  batch_size: 8\n")
     monkeypatch.chdir(root)
-    monkeypatch.setattr(export_stage, "parity", lambda *args: Parity(24, 0.5, 2))
-    with pytest.raises(PipelineError, match=r"model\.onnx: ONNX Runtime disagrees .* up to 0\.5 .*2 of 24"):
+    monkeypatch.setattr(export_stage, "parity", lambda *args: found)
+    expected = f"up to {found.max_abs_diff:.3g} .*, {found.different_classes} of 24 images get another class"
+    with pytest.raises(PipelineError, match=rf"model\.onnx: ONNX Runtime disagrees .*{expected}"):
         export_stage.main()
     assert not (root / "exported").exists() and not (root / "reports").exists()
+
+
+class Lookup(nn.Module):
+    """A network whose logits a test chooses: row ``k`` of ``table`` for an image whose one pixel is k."""
+
+    def __init__(self, table: list[list[float]]) -> None:
+        super().__init__()
+        self.table = torch.tensor(table)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.table[images.flatten().long()]
+
+
+class OnnxLookup:
+    """``OnnxModel``'s ``logits`` by the same lookup, on its own table."""
+
+    def __init__(self, table: list[list[float]]) -> None:
+        self.table = np.array(table, dtype=np.float32)
+
+    def logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        return self.table[images.flatten()]
+
+
+def one_pixel_batches(*batches: list[int]) -> list[np.ndarray]:
+    return [np.array(batch, dtype=np.uint8).reshape(-1, 1, 1, 1) for batch in batches]
+
+
+def test_a_class_that_flips_within_atol_is_caught() -> None:
+    # Two near-tied logits swap places by 1e-6, far within atol: the predicted class still differs.
+    ours, theirs = [[0.5, 0.500001], [2.0, 0.0]], [[0.500001, 0.5], [2.0, 0.0]]
+    result = parity(Lookup(ours), OnnxLookup(theirs), one_pixel_batches([0, 1]))
+    assert result.images == 2 and result.different_classes == 1 and result.max_abs_diff < 1e-5
+    with pytest.raises(
+        PipelineError, match=r"model\.onnx: .*up to 1\.\d+e-06 .*, 1 of 2 images get another class"
+    ):
+        check(result, atol=1e-4, where="model.onnx")
+
+
+def test_parity_counts_a_disagreement_in_any_batch() -> None:
+    # Image 1 disagrees (by 0.75, and in class); it is in the first of three batches.
+    ours, theirs = [[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.25, 0.75]]
+    result = parity(Lookup(ours), OnnxLookup(theirs), one_pixel_batches([0, 1], [0, 0], [0]))
+    assert result == Parity(images=5, max_abs_diff=0.75, different_classes=1)
+
+
+def test_softmax_of_huge_logits_is_finite() -> None:
+    # exp(710) overflows float64: without the shift by the row's max every probability was NaN.
+    logits = np.array([[1000.0, 0.0, -1000.0], [800.0, 800.0, 3e38]], dtype=np.float32)
+    np.testing.assert_array_equal(softmax(logits), [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    # and exp(-1000) underflows to 0: every probability was 0 / 0.
+    np.testing.assert_array_equal(softmax(np.array([[-1000.0, -1000.0, -3000.0]])), [[0.5, 0.5, 0.0]])
 
 
 @pytest.mark.slow

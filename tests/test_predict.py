@@ -294,3 +294,17 @@ def test_an_output_under_a_file_is_one_line(files: dict[str, Path], tmp_path: Pa
     assert result.stderr.splitlines() == [
         f"predict: error: --output {output}: {files['top']} is not a folder"
     ]
+
+
+def test_folders_under_a_hidden_parent_are_searched(files: dict[str, Path], tmp_path: Path) -> None:
+    # `mlpipeline-predict ~/.cache/photos`: only the folders below the one named are hidden ones.
+    photos = tmp_path / ".cache" / "photos"
+    photos.parent.mkdir()
+    files["folder"].rename(photos)
+    frame = predict_paths([photos], files["model"], device="cpu")
+    assert frame["error"].isna().all()
+    assert frame["path"].tolist() == [
+        str(photos / "2.png"),
+        str(photos / "10.png"),
+        str(photos / "sub" / "1.png"),
+    ]
