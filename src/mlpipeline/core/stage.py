@@ -57,7 +57,9 @@ def keep_standard_streams_open() -> None:
                 os.dup2(null, descriptor)
                 os.close(null)
     if sys.stderr is None:
-        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 (the process's stderr, never closed)
+        # Not descriptor 2: a module imported before now may hold it (onnxruntime opens /dev/null
+        # read-only), and writing there failed the flush at exit (status 120).
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process's stderr, never closed)
 
 
 def run(stage: str, body: Callable[[], None]) -> None:
