@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,32 @@ def test_any_other_os_error_keeps_its_traceback() -> None:
 
     with pytest.raises(FileNotFoundError):
         stage.run("ingest", body)
+
+
+# A stage whose body logs, prints to stderr and fails in one line; run by a shell with stderr closed.
+CLOSED_STDERR_STAGE = """
+import logging, os, sys
+{before}
+from mlpipeline.core import stage
+from mlpipeline.core.errors import PipelineError
+
+def body():
+    logging.getLogger("x").info("a log line")
+    print("a line", file=sys.stderr)
+    raise PipelineError("one line")
+
+stage.run("x", body)
+"""
+
+
+@pytest.mark.parametrize(
+    "before",
+    ["", "os.open(os.devnull, os.O_RDONLY)"],
+    ids=["descriptor 2 free", "descriptor 2 taken by a read-only file"],
+)
+def test_a_stage_with_stderr_closed_exits_as_with_it_open(tmp_path: Path, before: str) -> None:
+    # onnxruntime opens /dev/null read-only when imported, and gets descriptor 2 if it is free:
+    # the export stage with `2>&-` wrote its lines there and exited 120 (a failed flush at exit).
+    code = CLOSED_STDERR_STAGE.format(before=before)
+    done = subprocess.run(["sh", "-c", '"$@" 2>&-', "sh", sys.executable, "-c", code], capture_output=True)
+    assert (done.returncode, done.stdout) == (2, b"")
