@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -16,8 +17,11 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, copy_repo, run
 from gloo import free_port, two_gloo_ranks
+from safetensors.torch import load_file, save_file
+from test_models_hf import hf_params, save_checkpoint
 from tiny_training import tiny_params, tiny_section, write_inputs
 
+from mlpipeline.stages.train import train
 from mlpipeline.training.distributed import World
 from mlpipeline.training.rendezvous import TIMEOUT_ENV
 
@@ -158,6 +162,57 @@ def test_a_node_with_other_params_is_refused_on_both_nodes_in_one_line(
     assert (tmp_path / "node1.log").read_text().splitlines() == [refusal]
     node0_lines = (tmp_path / "node0.log").read_text().splitlines()
     assert node0_lines.count(refusal) == 1 and not (node0 / "models").exists()
+
+
+def other_weights(folder: Path) -> Path:
+    """``folder``'s checkpoint with one tensor changed: the same name and shapes, other bytes."""
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, weights, metadata={"format": "pt"})
+    return folder
+
+
+def test_the_agreement_holds_the_pretrained_weights_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What every rank compares before any work covers the weights folder's bytes, not its name."""
+    compared: list[dict[str, str]] = []
+
+    @dataclass(frozen=True)
+    class Comparing(World):
+        def agree(self, parts: dict[str, str]) -> None:
+            compared.append(parts)
+            raise KeyboardInterrupt  # what is compared is all this test needs
+
+    folder = save_checkpoint(tmp_path / "data" / "weights" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    params, inputs = hf_params(model={"weights": "tiny"}), write_inputs(tmp_path)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            train(params, inputs, None, tmp_path / "ckpt", Comparing())
+        other_weights(folder)
+    held = [parts["pretrained weights"] for parts in compared]
+    assert held[0] and held[1] and held[0] != held[1]
+
+
+@pytest.mark.slow
+def test_nodes_holding_other_weights_under_one_name_are_refused_in_one_line(
+    clones: tuple[Path, Path], tmp_path: Path
+) -> None:
+    node0, node1 = (write_node(clone, model={"weights": "tiny"}) for clone in clones)
+    save_checkpoint(node0 / "data" / "weights" / "tiny")
+    other_weights(save_checkpoint(node1 / "data" / "weights" / "tiny"))
+    codes = [node.wait(timeout=300) for node in run_nodes(node0, node1, tmp_path)]
+
+    assert codes[0] != 0 and codes[1] == 2
+    refusal = (
+        "train: error: node 1 differs from node 0 in pretrained weights: every node must run the same "
+        "commit, params and inputs (git checkout, dvc pull)"
+    )
+    assert (tmp_path / "node1.log").read_text().splitlines() == [refusal]
+    assert (tmp_path / "node0.log").read_text().splitlines().count(refusal) == 1
 
 
 @pytest.mark.slow
