@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,9 +42,28 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
+def stderr_even_if_closed() -> None:
+    """A stderr on /dev/null for a process started with it closed (``2>&-``), where Python sets
+    ``sys.stderr`` to None: ``print(..., file=None)`` would write an error line to stdout (above
+    the CSV a user redirected there), and the next file opened would take descriptor 2, where
+    C code (torch, gloo) writes its warnings. What a user closed stays unseen; the exit code
+    still tells."""
+    if sys.stderr is not None:
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.fstat(2)  # taken since start by a file opened at import: leave it to its owner
+    except OSError:
+        os.dup2(null, 2)
+        os.close(null)
+        null = 2
+    sys.stderr = open(null, "w", errors="backslashreplace")  # noqa: SIM115 (the process's own, never closed)
+
+
 def run(stage: str, body: Callable[[], None]) -> None:
     """Run a stage body, after checking ``MLPIPELINE_WORKERS``; a ``PipelineError``, a refusal of
     the machine's (a full disk) or a worker killed under it becomes one ``error:`` line and exit 2."""
+    stderr_even_if_closed()
     setup_logging()
     try:
         check_worker_count()
