@@ -325,7 +325,7 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("module", "phases"),
     [
         ("mlpipeline.cache.verify", ["verify: hashing"]),
-        ("mlpipeline.cache.gc", ["gc: listing local cache"]),
+        ("mlpipeline.cache.gc", ["gc: reading commits", "gc: listing local cache"]),
     ],
 )
 def test_cache_tools_show_progress_only_where_they_should(
