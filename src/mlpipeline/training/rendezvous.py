@@ -29,7 +29,7 @@ from mlpipeline.core.errors import PipelineError
 
 TIMEOUT_ENV = "MLPIPELINE_RENDEZVOUS_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0  # seconds: cluster schedulers may start nodes minutes apart
-LONGEST_TIMEOUT = 7 * 24 * 3600.0  # a week: past it, torch's own timers overflow
+LONGEST_TIMEOUT = 7 * 24 * 3600.0  # a week: more is a slip (1e23 overflowed torch's timers)
 HANDSHAKE_SECONDS = 10.0  # node 0's rendezvous answers a connected node at once: more is another program
 RETRY_SECONDS = 0.5
 HIGHEST_PORT = 65535
@@ -170,7 +170,7 @@ def _check_handshake(meeting: Rendezvous) -> None:
     ``HANDSHAKE_SECONDS`` (and the time left), then ended: torch's client would wait forever at a
     listener that never answers, and prints stack frames at one that answers other bytes. The
     probe counts for nothing in node 0's tally of arrivals (it names no world size)."""
-    bound = min(meeting.remaining(), HANDSHAKE_SECONDS)
+    bound = max(min(meeting.remaining(), HANDSHAKE_SECONDS), 1.0)  # a second at least, at the deadline
     prober = multiprocessing.get_context("fork").Process(
         target=_probe, args=(meeting.address, meeting.port, bound), name="rendezvous-probe", daemon=True
     )
@@ -188,7 +188,8 @@ def _check_handshake(meeting: Rendezvous) -> None:
 
 def _probe(address: str, port: int, seconds: float) -> None:
     """The forked prober: exits 0 once ``address:port`` answers as a TCPStore, 1 if it will not;
-    what torch's C++ writes to stderr meanwhile goes to /dev/null."""
+    what torch's C++ writes to stderr meanwhile goes to /dev/null. It leaves by ``os._exit``, so
+    nothing the parent had buffered for stdout is written twice."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     from torch.distributed import TCPStore
 
@@ -196,3 +197,4 @@ def _probe(address: str, port: int, seconds: float) -> None:
         TCPStore(address, port, timeout=timedelta(seconds=seconds), wait_for_workers=False)
     except Exception:  # what it found is said by the parent, in one line
         os._exit(1)
+    os._exit(0)
