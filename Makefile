@@ -41,11 +41,11 @@ format: setup ## Apply ruff's fixes and formatting
 	ruff check --fix src tests bench
 	ruff format src tests bench
 
-# Variables a user types (BASE, IMAGES_URL, KEEP, VERSION, ARTIFACT) reach the programs through
-# the environment, as the exact text typed ($(value): unexpanded), never through a shell's quoting:
-# the programs read MLPIPELINE_<NAME> and check it, so `VERSION='1.0.0;echo x'` is one bad version.
-# Not exported under their own names: make would expand them on the way (a `$(shell ...)` in one).
-unexport BASE IMAGES_URL KEEP VERSION ARTIFACT
+# Variables a user types (BASE, IMAGES_URL, KEEP, VERSION, ARTIFACT, MODEL, NAME) reach the programs
+# through the environment, as the exact text typed ($(value): unexpanded), never through a shell's
+# quoting: the programs read MLPIPELINE_<NAME> and check it, so `VERSION='1.0.0;echo x'` is one bad
+# version. Not exported under their own names: make would expand them on the way (a `$(shell ...)`).
+unexport BASE IMAGES_URL KEEP VERSION ARTIFACT MODEL NAME
 
 # BASE: any git revision; IMAGES_URL: where a PR comment finds the PNGs (default: beside report.md).
 BASE ?= main
@@ -97,8 +97,10 @@ gc: setup ## List what `dvc gc` would remove and why (CONFIRM=1 removes it, CLOU
 	python -m mlpipeline.cache.gc $(if $(filter 1,$(CONFIRM)),--confirm) $(if $(filter 1,$(CLOUD)),--cloud)
 
 # A pretrained checkpoint as DVC-tracked data (needs internet once; stages never download).
+weights: export MLPIPELINE_MODEL = $(value MODEL)
+weights: export MLPIPELINE_NAME = $(value NAME)
 weights: setup ## Fetch MODEL=microsoft/resnet-50 from the Hugging Face hub into data/weights/NAME and dvc add it
-	python -m mlpipeline.devtools.fetch_weights $(MODEL) $(if $(NAME),--name $(NAME))
+	python -m mlpipeline.devtools.fetch_weights
 
 # A model version: a GTO git tag ARTIFACT@vVERSION on HEAD, made once the model is pushed.
 ARTIFACT ?= image-classifier

@@ -22,7 +22,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # a stage never downloads: before transforme
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageClassification, PretrainedConfig
+from transformers import (
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
+    AutoConfig,
+    AutoModelForImageClassification,
+    PretrainedConfig,
+)
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
@@ -30,11 +35,14 @@ from transformers.models.auto.modeling_auto import (
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.modeling.inputs import NormalizedInput
+from mlpipeline.modeling.pretrained import CONFIG_FILE, CheckpointFolder, refuse_casts, refuse_code
 
 transformers.logging.set_verbosity_error()  # its load report would list the replaced head
+# Its 'Loading weights' bar would reach a piped log as carriage returns, progress off or on:
+# loading takes a second, and a stage's stderr is its own lines (mlpipeline.core.progress).
+transformers.utils.logging.disable_progress_bar()
 
 HEAD = "classifier"  # every transformers image-classification model's head module
-PREPROCESSOR_FILE = "preprocessor_config.json"
 FETCH = "make weights MODEL=<hub id> NAME={name}"
 
 
@@ -87,19 +95,31 @@ def pretrained_network(
 ) -> tuple[dict[str, Any], tuple[list[float], list[float]] | None, dict[str, str]]:
     """The config of the checkpoint in ``folder`` fitted to the data, its preprocessor's mean and
     std (None when it has none) and the record of where the weights came from."""
-    if not (folder / "config.json").is_file():
+    if not (folder / CONFIG_FILE).is_file():
         raise PipelineError(
             f"{folder}: no pretrained weights here (train.model.weights); fetch them once on a machine "
             f"with internet: {FETCH.format(name=folder.name)}, then dvc push (or dvc pull them)"
         )
-    try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{folder / 'config.json'}: not a transformers config ({exc})") from None
-    check_arch(config.model_type, f"{folder / 'config.json'}: model_type")
-    network = _fit(config, classes, image_shape, f"{folder / 'config.json'}", pretrained=True)
+    checkpoint = CheckpointFolder(folder)
+    config = _checkpoint_config(checkpoint)
+    network = _fit(config, classes, image_shape, f"{folder / CONFIG_FILE}", pretrained=True)
     source = {"source": folder.as_posix(), "sha256": folder_sha256(folder)}
-    return network, _preprocessor_stats(folder, image_shape[0]), source
+    return network, checkpoint.stats(image_shape[0]), source
+
+
+def _checkpoint_config(checkpoint: CheckpointFolder) -> PretrainedConfig:
+    """config.json as the config class transformers has for its model type: read here, as data,
+    where ``AutoConfig.from_pretrained`` would import the code an ``auto_map`` names."""
+    values, path = checkpoint.config(), checkpoint.folder / CONFIG_FILE
+    model_type = values.get("model_type")
+    if not isinstance(model_type, str):
+        raise PipelineError(f"{path}: no model_type: not a transformers config")
+    check_arch(model_type, f"{path}: model_type")
+    try:
+        return CONFIG_MAPPING[model_type].from_dict(values)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PipelineError(f"{path}: not a {model_type} config ({message})") from None
 
 
 def _fit(
@@ -124,6 +144,7 @@ def _fit(
 
 
 def _from_network(network: dict[str, Any], where: str) -> nn.Module:
+    refuse_code(network, where)
     model_type = network.get("model_type", "")
     if model_type not in CONFIG_MAPPING or model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         raise PipelineError(
@@ -132,7 +153,7 @@ def _from_network(network: dict[str, Any], where: str) -> nn.Module:
         )
     try:
         config = CONFIG_MAPPING[model_type].from_dict(network)
-        return AutoModelForImageClassification.from_config(config)
+        return AutoModelForImageClassification.from_config(config, trust_remote_code=False)
     except (ValueError, TypeError, IndexError, KeyError, RuntimeError, AttributeError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PipelineError(f"{where}: {model_type} cannot be built from this config ({message})") from None
@@ -145,18 +166,24 @@ def build(config: Any) -> HFNet:
 
 def from_pretrained(config: Any, folder: Path) -> HFNet:
     """The network of ``config`` holding the checkpoint of ``folder``: every tensor but the head's
-    loads (the head is new, sized for the classes), or one line names the first that does not."""
+    loads (the head is new, sized for the classes), or one line names the first that does not.
+    transformers gets the tensors, read and checked here (``mlpipeline.modeling.pretrained``),
+    never the folder."""
     model_type = config.network["model_type"]
     fitted = CONFIG_MAPPING[model_type].from_dict(config.network)
-    net, info = AutoModelForImageClassification.from_pretrained(
-        folder,
+    tensors = CheckpointFolder(folder).tensors()
+    kinds = {name: tensor.dtype for name, tensor in tensors.items()}
+    net, info = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(fitted)].from_pretrained(
+        None,  # no folder: the state dict alone
         config=fitted,
+        state_dict=tensors,
         ignore_mismatched_sizes=True,
         output_loading_info=True,
-        local_files_only=True,
-        use_safetensors=True,  # never a pickle
         dtype=torch.float32,
+        trust_remote_code=False,
     )
+    del tensors
+    refuse_casts(kinds, net.state_dict(), net.base_model_prefix, folder)
     if mismatched := sorted(item for item in info["mismatched_keys"] if not _in_head(item[0])):
         name, theirs, ours = mismatched[0]
         raise PipelineError(
@@ -170,19 +197,6 @@ def from_pretrained(config: Any, folder: Path) -> HFNet:
 
 def _in_head(name: str) -> bool:
     return name.startswith(f"{HEAD}.")
-
-
-def _preprocessor_stats(folder: Path, channels: int) -> tuple[list[float], list[float]] | None:
-    path = folder / PREPROCESSOR_FILE
-    if not path.is_file():
-        return None
-    stats = json.loads(path.read_text())
-    mean, std = stats.get("image_mean"), stats.get("image_std")
-    if mean is None or std is None:
-        return None
-    if len(mean) != channels or len(std) != channels:
-        raise PipelineError(f"{path}: image_mean and image_std need {channels} values, one per channel")
-    return [float(v) for v in mean], [float(v) for v in std]
 
 
 def folder_sha256(folder: Path) -> str:
