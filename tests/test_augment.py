@@ -298,6 +298,17 @@ def test_switching_one_transform_off_keeps_the_others_draws() -> None:
     assert torch.equal(dropped[kept], noisy[kept])
 
 
+def test_cutout_and_dropped_values_together_erase_what_each_erases() -> None:
+    """Both on: the cutout box survives the dropped pixels (one mask once overwrote the other)."""
+    images = sample_images((1, 16, 16))
+    cut = {"transforms.cutout.probability": 1.0, "transforms.cutout.size": 0.25}
+    cutout = augment(images, transforms(cut), 0, "b") == 0
+    dropped = augment(images, transforms({"transforms.drop_values": 0.1}), 0, "b") == 0
+    both = augment(images, transforms({**cut, "transforms.drop_values": 0.1}), 0, "b") == 0
+    assert cutout.any() and dropped.any()
+    assert torch.equal(both, cutout | dropped)
+
+
 def test_drop_values_zeroes_that_share_of_pixels_across_channels() -> None:
     dropped = augment(sample_images((3, 32, 32), 200), transforms({"transforms.drop_values": 0.3}), 0, "b")
     zero = dropped == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import repo_params
+from conftest import REPO_ROOT, repo_params
 from imagedata import make_folder
 
 from mlpipeline.core import stage, workers
@@ -101,3 +101,38 @@ def test_a_stage_with_stderr_closed_exits_as_with_it_open(tmp_path: Path, before
     code = CLOSED_STDERR_STAGE.format(before=before)
     done = subprocess.run(["sh", "-c", '"$@" 2>&-', "sh", sys.executable, "-c", code], capture_output=True)
     assert (done.returncode, done.stdout) == (2, b"")
+
+
+CLOSED_STDERR_BODY = """
+import os, sys
+from mlpipeline.core import progress, stage
+from mlpipeline.core.errors import PipelineError
+
+def body():
+    with open("out.txt", "w") as out:
+        os.write(2, b"a warning from C code\\n")  # as torch's and gloo's C++ write theirs
+        with progress.progress("ingest", "decoding", 3) as shown:
+            shown.advance(3)
+        out.write("the output")
+    if sys.argv[1] == "fail":
+        raise PipelineError("a bad param")
+
+stage.run("ingest", body)
+"""
+
+
+@pytest.mark.parametrize("outcome", ["succeed", "fail"])
+def test_stderr_closed_changes_nothing_but_what_is_seen(tmp_path: Path, outcome: str) -> None:
+    """``2>&-``: progress once failed every stage (AttributeError on None.isatty), an error line went
+    to stdout, and the first file opened took descriptor 2, where C code writes."""
+    result = subprocess.run(
+        ["sh", "-c", '"$0" "$@" 2>&-', sys.executable, "-c", CLOSED_STDERR_BODY, outcome],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "MLPIPELINE_PROGRESS_INTERVAL": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == (0 if outcome == "succeed" else 2)
+    assert result.stdout == "" and result.stderr == ""
+    assert (tmp_path / "out.txt").read_text() == "the output"

@@ -65,11 +65,12 @@ def train(
     runtime = configure(
         params.device, params.precision, params.num_threads, world.local_rank, world.local_size
     )
+    spec, weights = params.model, WEIGHTS / params.model.weights if params.model.weights else None
+    pretrained = weights_sha256(weights)
     with process_group(world, runtime.device):
-        world.agree(fingerprint(params, runtime, inputs.datasets))
+        world.agree(fingerprint(params, runtime, inputs.datasets, pretrained))
         phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
         mean, std = world.from_main(lambda: streamed_channel_stats(phases[-1].originals.shards()))
-        spec, weights = params.model, WEIGHTS / params.model.weights if params.model.weights else None
         config = new_config(
             spec.arch,
             inputs.classes,
@@ -103,7 +104,6 @@ def train(
                 val=val,
                 phase=phase.name,
             )
-            pretrained = config.pretrained["sha256"] if config.pretrained else ""
             key = run_key(params, runtime, inputs.datasets, phase.name, pretrained)
             checkpoints = Checkpoints(key, checkpoint_root, world)
             all_checkpoints.append(checkpoints)
@@ -124,6 +124,16 @@ def train(
         if report is not None:
             report.finish(best, trainer.progress.epoch)
     return Trained(trainer, config, best, runtime, phases, all_checkpoints)
+
+
+def weights_sha256(weights: Path | None) -> str:
+    """The pretrained weights' hash for the nodes' agreement (empty: none): nodes holding other
+    bytes under one ``data/weights`` name would otherwise meet, then fail inside DDP."""
+    if weights is None or not weights.is_dir():
+        return ""  # no folder: new_config refuses it in one line, the same on every node
+    from mlpipeline.modeling.hf import folder_sha256  # imports transformers: only with weights
+
+    return folder_sha256(weights)
 
 
 def main() -> None:
