@@ -176,6 +176,11 @@ def test_a_misspelled_model_type_under_hf_names_the_closest() -> None:
 
 
 def test_what_transformers_builds_as_asked_is_accepted() -> None:
+    torch.manual_seed(5)
+    drawn = torch.rand(3)
+    torch.manual_seed(5)
+    network("vit", {**VIT, "hidden_dropout_prob": 0.5})  # built, run in training mode: random draws
+    assert torch.equal(torch.rand(3), drawn)  # the check leaves the seeded stream to training
     assert network("vit", {**VIT, "layer_norm_eps": 1})["layer_norm_eps"] == 1.0  # YAML's 1 for 1.0
     registers = {**VIT, "mlp_ratio": 2, "num_register_tokens": 0}  # 0 means none here
     del registers["intermediate_size"]

@@ -131,9 +131,8 @@ def _check_values(
 ) -> None:
     """What transformers accepts but builds another network from (see the module's docstring)."""
     for key, value in values.items():
-        if isinstance(value, dict):
-            sub_config, sub_defaults = getattr(config, key), getattr(defaults, key)
-            _check_values(sub_config, sub_defaults, value, f"{where}.{key}")
+        if isinstance(sub_defaults := getattr(defaults, key, None), PretrainedConfig):
+            _check_values(getattr(config, key), sub_defaults, value, f"{where}.{key}")
         else:
             _check_number(key, value, getattr(defaults, key, None), f"{where}.{key}")
     _check_stages(config, defaults, values, where)
