@@ -175,6 +175,12 @@ def test_a_misspelled_model_type_under_hf_names_the_closest() -> None:
     assert "(closest: resnet" in message
 
 
+def test_an_hf_entry_that_is_no_mapping_is_one_line() -> None:
+    assert refusal(tiny_params, model={"hf": {"resnet": 5}}) == (
+        "params.yaml: train.model.hf.resnet must be a mapping, got 5"  # was KeyError: 'properties'
+    )
+
+
 def test_what_transformers_builds_as_asked_is_accepted() -> None:
     torch.manual_seed(5)
     drawn = torch.rand(3)
