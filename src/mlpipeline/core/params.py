@@ -157,6 +157,8 @@ def _node_at(schema: dict[str, Any], loc: tuple[Any, ...]) -> dict[str, Any]:
     for part in loc:
         if isinstance(part, int):
             node = _deref(schema, _branch(schema, node, "items")["items"])
+        elif isinstance(free := node.get("additionalProperties"), dict):  # a mapping of free keys
+            node = _deref(schema, free)  # (train.model.hf): the schema of each value
         else:
             node = _deref(schema, _branch(schema, node, "properties")["properties"].get(part, {}))
     return node

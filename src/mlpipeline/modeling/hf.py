@@ -10,10 +10,11 @@ transformers. The hub is offline here: weights are DVC-tracked folders, never a 
 
 from __future__ import annotations
 
-import difflib
+import functools
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,6 @@ import torch
 import transformers
 from torch import nn
 from transformers import (
-    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
-    AutoConfig,
     AutoModelForImageClassification,
     PretrainedConfig,
 )
@@ -33,7 +32,9 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
 )
 
-from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.errors import PipelineError, first_line
+from mlpipeline.modeling.hf_build import check_trainable, config_of, head_modules, model_class
+from mlpipeline.modeling.hf_overrides import arch_config, check_model_types, closest
 from mlpipeline.modeling.inputs import NormalizedInput
 from mlpipeline.modeling.pretrained import CONFIG_FILE, CheckpointFolder, refuse_casts, refuse_code
 
@@ -42,7 +43,6 @@ transformers.logging.set_verbosity_error()  # its load report would list the rep
 # loading takes a second, and a stage's stderr is its own lines (mlpipeline.core.progress).
 transformers.utils.logging.disable_progress_bar()
 
-HEAD = "classifier"  # every transformers image-classification model's head module
 FETCH = "make weights MODEL=<hub id> NAME={name}"
 
 
@@ -50,11 +50,14 @@ class HFNet(NormalizedInput):
     """A transformers model behind the CNN's interface: uint8 (or [0, 1] float) images in,
     normalized here, logits out (transformers returns an output object)."""
 
-    HEAD = f"net.{HEAD}."  # the prefix of the classifier's parameter names
-
     def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__(mean, std)
         self.net = net
+
+    @functools.cached_property
+    def HEAD(self) -> tuple[str, ...]:  # the name ConvNet.HEAD has: one interface for both
+        """The prefixes of the classifier head's parameter names (found when fine-tuning asks)."""
+        return tuple(f"net.{prefix}" for prefix in head_modules(self.net.config))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(pixel_values=self.normalized(images)).logits
@@ -67,27 +70,26 @@ def supported() -> list[str]:
 
 def check_arch(arch: str, where: str) -> None:
     if arch not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
-        close = difflib.get_close_matches(arch, ["convnet", *supported()], n=3, cutoff=0.5)
-        hint = f"closest: {', '.join(close)}" if close else f"one of convnet, {', '.join(supported())}"
+        hint = closest(arch, ["convnet", *supported()]) or f" (one of convnet, {', '.join(supported())})"
         raise PipelineError(
             f"{where}: {arch!r} is not convnet or an image-classification model type of "
-            f"transformers {transformers.__version__} ({hint})"
+            f"transformers {transformers.__version__}{hint}"
         )
 
 
 def new_network(
-    arch: str, overrides: dict[str, Any], classes: list[str], image_shape: list[int]
+    arch: str, hf: Mapping[str, Any], classes: list[str], image_shape: list[int]
 ) -> dict[str, Any]:
-    """The full config of a fresh ``arch`` fitted to the data, with the user's ``overrides``."""
+    """The full config of a fresh ``arch`` fitted to the data, with the user's overrides
+    (``hf[arch]``, ``train.model.hf``'s entry for it), checked to train on the data's images."""
     check_arch(arch, "params.yaml: train.model.arch")
-    defaults = AutoConfig.for_model(arch)
-    for key in overrides:
-        if not hasattr(defaults, key):
-            close = difflib.get_close_matches(key, list(defaults.to_dict()), n=3)
-            hint = f" (closest: {', '.join(close)})" if close else ""
-            raise PipelineError(f"params.yaml: train.model.hf.{arch}.{key} is no {arch} config key{hint}")
-    config = AutoConfig.for_model(arch, **overrides)
-    return _fit(config, classes, image_shape, f"params.yaml: train.model.hf.{arch}")
+    check_model_types(hf, supported())
+    config = arch_config(arch, hf.get(arch, {}))
+    advice = (
+        f"try a larger ingest.image_size, or smaller patch, kernel, window or stride settings "
+        f"under train.model.hf.{arch}"
+    )
+    return _fit(config, classes, image_shape, f"params.yaml: train.model.hf.{arch}", advice)
 
 
 def pretrained_network(
@@ -102,7 +104,8 @@ def pretrained_network(
         )
     checkpoint = CheckpointFolder(folder)
     config = _checkpoint_config(checkpoint)
-    network = _fit(config, classes, image_shape, f"{folder / CONFIG_FILE}", pretrained=True)
+    advice = "try a larger ingest.image_size (the checkpoint's own, say)"
+    network = _fit(config, classes, image_shape, f"{folder / CONFIG_FILE}", advice, pretrained=True)
     source = {"source": folder.as_posix(), "sha256": folder_sha256(folder)}
     return network, checkpoint.stats(image_shape[0]), source
 
@@ -123,23 +126,34 @@ def _checkpoint_config(checkpoint: CheckpointFolder) -> PretrainedConfig:
 
 
 def _fit(
-    config: PretrainedConfig, classes: list[str], image_shape: list[int], where: str, pretrained: bool = False
+    config: PretrainedConfig,
+    classes: list[str],
+    image_shape: list[int],
+    where: str,
+    advice: str,
+    pretrained: bool = False,
 ) -> dict[str, Any]:
-    """``config`` with the data's classes, channels and image size; built once to prove it builds."""
+    """``config`` with the data's classes, channels and image size (on its vision sub-config when
+    it has one: CLIP's and SigLIP's top level has neither), checked to train on the data's images."""
     channels, height, width = image_shape
     config.num_labels = len(classes)
     config.id2label = dict(enumerate(classes))
     config.label2id = {name: index for index, name in enumerate(classes)}
-    if pretrained and getattr(config, "num_channels", channels) != channels:  # its stem is fixed
+    vision = getattr(config, "vision_config", None) or config
+    if pretrained and getattr(vision, "num_channels", channels) != channels:  # its stem is fixed
         raise PipelineError(
-            f"{where}: the checkpoint takes {config.num_channels}-channel images, the data has "
-            f"{channels} (set ingest.channels: {config.num_channels})"
+            f"{where}: the checkpoint takes {vision.num_channels}-channel images, the data has "
+            f"{channels} (set ingest.channels: {vision.num_channels})"
         )
-    config.num_channels = channels
-    if hasattr(config, "image_size"):
-        config.image_size = height if height == width else [height, width]
+    if hasattr(vision, "num_channels"):
+        vision.num_channels = channels
+    if hasattr(vision, "image_size"):  # a list where the arch takes only lists (Hiera)
+        square = height == width and not isinstance(vision.image_size, (list, tuple))
+        vision.image_size = height if square else [height, width]
+    if isinstance(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[config.model_type], tuple):
+        config.architectures = [model_class(config).__name__]  # which of several: transformers needs it
     network = json.loads(config.to_json_string(use_diff=False))
-    _from_network(network, where)  # a config its own model cannot be built from fails here, in one line
+    check_trainable(network, image_shape, where, advice)
     return network
 
 
@@ -152,10 +166,9 @@ def _from_network(network: dict[str, Any], where: str) -> nn.Module:
             f"{transformers.__version__} (trained with {network.get('transformers_version')}; install that)"
         )
     try:
-        config = CONFIG_MAPPING[model_type].from_dict(network)
-        return AutoModelForImageClassification.from_config(config, trust_remote_code=False)
+        return AutoModelForImageClassification.from_config(config_of(network), trust_remote_code=False)
     except (ValueError, TypeError, IndexError, KeyError, RuntimeError, AttributeError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = first_line(exc)
         raise PipelineError(f"{where}: {model_type} cannot be built from this config ({message})") from None
 
 
@@ -169,11 +182,11 @@ def from_pretrained(config: Any, folder: Path) -> HFNet:
     loads (the head is new, sized for the classes), or one line names the first that does not.
     transformers gets the tensors, read and checked here (``mlpipeline.modeling.pretrained``),
     never the folder."""
-    model_type = config.network["model_type"]
-    fitted = CONFIG_MAPPING[model_type].from_dict(config.network)
+    fitted = config_of(config.network)
+    head = head_modules(fitted)
     tensors = CheckpointFolder(folder).tensors()
     kinds = {name: tensor.dtype for name, tensor in tensors.items()}
-    net, info = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(fitted)].from_pretrained(
+    net, info = model_class(fitted).from_pretrained(
         None,  # no folder: the state dict alone
         config=fitted,
         state_dict=tensors,
@@ -184,19 +197,15 @@ def from_pretrained(config: Any, folder: Path) -> HFNet:
     )
     del tensors
     refuse_casts(kinds, net.state_dict(), net.base_model_prefix, folder)
-    if mismatched := sorted(item for item in info["mismatched_keys"] if not _in_head(item[0])):
+    if mismatched := sorted(item for item in info["mismatched_keys"] if not item[0].startswith(head)):
         name, theirs, ours = mismatched[0]
         raise PipelineError(
             f"{folder}: tensor {name} is {list(theirs)} in the checkpoint, {list(ours)} in the network "
             f"({len(mismatched)} differ; for a position embedding set ingest.image_size to the checkpoint's)"
         )
-    if missing := sorted(name for name in info["missing_keys"] if not _in_head(name)):
+    if missing := sorted(name for name in info["missing_keys"] if not name.startswith(head)):
         raise PipelineError(f"{folder}: the checkpoint has no tensor {missing[0]} ({len(missing)} missing)")
     return HFNet(net, config.mean, config.std)
-
-
-def _in_head(name: str) -> bool:
-    return name.startswith(f"{HEAD}.")
 
 
 def folder_sha256(folder: Path) -> str:

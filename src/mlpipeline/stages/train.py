@@ -25,7 +25,13 @@ from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS, WE
 from mlpipeline.core.seeding import seed_everything
 from mlpipeline.core.shards import SplitReader
 from mlpipeline.modeling.files import save_model
-from mlpipeline.modeling.network import ModelConfig, initial_model, new_config, streamed_channel_stats
+from mlpipeline.modeling.network import (
+    ModelConfig,
+    fitted_network,
+    initial_model,
+    new_config,
+    streamed_channel_stats,
+)
 from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, fingerprint, run_key
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure
@@ -35,7 +41,7 @@ from mlpipeline.training.gpu_lock import hold_gpus
 from mlpipeline.training.loader import Feed, chosen_placement, place
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
-from mlpipeline.training.phases import Phase, check_sources, plan
+from mlpipeline.training.phases import Phase, check_frozen_epochs, plan
 from mlpipeline.training.reporting import EpochRecord, TrainingLog
 
 
@@ -65,11 +71,12 @@ def train(
     runtime = configure(
         params.device, params.precision, params.num_threads, world.local_rank, world.local_size
     )
-    spec, weights = params.model, WEIGHTS / params.model.weights if params.model.weights else None
+    spec, weights = params.model, weights_folder(params)
     pretrained = weights_sha256(weights)
     with process_group(world, runtime.device):
         world.agree(fingerprint(params, runtime, inputs.datasets, pretrained))
         phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
+        check_frozen_epochs(phases, inputs.views, world.size)
         mean, std = world.from_main(lambda: streamed_channel_stats(phases[-1].originals.shards()))
         config = new_config(
             spec.arch,
@@ -136,10 +143,25 @@ def weights_sha256(weights: Path | None) -> str:
     return folder_sha256(weights)
 
 
+def weights_folder(params: TrainParams) -> Path | None:
+    """The pretrained checkpoint folder ``train.model.weights`` names, if any."""
+    return WEIGHTS / params.model.weights if params.model.weights else None
+
+
+def check_plan(params: TrainParams, inputs: Inputs) -> None:
+    """Refuse, before any launch or training work, a run that cannot give a model: no real images
+    after pretraining, a backbone that would never learn, a network that cannot be built or run
+    on the data's images (built and run once on two images: see ``modeling.hf_build``)."""
+    phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)  # checks the sources
+    check_frozen_epochs(phases, inputs.views, params.world_size)
+    spec = params.model
+    fitted_network(spec.arch, inputs.classes, list(inputs.image_shape), spec.hf, weights_folder(params))
+
+
 def main() -> None:
     params = load_section(TrainParams, "train")
     inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
-    check_sources(params, len(inputs.real), inputs.train.root)
+    check_plan(params, inputs)
     if params.device in ("auto", "cuda") and not in_worker():  # before CUDA starts: see gpu_lock
         hold_gpus(params.processes)
     if params.world_size > 1 and not in_worker():

@@ -45,6 +45,11 @@ class Inputs:
         return self.train.image_shape
 
     @property
+    def views(self) -> int:
+        """How many times an epoch sees each training row: its copies made online, or once."""
+        return self.online.views if self.online is not None else 1
+
+    @property
     def datasets(self) -> list[Dataset]:
         """Every dataset read: their dataset.json files fingerprint all the bytes training reads."""
         return [self.train, self.val]
@@ -101,3 +106,9 @@ def epoch_order(
 def steps(count: int, batch_size: int) -> int:
     """Optimizer steps in an epoch of ``count`` rows: full batches only, at least one."""
     return max(1, count // batch_size)
+
+
+def rank_steps(count: int, batch_size: int, world_size: int) -> int:
+    """Optimizer steps in an epoch of ``count`` rows dealt to ``world_size`` ranks, each taking
+    its share of the global ``batch_size`` (``epoch_order`` pads the rows to a multiple of the ranks)."""
+    return steps(-(-count // world_size), batch_size // world_size)

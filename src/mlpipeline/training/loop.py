@@ -26,7 +26,7 @@ from torch import nn
 
 from mlpipeline.core.seeding import rng, seed_everything
 from mlpipeline.training.checkpoint import Checkpoints
-from mlpipeline.training.data import epoch_order, steps
+from mlpipeline.training.data import epoch_order, rank_steps
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.distributed import World
 from mlpipeline.training.divergence import check_loss, check_val_loss, check_weights, mark_first_bad
@@ -85,8 +85,7 @@ class Trainer:
         self.train = train
         self.val = val
         self.batch_size = params.batch_size // world.size  # per rank
-        rank_share = -(-len(train) // world.size)  # epoch_order pads to a multiple of the ranks
-        self.steps_per_epoch = steps(rank_share, self.batch_size)
+        self.steps_per_epoch = rank_steps(len(train), params.batch_size, world.size)
         self.epochs = epochs_to_run(params, self.steps_per_epoch)
         self.optimizer = make_optimizer(model, params, runtime.device)
         self.schedule = make_schedule(
