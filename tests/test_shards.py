@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
 
 CLASSES = ["a", "b", "c"]
 SHAPE = (1, 4, 5)
@@ -188,9 +189,9 @@ def test_damaged_shard_is_named(tmp_path: Path, damage, expected: str) -> None:
     [
         (None, "not found"),
         ("{", "not valid JSON"),
-        ('{"format_version": 99}', "format_version 99, expected 2"),
-        ('{"format_version": 1}', "format_version 1, written by an older mlpipeline without shard"),
-        ('{"format_version": 2, "classes": []}', "malformed dataset metadata"),
+        ('{"format_version": 99}', "format_version 99, expected 3"),
+        ('{"format_version": 2}', "format_version 2, written by an older mlpipeline; rerun"),
+        ('{"format_version": 3, "classes": []}', "malformed dataset metadata"),
     ],
 )
 def test_bad_metadata_is_named(tmp_path: Path, content: str | None, expected: str) -> None:
