@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run
-from dvcflow import commit_all, dvc, git_clone, stages_ran, use_tiny_params
+from dvcflow import commit_all, dvc, git_clone, make, stages_ran, use_tiny_params
 from imagedata import noise, write_png
 
 from mlpipeline.core.shards import Dataset
@@ -92,6 +92,9 @@ def history(pipeline_repo: Path, tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_data_update_declares_the_base_and_reruns_nothing_downstream(history: Path) -> None:
     repo = history
+    shown = make(repo, "data-diff", "BASE=HEAD~1").stdout  # version 3 against version 2
+    assert "1 removed, 2 relabelled, 0 moved." in shown
+    assert "`4/0003.png` (3 -> 4)" in shown and "`8/0007.png` (7 -> 8)" in shown and "`5/0005.png`" in shown
     assert base_param(repo) is not None
     before = ingested_md5(repo)
     data_update(repo)  # advanced onto the version it made, with no change in the source

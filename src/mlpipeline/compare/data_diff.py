@@ -45,7 +45,7 @@ def revision_reader(repo: Repo, rev: str, folder: Path) -> Reader:
     alike, fetched from the default remote where the cache lacks it."""
     from dvc.fs import DVCFileSystem
 
-    fs = DVCFileSystem(repo=repo, rev=rev)
+    fs = DVCFileSystem(repo=repo.root_dir, rev=rev)  # a path: given a Repo object, DVC reads its workspace
     return lambda name: fs.read_bytes(f"{folder.as_posix()}/{name}")
 
 
