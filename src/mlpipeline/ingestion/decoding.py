@@ -102,16 +102,17 @@ def decode_batch(batch: Batch) -> DecodedBatch:
                 errors[i] = str(exc).removeprefix(f"{sample.shown}: ")
                 continue
             file_digests[i] = hashlib.sha256(data).digest()
-    planar = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
-    pixel_digests = [
-        NO_DIGEST if error is not None or skipped else hashlib.sha256(image).digest()
-        for image, error, skipped in zip(planar, errors, known, strict=True)
-    ]
-    if not known.any():
+    decoded = np.flatnonzero(~known)
+    planar = np.ascontiguousarray(pixels[decoded].transpose(0, 3, 1, 2))  # of the decoded rows
+    pixel_digests = [NO_DIGEST] * n
+    for i, image in zip(decoded.tolist(), planar, strict=True):
+        if errors[i] is None:
+            pixel_digests[i] = hashlib.sha256(image).digest()
+    if len(decoded) == n:
         write_rows(planar, batch.first_row)
     else:  # only the decoded rows: the scratch's file stays sparse, its disk what was decoded
-        for i in np.flatnonzero(~known):
-            write_rows(planar[i : i + 1], batch.first_row + int(i))
+        for i, image in zip(decoded.tolist(), planar, strict=True):
+            write_rows(image[None], batch.first_row + i)
     return DecodedBatch(
         file_digests=_digest_array(file_digests),
         pixel_digests=_digest_array(pixel_digests),

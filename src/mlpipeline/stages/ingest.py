@@ -73,6 +73,8 @@ METRICS = INGEST_REPORTS / "metrics.json"
 STATUSES = (*SPLITS, "duplicate", "skipped")  # a source row's fate, by code (excluded.csv's status)
 DUPLICATE, SKIPPED = (STATUSES.index(s) for s in ("duplicate", "skipped"))
 PARALLEL_FROM = 4096  # fewer images are decoded in this process: starting workers would cost more
+HASHED_IN_PROCESS = 50_000  # files a base lets this process hash alone (about a second's work)
+NEW_SHARE_FOR_WORKERS = 0.05  # ...unless this share of the listing's head is new (to decode)
 SHOWN_BAD_FILES = 3  # bad files named on the error line (all of them go to BAD_FILES)
 
 
@@ -150,7 +152,7 @@ def ingest(
     layout, note = open_base(base, classes, attributes, row_shape) if base is not None else (None, "")
     listed = source.samples()
     head = list(islice(listed, PARALLEL_FROM))
-    workers = worker_count() if len(head) == PARALLEL_FROM else 1  # spawning costs more than a few images
+    workers = worker_count() if worth_workers(head, layout) else 1
     with (
         closing(Scratch(out_dir.parent, row_shape)) as scratch,
         WorkerPool(workers, initializer=partial(use_pixel_file, scratch.pixel_file())) as pool,
@@ -197,6 +199,17 @@ def ingest(
             compacted=plan.compacted,
         ),
     )
+
+
+def worth_workers(head: list[RawSample], base: BaseLayout | None) -> bool:
+    """Whether spawning workers pays (the bytes are the same either way): for at least
+    ``PARALLEL_FROM`` images to decode, judged by the listing's first ones. A file the base
+    stores is only hashed, a third of decoding a small PNG or less: hashing stays in this
+    process up to ``HASHED_IN_PROCESS`` stored rows, unless the head holds many new names."""
+    if len(head) < PARALLEL_FROM or base is None:
+        return len(head) == PARALLEL_FROM
+    new = np.count_nonzero(base.match(np.array([name_key(s.name) for s in head], dtype=np.uint64)) < 0)
+    return new >= NEW_SHARE_FOR_WORKERS * len(head) or len(base.keys) >= HASHED_IN_PROCESS
 
 
 def decode_all(
