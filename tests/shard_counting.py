@@ -5,6 +5,7 @@ refuses ``Dataset.load`` (the whole split at once) outright."""
 from __future__ import annotations
 
 import weakref
+
 import numpy as np
 import pytest
 

@@ -11,6 +11,7 @@ import pytest
 from tiny_model import CLASSES, SHAPE, tiny_images
 
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.seeding import rng
 from mlpipeline.core.shards import Dataset, DatasetWriter
 from mlpipeline.evaluation.baseline import (
     EXACT_BUDGET,
@@ -21,7 +22,6 @@ from mlpipeline.evaluation.baseline import (
     flatten,
 )
 from mlpipeline.evaluation.subset import pick_rows
-from mlpipeline.core.seeding import rng
 
 PARAMS = BaselineParams(C=3.0, gamma=None, max_train=10_000, seed=0, kernel="auto", components=1000)
 

@@ -67,7 +67,9 @@ def test_folder_is_read_in_natural_order(tmp_path: Path) -> None:
         rows = result.manifest[result.manifest["split"] == split]
         assert rows["source"].tolist() == [name for name in listing if name in set(rows["source"])]
         assert rows["label"].tolist() == [result.classes.index(s.split("/")[0]) for s in rows["source"]]
-    np.testing.assert_array_equal(result.pixels("2/003.png")[0], np.asarray(Image.open(raw / "2" / "003.png")))
+    np.testing.assert_array_equal(
+        result.pixels("2/003.png")[0], np.asarray(Image.open(raw / "2" / "003.png"))
+    )
 
 
 def test_declared_classes_fix_the_order(raw: Path) -> None:

@@ -1,4 +1,5 @@
-"""Splitting: a keyed hash of each image, seeded, pins honoured; duplicates found; a split missing a class refused."""
+"""Splitting: a keyed hash of each image, seeded, pins honoured; duplicates found; a split missing a
+class refused."""
 
 from __future__ import annotations
 
