@@ -27,7 +27,8 @@ from mlpipeline.core.bitexact import ONE
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
 from mlpipeline.core.seeding import rng
-from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import META_FILE, Dataset
 from mlpipeline.stages.augment import AugmentParams, augment_dataset
 from mlpipeline.stages.ingest import IngestParams, ingest
 

@@ -12,7 +12,8 @@ from tiny_model import CLASSES, SHAPE, tiny_images
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.seeding import rng
-from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import Dataset
 from mlpipeline.evaluation.baseline import (
     EXACT_BUDGET,
     BaselineParams,

@@ -14,7 +14,8 @@ import pytest
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shard_rows import SplitReader
-from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import META_FILE, Dataset
 
 CLASSES = ["a", "b", "c"]
 SHAPE = (1, 4, 5)
@@ -102,7 +103,8 @@ PEAK = """
 import sys
 from pathlib import Path
 import numpy as np
-from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.core.shards import Dataset
+from mlpipeline.core.shard_writer import DatasetWriter
 
 def peak() -> int:
     status = Path("/proc/self/status").read_text().splitlines()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mlpipeline.core.progress import progress
-from mlpipeline.core.shards import DatasetWriter, StoredShard
+from mlpipeline.core.shard_writer import DatasetWriter, StoredShard
 from mlpipeline.core.workers import WorkerPool
 from mlpipeline.ingestion.base import BaseLayout, shard_index
 from mlpipeline.ingestion.layout import KeptShard, Plan

@@ -39,14 +39,8 @@ from mlpipeline.core.paths import AUGMENT_PREVIEW, AUGMENTED, INGESTED, SYNTHETI
 from mlpipeline.core.previews import image_grid
 from mlpipeline.core.progress import progress
 from mlpipeline.core.shard_rows import ShardLayout, SplitReader, live_layout
-from mlpipeline.core.shards import (
-    META_FILE,
-    SHARD_SUFFIX,
-    Dataset,
-    DatasetWriter,
-    StoredShard,
-    write_shard,
-)
+from mlpipeline.core.shard_writer import DatasetWriter, StoredShard, write_shard
+from mlpipeline.core.shards import META_FILE, SHARD_SUFFIX, Dataset
 from mlpipeline.core.workers import ordered_map_pairs, workers_for
 
 SPLIT = "train"
