@@ -1,7 +1,7 @@
 """The data flywheel: a dataset that grows, is relabelled and loses images keeps every image in its
 split, and each version reuses the previous version's files for everything that did not change.
 
-On generated data with many shards: 3,000 8x8 images in 10 class folders, 40 images a shard (the
+On generated data with many shards: 3,000 8x8 images in 10 class folders (a to j), 40 images a shard (the
 writer's max bytes made small), so a version has about 75 shards and a 1% change touches a few.
 """
 
@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from imagedata import Output, ingest_params, noise, run_ingest, write_png
 from test_augment import augment_params
+from test_synthesize import synth_params
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import Dataset
@@ -23,8 +24,10 @@ from mlpipeline.ingestion.history import FolderVersion
 from mlpipeline.ingestion.splitting import SPLITS
 from mlpipeline.stages.augment import augment_dataset
 from mlpipeline.stages.ingest import describe_growth
+from mlpipeline.stages.synthesize import synthesize
 
-COUNT, CLASSES = 3000, 10
+COUNT = 3000
+LABELS = "abcdefghij"  # one character each: the glyph generator draws them
 SHARD_IMAGES = 40
 MAX_SHARD_BYTES = 64 * SHARD_IMAGES  # 8x8 gray images
 REUSED = 0.9  # the share of a new version's bytes that must be files of the previous one
@@ -36,7 +39,16 @@ def one_worker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def name(index: int, suffix: str = "") -> str:
-    return f"c{index % CLASSES}/{index:05d}{suffix}.png"
+    return f"{label_of(index)}/{index:05d}{suffix}.png"
+
+
+def label_of(index: int) -> str:
+    return LABELS[index % len(LABELS)]
+
+
+def next_label(path: str) -> str:
+    """The class after ``path``'s (its folder), a relabel."""
+    return LABELS[(LABELS.index(path.split("/")[0]) + 1) % len(LABELS)]
 
 
 @pytest.fixture(scope="module")
@@ -124,23 +136,21 @@ def test_growth_among_the_old_names_moves_nothing_and_reuses_the_shards(
 def test_a_relabel_moves_nothing_and_reuses_the_shards(first: Output, raw: Path, tmp_path: Path) -> None:
     relabelled = [name(index) for index in range(0, COUNT, 100)]  # 1%, moved to the next class
     for old in relabelled:
-        label = int(old[1])
-        (raw / old).rename(raw / f"c{(label + 1) % CLASSES}" / Path(old).name)
+        (raw / old).rename(raw / next_label(old) / Path(old).name)
     after = version(raw, tmp_path / "after", first.root)
     assert moved(first, after) == 0  # relabelled ones included: the split follows the pixels
     assert reused_share(after.root, first.root) >= REUSED
     table = after.manifest.set_index("source")
     for old in relabelled:
-        label = int(old[1])
-        assert table.loc[f"c{(label + 1) % CLASSES}/{Path(old).name}", "class"] == f"c{(label + 1) % CLASSES}"
+        assert table.loc[f"{next_label(old)}/{Path(old).name}", "class"] == next_label(old)
     assert contents(after) == contents(version(raw, tmp_path / "scratch"))
 
 
 def test_a_relabel_in_a_manifest_moves_nothing_and_decodes_nothing(raw: Path, tmp_path: Path) -> None:
-    rows = [(name(index), f"c{index % CLASSES}") for index in range(COUNT)]
+    rows = [(name(index), label_of(index)) for index in range(COUNT)]
     write_labels(raw / "labels-1.csv", rows)
     before = version(raw, tmp_path / "before", manifest="labels-1.csv")
-    rows[::100] = [(path, "c0" if label != "c0" else "c1") for path, label in rows[::100]]
+    rows[::100] = [(path, next_label(path)) for path, _ in rows[::100]]
     write_labels(raw / "labels-2.csv", rows)
     after = version(raw, tmp_path / "after", before.root, manifest="labels-2.csv")
     assert moved(before, after) == 0
@@ -193,11 +203,11 @@ def test_a_changed_file_is_decoded_again_and_its_old_row_dies(
 
 
 def test_a_new_class_keeps_the_old_shards(first: Output, raw: Path, tmp_path: Path) -> None:
-    """ "b" sorts before the old classes: their labels' numbers change, and their shards stay."""
+    """ "A" sorts before the old classes: their labels' numbers change, and their shards stay."""
     for index in range(40):
-        write_png(raw / "b" / f"{index:03d}.png", noise(2 * 10**6 + index))
+        write_png(raw / "A" / f"{index:03d}.png", noise(2 * 10**6 + index))
     after = version(raw, tmp_path / "after", first.root)
-    assert after.classes[0] == "b"
+    assert after.classes[0] == "A"
     assert reused_share(after.root, first.root) >= REUSED
     scratch = version(raw, tmp_path / "scratch")
     assert contents(after) == contents(scratch)
@@ -234,7 +244,7 @@ def test_a_base_without_a_shard_it_keeps_is_refused(first: Output, raw: Path, tm
 
 
 def test_split_and_group_columns_are_honoured(raw: Path, tmp_path: Path) -> None:
-    rows = [(name(i), f"c{i % CLASSES}", "", "") for i in range(COUNT)]
+    rows = [(name(i), label_of(i), "", "") for i in range(COUNT)]
     rows[:50] = [(path, label, "test", "") for path, label, _, _ in rows[:50]]  # an official test set
     rows[100:200] = [
         (path, label, "", f"patient-{i % 7}") for i, (path, label, _, _) in enumerate(rows[100:200])
@@ -253,7 +263,7 @@ def test_split_and_group_columns_are_honoured(raw: Path, tmp_path: Path) -> None
 
 
 def test_a_group_pinned_to_two_splits_is_refused(raw: Path, tmp_path: Path) -> None:
-    rows = [(name(i), f"c{i % CLASSES}", "", "") for i in range(COUNT)]
+    rows = [(name(i), label_of(i), "", "") for i in range(COUNT)]
     rows[3] = (rows[3][0], rows[3][1], "val", "g")
     rows[9] = (rows[9][0], rows[9][1], "test", "g")
     write_labels(raw / "labels.csv", rows, header="path,label,split,group")
@@ -273,7 +283,7 @@ def test_offline_augmentation_reuses_what_did_not_change(first: Output, raw: Pat
     relabelled = tmp_path / "raw-relabelled"
     shutil.copytree(raw, relabelled, copy_function=os.link)
     for index in range(0, COUNT, 100):
-        (relabelled / name(index)).rename(relabelled / f"c{(index + 1) % CLASSES}" / Path(name(index)).name)
+        (relabelled / name(index)).rename(relabelled / next_label(name(index)) / Path(name(index)).name)
     relabel = version(relabelled, tmp_path / "relabel", grown.root)
     params = augment_params({"include_synthetic": False, "copies": 2})
     augmented = {}
@@ -283,3 +293,23 @@ def test_offline_augmentation_reuses_what_did_not_change(first: Output, raw: Pat
         augmented[output.root.name] = target
     assert reused_share(augmented["grown"], augmented[first.root.name]) >= REUSED
     assert reused_share(augmented["relabel"], augmented["grown"]) >= REUSED
+
+
+def test_synthesize_is_unaffected_by_growth_unless_it_reads_it(
+    first: Output, raw: Path, tmp_path: Path
+) -> None:
+    """Its images take the real split's value map (integer levels, which a 1% growth leaves) and,
+    with class_balance: match_real, its class counts: uniform, the same bytes."""
+    for index in range(COUNT, COUNT + COUNT // 100):
+        write_png(raw / name(index - COUNT, "a"), noise(index))
+    grown = version(raw, tmp_path / "grown", first.root)
+    outputs = {}
+    for output in (first, grown):
+        real = tmp_path / "ingested"  # one path, as in the pipeline: its output records where it came from
+        shutil.rmtree(real, ignore_errors=True)
+        shutil.copytree(output.root, real)
+        outputs[output.root.name] = tmp_path / f"synthetic-{output.root.name}"
+        synthesize(
+            synth_params({"count": 200}), real, outputs[output.root.name], tmp_path / "reports", workers=1
+        )
+    assert digests(outputs["grown"]) == digests(outputs[first.root.name])
