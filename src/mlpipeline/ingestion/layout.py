@@ -31,12 +31,7 @@ class Plan:
     kept: list[KeptShard]  # the base's shards kept as they are, in the base's order
     fresh: np.ndarray  # bool a source row: it gets a row in a new shard
     from_base: np.ndarray  # int64 a source row: the base row whose pixels its new row takes, -1: none
-    compacted: int  # base shards whose live rows moved to new shards
-    dropped: int  # base shards with no live row left
-
-    @property
-    def reused_rows(self) -> int:
-        return sum(int((k.live | k.held_out).sum()) for k in self.kept)
+    compacted: int  # base shards dropped: their live rows (if any) moved to new shards
 
 
 def plan_layout(
@@ -51,7 +46,7 @@ def plan_layout(
     """The plan for source rows ``kept`` (of class ``labels``, stored in ``split``, held out where
     ``held_out``), each the base row ``base_rows`` names (-1: none, so it was decoded)."""
     if base is None:
-        return Plan([], kept.copy(), np.full(len(kept), -1, dtype=np.int64), 0, 0)
+        return Plan([], kept.copy(), np.full(len(kept), -1, dtype=np.int64), 0)
     matched = kept & (base_rows >= 0)
     claimable = matched.copy()
     rows = base_rows[matched]
@@ -73,10 +68,4 @@ def plan_layout(
     stays[claimable] = keep[base.shard_of[base_rows[claimable]]]
     fresh = kept & ~stays
     from_base = np.where(fresh & (base_rows >= 0), base_rows, -1)
-    return Plan(
-        kept_shards,
-        fresh,
-        from_base,
-        compacted=int(((claimed > 0) & ~keep).sum()),
-        dropped=int((claimed == 0).sum()),
-    )
+    return Plan(kept_shards, fresh, from_base, compacted=int((~keep).sum()))

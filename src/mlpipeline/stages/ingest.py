@@ -96,7 +96,7 @@ class Growth:
     decoded: int  # images decoded (the rest were known by their file's hash)
     kept: int  # the base's shards kept as they are
     new: int  # shards written
-    compacted: int  # the base's shards whose live rows moved to new shards
+    compacted: int  # the base's shards dropped, their live rows (if any) moved to new shards
 
 
 @dataclass(frozen=True)
@@ -169,35 +169,46 @@ def ingest(
             layout.fill_pixels(plan.from_base[taken], taken, scratch.pixel_file())
         version = Version(status, held_out, plan, layout, STATUSES)
         new_shards = write_version(version, scratch, classes, attributes, out_dir, pool, max_shard_bytes)
-    live = {code: (status == code) & ~held_out for code in range(len(SPLITS))}
-    counts = {
-        name: int(n) for name, n in zip(STATUSES, np.bincount(status, minlength=len(STATUSES)), strict=True)
-    }
+    growth = Growth(
+        base=base.where if base is not None else None,
+        note=note,
+        decoded=int(np.count_nonzero((base_rows < 0) & ~error_mask(scratch))),
+        kept=len(plan.kept),
+        new=new_shards,
+        compacted=plan.compacted,
+    )
+    return summarize(scratch, source, classes, status, held_out, duplicates, growth)
+
+
+def summarize(
+    scratch: Scratch,
+    source: Source,
+    classes: list[str],
+    status: np.ndarray,
+    held_out: np.ndarray,
+    duplicates: Duplicates,
+    growth: Growth,
+) -> Summary:
+    """The run's counts per status, split and class, and what it converted and passed over."""
+    live = {split: (status == code) & ~held_out for code, split in enumerate(SPLITS)}
+    labels = scratch.labels.array()
+    by_status = np.bincount(status, minlength=len(STATUSES))
+    counts = {name: int(n) for name, n in zip(STATUSES, by_status, strict=True)}
+    counts |= {split: int(mask.sum()) for split, mask in live.items()} | {"held_out": int(held_out.sum())}
     modes = scratch.modes.array()[scratch.converted.array()]
     return Summary(
         images=scratch.count,
         classes=classes,
-        counts={
-            **counts,
-            **{SPLITS[c]: int(m.sum()) for c, m in live.items()},
-            "held_out": int(held_out.sum()),
-        },
+        counts=counts,
         per_class={
-            SPLITS[c]: np.bincount(labels[m], minlength=len(classes)).tolist() for c, m in live.items()
+            split: np.bincount(labels[m], minlength=len(classes)).tolist() for split, m in live.items()
         },
         converted=Counter({scratch.mode_names[m]: int(n) for m, n in enumerate(np.bincount(modes)) if n}),
         rotated=int(scratch.rotated.array().sum()),
         ignored=source.ignored,
         left_out=source.left_out,
         conflicting=(len(scratch.conflicting), len(duplicates.conflicts)),
-        growth=Growth(
-            base=base.where if base is not None else None,
-            note=note,
-            decoded=int(np.count_nonzero((base_rows < 0) & ~error_mask(scratch))),
-            kept=len(plan.kept),
-            new=new_shards,
-            compacted=plan.compacted,
-        ),
+        growth=growth,
     )
 
 
