@@ -114,5 +114,5 @@ def run_ingest(params: IngestParams, out: Path, **options: Any) -> Output:
     back what it wrote."""
     summary = ingest(params, out, **options)
     dataset = Dataset(out)
-    table = version_table(folder_reader(out), str(out)).astype({"label": int, "index": int})
+    table = version_table(folder_reader(out), str(out))
     return Output(out, summary, table, {split: dataset.load(split) for split in SPLITS})

@@ -14,6 +14,7 @@ from mlpipeline.compare.data_diff import diff_markdown, diff_versions, images_of
 from mlpipeline.compare.shared_test import read_predictions, shared_accuracy, shared_markdown
 from mlpipeline.ingestion.history import FolderVersion
 from mlpipeline.ingestion.version import folder_reader
+from mlpipeline.ingestion.version import main as version_main
 
 
 @pytest.fixture(autouse=True)
@@ -95,3 +96,21 @@ def test_both_models_are_scored_on_the_shared_test_images_with_the_new_labels() 
 def test_predictions_without_image_ids_are_named() -> None:
     with pytest.raises(ValueError, match="names no test images"):
         read_predictions(b"actual,predicted\na,a\n", "reports/evaluate/predictions.csv at main")
+
+
+def test_a_version_prints_as_one_table_and_a_missing_one_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = make_folder(tmp_path / "raw", {"a": 10, "b": 10})
+    run_ingest(ingest_params(raw), tmp_path / "v1")
+    version_main([str(tmp_path / "v1")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "source,class,label,split,file_sha256,pixel_sha256,index,mode,error"
+    assert len(lines) == 21 and lines[1].split(",")[2] == "0"  # labels stay whole numbers
+    with pytest.raises(SystemExit) as caught:
+        version_main([str(tmp_path / "nowhere")])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == (
+        f"version: error: {tmp_path / 'nowhere' / 'dataset.json'}: not found (has ingest written "
+        f"{tmp_path / 'nowhere'}?)\n"
+    )

@@ -13,6 +13,7 @@ images that left the source (a version's dead rows) are not in it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mlpipeline.core import stage
+from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.paths import INGESTED
 from mlpipeline.core.shards import META_FILE, DatasetInfo, parse_info
 from mlpipeline.ingestion.records import (
@@ -39,7 +41,15 @@ Reader = Callable[[str], bytes]  # a file of the version, by its name in it -> i
 
 
 def folder_reader(root: Path) -> Reader:
-    return lambda name: (Path(root) / name).read_bytes()
+    """The files of a version on disk; a missing one is one line naming it."""
+
+    def read(name: str) -> bytes:
+        try:
+            return (Path(root) / name).read_bytes()
+        except FileNotFoundError:
+            raise PipelineError(f"{Path(root) / name}: not found (has ingest written {root}?)") from None
+
+    return read
 
 
 def version_table(read: Reader, where: str) -> pd.DataFrame:
@@ -53,7 +63,7 @@ def version_table(read: Reader, where: str) -> pd.DataFrame:
             label=[index.get(name, -1) for name in excluded["class"]], index=-1
         )
     )
-    return pd.concat(parts, ignore_index=True)[list(COLUMNS)]
+    return pd.concat(parts, ignore_index=True)[list(COLUMNS)].astype({"label": int, "index": int})
 
 
 def split_table(read: Reader, where: str, info: DatasetInfo, split: str) -> pd.DataFrame:
@@ -84,8 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def show() -> None:
-        table = version_table(folder_reader(args.root), str(args.root))
-        table.to_csv(sys.stdout, index=False, lineterminator="\n")
+        text = version_table(folder_reader(args.root), str(args.root)).to_csv(
+            index=False, lineterminator="\n"
+        )
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:  # piped into head: what was wanted is shown
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     stage.run("version", show)
 
