@@ -130,6 +130,15 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], str]] = {
         "params.yaml: ingest.split fractions must sum to 1, got 1.1",
     ),
     "wrong type": (edit_params(channels="one"), "params.yaml: ingest.channels must be an integer >= 1"),
+    "a base that is no md5": (
+        edit_params(base="latest"),
+        "params.yaml: ingest.base must be the md5 dvc.lock records for data/ingested (32 hex digits, .dir "
+        "or not) or null, got 'latest'",
+    ),
+    "a base not in the cache, no remote": (
+        edit_params(base="0123456789abcdef0123456789abcdef"),
+        "ingest.base 0123456789abcdef0123456789abcdef.dir: needs the DVC repository it came from",
+    ),
 }
 
 

@@ -13,8 +13,13 @@ from mlpipeline.ingestion.images import Preprocessing, Resample
 
 nfc = partial(unicodedata.normalize, "NFC")
 Side = Annotated[int, Field(ge=1, le=4096)]
-# The md5 dvc.lock records for data/ingested: 32 hex digits, ".dir" as DVC writes it or not.
-DirMd5 = Annotated[str, Field(pattern=r"^[0-9a-f]{32}(\.dir)?$")]
+DirMd5 = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9a-f]{32}(\.dir)?$",
+        description="the md5 dvc.lock records for data/ingested (32 hex digits, .dir or not)",
+    ),
+]
 SizePair = Annotated[list[Side], Field(min_length=2, max_length=2)]
 
 
