@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,16 +27,13 @@ from mlpipeline.core import stage
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.paths import INGESTED
 from mlpipeline.ingestion.splitting import SPLITS
-from mlpipeline.ingestion.version import HELD_OUT, folder_reader, version_table
+from mlpipeline.ingestion.version import HELD_OUT, Reader, folder_reader, version_table
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
 
 EXAMPLES = 3  # paths shown per kind of change
 STORED = (*SPLITS, HELD_OUT)  # the rows that are images of the version (not duplicates or skipped)
-KINDS = ("added", "removed", "relabelled", "moved")
-
-Reader = Callable[[str], bytes]
 
 
 def revision_reader(repo: Repo, rev: str, folder: Path) -> Reader:
@@ -45,11 +41,11 @@ def revision_reader(repo: Repo, rev: str, folder: Path) -> Reader:
     alike, fetched from the default remote where the cache lacks it."""
     from dvc.fs import DVCFileSystem
 
-    fs = DVCFileSystem(repo=repo.root_dir, rev=rev)  # a path: given a Repo object, DVC reads its workspace
+    fs = DVCFileSystem(repo=repo.root_dir, rev=rev)  # by path: given a Repo, DVC ignores rev
     return lambda name: fs.read_bytes(f"{folder.as_posix()}/{name}")
 
 
-def images_of(read: Callable[[str], bytes], where: str) -> pd.DataFrame:
+def images_of(read: Reader, where: str) -> pd.DataFrame:
     """The version's images by pixel sha256: source, class, split (held out: ``held_out``)."""
     table = version_table(read, where)
     table = table[table["split"].isin(STORED)]

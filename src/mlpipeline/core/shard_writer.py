@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 import mmap
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -129,12 +128,6 @@ class DatasetWriter:
     def add_file(self, name: str, data: bytes) -> None:
         """Store a small metadata file (a manifest, say) beside the shards."""
         (self.directory / name).write_bytes(data)
-
-    @contextmanager
-    def open_file(self, name: str) -> Iterator[BinaryIO]:
-        """Stream a metadata file too large to build in memory (a million-row manifest) beside the shards."""
-        with open(self.directory / name, "wb") as handle:
-            yield handle
 
     def _checked(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != self.image_shape:

@@ -27,8 +27,6 @@ class VersionFiles(Protocol):
 
     where: str  # what messages call the version
 
-    def names(self) -> set[str]: ...
-
     def paths(self, names: list[str]) -> dict[str, Path]:
         """A local file holding each of ``names`` (fetched first where needed); read only."""
         ...
@@ -40,9 +38,6 @@ class FolderVersion:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.where = str(self.root)
-
-    def names(self) -> set[str]:
-        return {path.name for path in self.root.iterdir() if path.is_file()}
 
     def paths(self, names: list[str]) -> dict[str, Path]:
         missing = [name for name in names if not (self.root / name).is_file()]
@@ -68,9 +63,6 @@ class CachedVersion:
         self.cache = self.repo.cache.local
         listing = json.loads(self._local([self.oid])[self.oid].read_bytes())
         self.md5s = {str(entry["relpath"]): str(entry["md5"]) for entry in listing}
-
-    def names(self) -> set[str]:
-        return set(self.md5s)
 
     def paths(self, names: list[str]) -> dict[str, Path]:
         unknown = [name for name in names if name not in self.md5s]
