@@ -7,7 +7,8 @@ per split and class, with example paths.
 An image is its pixels (ingest's ``pixel_sha256``), so a renamed or re-encoded file is the same
 image, and a relabel is the same image under another class. Each version is read as
 ``ingestion.version`` tables it: BASE's through DVC (``DVCFileSystem`` at that revision, from
-the cache or the default remote, file by file), the workspace's from ``data/ingested``.
+the cache or the default remote, file by file), the workspace's too where ``data/ingested``
+is not checked out.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from mlpipeline.core import stage
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.paths import INGESTED
 from mlpipeline.ingestion.splitting import SPLITS
-from mlpipeline.ingestion.version import HELD_OUT, Reader, folder_reader, version_table
+from mlpipeline.ingestion.version import HELD_OUT, Reader, version_table
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -36,9 +37,10 @@ EXAMPLES = 3  # paths shown per kind of change
 STORED = (*SPLITS, HELD_OUT)  # the rows that are images of the version (not duplicates or skipped)
 
 
-def revision_reader(repo: Repo, rev: str, folder: Path) -> Reader:
-    """A file of ``folder`` at ``rev`` by its name, through DVC: git-tracked or DVC-tracked
-    alike, fetched from the default remote where the cache lacks it."""
+def revision_reader(repo: Repo, rev: str | None, folder: Path) -> Reader:
+    """A file of ``folder`` at ``rev`` (None: the workspace) by its name, through DVC: git-tracked
+    or DVC-tracked alike, from the workspace, the cache or the default remote (a CI clone that
+    pulled no data still compares)."""
     from dvc.fs import DVCFileSystem
 
     fs = DVCFileSystem(repo=repo.root_dir, rev=rev)  # by path: given a Repo, DVC ignores rev
@@ -129,14 +131,21 @@ def diff_markdown(diff: DataDiff, base: str) -> str:
     return "\n\n".join([head, body, "\n".join(examples(diff))])
 
 
+def unreadable() -> tuple[type[BaseException], ...]:
+    """What reading a version's files raises when they are not there or not what ingest writes:
+    not in the cache and no remote (DVC's errors, its data index's), gone, malformed."""
+    from dvc.exceptions import DvcException
+    from dvc_data.index import DataIndexError
+
+    return (PipelineError, DvcException, DataIndexError, OSError, ValueError)
+
+
 def data_section(repo: Repo, base: str) -> tuple[str, str]:
     """The report's data section, and what could not be read for it (one line, or "")."""
-    from dvc.exceptions import DvcException
-
     try:
         before = images_of(revision_reader(repo, base, INGESTED), f"{INGESTED} at {base}")
-        after = images_of(folder_reader(Path(repo.root_dir) / INGESTED), str(INGESTED))
-    except (PipelineError, DvcException, OSError) as exc:
+        after = images_of(revision_reader(repo, None, INGESTED), str(INGESTED))
+    except unreadable() as exc:
         return "", f"{INGESTED} ({first_line(exc)})"
     return diff_markdown(diff_versions(before, after), base), ""
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from mlpipeline.compare.data_diff import first_line, revision_reader
+from mlpipeline.compare.data_diff import first_line, revision_reader, unreadable
 from mlpipeline.core.paths import EVALUATE_REPORTS
 
 if TYPE_CHECKING:
@@ -61,14 +61,12 @@ def shared_markdown(figures: dict[str, float | int], base: str) -> str:
 
 def shared_section(repo: Repo, base: str) -> tuple[str, str]:
     """The report's section, and what could not be read for it (one line, or "")."""
-    from dvc.exceptions import DvcException
-
     path = EVALUATE_REPORTS / PREDICTIONS
     try:
         before = read_predictions(
             revision_reader(repo, base, EVALUATE_REPORTS)(PREDICTIONS), f"{path} at {base}"
         )
         now = read_predictions((Path(repo.root_dir) / path).read_bytes(), str(path))
-    except (DvcException, OSError, ValueError) as exc:
+    except unreadable() as exc:
         return "", f"{path} ({first_line(exc)})"
     return shared_markdown(shared_accuracy(before, now), base), ""
