@@ -14,9 +14,10 @@ import aiohttp
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from served import png, serving, write_onnx
+from served import png, write_onnx
 from tiny_model import CLASSES, tiny_images
 
+from mlpipeline.devtools.serve_process import serving
 from mlpipeline.modeling.onnx_model import OnnxModel
 from mlpipeline.modeling.predict import predict_onnx
 from mlpipeline.serving.app import Limits, make_app
@@ -192,7 +193,7 @@ assert "torch" not in sys.modules, "torch was imported"
 def test_the_command_serves_and_refuses_what_it_cannot_serve(onnx_file: Path, tmp_path: Path) -> None:
     import urllib.request
 
-    with serving(onnx_file) as url:
+    with serving(onnx_file, "--threads", "1") as url:
         page = urllib.request.urlopen(f"{url}/").read().decode()
         assert '<form id="upload">' in page
         request = urllib.request.Request(

@@ -20,10 +20,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from served import png, serving, write_onnx
+from served import png, write_onnx
 from test_plots_page import CHROMIUM, CHROMIUM_FLAGS
 from tiny_model import tiny_images
 
+from mlpipeline.devtools.serve_process import serving
 from mlpipeline.modeling.predict import predict_onnx
 
 # The plots page test's flags, loopback excepted from its every-host-unknown rule (it maps IP
@@ -113,7 +114,7 @@ def test_the_upload_page_classifies_picked_files_in_a_real_browser(tmp_path: Pat
     (tmp_path / "notes.png").write_bytes(b"not an image at all")
     expected = predict_onnx(files, onnx_file)
 
-    with serving(onnx_file) as url:
+    with serving(onnx_file, "--threads", "1") as url:
         rows, error = asyncio.run(upload(f"{url}/", files, tmp_path / "profile"))
         assert error == ""
         assert [row[0] for row in rows] == [f.name for f in files]
