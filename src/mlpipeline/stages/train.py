@@ -11,7 +11,8 @@ keeps) and dvclive's ``reports/train``.
 ``train.processes > 1`` or ``train.nodes > 1`` re-launches this module under torchrun (DDP; see
 ``training.distributed``); every rank first proves it holds the same params, code and inputs.
 Interrupted runs resume from ``.cache/checkpoints/<key>/`` (one key per phase), removed
-on success.
+on success. ``train.model.weights`` names a folder of ``data/weights`` or a release to fine-tune
+from (``image-classifier@v1.2.0``, fetched through DVC: ``modeling.finetune``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS, WE
 from mlpipeline.core.seeding import seed_everything
 from mlpipeline.core.shards import SplitReader
 from mlpipeline.modeling.files import save_model
+from mlpipeline.modeling.finetune import Release, from_release, release_config, weights_source
 from mlpipeline.modeling.network import ModelConfig, initial_model, new_config, streamed_channel_stats
 from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, fingerprint, run_key
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
@@ -69,20 +71,32 @@ def train(
         world.agree(fingerprint(params, runtime, inputs.datasets))
         phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
         mean, std = world.from_main(lambda: streamed_channel_stats(phases[-1].originals.shards()))
-        spec, weights = params.model, WEIGHTS / params.model.weights if params.model.weights else None
-        config = new_config(
-            spec.arch,
-            inputs.classes,
-            list(inputs.image_shape),
-            (mean, std),
-            inputs.val.info.attributes.get("preprocessing"),
-            spec.widths,
-            spec.dropout,
-            spec.hf,
-            weights,
-        )
+        spec, weights = params.model, weights_source(params.model.weights, WEIGHTS)
+        if isinstance(weights, Release):  # fine-tuning a release: its network, fitted to the data
+            config = release_config(
+                weights,
+                spec.arch,
+                inputs.classes,
+                list(inputs.image_shape),
+                inputs.val.info.attributes.get("preprocessing"),
+            )
+        else:
+            config = new_config(
+                spec.arch,
+                inputs.classes,
+                list(inputs.image_shape),
+                (mean, std),
+                inputs.val.info.attributes.get("preprocessing"),
+                spec.widths,
+                spec.dropout,
+                spec.hf,
+                weights,
+            )
         seed_everything(params.seed)  # the same initial weights on every rank
-        model = runtime.place(initial_model(config, weights))
+        start = (
+            from_release(config, weights) if isinstance(weights, Release) else initial_model(config, weights)
+        )
+        model = runtime.place(start)
         val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
         largest = max(phase.originals.nbytes for phase in phases)
         placement = chosen_placement(val_rows.nbytes + largest, runtime.device)  # one budget for both
@@ -130,6 +144,7 @@ def main() -> None:
     params = load_section(TrainParams, "train")
     inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
     check_sources(params, len(inputs.real), inputs.train.root)
+    weights_source(params.model.weights, WEIGHTS)  # a release is resolved and fetched once, before any launch
     if params.device in ("auto", "cuda") and not in_worker():  # before CUDA starts: see gpu_lock
         hold_gpus(params.processes)
     if params.world_size > 1 and not in_worker():

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from mlpipeline.core import atomic
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.paths import MODELS
 from mlpipeline.core.urls import redact
 
-CACHE_DIR = Path(".cache") / "models"
+CACHE_DIR = Path(".cache/models")
 FORMS = "NAME@vMAJOR.MINOR.PATCH (e.g. image-classifier@v1.2.0), NAME@latest or NAME#STAGE"
 ONNX_SUFFIX = "-onnx"  # the ONNX file's artifact: image-classifier-onnx beside image-classifier
 ONNX_FILE = "model.onnx"
@@ -175,8 +176,8 @@ def _missing_files(spec: str, tag: str, root: Path, missing: FileNotFoundError) 
     return (
         f"{spec}: the model's files are in neither the local DVC cache nor {remote_label(root)} "
         f"(missing: {what}): on a machine whose DVC cache still holds them, "
-        f"`git checkout {tag} && dvc push models`; else `dvc repro train` at that tag rebuilds them "
-        "(bit for bit on the CPU type that trained them), then `dvc push models`"
+        f"`git checkout {tag} && dvc push {MODELS}`; else `dvc repro train` at that tag rebuilds them "
+        f"(bit for bit on the CPU type that trained them), then `dvc push {MODELS}`"
     )
 
 

@@ -57,7 +57,8 @@ def release(root: Path, name: str, version: str) -> str:
         raise
     return (
         f"registered {tag} on the card commit above {pipeline[:12]} ({', '.join(paths)} pushed to "
-        f"{remote_label(root)}; card {card}); publish it with: git push origin HEAD {tag}"
+        f"{remote_label(root)}; card {card}); publish it with: git push origin {tag} (and push the branch, "
+        "whose tip the card commit is)"
     )
 
 
