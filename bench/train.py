@@ -136,8 +136,11 @@ def loop_overhead(args: argparse.Namespace) -> None:
     bare_model = copy.deepcopy(model)
     val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
     placement = chosen_placement(val_rows.nbytes + phase.originals.nbytes, runtime.device)  # as train()
-    data = Feed(place(phase.originals, runtime.device, placement), len(phase.originals), inputs.online)
-    val = Feed(place(val_rows, runtime.device, placement), len(val_rows))
+    workers = worker_count()
+    data = Feed(
+        place(phase.originals, runtime.device, placement, workers), len(phase.originals), inputs.online
+    )
+    val = Feed(place(val_rows, runtime.device, placement, workers), len(val_rows))
     trainer = Trainer(model, params, runtime, World(), data, val, phase=phase.name)
     optimizer = torch.optim.AdamW(bare_model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
 

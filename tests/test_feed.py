@@ -21,7 +21,9 @@ import torch
 from conftest import REPO_ROOT, run
 from tiny_training import tiny_params, write_inputs, write_online_inputs
 
+from mlpipeline.core.workers import WORKERS_ENV
 from mlpipeline.modeling.network import ModelConfig, build_model
+from mlpipeline.stages.train import train
 from mlpipeline.training import loader
 from mlpipeline.training.data import Inputs, epoch_order
 from mlpipeline.training.device import Runtime
@@ -204,3 +206,26 @@ def test_the_gpu_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
         ["streamed", "yes"],
     ]
     assert all(float(row[-1]) > 0 for row in rows)
+
+
+def test_the_ranks_on_a_node_divide_its_reader_and_draw_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four ranks on a node of ``MLPIPELINE_WORKERS=12``: each starts 3 shard readers and 3 draw
+    threads, not 12 (four ranks at 12 each would oversubscribe the node four times)."""
+    started: list[tuple[str, int]] = []
+
+    class Pool(loader.ThreadPoolExecutor):
+        def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+            started.append((thread_name_prefix, max_workers))
+            super().__init__(max_workers, thread_name_prefix=thread_name_prefix)
+
+    monkeypatch.setattr(loader, "ThreadPoolExecutor", Pool)
+    monkeypatch.setenv(WORKERS_ENV, "12")
+    monkeypatch.setenv(loader.PLACEMENT_ENV, "streamed")
+    inputs = write_online_inputs(tmp_path)
+    world = World(local_size=4)  # one process standing for one of the node's four ranks
+    train(tiny_params(epochs=1, num_threads=0), inputs, None, tmp_path / "ckpt", world)
+
+    assert started and set(started) == {("shard-reader", 3), ("online-draws", 3)}
+    assert loader.rank_workers(1) == 12 and loader.rank_workers(24) == 1

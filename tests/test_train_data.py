@@ -198,8 +198,10 @@ def test_validation_and_training_data_share_one_budget(
     assert max(val_bytes, train_bytes) <= val_bytes + train_bytes + spare  # either would fit alone
     placed: list[str] = []
 
-    def recording_place(reader: SplitReader, device: torch.device, placement: Placement) -> loader.Rows:
-        rows = loader.place(reader, device, placement)
+    def recording_place(
+        reader: SplitReader, device: torch.device, placement: Placement, workers: int
+    ) -> loader.Rows:
+        rows = loader.place(reader, device, placement, workers)
         placed.append(type(rows).__name__)
         return rows
 

@@ -38,7 +38,7 @@ from mlpipeline.training.device import Runtime, auto_threads, configure
 from mlpipeline.training.distributed import World, in_worker, launch, process_group, world_from_env
 from mlpipeline.training.divergence import Diverged
 from mlpipeline.training.gpu_lock import hold_gpus
-from mlpipeline.training.loader import Feed, chosen_placement, place
+from mlpipeline.training.loader import Feed, chosen_placement, place, rank_workers
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.phases import Phase, check_frozen_epochs, plan
@@ -94,7 +94,8 @@ def train(
         val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
         largest = max(phase.originals.nbytes for phase in phases)
         placement = chosen_placement(val_rows.nbytes + largest, runtime.device)  # one budget for both
-        val = Feed(place(val_rows, runtime.device, placement), len(val_rows))
+        workers = rank_workers(world.local_size)  # reader threads, and as many draw threads
+        val = Feed(place(val_rows, runtime.device, placement, workers), len(val_rows), workers=workers)
         report = TrainingLog(report_dir) if world.is_main and report_dir is not None else None
         all_checkpoints = []
         trainer: Trainer | None = None
@@ -106,7 +107,10 @@ def train(
                 runtime,
                 world,
                 train=Feed(
-                    place(phase.originals, runtime.device, placement), len(phase.originals), inputs.online
+                    place(phase.originals, runtime.device, placement, workers),
+                    len(phase.originals),
+                    inputs.online,
+                    workers,
                 ),
                 val=val,
                 phase=phase.name,

@@ -178,21 +178,34 @@ def chosen_placement(nbytes: int, device: torch.device) -> Placement:
     return "resident" if nbytes <= limit else "streamed"
 
 
-def place(reader: SplitReader, device: torch.device, placement: Placement) -> Resident | Streamed:
-    """The split for ``device``, as ``chosen_placement`` decided for all of the run's data."""
+def place(
+    reader: SplitReader, device: torch.device, placement: Placement, workers: int
+) -> Resident | Streamed:
+    """The split for ``device``, as ``chosen_placement`` decided for all of the run's data;
+    streamed by ``workers`` reader threads (``rank_workers``)."""
     if placement == "resident":
         return Resident(reader, device)
-    return Streamed(reader, device, worker_count())
+    return Streamed(reader, device, workers)
+
+
+def rank_workers(ranks_on_node: int) -> int:
+    """This rank's share of the node's ``MLPIPELINE_WORKERS`` (default: every core), at least one:
+    the node's ranks (torchrun's ``LOCAL_WORLD_SIZE``) divide them, so eight ranks on a box start
+    its cores' worth of reader threads and of draw threads between them, not eight times that."""
+    return max(1, worker_count() // ranks_on_node)
 
 
 class Feed:
     """What a phase trains (or validates) on: a placed split, each of its rows seen ``views``
     times an epoch, the copies augmented online as their batch is drawn."""
 
-    def __init__(self, rows: Rows, originals: int, online: OnlineAugmentation | None = None) -> None:
+    def __init__(
+        self, rows: Rows, originals: int, online: OnlineAugmentation | None = None, workers: int | None = None
+    ) -> None:
         self.rows = rows
         self.originals = originals
         self.online = online
+        self.draw_threads = draws_ahead(worker_count() if workers is None else workers)
 
     def __len__(self) -> int:
         return self.originals * (self.online.views if self.online is not None else 1)
@@ -201,7 +214,7 @@ class Feed:
         self, order: np.ndarray, batch_size: int, drop_last: bool, stream: tuple[str | int, ...] = ()
     ) -> Iterator[Batch]:
         """Batches of the rows in ``order``; ``stream`` names the epoch's augmentation draws, made
-        by draw threads ``draws_ahead()`` batches ahead of the batch the device trains on."""
+        by ``draw_threads`` threads as many batches ahead of the batch the device trains on."""
         batches = self.rows.batches(order % self.originals, batch_size, drop_last)
         if self.online is None:
             yield from batches
@@ -213,7 +226,7 @@ class Feed:
         def drawn(step: int) -> BatchCopies | None:
             return online.draw_copies(copies[bounds[step]], shape, device, "online", *stream, step)
 
-        depth = draws_ahead()
+        depth = self.draw_threads
         with ThreadPoolExecutor(depth, thread_name_prefix="online-draws") as drawer:
             ahead = deque(drawer.submit(drawn, step) for step in range(min(depth, len(bounds))))
             for step, (images, labels) in enumerate(batches):
@@ -223,9 +236,9 @@ class Feed:
                 yield (images if batch_copies is None else batch_copies.apply(images)), labels
 
 
-def draws_ahead() -> int:
-    """Batches whose online draws are made at once, one a thread: as many as ``MLPIPELINE_WORKERS``
-    (a batch's draws come from one random stream, so one thread makes them; the cores are shared
-    out by batch), and at least ``PREFETCH_BATCHES``. At 224x224 RGB, a batch of 128 copies'
+def draws_ahead(workers: int) -> int:
+    """Batches whose online draws are made at once, one a thread: as many as ``workers`` (a batch's
+    draws come from one random stream, so one thread makes them; the cores are shared out by
+    batch), and at least ``PREFETCH_BATCHES``. At 224x224 RGB, a batch of 128 copies'
     draws take about 80 MB of (pinned) host memory."""
-    return max(PREFETCH_BATCHES, worker_count())
+    return max(PREFETCH_BATCHES, workers)
