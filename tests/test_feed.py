@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 from conftest import REPO_ROOT, run
 from tiny_training import tiny_params, write_inputs, write_online_inputs
 
+from mlpipeline.core import device as core_device
 from mlpipeline.core.workers import WORKERS_ENV
 from mlpipeline.modeling.network import ModelConfig, build_model
 from mlpipeline.stages.train import train
@@ -40,16 +42,20 @@ STEPS = 4
 
 
 class CopyCounter:
-    """Host-to-device copies, blocking or not, as the step that made them."""
+    """Host-to-device copies, blocking or not, as the step that made them; and, in order, every
+    copy with the stream it ran on, every stream's wait on another, every ``record_stream``."""
 
     def __init__(self) -> None:
         self.blocking: list[int] = []
         self.non_blocking: list[int] = []
         self.step = 0
+        self.stream = "default"  # the stand-in device's current stream (``side_stream``)
+        self.events: list[tuple[str, ...]] = []
 
     def record(self, source: torch.Tensor, target: torch.device | None, non_blocking: bool) -> None:
         if source.device.type == "cpu" and target is not None and target.type != "cpu":
             (self.non_blocking if non_blocking else self.blocking).append(self.step)
+            self.events.append(("copy", self.stream))
 
 
 def _target(args: tuple, kwargs: dict) -> torch.device | None:
@@ -80,6 +86,43 @@ def copies(monkeypatch: pytest.MonkeyPatch) -> Iterator[CopyCounter]:
     monkeypatch.setattr(torch.Tensor, "to", counted_to)
     monkeypatch.setattr(torch.Tensor, "copy_", counted_copy)
     yield counter
+
+
+class Stream:
+    """A stand-in CUDA stream: it logs its waits on another."""
+
+    def __init__(self, name: str, counter: CopyCounter) -> None:
+        self.name = name
+        self.counter = counter
+
+    def wait_stream(self, other: Stream) -> None:
+        self.counter.events.append(("wait", self.name, other.name))
+
+
+@pytest.fixture
+def side_stream(monkeypatch: pytest.MonkeyPatch, copies: CopyCounter) -> CopyCounter:
+    """The stand-in device has CUDA's streams: a compute stream and ``to_device``'s side stream
+    (and host memory counts as pinned)."""
+    compute, side = Stream("compute", copies), Stream("side", copies)
+
+    @contextmanager
+    def current(stream: Stream) -> Iterator[None]:
+        before, copies.stream = copies.stream, stream.name
+        try:
+            yield
+        finally:
+            copies.stream = before
+
+    def record_stream(tensor: torch.Tensor, stream: Stream) -> None:
+        copies.events.append(("record_stream", stream.name))
+
+    monkeypatch.setattr(core_device, "copy_stream", lambda device: side if device.type == "meta" else None)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: compute)
+    monkeypatch.setattr(torch.cuda, "stream", current)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor: tensor)
+    monkeypatch.setattr(torch.Tensor, "record_stream", record_stream, raising=False)
+    copies.stream = "compute"
+    return copies
 
 
 def meta_trainer(inputs: Inputs, placement: type, monkeypatch: pytest.MonkeyPatch) -> Trainer:
@@ -127,6 +170,31 @@ def test_no_blocking_host_to_device_copy_in_a_training_step(
         assert copies.non_blocking, "the counter saw no copy at all: it no longer sees the loader's"
 
 
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+@pytest.mark.parametrize("placement", [Resident, Streamed], ids=["resident", "streamed"])
+def test_every_copy_runs_on_the_side_stream_and_compute_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side_stream: CopyCounter, placement: type, online: bool
+) -> None:
+    """Each host-to-device copy runs on the side stream (so it overlaps the step before, on the
+    compute stream), then the compute stream waits for it and marks its memory as used there,
+    one wait and one mark per copy."""
+    inputs = write_online_inputs(tmp_path) if online else write_inputs(tmp_path, train_per_class=12)
+    trainer = meta_trainer(inputs, placement, monkeypatch)
+    order = epoch_order(len(trainer.train), seed=0, phase="main", epoch=1)[: STEPS * trainer.batch_size]
+    side_stream.events.clear()
+    trainer.train_epoch(order, epoch=1)
+
+    events = side_stream.events
+    copied = [at for at, event in enumerate(events) if event[0] == "copy"]
+    assert copied and len(events) == 3 * len(copied)
+    for at in copied:
+        assert events[at : at + 3] == [
+            ("copy", "side"),
+            ("wait", "compute", "side"),
+            ("record_stream", "compute"),
+        ]
+
+
 def test_a_staging_buffer_is_refilled_only_after_its_copy_is_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -144,15 +212,17 @@ def test_a_staging_buffer_is_refilled_only_after_its_copy_is_recorded(
             self.recorded_after: int | None = None
             made.append(self)
 
-        def record(self) -> None:
+        def record(self, stream: object = None) -> None:
             self.recorded_after = copies
 
         def synchronize(self) -> None:
             waited.append(self)
 
-    def copy(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def copy(host: torch.Tensor, device: torch.device, copied: Event | None = None) -> torch.Tensor:
         nonlocal copies
         copies += host.dim() == 4  # a batch of images, not the epoch's labels
+        if copied is not None:
+            copied.record()  # on the side stream, after the copy
         return host.clone()
 
     empty = torch.empty

@@ -36,6 +36,7 @@ from tiny_model import CLASSES, tiny_images, write_tiny_dataset
 from tiny_training import tiny_params, tiny_section, write_online_inputs, write_training_set
 
 from mlpipeline.augmentation.transforms import Transforms, augment
+from mlpipeline.core.device import copy_stream
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shards import Dataset, SplitReader
 from mlpipeline.modeling.files import save_model
@@ -225,15 +226,18 @@ def test_predict_on_the_device_agrees_with_the_cpu(models: dict[str, Path], tmp_
 
 
 def delayed_copies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hold every copy out of host memory back on the device's stream for about 10 ms, so the
-    window in which a reader could overwrite a pinned buffer still being copied is wide open."""
+    """Hold every copy out of host memory back on the copy stream for about 10 ms, so the window
+    in which a reader could overwrite a pinned buffer still being copied is wide open."""
     if DEVICE != "cuda":
         return
     to_device = loader.to_device
 
-    def late(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-        torch.cuda._sleep(10_000_000)  # cycles: about 10 ms, queued on the stream before the copy
-        return to_device(host, device)
+    def late(
+        host: torch.Tensor, device: torch.device, copied: torch.cuda.Event | None = None
+    ) -> torch.Tensor:
+        with torch.cuda.stream(copy_stream(device)):
+            torch.cuda._sleep(10_000_000)  # cycles: about 10 ms, queued on the stream before the copy
+        return to_device(host, device, copied)
 
     monkeypatch.setattr(loader, "to_device", late)
 

@@ -8,8 +8,9 @@ budget however the data divides between splits: each batch's rows are read
 from the shards at their raw offsets by reader threads (``MLPIPELINE_WORKERS`` of them; the
 reads release the GIL) ``PREFETCH_BATCHES`` ahead of the batch the device trains on, so memory
 holds a few batches, never the split. On CUDA they are read into pinned staging buffers, taken
-in turn, and copied without blocking; a buffer is refilled only once the copy out of it is done
-(its reader sleeps on a blocking CUDA event meanwhile). Labels and row indices go to the device
+in turn, and copied without blocking on a side stream (``core.device.to_device``), so the copy
+of batch k+1 overlaps the step on batch k; a buffer is refilled only once the copy out of it is
+done (its reader sleeps on a blocking CUDA event meanwhile). Labels and row indices go to the device
 once an epoch, so no step copies anything with a blocking copy (``tests/test_feed.py`` counts).
 Both paths deal the same rows in the same order, so they train the same model (bit for bit on
 CPU). ``MLPIPELINE_TRAIN_DATA=resident`` or ``streamed`` forces one: it cannot change the
@@ -112,12 +113,11 @@ class Staging:
         return self.buffers[slot][:count], slot, self.copied[slot]
 
     def to_device(self, host: torch.Tensor, slot: int) -> torch.Tensor:
-        images = to_device(host, self.device)
-        if self.pinned:
-            # blocking=True: a reader waiting on it sleeps in the driver instead of spinning on a core
-            self.copied[slot] = torch.cuda.Event(blocking=True)
-            self.copied[slot].record()
-        return images
+        if not self.pinned:
+            return to_device(host, self.device)
+        # blocking=True: a reader waiting on it sleeps in the driver instead of spinning on a core
+        self.copied[slot] = torch.cuda.Event(blocking=True)
+        return to_device(host, self.device, self.copied[slot])
 
 
 def _read(reader: SplitReader, rows: np.ndarray, out: np.ndarray, wait: torch.cuda.Event | None) -> None:
