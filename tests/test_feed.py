@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, run
+from stand_in_cuda import StandInCuda
 from tiny_training import tiny_params, write_inputs, write_online_inputs
 
+from mlpipeline.augmentation import online as online_module
 from mlpipeline.core import device as core_device
 from mlpipeline.core.workers import WORKERS_ENV
 from mlpipeline.modeling.network import ModelConfig, build_model
@@ -176,23 +178,24 @@ def test_every_copy_runs_on_the_side_stream_and_compute_waits_for_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side_stream: CopyCounter, placement: type, online: bool
 ) -> None:
     """Each host-to-device copy runs on the side stream (so it overlaps the step before, on the
-    compute stream), then the compute stream waits for it and marks its memory as used there,
-    one wait and one mark per copy."""
+    compute stream); after each group of copies (a batch's images, or its draws) the compute
+    stream waits for the side stream once and marks every copy's memory as used there."""
     inputs = write_online_inputs(tmp_path) if online else write_inputs(tmp_path, train_per_class=12)
     trainer = meta_trainer(inputs, placement, monkeypatch)
     order = epoch_order(len(trainer.train), seed=0, phase="main", epoch=1)[: STEPS * trainer.batch_size]
     side_stream.events.clear()
     trainer.train_epoch(order, epoch=1)
 
-    events = side_stream.events
-    copied = [at for at, event in enumerate(events) if event[0] == "copy"]
-    assert copied and len(events) == 3 * len(copied)
-    for at in copied:
-        assert events[at : at + 3] == [
-            ("copy", "side"),
-            ("wait", "compute", "side"),
-            ("record_stream", "compute"),
-        ]
+    events, groups = side_stream.events, []
+    while events:
+        copies = next(at for at, event in enumerate(events) if event[0] != "copy")
+        groups.append(copies)
+        assert copies and events[:copies] == [("copy", "side")] * copies
+        assert events[copies] == ("wait", "compute", "side")
+        assert events[copies + 1 : 2 * copies + 1] == [("record_stream", "compute")] * copies
+        events = events[2 * copies + 1 :]
+    batches_copied = STEPS * (online + (placement is Streamed))  # images if streamed, draws if online
+    assert len(groups) == batches_copied + 1  # and the epoch's indices or labels, once
 
 
 def test_a_staging_buffer_is_refilled_only_after_its_copy_is_recorded(
@@ -201,44 +204,56 @@ def test_a_staging_buffer_is_refilled_only_after_its_copy_is_recorded(
     """On CUDA a reader refills a pinned buffer only once the event after the copy out of it has
     passed: an event never recorded passes at once, and the copy in flight reads the next batch's
     rows (the GPU test would see it, and skips here). A stand-in CUDA device, copies and events."""
-    copies = 0  # batches copied to the device so far
-    made: list[Event] = []
-    waited: list[Event] = []
-
-    class Event:
-        """``torch.cuda.Event``: how many copies were issued when it was recorded."""
-
-        def __init__(self, blocking: bool = False) -> None:
-            self.recorded_after: int | None = None
-            made.append(self)
-
-        def record(self, stream: object = None) -> None:
-            self.recorded_after = copies
-
-        def synchronize(self) -> None:
-            waited.append(self)
-
-    def copy(host: torch.Tensor, device: torch.device, copied: Event | None = None) -> torch.Tensor:
-        nonlocal copies
-        copies += host.dim() == 4  # a batch of images, not the epoch's labels
-        if copied is not None:
-            copied.record()  # on the side stream, after the copy
-        return host.clone()
-
-    empty = torch.empty
-    monkeypatch.setattr(torch, "empty", lambda *shape, pin_memory=False, **kwargs: empty(*shape, **kwargs))
-    monkeypatch.setattr(torch.cuda, "Event", Event)
-    monkeypatch.setattr(loader, "to_device", copy)
+    cuda = StandInCuda(monkeypatch)
+    monkeypatch.setattr(loader, "to_device", cuda.copy)
     reader = write_inputs(tmp_path, train_per_class=40).real
     rows = np.arange(len(reader))
     batches = list(Streamed(reader, torch.device("cuda"), workers=2).batches(rows, 8, drop_last=True))
 
     resident = Resident(reader, torch.device("cpu")).batches(rows, 8, drop_last=True)
     assert all(torch.equal(got[0], want[0]) for got, want in zip(batches, resident, strict=True))
-    assert [event.recorded_after for event in made] == list(range(1, len(batches) + 1))  # each after its copy
+    assert [event.recorded_after for event in cuda.made] == list(
+        range(1, len(batches) + 1)
+    )  # each after its copy
     # batch k's buffer is refilled for batch k + STAGING_BUFFERS, whose reads wait on k's copy
-    refilled = made[: len(batches) - loader.STAGING_BUFFERS]
-    assert {id(event) for event in waited} == {id(event) for event in refilled}
+    refilled = cuda.made[: len(batches) - loader.STAGING_BUFFERS]
+    assert {id(event) for event in cuda.waited} == {id(event) for event in refilled}
+
+
+def test_online_draws_refill_a_slot_only_after_the_copy_out_of_it_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CUDA the draws of the batches in flight are made in ``draw_threads + 1`` sets of pinned
+    memory, allocated once an epoch and taken in turn; a draw thread refills a set only once the
+    event after the copy out of it has passed. A stand-in CUDA device, copies and events."""
+    cuda = StandInCuda(monkeypatch)
+    drawn_copies: list = []  # the events after each batch's draws left
+
+    def copy_draws(hosts: list[torch.Tensor], device: torch.device, copied: object = None) -> list:
+        if copied is None:  # the CPU reference below
+            return hosts
+        copied.record()  # type: ignore[attr-defined]
+        drawn_copies.append(copied)
+        return [host.clone() for host in hosts]
+
+    monkeypatch.setattr(loader, "to_device", cuda.copy)
+    monkeypatch.setattr(online_module, "to_device_all", copy_draws)
+    inputs = write_online_inputs(tmp_path, copies=2, keep_originals=False)  # copies in every batch
+    reader, record = inputs.real, inputs.online
+    feed = Feed(Streamed(reader, torch.device("cuda"), workers=2), len(reader), record, workers=2)
+    order = epoch_order(len(feed), seed=0, phase="main", epoch=1)
+    batches = list(feed.batches(order, 8, drop_last=True, stream=("main", 1, 0)))
+
+    resident = Feed(Resident(reader, torch.device("cpu")), len(reader), record)
+    expected = resident.batches(order, 8, drop_last=True, stream=("main", 1, 0))
+    assert all(torch.equal(got[0], want[0]) for got, want in zip(batches, expected, strict=True))
+    slots = feed.draw_threads + 1
+    assert len(drawn_copies) == len(batches) > 2 * slots
+    assert all(event.recorded_after is not None for event in cuda.made)
+    assert len(cuda.pinned) == loader.STAGING_BUFFERS + slots * 7  # rows, 3 taps, noise keys and table, erase
+    # batch k's draw memory is refilled for batch k + slots, whose draw waits on k's copy
+    refilled = {id(event) for event in drawn_copies[: len(batches) - slots]}
+    assert refilled == {id(event) for event in cuda.waited} & {id(event) for event in drawn_copies}
 
 
 def test_adamw_is_fused_on_cuda_only_and_the_same_update() -> None:

@@ -36,6 +36,7 @@ from tiny_model import CLASSES, tiny_images, write_tiny_dataset
 from tiny_training import tiny_params, tiny_section, write_online_inputs, write_training_set
 
 from mlpipeline.augmentation.transforms import Transforms, augment
+from mlpipeline.core.bitexact import hashed_noise, noise_table
 from mlpipeline.core.device import copy_stream
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shards import Dataset, SplitReader
@@ -278,3 +279,14 @@ def test_augment_on_the_device_gives_the_cpus_bytes(shape: tuple[int, ...]) -> N
     on_device = augment(images.to(DEVICE), spec, 7, "device")
     assert on_device.device.type == DEVICE
     assert torch.equal(on_device.cpu(), augment(images, spec, 7, "device"))
+
+
+def test_hashed_noise_on_the_device_has_the_cpus_bits() -> None:
+    """The noise a GPU draws from its positions (int64 xors, shifts and multiplies, a table
+    lookup) is the CPU's to the bit, at a size whose CPU path is chunked and the device's not."""
+    keys = torch.from_numpy(np.random.default_rng(1).integers(0, 2**32, (16, 2), dtype=np.int64))
+    table = torch.from_numpy(noise_table(6.0))
+    shape = (16, 3, 224, 160)
+    on_device = hashed_noise(keys.to(DEVICE), table.to(DEVICE), shape)
+    assert on_device.device.type == DEVICE
+    assert torch.equal(on_device.cpu(), hashed_noise(keys, table, shape))
