@@ -282,7 +282,8 @@ def test_the_gpu_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
     bench's business, never a test's)."""
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
     bench = [sys.executable, str(REPO_ROOT / "bench" / "gpu.py"), "--device", "cpu", "--size", "8"]
-    out = run([*bench, "--images", "64", "--batch", "16", "--widths", "4"], tmp_path, env=SRC_ON_PATH).stdout
+    tiny = ["--warmup", "2", "--steps", "2", "--batch", "16", "--widths", "4"]
+    out = run([*bench, *tiny], tmp_path, env=SRC_ON_PATH).stdout
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["resident"], ["streamed"])]
     assert [row[:2] for row in rows] == [
         ["resident", "no"],

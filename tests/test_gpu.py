@@ -24,6 +24,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +43,16 @@ from mlpipeline.core.device import copy_stream
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shards import Dataset, SplitReader
 from mlpipeline.modeling.files import save_model
+from mlpipeline.modeling.network import build_model, new_config
 from mlpipeline.modeling.predict import predict_paths
 from mlpipeline.stages.evaluate import EvaluateParams, evaluate
 from mlpipeline.stages.train import train
 from mlpipeline.training import loader
 from mlpipeline.training.data import epoch_order, open_inputs
-from mlpipeline.training.device import mixed_precision
-from mlpipeline.training.loader import PLACEMENT_ENV, Feed, Resident, Streamed
+from mlpipeline.training.device import configure, mixed_precision
+from mlpipeline.training.distributed import World
+from mlpipeline.training.loader import PLACEMENT_ENV, Feed, Placement, Resident, Streamed, place
+from mlpipeline.training.loop import Trainer
 
 DEVICE_ENV = "MLPIPELINE_GPU_TESTS_DEVICE"
 STAGE = [sys.executable, "-m", "mlpipeline.stages.train"]
@@ -224,6 +229,74 @@ def test_predict_on_the_device_agrees_with_the_cpu(models: dict[str, Path], tmp_
     assert on_device["error"].isna().all() and list(on_device["label"]) == list(on_cpu["label"])
     assert (on_device["label"] == [CLASSES[label] for label in labels]).mean() >= 0.9
     np.testing.assert_allclose(on_device["probability"], on_cpu["probability"], rtol=0, atol=0.01)
+
+
+@pytest.fixture
+def flags_kept() -> Iterator[None]:
+    """The process-wide flags a test's ``configure`` sets for its device, as they were before."""
+    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    yield
+    torch.use_deterministic_algorithms(flags[0])
+    torch.backends.cudnn.benchmark = flags[1]
+
+
+# The built-in CNN and a ResNet from transformers (tiny: the check is for syncs, not speed).
+SYNC_ARCHS = {"convnet": {}, "resnet": {"depths": [1, 1], "hidden_sizes": [8, 16], "embedding_size": 8}}
+
+
+@contextmanager
+def syncs_refused() -> Iterator[None]:
+    """Any host-device sync raises inside (CUDA's sync debug mode: ``.item()``, ``.tolist()``, a
+    blocking copy, a stream or device synchronize). Elsewhere the block runs unchecked (a dry run)."""
+    if DEVICE != "cuda":
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS.get(DEVICE or "", []))
+@pytest.mark.parametrize("placement", ["resident", "streamed"])
+@pytest.mark.parametrize("arch", list(SYNC_ARCHS))
+def test_an_epochs_steps_never_sync_with_the_host(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags_kept: None,
+    arch: str,
+    placement: Placement,
+    precision: str,
+) -> None:
+    """One epoch of each placement, with online augmentation, each precision (fp16: the grad
+    scaler and fused AdamW's found-inf), the CNN and a transformers ResNet: every step under the
+    sync check, which the CPU suite's stand-in device cannot make (its pinned staging, autocast,
+    scaler and fused branches run on CUDA only). The epoch's means are read once, after its last
+    step: outside the check."""
+    inputs = write_online_inputs(tmp_path)
+    params = tiny_params(
+        device=DEVICE, precision=precision, model={"arch": arch, "hf": {arch: SYNC_ARCHS[arch]}}
+    )
+    runtime = configure(params.device, params.precision, params.num_threads)
+    spec, shape, stats = params.model, list(inputs.image_shape), ([0.5], [0.25])
+    config = new_config(arch, inputs.classes, shape, stats, None, spec.widths, spec.dropout, spec.hf, None)
+    model = runtime.place(build_model(config))
+    rows = place(inputs.real, runtime.device, placement, workers=2)
+    feed = Feed(rows, len(inputs.real), inputs.online, workers=2)
+    trainer = Trainer(model, params, runtime, World(), train=feed, val=feed, phase="main")
+    means = trainer._mean_over_ranks
+
+    def read_back(*totals: object) -> tuple[float, float]:
+        if DEVICE == "cuda":
+            torch.cuda.set_sync_debug_mode("default")  # the epoch's one read, by design
+        return means(*totals)
+
+    monkeypatch.setattr(trainer, "_mean_over_ranks", read_back)
+    order = epoch_order(len(feed), params.seed, "main", 1)
+    with syncs_refused():
+        loss, _ = trainer.train_epoch(order, epoch=1)
+    assert loss > 0 and trainer.steps_per_epoch > loader.STAGING_BUFFERS
 
 
 def delayed_copies(monkeypatch: pytest.MonkeyPatch) -> None:
