@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report plots-page browser verify gc release weights
+.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report data-diff data-update plots-page browser verify gc release weights
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,16 @@ report: export MLPIPELINE_BASE = $(value BASE)
 report: export MLPIPELINE_IMAGES_URL = $(value IMAGES_URL)
 report: setup ## Compare BASE (default main) with the workspace: reports/compare/report.md + PNGs
 	python -m mlpipeline.compare.report
+
+data-diff: export MLPIPELINE_BASE = $(value BASE)
+data-diff: setup ## What changed in the data since BASE (default main): added, removed, relabelled, moved
+	python -m mlpipeline.compare.data_diff
+
+# The weekly flow (docs/growing.md): new images in the source, then the next version is built on
+# the one dvc.lock records, so only what changed is decoded, stored and pushed.
+data-update: setup ## Set ingest.base to the data version dvc.lock records, then dvc repro
+	python -m mlpipeline.devtools.data_update
+	dvc repro
 
 # The page `dvc plots show` fills (.dvc/config: plots.html_template), with the Vega scripts inside
 # it so plots draw offline; committed, rebuilt from the npm versions vendor/vega pins.

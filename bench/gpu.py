@@ -33,7 +33,9 @@ from common import plain_step
 from mlpipeline.augmentation.online import OnlineAugmentation
 from mlpipeline.augmentation.params import AugmentParams
 from mlpipeline.core.params import load_section
-from mlpipeline.core.shards import Dataset, DatasetWriter, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import Dataset
 from mlpipeline.modeling.network import build_model, new_config
 from mlpipeline.training.data import epoch_order
 from mlpipeline.training.device import Runtime, configure

@@ -41,7 +41,8 @@ from mlpipeline.augmentation.transforms import Transforms, augment
 from mlpipeline.core.bitexact import hashed_noise, noise_table
 from mlpipeline.core.device import copy_stream
 from mlpipeline.core.params import from_mapping
-from mlpipeline.core.shards import Dataset, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shards import Dataset
 from mlpipeline.modeling.files import save_model
 from mlpipeline.modeling.network import build_model, new_config
 from mlpipeline.modeling.predict import predict_paths

@@ -23,7 +23,7 @@ from mlpipeline.core import atomic, stage
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS, WEIGHTS
 from mlpipeline.core.seeding import seed_everything
-from mlpipeline.core.shards import SplitReader
+from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.modeling.files import save_model
 from mlpipeline.modeling.network import (
     ModelConfig,
