@@ -49,7 +49,7 @@ from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.core.shard_writer import DatasetWriter
 from mlpipeline.core.shards import Dataset
 from mlpipeline.core.workers import worker_count
-from mlpipeline.modeling.network import build_model, new_config, streamed_channel_stats
+from mlpipeline.modeling.network import build_model, new_config
 from mlpipeline.stages.train import train
 from mlpipeline.training.data import VAL_SPLIT, Inputs, epoch_order, open_inputs, steps
 from mlpipeline.training.device import Runtime, configure
@@ -99,7 +99,7 @@ def timed(runtime: Runtime, run: Callable[[], object]) -> float:
 def build(params: TrainParams, runtime: Runtime, inputs: Inputs, rows: SplitReader) -> torch.nn.Module:
     """The network the stage would train (any ``train.model.arch``), as the stage places it."""
     spec, shape = params.model, list(inputs.image_shape)
-    stats = streamed_channel_stats(rows.shards())
+    stats = rows.channel_sums().mean_std()  # as the stage does: from dataset.json
     config = new_config(
         spec.arch, inputs.classes, shape, stats, None, spec.widths, spec.dropout, spec.hf, None
     )

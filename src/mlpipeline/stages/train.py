@@ -25,13 +25,7 @@ from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS, WE
 from mlpipeline.core.seeding import seed_everything
 from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.modeling.files import save_model
-from mlpipeline.modeling.network import (
-    ModelConfig,
-    fitted_network,
-    initial_model,
-    new_config,
-    streamed_channel_stats,
-)
+from mlpipeline.modeling.network import ModelConfig, fitted_network, initial_model, new_config
 from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, fingerprint, run_key
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure
@@ -77,12 +71,11 @@ def train(
         world.agree(fingerprint(params, runtime, inputs.datasets, pretrained))
         phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
         check_frozen_epochs(phases, inputs.views, world.size)
-        mean, std = world.from_main(lambda: streamed_channel_stats(phases[-1].originals.shards()))
         config = new_config(
             spec.arch,
             inputs.classes,
             list(inputs.image_shape),
-            (mean, std),
+            input_stats(weights, phases[-1].originals),
             inputs.val.info.attributes.get("preprocessing"),
             spec.widths,
             spec.dropout,
@@ -135,6 +128,20 @@ def train(
         if report is not None:
             report.finish(best, trainer.progress.epoch)
     return Trained(trainer, config, best, runtime, phases, all_checkpoints)
+
+
+def input_stats(weights: Path | None, originals: SplitReader) -> tuple[list[float], list[float]]:
+    """The input normalization's per-channel mean and std: a pretrained checkpoint's own when it
+    brings them (``new_config`` takes those), else the training images', from the exact sums
+    their writers record per shard in dataset.json: no image is read, and every rank computes
+    the same figures from the same files (``World.agree`` proved them equal)."""
+    if weights is not None and weights.is_dir():  # no folder: new_config refuses it in one line
+        from mlpipeline.modeling.pretrained import CheckpointFolder
+
+        brought = CheckpointFolder(weights).stats(originals.image_shape[0])
+        if brought is not None:
+            return brought
+    return originals.channel_sums().mean_std()
 
 
 def weights_sha256(weights: Path | None) -> str:

@@ -67,8 +67,7 @@ class World:
 
     def from_main(self, compute: Callable[[], T]) -> T:
         """``compute()`` run by rank 0 alone and its (small, picklable) result sent to every rank:
-        what all ranks need but one read is enough for, such as the channel stats, which read the
-        whole training split."""
+        what all ranks need but one read is enough for, such as the checkpoint to resume from."""
         if self.size == 1:
             return compute()
         box = [compute() if self.is_main else None]
