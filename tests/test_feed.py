@@ -4,7 +4,10 @@ A blocking copy (``non_blocking=False``) waits for everything queued on the devi
 one per step leaves the GPU idle while the host reads, draws and copies the next batch. There
 is no GPU here: the ``meta`` device stands in (it keeps shapes, not bytes, and refuses ``.item()``
 and ``.tolist()``, so a device-to-host sync inside a step fails too), and a counting shim around
-``Tensor.to`` and ``Tensor.copy_`` records every copy out of host memory into it.
+``Tensor.to`` and ``Tensor.copy_`` records every copy out of host memory into it, and on which
+stream (every copy on the side stream, the compute stream waiting for it). A stand-in CUDA
+(``stand_in_cuda``) checks that pinned staging buffers and online draw memory are reused only
+once the copy out of them is done; and the ranks on a node divide its reader and draw threads.
 """
 
 from __future__ import annotations

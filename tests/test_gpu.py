@@ -12,9 +12,11 @@ of the tests themselves on a machine without a GPU (the NCCL test still needs tw
 (a CPU wheel or an old driver would otherwise skip everything and pass).
 
 Beyond training: streamed batches equal resident ones on the device, with each copy out of a
-pinned buffer held back on the stream (``torch.cuda._sleep``) so a reader refilling a buffer
-too early would show; and the augmentation kernel gives the same bytes on the device as on the
-CPU. Each device test runs with the determinism settings its stage uses.
+pinned buffer held back on the copy stream (``torch.cuda._sleep``) so a reader refilling a
+buffer too early would show; an epoch of each placement takes no host-device sync in a step
+(CUDA's sync debug mode, the CNN and a transformers ResNet); and the augmentation kernel and its
+hashed noise give the same bytes on the device as on the CPU. Each device test runs with the
+determinism settings its stage uses.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -37,6 +40,7 @@ from PIL import Image
 from tiny_model import CLASSES, tiny_images, write_tiny_dataset
 from tiny_training import tiny_params, tiny_section, write_online_inputs, write_training_set
 
+from mlpipeline.augmentation import online as online_module
 from mlpipeline.augmentation.transforms import Transforms, augment
 from mlpipeline.core.bitexact import hashed_noise, noise_table
 from mlpipeline.core.device import copy_stream
@@ -55,6 +59,7 @@ from mlpipeline.training.distributed import World
 from mlpipeline.training.loader import PLACEMENT_ENV, Feed, Placement, Resident, Streamed, place
 from mlpipeline.training.loop import Trainer
 
+T = TypeVar("T")
 DEVICE_ENV = "MLPIPELINE_GPU_TESTS_DEVICE"
 STAGE = [sys.executable, "-m", "mlpipeline.stages.train"]
 TEST_PER_CLASS = 100  # 300 test images: a point of accuracy is 3 of them
@@ -301,20 +306,22 @@ def test_an_epochs_steps_never_sync_with_the_host(
 
 
 def delayed_copies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hold every copy out of host memory back on the copy stream for about 10 ms, so the window
-    in which a reader could overwrite a pinned buffer still being copied is wide open."""
+    """Hold every copy out of host memory (a batch's images, an online batch's draws) back on the
+    copy stream for about 10 ms, so the window in which a reader or a draw thread could
+    overwrite pinned memory still being copied is wide open."""
     if DEVICE != "cuda":
         return
-    to_device = loader.to_device
 
-    def late(
-        host: torch.Tensor, device: torch.device, copied: torch.cuda.Event | None = None
-    ) -> torch.Tensor:
-        with torch.cuda.stream(copy_stream(device)):
-            torch.cuda._sleep(10_000_000)  # cycles: about 10 ms, queued on the stream before the copy
-        return to_device(host, device, copied)
+    def held_back(copy: Callable[..., T]) -> Callable[..., T]:
+        def late(hosts: object, device: torch.device, copied: torch.cuda.Event | None = None) -> T:
+            with torch.cuda.stream(copy_stream(device)):
+                torch.cuda._sleep(10_000_000)  # cycles: about 10 ms, queued on the stream before the copy
+            return copy(hosts, device, copied)
 
-    monkeypatch.setattr(loader, "to_device", late)
+        return late
+
+    monkeypatch.setattr(loader, "to_device", held_back(loader.to_device))
+    monkeypatch.setattr(online_module, "to_device_all", held_back(online_module.to_device_all))
 
 
 @pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
