@@ -81,7 +81,7 @@ def new_model(params: TrainParams, runtime: Runtime, side: int) -> torch.nn.Modu
     """The network the stage would build for ``params`` on 3 x ``side`` x ``side`` images."""
     spec = params.model
     config = new_config(
-        spec.arch, CLASSES, [3, side, side], STATS, None, spec.widths, spec.dropout, spec.hf, None
+        spec.arch, CLASSES, [3, side, side], lambda: STATS, None, spec.widths, spec.dropout, spec.hf, None
     )
     torch.manual_seed(0)
     return runtime.place(build_model(config))

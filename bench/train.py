@@ -101,7 +101,7 @@ def build(params: TrainParams, runtime: Runtime, inputs: Inputs, rows: SplitRead
     spec, shape = params.model, list(inputs.image_shape)
     stats = rows.channel_sums().mean_std()  # as the stage does: from dataset.json
     config = new_config(
-        spec.arch, inputs.classes, shape, stats, None, spec.widths, spec.dropout, spec.hf, None
+        spec.arch, inputs.classes, shape, lambda: stats, None, spec.widths, spec.dropout, spec.hf, None
     )
     seed_everything(params.seed)
     return runtime.place(build_model(config))

@@ -286,7 +286,9 @@ def test_an_epochs_steps_never_sync_with_the_host(
     )
     runtime = configure(params.device, params.precision, params.num_threads)
     spec, shape, stats = params.model, list(inputs.image_shape), ([0.5], [0.25])
-    config = new_config(arch, inputs.classes, shape, stats, None, spec.widths, spec.dropout, spec.hf, None)
+    config = new_config(
+        arch, inputs.classes, shape, lambda: stats, None, spec.widths, spec.dropout, spec.hf, None
+    )
     model = runtime.place(build_model(config))
     rows = place(inputs.real, runtime.device, placement, workers=2)
     feed = Feed(rows, len(inputs.real), inputs.online, workers=2)

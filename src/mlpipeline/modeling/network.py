@@ -7,7 +7,7 @@ for, so the CNN's start-up never pays for importing transformers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -73,25 +73,25 @@ def new_config(
     arch: str,
     classes: list[str],
     image_shape: list[int],
-    stats: tuple[list[float], list[float]],
+    stats: Callable[[], tuple[list[float], list[float]]],
     preprocessing: dict[str, Any] | None,
     widths: list[int],
     dropout: float,
     overrides: dict[str, dict[str, Any]],
     weights: Path | None,
 ) -> ModelConfig:
-    """The config of the network to train on data of ``classes`` and ``image_shape`` whose channel
-    ``stats`` are (mean, std). With ``weights`` (a checkpoint folder) the arch is the checkpoint's
-    and the normalization its preprocessor's, when it has one; else ``arch`` sized by ``widths``
-    and ``dropout`` (convnet) or by ``overrides[arch]`` (a transformers arch)."""
-    common: dict[str, Any] = {"mean": stats[0], "std": stats[1], "preprocessing": preprocessing}
+    """The config of the network to train on data of ``classes`` and ``image_shape``. With
+    ``weights`` (a checkpoint folder) the arch is the checkpoint's and the normalization its
+    preprocessor's, when it has one; else ``arch`` sized by ``widths`` and ``dropout`` (convnet)
+    or by ``overrides[arch]`` (a transformers arch), and the normalization the data's channel
+    (mean, std), which ``stats`` works out: called only when no checkpoint brings its own."""
     network, checkpoint_stats, source = fitted_network(arch, classes, image_shape, overrides, weights)
+    mean, std = checkpoint_stats if checkpoint_stats is not None else stats()
+    common: dict[str, Any] = {"mean": mean, "std": std, "preprocessing": preprocessing}
     if network is None:
         return ModelConfig(classes, image_shape, widths=list(widths), dropout=dropout, **common)
     from mlpipeline.modeling import hf  # imports transformers: only for its archs
 
-    if checkpoint_stats is not None:
-        common["mean"], common["std"] = checkpoint_stats
     return ModelConfig(classes, image_shape, **common, **hf.provenance(network, source))
 
 

@@ -75,7 +75,7 @@ def train(
             spec.arch,
             inputs.classes,
             list(inputs.image_shape),
-            input_stats(weights, phases[-1].originals),
+            lambda: phases[-1].originals.channel_sums().mean_std(),  # unless weights bring their own
             inputs.val.info.attributes.get("preprocessing"),
             spec.widths,
             spec.dropout,
@@ -128,20 +128,6 @@ def train(
         if report is not None:
             report.finish(best, trainer.progress.epoch)
     return Trained(trainer, config, best, runtime, phases, all_checkpoints)
-
-
-def input_stats(weights: Path | None, originals: SplitReader) -> tuple[list[float], list[float]]:
-    """The input normalization's per-channel mean and std: a pretrained checkpoint's own when it
-    brings them (``new_config`` takes those), else the training images', from the exact sums
-    their writers record per shard in dataset.json: no image is read, and every rank computes
-    the same figures from the same files (``World.agree`` proved them equal)."""
-    if weights is not None and weights.is_dir():  # no folder: new_config refuses it in one line
-        from mlpipeline.modeling.pretrained import CheckpointFolder
-
-        brought = CheckpointFolder(weights).stats(originals.image_shape[0])
-        if brought is not None:
-            return brought
-    return originals.channel_sums().mean_std()
 
 
 def weights_sha256(weights: Path | None) -> str:
