@@ -5,9 +5,12 @@ vectorized path against a per-image loop of the same transforms.
     python bench/augment.py --online --size 224 [--size 32 ...]
 
 ``--online`` prints instead what one online batch (``ONLINE_BATCH`` RGB images, the params.yaml
-transforms, every image a copy) costs one core: the draws (``transforms.draw``: all the host
-does when training runs on a GPU, made ahead in the draw threads) and the per-pixel work
-(``Draws.apply``: on the GPU there, measured here on the CPU), per image, best of 3 CPU times.
+transforms, every image a copy) costs one core: the draws (``transforms.draw`` into memory
+reused batch after batch, as training's draw threads make them: all the host does when
+training runs on a GPU) and the per-pixel work with the hashed noise (``Draws.apply``: on the
+GPU there, measured here on the CPU), per image, best of 3 CPU times; and the host memory of
+one batch in flight: the draw memory it holds (pinned on CUDA) and the scratch it takes at
+most while drawn (numpy's allocations, traced).
 
 Each (size, count) run is the stage's own ``augment_dataset`` (read shards, augment, write shards,
 preview) in a fresh child process, so its peak RSS is its own: it must stay flat as the count grows
@@ -24,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -32,7 +36,7 @@ import numpy as np
 import torch
 from common import peak_rss_mib, print_run, print_scaling
 
-from mlpipeline.augmentation.transforms import Transforms, augment, draw
+from mlpipeline.augmentation.transforms import Draws, Transforms, augment, draw
 from mlpipeline.core.params import load_section
 from mlpipeline.core.seeding import rng
 from mlpipeline.core.shard_writer import DatasetWriter
@@ -132,19 +136,29 @@ def run_loop_comparison() -> None:
 
 
 def run_online(sides: list[int]) -> None:
-    """Per-image CPU cost of one online batch, on one core (module docstring)."""
+    """Per-image CPU cost of one online batch, on one core, and its host memory (module docstring)."""
     torch.set_num_threads(1)
     spec = bench_params().transforms
     print(f"online batch of {ONLINE_BATCH} RGB images, params.yaml transforms, one core, best of 3 CPU time")
-    print(f"{'size':>9} {'draws ms/image':>15} {'apply ms/image':>15} {'total ms/image':>15}")
+    print(
+        f"{'size':>9} {'draws ms/image':>15} {'apply ms/image':>15} {'total ms/image':>15} "
+        f"{'held MiB':>9} {'scratch MiB':>12}"
+    )
     for side in sides:
         shape = (ONLINE_BATCH, 3, side, side)
         images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
-        drawn = draw(spec, 0, shape, "bench")
-        draws = best_seconds(partial(draw, spec, 0, shape, "bench"), 3)
+        into = Draws.empty(spec, ONLINE_BATCH, (side, side))
+        drawn = draw(spec, 0, shape, "bench", into=into)
+        draws = best_seconds(partial(draw, spec, 0, shape, "bench", into=into), 3)
         apply = best_seconds(partial(drawn.apply, images), 3)
         per_image = [1000 * seconds / ONLINE_BATCH for seconds in (draws, apply, draws + apply)]
-        print(f"{side:>4}x{side:<4}" + "".join(f"{ms:>16.3f}" for ms in per_image))
+        held = sum(tensor.nbytes for tensor in drawn.tensors()) / 2**20
+        tracemalloc.start()
+        draw(spec, 0, shape, "bench", into=into)
+        scratch = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        memory = f"{held:>10.1f}{scratch:>13.1f}"
+        print(f"{side:>4}x{side:<4}" + "".join(f"{ms:>16.3f}" for ms in per_image) + memory)
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ STAGE = {
     "deps": ["data/raw"],
     "params": ["ingest"],
     "outs": ["data/ingested"],
-    "metrics": [{"reports/ingest/metrics.json": {"cache": False}}],
+    "metrics": ["reports/ingest/metrics.json"],
 }
 
 

@@ -49,7 +49,7 @@ from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.core.shard_writer import DatasetWriter
 from mlpipeline.core.shards import Dataset
 from mlpipeline.core.workers import worker_count
-from mlpipeline.modeling.network import build_model, new_config, streamed_channel_stats
+from mlpipeline.modeling.network import build_model, new_config
 from mlpipeline.stages.train import train
 from mlpipeline.training.data import VAL_SPLIT, Inputs, epoch_order, open_inputs, steps
 from mlpipeline.training.device import Runtime, configure
@@ -99,9 +99,9 @@ def timed(runtime: Runtime, run: Callable[[], object]) -> float:
 def build(params: TrainParams, runtime: Runtime, inputs: Inputs, rows: SplitReader) -> torch.nn.Module:
     """The network the stage would train (any ``train.model.arch``), as the stage places it."""
     spec, shape = params.model, list(inputs.image_shape)
-    stats = streamed_channel_stats(rows.shards())
+    stats = rows.channel_sums().mean_std()  # as the stage does: from dataset.json
     config = new_config(
-        spec.arch, inputs.classes, shape, stats, None, spec.widths, spec.dropout, spec.hf, None
+        spec.arch, inputs.classes, shape, lambda: stats, None, spec.widths, spec.dropout, spec.hf, None
     )
     seed_everything(params.seed)
     return runtime.place(build_model(config))
@@ -138,8 +138,11 @@ def loop_overhead(args: argparse.Namespace) -> None:
     bare_model = copy.deepcopy(model)
     val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
     placement = chosen_placement(val_rows.nbytes + phase.originals.nbytes, runtime.device)  # as train()
-    data = Feed(place(phase.originals, runtime.device, placement), len(phase.originals), inputs.online)
-    val = Feed(place(val_rows, runtime.device, placement), len(val_rows))
+    workers = worker_count()
+    data = Feed(
+        place(phase.originals, runtime.device, placement, workers), len(phase.originals), inputs.online
+    )
+    val = Feed(place(val_rows, runtime.device, placement, workers), len(val_rows))
     trainer = Trainer(model, params, runtime, World(), data, val, phase=phase.name)
     optimizer = torch.optim.AdamW(bare_model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
 

@@ -15,14 +15,8 @@ import torch
 import yaml
 from conftest import REPO_ROOT, repo_params, run, set_params
 
-from mlpipeline.augmentation.transforms import (
-    Transforms,
-    add_elastic,
-    affine_coordinates,
-    augment,
-    elastic_step,
-    upsample_linear,
-)
+from mlpipeline.augmentation.elastic import add_elastic, elastic_step, upsample_linear
+from mlpipeline.augmentation.transforms import Transforms, affine_coordinates, augment
 from mlpipeline.core.bitexact import ONE
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping

@@ -1,5 +1,6 @@
-"""Exact arithmetic for the data stages: integer resampling that agrees with grid_sample, and
-sin/cos/exp polynomials that agree with libm, to within their own rounding."""
+"""Exact arithmetic for the data stages: integer resampling that agrees with grid_sample,
+sin/cos/exp polynomials that agree with libm, to within their own rounding, and the noise hash
+that agrees with its definition in Python integers."""
 
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ import torch
 import torch.nn.functional as F
 
 from mlpipeline.core.bitexact import (
+    NOISE_STD,
     ONE,
     SAMPLE_BITS,
     exp_neg,
     fold,
+    hash32,
+    hashed_noise,
+    noise_table,
     round_to_uint8,
     sample_bilinear,
     sin_cos,
     sums_of_four_bytes,
+    uniform_halves,
 )
 
 
@@ -84,6 +90,53 @@ def test_sums_of_four_bytes_add_up_each_draws_bytes_whatever_the_byte_order() ->
     low, high = sum(parts[:4]), sum(parts[4:])  # bytes 0-3 and 4-7 of each draw, by arithmetic
     assert sums.dtype == np.int32 and sums.tolist() == np.concatenate([low, high]).tolist()
     assert sums.mean() == pytest.approx(510, abs=3) and sums.std() == pytest.approx(147.8, rel=0.02)
+
+
+def lowbias32(x: int) -> int:
+    """Chris Wellons' lowbias32, as published, in Python integers."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_hash32_is_lowbias32_bit_for_bit() -> None:
+    """In int64 with the second multiplier's negative twin, it is still lowbias32 to the bit,
+    at the extremes too (the largest products reach 2**63 - 2**32 in magnitude)."""
+    values = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, *np.random.default_rng(0).integers(0, 2**32, 2000).tolist()]
+    hashed = hash32(torch.tensor(values, dtype=torch.int64))
+    assert hashed.tolist() == [lowbias32(value) for value in values]
+    # known answers from a C build in uint32 arithmetic, against a typo in both definitions
+    assert [lowbias32(1), lowbias32(2**32 - 1), lowbias32(12345)] == [0x688990C0, 0x6768824A, 0x912EFCF7]
+
+
+def test_uniform_halves_are_the_keyed_hash_of_each_position() -> None:
+    keys = torch.tensor([[7, 2**32 - 1], [2**31, 5]], dtype=torch.int64)
+    halves = uniform_halves(keys, 5)  # 3 words a row: values 0-2 their low halves, 3-4 high ones
+    for row, (first, second) in enumerate(keys.tolist()):
+        words = [lowbias32(lowbias32(word ^ first) ^ second) for word in range(3)]
+        assert halves[row].tolist() == [w & 0xFFFF for w in words] + [w >> 16 for w in words[:2]]
+
+
+def test_the_noise_table_is_zero_mean_symmetric_and_of_the_asked_std() -> None:
+    table = noise_table(6.0).astype(np.float64) / ONE**2
+    assert table.dtype == np.float64 and len(table) == 1 << 16
+    assert np.array_equal(table, -table[::-1]) and table.mean() == 0
+    assert table.std() == pytest.approx(6.0, rel=1e-4)
+    assert table.max() == pytest.approx(6.0 * 3.84, rel=0.01)  # tails cut at 1 in 131,072
+    assert np.all(np.diff(table) >= 0)  # quantiles, in order
+    assert pytest.approx(209.0, abs=0.5) == NOISE_STD  # the sum of eight bytes' std, as the table scales it
+
+
+def test_hashed_noise_looks_up_each_position_and_differs_between_images() -> None:
+    keys = torch.tensor([[1, 2], [1, 3]], dtype=torch.int64)
+    table = torch.from_numpy(noise_table(10.0))
+    noise = hashed_noise(keys, table, (2, 3, 20, 30))
+    assert noise.shape == (2, 3, 20, 30) and noise.dtype == torch.int32
+    assert torch.equal(noise.view(2, -1), table[uniform_halves(keys, 1800)])
+    assert (noise[0] != noise[1]).float().mean() > 0.99  # one key apart: unrelated noise
+    assert (noise.double() / ONE**2).std().item() == pytest.approx(10.0, rel=0.03)
 
 
 # The fixed polynomials, written out here so a changed coefficient fails too: a cache shared

@@ -192,14 +192,10 @@ AUGMENT_LARGE = (
 )
 
 
-def augment_large_under(env: dict[str, str]) -> str:
-    section = copy.deepcopy(repo_params()["augment"]["transforms"])
-    section["elastic"]["probability"] = section["affine"]["probability"] = section["cutout"][
-        "probability"
-    ] = 1
-    section["drop_values"] = 0.05
+def printed_under(env: dict[str, str], code: str, *args: str) -> str:
+    """What ``code`` prints, run with ``args`` in a process started with ``env``."""
     out = subprocess.run(
-        [sys.executable, "-c", AUGMENT_LARGE, json.dumps(section)],
+        [sys.executable, "-c", code, *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -208,6 +204,29 @@ def augment_large_under(env: dict[str, str]) -> str:
     return out.stdout.strip()
 
 
+def augment_large_under(env: dict[str, str]) -> str:
+    section = copy.deepcopy(repo_params()["augment"]["transforms"])
+    section["elastic"]["probability"] = section["affine"]["probability"] = section["cutout"][
+        "probability"
+    ] = 1
+    section["drop_values"] = 0.05
+    return printed_under(env, AUGMENT_LARGE, json.dumps(section))
+
+
 @pytest.mark.parametrize(("name", "env"), list(forced_code_paths().items()))
 def test_augment_at_224_writes_the_same_bytes_on_every_code_path(name: str, env: dict[str, str]) -> None:
     assert augment_large_under(env) == augment_large_under({})
+
+
+# The noise alone, as a device draws it (the int64 hash: torch's integer kernels at each level).
+HASHED_NOISE = (
+    "import hashlib, numpy as np, torch; from mlpipeline.core.bitexact import hashed_noise, noise_table; "
+    "keys = torch.from_numpy(np.random.default_rng(0).integers(0, 2**32, (6, 2), dtype=np.int64)); "
+    "noise = hashed_noise(keys, torch.from_numpy(noise_table(6.0)), (6, 3, 224, 160)); "
+    "print(hashlib.sha256(noise.numpy().tobytes()).hexdigest())"
+)
+
+
+@pytest.mark.parametrize(("name", "env"), list(forced_code_paths().items()))
+def test_hashed_noise_has_the_same_bits_on_every_code_path(name: str, env: dict[str, str]) -> None:
+    assert printed_under(env, HASHED_NOISE) == printed_under({}, HASHED_NOISE)

@@ -4,7 +4,10 @@ A blocking copy (``non_blocking=False``) waits for everything queued on the devi
 one per step leaves the GPU idle while the host reads, draws and copies the next batch. There
 is no GPU here: the ``meta`` device stands in (it keeps shapes, not bytes, and refuses ``.item()``
 and ``.tolist()``, so a device-to-host sync inside a step fails too), and a counting shim around
-``Tensor.to`` and ``Tensor.copy_`` records every copy out of host memory into it.
+``Tensor.to`` and ``Tensor.copy_`` records every copy out of host memory into it, and on which
+stream (every copy on the side stream, the compute stream waiting for it). A stand-in CUDA
+(``stand_in_cuda``) checks that pinned staging buffers and online draw memory are reused only
+once the copy out of them is done; and the ranks on a node divide its reader and draw threads.
 """
 
 from __future__ import annotations
@@ -13,15 +16,21 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, run
+from stand_in_cuda import StandInCuda
 from tiny_training import tiny_params, write_inputs, write_online_inputs
 
+from mlpipeline.augmentation import online as online_module
+from mlpipeline.core import device as core_device
+from mlpipeline.core.workers import WORKERS_ENV
 from mlpipeline.modeling.network import ModelConfig, build_model
+from mlpipeline.stages.train import train
 from mlpipeline.training import loader
 from mlpipeline.training.data import Inputs, epoch_order
 from mlpipeline.training.device import Runtime
@@ -38,16 +47,20 @@ STEPS = 4
 
 
 class CopyCounter:
-    """Host-to-device copies, blocking or not, as the step that made them."""
+    """Host-to-device copies, blocking or not, as the step that made them; and, in order, every
+    copy with the stream it ran on, every stream's wait on another, every ``record_stream``."""
 
     def __init__(self) -> None:
         self.blocking: list[int] = []
         self.non_blocking: list[int] = []
         self.step = 0
+        self.stream = "default"  # the stand-in device's current stream (``side_stream``)
+        self.events: list[tuple[str, ...]] = []
 
     def record(self, source: torch.Tensor, target: torch.device | None, non_blocking: bool) -> None:
         if source.device.type == "cpu" and target is not None and target.type != "cpu":
             (self.non_blocking if non_blocking else self.blocking).append(self.step)
+            self.events.append(("copy", self.stream))
 
 
 def _target(args: tuple, kwargs: dict) -> torch.device | None:
@@ -78,6 +91,43 @@ def copies(monkeypatch: pytest.MonkeyPatch) -> Iterator[CopyCounter]:
     monkeypatch.setattr(torch.Tensor, "to", counted_to)
     monkeypatch.setattr(torch.Tensor, "copy_", counted_copy)
     yield counter
+
+
+class Stream:
+    """A stand-in CUDA stream: it logs its waits on another."""
+
+    def __init__(self, name: str, counter: CopyCounter) -> None:
+        self.name = name
+        self.counter = counter
+
+    def wait_stream(self, other: Stream) -> None:
+        self.counter.events.append(("wait", self.name, other.name))
+
+
+@pytest.fixture
+def side_stream(monkeypatch: pytest.MonkeyPatch, copies: CopyCounter) -> CopyCounter:
+    """The stand-in device has CUDA's streams: a compute stream and ``to_device``'s side stream
+    (and host memory counts as pinned)."""
+    compute, side = Stream("compute", copies), Stream("side", copies)
+
+    @contextmanager
+    def current(stream: Stream) -> Iterator[None]:
+        before, copies.stream = copies.stream, stream.name
+        try:
+            yield
+        finally:
+            copies.stream = before
+
+    def record_stream(tensor: torch.Tensor, stream: Stream) -> None:
+        copies.events.append(("record_stream", stream.name))
+
+    monkeypatch.setattr(core_device, "copy_stream", lambda device: side if device.type == "meta" else None)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: compute)
+    monkeypatch.setattr(torch.cuda, "stream", current)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor: tensor)
+    monkeypatch.setattr(torch.Tensor, "record_stream", record_stream, raising=False)
+    copies.stream = "compute"
+    return copies
 
 
 def meta_trainer(inputs: Inputs, placement: type, monkeypatch: pytest.MonkeyPatch) -> Trainer:
@@ -125,48 +175,88 @@ def test_no_blocking_host_to_device_copy_in_a_training_step(
         assert copies.non_blocking, "the counter saw no copy at all: it no longer sees the loader's"
 
 
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+@pytest.mark.parametrize("placement", [Resident, Streamed], ids=["resident", "streamed"])
+def test_every_copy_runs_on_the_side_stream_and_compute_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side_stream: CopyCounter, placement: type, online: bool
+) -> None:
+    """Each host-to-device copy runs on the side stream (so it overlaps the step before, on the
+    compute stream); after each group of copies (a batch's images, or its draws) the compute
+    stream waits for the side stream once and marks every copy's memory as used there."""
+    inputs = write_online_inputs(tmp_path) if online else write_inputs(tmp_path, train_per_class=12)
+    trainer = meta_trainer(inputs, placement, monkeypatch)
+    order = epoch_order(len(trainer.train), seed=0, phase="main", epoch=1)[: STEPS * trainer.batch_size]
+    side_stream.events.clear()
+    trainer.train_epoch(order, epoch=1)
+
+    events, groups = side_stream.events, []
+    while events:
+        copies = next(at for at, event in enumerate(events) if event[0] != "copy")
+        groups.append(copies)
+        assert copies and events[:copies] == [("copy", "side")] * copies
+        assert events[copies] == ("wait", "compute", "side")
+        assert events[copies + 1 : 2 * copies + 1] == [("record_stream", "compute")] * copies
+        events = events[2 * copies + 1 :]
+    batches_copied = STEPS * (online + (placement is Streamed))  # images if streamed, draws if online
+    assert len(groups) == batches_copied + 1  # and the epoch's indices or labels, once
+
+
 def test_a_staging_buffer_is_refilled_only_after_its_copy_is_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On CUDA a reader refills a pinned buffer only once the event after the copy out of it has
     passed: an event never recorded passes at once, and the copy in flight reads the next batch's
     rows (the GPU test would see it, and skips here). A stand-in CUDA device, copies and events."""
-    copies = 0  # batches copied to the device so far
-    made: list[Event] = []
-    waited: list[Event] = []
-
-    class Event:
-        """``torch.cuda.Event``: how many copies were issued when it was recorded."""
-
-        def __init__(self, blocking: bool = False) -> None:
-            self.recorded_after: int | None = None
-            made.append(self)
-
-        def record(self) -> None:
-            self.recorded_after = copies
-
-        def synchronize(self) -> None:
-            waited.append(self)
-
-    def copy(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-        nonlocal copies
-        copies += host.dim() == 4  # a batch of images, not the epoch's labels
-        return host.clone()
-
-    empty = torch.empty
-    monkeypatch.setattr(torch, "empty", lambda *shape, pin_memory=False, **kwargs: empty(*shape, **kwargs))
-    monkeypatch.setattr(torch.cuda, "Event", Event)
-    monkeypatch.setattr(loader, "to_device", copy)
+    cuda = StandInCuda(monkeypatch)
+    monkeypatch.setattr(loader, "to_device", cuda.copy)
     reader = write_inputs(tmp_path, train_per_class=40).real
     rows = np.arange(len(reader))
     batches = list(Streamed(reader, torch.device("cuda"), workers=2).batches(rows, 8, drop_last=True))
 
     resident = Resident(reader, torch.device("cpu")).batches(rows, 8, drop_last=True)
     assert all(torch.equal(got[0], want[0]) for got, want in zip(batches, resident, strict=True))
-    assert [event.recorded_after for event in made] == list(range(1, len(batches) + 1))  # each after its copy
+    assert [event.recorded_after for event in cuda.made] == list(
+        range(1, len(batches) + 1)
+    )  # each after its copy
     # batch k's buffer is refilled for batch k + STAGING_BUFFERS, whose reads wait on k's copy
-    refilled = made[: len(batches) - loader.STAGING_BUFFERS]
-    assert {id(event) for event in waited} == {id(event) for event in refilled}
+    refilled = cuda.made[: len(batches) - loader.STAGING_BUFFERS]
+    assert {id(event) for event in cuda.waited} == {id(event) for event in refilled}
+
+
+def test_online_draws_refill_a_slot_only_after_the_copy_out_of_it_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CUDA the draws of the batches in flight are made in ``draw_threads + 1`` sets of pinned
+    memory, allocated once an epoch and taken in turn; a draw thread refills a set only once the
+    event after the copy out of it has passed. A stand-in CUDA device, copies and events."""
+    cuda = StandInCuda(monkeypatch)
+    drawn_copies: list = []  # the events after each batch's draws left
+
+    def copy_draws(hosts: list[torch.Tensor], device: torch.device, copied: object = None) -> list:
+        if copied is None:  # the CPU reference below
+            return hosts
+        copied.record()  # type: ignore[attr-defined]
+        drawn_copies.append(copied)
+        return [host.clone() for host in hosts]
+
+    monkeypatch.setattr(loader, "to_device", cuda.copy)
+    monkeypatch.setattr(online_module, "to_device_all", copy_draws)
+    inputs = write_online_inputs(tmp_path, copies=2, keep_originals=False)  # copies in every batch
+    reader, record = inputs.real, inputs.online
+    feed = Feed(Streamed(reader, torch.device("cuda"), workers=2), len(reader), record, workers=2)
+    order = epoch_order(len(feed), seed=0, phase="main", epoch=1)
+    batches = list(feed.batches(order, 8, drop_last=True, stream=("main", 1, 0)))
+
+    resident = Feed(Resident(reader, torch.device("cpu")), len(reader), record)
+    expected = resident.batches(order, 8, drop_last=True, stream=("main", 1, 0))
+    assert all(torch.equal(got[0], want[0]) for got, want in zip(batches, expected, strict=True))
+    slots = feed.draw_threads + 1
+    assert len(drawn_copies) == len(batches) > 2 * slots
+    assert all(event.recorded_after is not None for event in cuda.made)
+    assert len(cuda.pinned) == loader.STAGING_BUFFERS + slots * 7  # rows, 3 taps, noise keys and table, erase
+    # batch k's draw memory is refilled for batch k + slots, whose draw waits on k's copy
+    refilled = {id(event) for event in drawn_copies[: len(batches) - slots]}
+    assert refilled == {id(event) for event in cuda.waited} & {id(event) for event in drawn_copies}
 
 
 def test_adamw_is_fused_on_cuda_only_and_the_same_update() -> None:
@@ -195,7 +285,8 @@ def test_the_gpu_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
     bench's business, never a test's)."""
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
     bench = [sys.executable, str(REPO_ROOT / "bench" / "gpu.py"), "--device", "cpu", "--size", "8"]
-    out = run([*bench, "--images", "64", "--batch", "16", "--widths", "4"], tmp_path, env=SRC_ON_PATH).stdout
+    tiny = ["--warmup", "2", "--steps", "2", "--batch", "16", "--widths", "4"]
+    out = run([*bench, *tiny], tmp_path, env=SRC_ON_PATH).stdout
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["resident"], ["streamed"])]
     assert [row[:2] for row in rows] == [
         ["resident", "no"],
@@ -204,3 +295,26 @@ def test_the_gpu_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
         ["streamed", "yes"],
     ]
     assert all(float(row[-1]) > 0 for row in rows)
+
+
+def test_the_ranks_on_a_node_divide_its_reader_and_draw_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four ranks on a node of ``MLPIPELINE_WORKERS=12``: each starts 3 shard readers and 3 draw
+    threads, not 12 (four ranks at 12 each would oversubscribe the node four times)."""
+    started: list[tuple[str, int]] = []
+
+    class Pool(loader.ThreadPoolExecutor):
+        def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+            started.append((thread_name_prefix, max_workers))
+            super().__init__(max_workers, thread_name_prefix=thread_name_prefix)
+
+    monkeypatch.setattr(loader, "ThreadPoolExecutor", Pool)
+    monkeypatch.setenv(WORKERS_ENV, "12")
+    monkeypatch.setenv(loader.PLACEMENT_ENV, "streamed")
+    inputs = write_online_inputs(tmp_path)
+    world = World(local_size=4)  # one process standing for one of the node's four ranks
+    train(tiny_params(epochs=1, num_threads=0), inputs, None, tmp_path / "ckpt", world)
+
+    assert started and set(started) == {("shard-reader", 3), ("online-draws", 3)}
+    assert loader.rank_workers(1) == 12 and loader.rank_workers(24) == 1

@@ -18,7 +18,9 @@ from imagedata import Output, ingest_params, noise, run_ingest, write_png
 from test_augment import augment_params
 from test_synthesize import synth_params
 
+from mlpipeline.core.channel_sums import ChannelSums
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.core.shards import Dataset
 from mlpipeline.ingestion.history import FolderVersion
 from mlpipeline.ingestion.splitting import SPLITS
@@ -293,6 +295,34 @@ def test_offline_augmentation_reuses_what_did_not_change(first: Output, raw: Pat
         augmented[output.root.name] = target
     assert reused_share(augmented["grown"], augmented[first.root.name]) >= REUSED
     assert reused_share(augmented["relabel"], augmented["grown"]) >= REUSED
+
+
+def full_pass(dataset: Dataset, split: str) -> ChannelSums:
+    """The channel sums of every live image of ``split``, read."""
+    channels = dataset.image_shape[0]
+    return ChannelSums.total((ChannelSums.of(images) for images, _ in dataset.iter_shards(split)), channels)
+
+
+def test_every_versions_channel_sums_equal_a_full_pass(first: Output, raw: Path, tmp_path: Path) -> None:
+    """The sums dataset.json records per shard (new shards', kept shards' whose live rows changed
+    or not, an augmented mirror's) add up to what a pass over each split's live images gives,
+    through removals, growth and held-out rows."""
+    for index in range(25, COUNT, 150):
+        (raw / name(index)).unlink()
+    for index in range(COUNT, COUNT + 60):
+        write_png(raw / name(index - COUNT, "a"), noise(index))
+    after = version(raw, tmp_path / "after", first.root, keep_train_fraction=0.8)
+    kept = set(Dataset(after.root).info.splits["train"].shards) & set(
+        Dataset(first.root).info.splits["train"].shards
+    )
+    assert kept and after.summary.counts["held_out"] > 0
+    augmented = tmp_path / "augmented"
+    params = augment_params({"include_synthetic": False, "copies": 1})
+    augment_dataset(params, after.root, tmp_path / "none", augmented, tmp_path / "samples.png", workers=1)
+    for root, splits in ((first.root, SPLITS), (after.root, SPLITS), (augmented, ("real",))):
+        dataset = Dataset(root)
+        for split in splits:
+            assert SplitReader.open(dataset, split).channel_sums() == full_pass(dataset, split), (root, split)
 
 
 def test_synthesize_is_unaffected_by_growth_unless_it_reads_it(

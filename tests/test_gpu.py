@@ -12,9 +12,11 @@ of the tests themselves on a machine without a GPU (the NCCL test still needs tw
 (a CPU wheel or an old driver would otherwise skip everything and pass).
 
 Beyond training: streamed batches equal resident ones on the device, with each copy out of a
-pinned buffer held back on the stream (``torch.cuda._sleep``) so a reader refilling a buffer
-too early would show; and the augmentation kernel gives the same bytes on the device as on the
-CPU. Each device test runs with the determinism settings its stage uses.
+pinned buffer held back on the copy stream (``torch.cuda._sleep``) so a reader refilling a
+buffer too early would show; an epoch of each placement takes no host-device sync in a step
+(CUDA's sync debug mode, the CNN and a transformers ResNet); and the augmentation kernel and its
+hashed noise give the same bytes on the device as on the CPU. Each device test runs with the
+determinism settings its stage uses.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -35,19 +40,26 @@ from PIL import Image
 from tiny_model import CLASSES, tiny_images, write_tiny_dataset
 from tiny_training import tiny_params, tiny_section, write_online_inputs, write_training_set
 
+from mlpipeline.augmentation import online as online_module
 from mlpipeline.augmentation.transforms import Transforms, augment
+from mlpipeline.core.bitexact import hashed_noise, noise_table
+from mlpipeline.core.device import copy_stream
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.core.shards import Dataset
 from mlpipeline.modeling.files import save_model
+from mlpipeline.modeling.network import build_model, new_config
 from mlpipeline.modeling.predict import predict_paths
 from mlpipeline.stages.evaluate import EvaluateParams, evaluate
 from mlpipeline.stages.train import train
 from mlpipeline.training import loader
 from mlpipeline.training.data import epoch_order, open_inputs
-from mlpipeline.training.device import mixed_precision
-from mlpipeline.training.loader import PLACEMENT_ENV, Feed, Resident, Streamed
+from mlpipeline.training.device import configure, mixed_precision
+from mlpipeline.training.distributed import World
+from mlpipeline.training.loader import PLACEMENT_ENV, Feed, Placement, Resident, Streamed, place
+from mlpipeline.training.loop import Trainer
 
+T = TypeVar("T")
 DEVICE_ENV = "MLPIPELINE_GPU_TESTS_DEVICE"
 STAGE = [sys.executable, "-m", "mlpipeline.stages.train"]
 TEST_PER_CLASS = 100  # 300 test images: a point of accuracy is 3 of them
@@ -225,18 +237,93 @@ def test_predict_on_the_device_agrees_with_the_cpu(models: dict[str, Path], tmp_
     np.testing.assert_allclose(on_device["probability"], on_cpu["probability"], rtol=0, atol=0.01)
 
 
+@pytest.fixture
+def flags_kept() -> Iterator[None]:
+    """The process-wide flags a test's ``configure`` sets for its device, as they were before."""
+    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    yield
+    torch.use_deterministic_algorithms(flags[0])
+    torch.backends.cudnn.benchmark = flags[1]
+
+
+# The built-in CNN and a ResNet from transformers (tiny: the check is for syncs, not speed).
+SYNC_ARCHS = {"convnet": {}, "resnet": {"depths": [1, 1], "hidden_sizes": [8, 16], "embedding_size": 8}}
+
+
+@contextmanager
+def syncs_refused() -> Iterator[None]:
+    """Any host-device sync raises inside (CUDA's sync debug mode: ``.item()``, ``.tolist()``, a
+    blocking copy, a stream or device synchronize). Elsewhere the block runs unchecked (a dry run)."""
+    if DEVICE != "cuda":
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS.get(DEVICE or "", []))
+@pytest.mark.parametrize("placement", ["resident", "streamed"])
+@pytest.mark.parametrize("arch", list(SYNC_ARCHS))
+def test_an_epochs_steps_never_sync_with_the_host(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags_kept: None,
+    arch: str,
+    placement: Placement,
+    precision: str,
+) -> None:
+    """One epoch of each placement, with online augmentation, each precision (fp16: the grad
+    scaler and fused AdamW's found-inf), the CNN and a transformers ResNet: every step under the
+    sync check, which the CPU suite's stand-in device cannot make (its pinned staging, autocast,
+    scaler and fused branches run on CUDA only). The epoch's means are read once, after its last
+    step: outside the check."""
+    inputs = write_online_inputs(tmp_path)
+    params = tiny_params(
+        device=DEVICE, precision=precision, model={"arch": arch, "hf": {arch: SYNC_ARCHS[arch]}}
+    )
+    runtime = configure(params.device, params.precision, params.num_threads)
+    spec, shape, stats = params.model, list(inputs.image_shape), ([0.5], [0.25])
+    config = new_config(
+        arch, inputs.classes, shape, lambda: stats, None, spec.widths, spec.dropout, spec.hf, None
+    )
+    model = runtime.place(build_model(config))
+    rows = place(inputs.real, runtime.device, placement, workers=2)
+    feed = Feed(rows, len(inputs.real), inputs.online, workers=2)
+    trainer = Trainer(model, params, runtime, World(), train=feed, val=feed, phase="main")
+    means = trainer._mean_over_ranks
+
+    def read_back(*totals: object) -> tuple[float, float]:
+        if DEVICE == "cuda":
+            torch.cuda.set_sync_debug_mode("default")  # the epoch's one read, by design
+        return means(*totals)
+
+    monkeypatch.setattr(trainer, "_mean_over_ranks", read_back)
+    order = epoch_order(len(feed), params.seed, "main", 1)
+    with syncs_refused():
+        loss, _ = trainer.train_epoch(order, epoch=1)
+    assert loss > 0 and trainer.steps_per_epoch > loader.STAGING_BUFFERS
+
+
 def delayed_copies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hold every copy out of host memory back on the device's stream for about 10 ms, so the
-    window in which a reader could overwrite a pinned buffer still being copied is wide open."""
+    """Hold every copy out of host memory (a batch's images, an online batch's draws) back on the
+    copy stream for about 10 ms, so the window in which a reader or a draw thread could
+    overwrite pinned memory still being copied is wide open."""
     if DEVICE != "cuda":
         return
-    to_device = loader.to_device
 
-    def late(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-        torch.cuda._sleep(10_000_000)  # cycles: about 10 ms, queued on the stream before the copy
-        return to_device(host, device)
+    def held_back(copy: Callable[..., T]) -> Callable[..., T]:
+        def late(hosts: object, device: torch.device, copied: torch.cuda.Event | None = None) -> T:
+            with torch.cuda.stream(copy_stream(device)):
+                torch.cuda._sleep(10_000_000)  # cycles: about 10 ms, queued on the stream before the copy
+            return copy(hosts, device, copied)
 
-    monkeypatch.setattr(loader, "to_device", late)
+        return late
+
+    monkeypatch.setattr(loader, "to_device", held_back(loader.to_device))
+    monkeypatch.setattr(online_module, "to_device_all", held_back(online_module.to_device_all))
 
 
 @pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
@@ -275,3 +362,14 @@ def test_augment_on_the_device_gives_the_cpus_bytes(shape: tuple[int, ...]) -> N
     on_device = augment(images.to(DEVICE), spec, 7, "device")
     assert on_device.device.type == DEVICE
     assert torch.equal(on_device.cpu(), augment(images, spec, 7, "device"))
+
+
+def test_hashed_noise_on_the_device_has_the_cpus_bits() -> None:
+    """The noise a GPU draws from its positions (int64 xors, shifts and multiplies, a table
+    lookup) is the CPU's to the bit, at a size whose CPU path is chunked and the device's not."""
+    keys = torch.from_numpy(np.random.default_rng(1).integers(0, 2**32, (16, 2), dtype=np.int64))
+    table = torch.from_numpy(noise_table(6.0))
+    shape = (16, 3, 224, 160)
+    on_device = hashed_noise(keys.to(DEVICE), table.to(DEVICE), shape)
+    assert on_device.device.type == DEVICE
+    assert torch.equal(on_device.cpu(), hashed_noise(keys, table, shape))

@@ -62,10 +62,10 @@ def test_n_devices_serve_n_runs_and_the_next_waits_or_fails_in_one_line(tmp_path
     assert refused.returncode == 2
     assert error.splitlines() == [
         f"train: error: no free GPU: 1 wanted, all 2 held by other training runs (lock files in {tmp_path}); "
-        f"waited 0 s ({gpu_lock.WAIT_ENV})"
+        f"waited 0 s ({gpu_lock.WAIT_ENV}: more seconds, or inf to wait as long as it takes)"
     ]
 
-    waiting = hold(tmp_path)  # no bound: waits, as a queued experiment should
+    waiting = hold(tmp_path)  # the default bound (a day): waits, as a queued experiment should
     first.stdin.close()  # the first run ends normally
     first.wait(timeout=60)
     freed = taken(waiting)
@@ -115,6 +115,30 @@ def test_a_bad_wait_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv(gpu_lock.WAIT_ENV, value)
     with pytest.raises(PipelineError, match=f"^MLPIPELINE_GPU_WAIT='{value}': must be a number of seconds"):
         gpu_lock.max_wait()
+
+
+def test_the_wait_has_a_finite_default_and_inf_lifts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, a run waits a day at most (a holder that never exits no longer hangs it forever);
+    ``inf`` waits as long as it takes."""
+    monkeypatch.delenv(gpu_lock.WAIT_ENV, raising=False)
+    assert gpu_lock.max_wait() == gpu_lock.DEFAULT_WAIT_SECONDS == 24 * 3600
+    monkeypatch.setenv(gpu_lock.WAIT_ENV, "inf")
+    assert gpu_lock.max_wait() is None
+
+
+def test_a_wait_that_runs_out_is_one_line_saying_how_to_wait_longer(tmp_path: Path, held: list[int]) -> None:
+    other = hold(tmp_path, devices=["0"])
+    assert taken(other) == "0"
+    try:
+        with pytest.raises(PipelineError) as refused:
+            gpu_lock.claim(["0"], 1, tmp_path, wait=0.3)
+    finally:
+        other.stdin.close()
+        other.wait(timeout=60)
+    assert str(refused.value) == (
+        f"no free GPU: 1 wanted, all 1 held by other training runs (lock files in {tmp_path}); "
+        f"waited 0.3 s ({gpu_lock.WAIT_ENV}: more seconds, or inf to wait as long as it takes)"
+    )
 
 
 @pytest.fixture

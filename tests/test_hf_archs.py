@@ -319,11 +319,13 @@ def test_every_mapped_arch_trains_here_or_is_refused_in_one_line(tmp_path: Path,
         assert "\n" not in str(refused) and str(refused).startswith(f"params.yaml: train.model.hf.{arch}")
         return
     assert arch in RUN_AT_8X8
-    config = new_config(arch, CLASSES, list(SHAPE), STATS, None, [8], 0.0, {arch: {}}, None)
+    config = new_config(arch, CLASSES, list(SHAPE), lambda: STATS, None, [8], 0.0, {arch: {}}, None)
     other = hf_build.config_of(config.network)
     other.num_labels = len(CLASSES) + 2  # a checkpoint of another task: its head cannot load
     hf_size.made_on(other).save_pretrained(tmp_path / arch)
-    pretrained = new_config("convnet", CLASSES, list(SHAPE), STATS, None, [8], 0.0, {}, tmp_path / arch)
+    pretrained = new_config(
+        "convnet", CLASSES, list(SHAPE), lambda: STATS, None, [8], 0.0, {}, tmp_path / arch
+    )
     model = initial_model(pretrained, tmp_path / arch)
     saved = load_file(tmp_path / arch / "model.safetensors")
     head = {name for name, _ in model.named_parameters() if name.startswith(model.HEAD)}

@@ -44,7 +44,7 @@ def hf_params(arch: str = "resnet", **overrides: Any):
 
 
 def config_for(arch: str, overrides: dict[str, Any], weights: Path | None = None, shape=SHAPE) -> ModelConfig:
-    return new_config(arch, CLASSES, list(shape), STATS, None, [8], 0.0, {arch: overrides}, weights)
+    return new_config(arch, CLASSES, list(shape), lambda: STATS, None, [8], 0.0, {arch: overrides}, weights)
 
 
 def save_checkpoint(folder: Path, classes: int = 5, channels: int = 1, **overrides: Any) -> Path:

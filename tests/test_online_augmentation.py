@@ -12,12 +12,13 @@ import pytest
 import torch
 from conftest import repo_params
 from PIL import Image
+from stand_in_cuda import StandInCuda
 from test_train import weights_digest
 from tiny_model import tiny_images, write_tiny_dataset
 from tiny_training import killed_then_resumed, tiny_params, write_online_inputs
 
 from mlpipeline.augmentation import online as online_module
-from mlpipeline.augmentation.online import OnlineAugmentation, read_online
+from mlpipeline.augmentation.online import BatchCopies, OnlineAugmentation, read_online
 from mlpipeline.augmentation.transforms import Transforms, augment
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import from_mapping
@@ -85,27 +86,36 @@ def test_copy_numbers_count_from_one_without_originals() -> None:
     np.testing.assert_array_equal(record.copy_numbers(np.array([0, 9, 10, 19]), originals=10), [1, 1, 2, 2])
 
 
-def test_draws_bound_for_cuda_are_pinned_where_they_are_drawn(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``draw_copies`` runs on training's draw threads: it must stage every tensor of a batch's
-    draws there (pinned), or each step's copy pins them on the training thread, a host copy the
-    device waits for (the same bytes: only this sees it). A stand-in CUDA device."""
-    pinned: list[torch.Tensor] = []
-
-    def pin_memory(tensor: torch.Tensor) -> torch.Tensor:
-        staged = tensor.clone()
-        pinned.append(staged)
-        return staged
-
-    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+def test_draws_bound_for_cuda_are_made_in_pinned_memory_reused_batch_after_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``draw_copies`` runs on training's draw threads, into host memory allocated once (pinned when
+    bound for CUDA: a stand-in here): every tensor of a batch's draws lies in it, so no step pins
+    or stages anything on the training thread, and the next batch drawn into it allocates
+    nothing and gives the bytes of fresh draws."""
+    pinned = StandInCuda(monkeypatch).pinned
     transforms = {**repo_params()["augment"]["transforms"], "drop_values": 0.1}
     online = OnlineAugmentation(from_mapping(Transforms, transforms, "transforms"), 0, 2, True)
-    made = online.draw_copies(np.array([0, 1, 2, 1]), (1, 8, 8), torch.device("cuda"), "online", 1)
+    into = BatchCopies.empty(online.transforms, 4, (1, 8, 8), pinned=True)
+    allocated = len(pinned)
+    batches = [np.array([0, 1, 2, 1]), np.array([2, 2, 0, 1])]
+    made = [online.draw_copies(views, (1, 8, 8), into, "online", step) for step, views in enumerate(batches)]
 
-    assert made is not None
-    draws = made.draws
-    tensors = [made.rows, *(draws.taps or ()), *(draws.noise or ()), draws.erase]
-    assert all(tensor is not None for tensor in tensors)  # every kind of draw is here
-    assert all(any(tensor is staged for staged in pinned) for tensor in tensors)
+    assert len(pinned) == allocated == 7  # rows, three taps, noise keys and table, erase
+    memory = {tensor.untyped_storage().data_ptr() for tensor in pinned}
+    for batch in made:
+        assert batch is not None
+        tensors = [batch.rows, *batch.draws.tensors()]
+        assert len(tensors) == 7 and {t.untyped_storage().data_ptr() for t in tensors} == memory
+    fresh = online.draw_copies(
+        batches[1], (1, 8, 8), BatchCopies.empty(online.transforms, 4, (1, 8, 8), False), "online", 1
+    )
+    assert fresh is not None
+    last = made[1]
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip([last.rows, *last.draws.tensors()], [fresh.rows, *fresh.draws.tensors()], strict=True)
+    )
 
 
 @pytest.mark.parametrize(("crash_phase", "crash_epoch"), [("pretrain", 2), ("train", 2)])
@@ -173,16 +183,16 @@ def test_each_rank_draws_its_own_copies_of_the_rows_it_is_dealt(
 
         stream: tuple[str | int, ...] = ()
 
-        def apply(self, images: torch.Tensor) -> torch.Tensor:
+        def apply(self, images: torch.Tensor, copied: torch.cuda.Event | None = None) -> torch.Tensor:
             originals = images[self.rows].clone()
-            out = super().apply(images)
+            out = super().apply(images, copied)
             drawn[rank].append((self.stream, originals, out[self.rows].clone()))
             return out
 
     draw_copies = online_module.OnlineAugmentation.draw_copies
 
-    def recording(self, copies, image_shape, device, *stream: str | int):
-        made = draw_copies(self, copies, image_shape, device, *stream)
+    def recording(self, copies, image_shape, into, *stream: str | int):
+        made = draw_copies(self, copies, image_shape, into, *stream)
         return None if made is None else RecordedCopies(made.rows, made.draws, stream)
 
     monkeypatch.setattr(online_module.OnlineAugmentation, "draw_copies", recording)

@@ -130,10 +130,10 @@ def test_a_phase_releases_its_training_data_before_the_next_is_placed(
     placed: list[weakref.ref] = []
     alive_when_placed: list[list[bool]] = []
 
-    def tracking_place(reader: SplitReader, device: torch.device, placement: Placement) -> Rows:
+    def tracking_place(reader: SplitReader, device: torch.device, placement: Placement, workers: int) -> Rows:
         gc.collect()
         alive_when_placed.append([ref() is not None for ref in placed])
-        rows = place(reader, device, placement)
+        rows = place(reader, device, placement, workers)
         placed.append(weakref.ref(rows))
         return rows
 

@@ -136,7 +136,8 @@ def test_streaming_reads_batches_never_a_whole_split(tmp_path: Path, monkeypatch
     np.testing.assert_array_equal(np.concatenate(train_reads), np.concatenate(expected))
     read = sum(len(rows) for reads in counted.rows.values() for rows in reads)
     assert read == 2 * 9 * 16 + 2 * 30  # and the 30 val images, each epoch
-    assert counted.shards == [SHARD_IMAGES] * 15  # the channel statistics, shard by shard
+    assert counted.shards == []  # the channel statistics come from dataset.json: no shard read whole
+    assert (result.config.mean, result.config.std) == streamed_channel_stats(phase.originals.shards())
 
 
 class OneOfTwoRanks(World):
@@ -155,8 +156,7 @@ class OneOfTwoRanks(World):
         return None
 
     def from_main(self, compute: Callable[[], T]) -> T:
-        """What rank 0 would broadcast (the channel stats, or no checkpoint), worked out here: it
-        reads whole shards, which the batch reads counted below never include."""
+        """What rank 0 would broadcast (no checkpoint), worked out here."""
         return compute()
 
 
@@ -199,8 +199,10 @@ def test_validation_and_training_data_share_one_budget(
     assert max(val_bytes, train_bytes) <= val_bytes + train_bytes + spare  # either would fit alone
     placed: list[str] = []
 
-    def recording_place(reader: SplitReader, device: torch.device, placement: Placement) -> loader.Rows:
-        rows = loader.place(reader, device, placement)
+    def recording_place(
+        reader: SplitReader, device: torch.device, placement: Placement, workers: int
+    ) -> loader.Rows:
+        rows = loader.place(reader, device, placement, workers)
         placed.append(type(rows).__name__)
         return rows
 

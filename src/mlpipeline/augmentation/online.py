@@ -8,10 +8,11 @@ and training reads the real originals where ingest wrote them. Each row of an ep
 view of an original: the original itself (with ``keep_originals``) or its copy number k, made
 by the same ``augment`` kernel when the row's batch is drawn, with draws named by (phase, epoch,
 rank, step): a resumed run draws exactly what an uninterrupted one would have. The draws are
-made on the host ahead of their batch (``draw_copies``, in training's draw threads) and only
-the per-pixel integer work waits for the images (``BatchCopies.apply``), on their device. An epoch has as
-many rows as the offline training set, so ``epochs`` and ``min_steps`` mean the same budget in
-both modes; unlike offline, every epoch sees fresh copies.
+made on the host ahead of their batch (``draw_copies``, in training's draw threads, into host
+memory reused batch after batch: ``BatchCopies.empty``) and only the per-pixel integer work
+(and the noise, hashed from its positions) waits for the images (``BatchCopies.apply``), on
+their device. An epoch has as many rows as the offline training set, so ``epochs`` and
+``min_steps`` mean the same budget in both modes; unlike offline, every epoch sees fresh copies.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from mlpipeline.augmentation.transforms import Draws, Transforms, draw
-from mlpipeline.core.device import staged_for, to_device
+from mlpipeline.core.device import to_device_all
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shards import META_FILE, Dataset
@@ -54,15 +55,18 @@ class OnlineAugmentation:
         return rows // originals + (0 if self.keep_originals else 1)
 
     def draw_copies(
-        self, copies: np.ndarray, image_shape: tuple[int, ...], device: torch.device, *stream: str | int
+        self, copies: np.ndarray, image_shape: tuple[int, ...], into: BatchCopies, *stream: str | int
     ) -> BatchCopies | None:
         """The copies of a batch whose rows are the views ``copies``, drawn on the host from the
-        named ``stream`` and staged for ``device``; None when every row is an original."""
+        named ``stream`` into ``into`` (``BatchCopies.empty``, of at least the batch's rows);
+        None when every row is an original."""
         chosen = np.flatnonzero(copies)
         if not len(chosen):
             return None
-        draws = draw(self.transforms, self.seed, (len(chosen), *image_shape), *stream)
-        return BatchCopies(staged_for(torch.from_numpy(chosen), device), draws.staged_for(device))
+        rows = into.rows[: len(chosen)]
+        rows.numpy()[:] = chosen
+        draws = draw(self.transforms, self.seed, (len(chosen), *image_shape), *stream, into=into.draws)
+        return BatchCopies(rows, draws)
 
 
 @dataclass(frozen=True)
@@ -73,10 +77,20 @@ class BatchCopies:
     rows: torch.Tensor  # int64 positions in the batch
     draws: Draws
 
-    def apply(self, images: torch.Tensor) -> torch.Tensor:
-        """``images`` (uint8, any device, changed in place) with the copies' rows augmented."""
-        index = to_device(self.rows, images.device)
-        images[index] = self.draws.to(images.device).apply(images[index])
+    @classmethod
+    def empty(
+        cls, transforms: Transforms, capacity: int, image_shape: tuple[int, ...], pinned: bool
+    ) -> BatchCopies:
+        """Host memory for the copies of a batch of up to ``capacity`` rows, for ``draw_copies`` to
+        fill batch after batch (pinned when bound for CUDA): 7 bytes a pixel of a copy."""
+        rows = torch.empty(capacity, dtype=torch.int64, pin_memory=pinned)
+        return cls(rows, Draws.empty(transforms, capacity, image_shape[1:], pinned))
+
+    def apply(self, images: torch.Tensor, copied: torch.cuda.Event | None = None) -> torch.Tensor:
+        """``images`` (uint8, any device, changed in place) with the copies' rows augmented;
+        ``copied`` marks the end of the copies out of this host memory (``to_device_all``)."""
+        index, *tensors = to_device_all([self.rows, *self.draws.tensors()], images.device, copied)
+        images[index] = self.draws.with_tensors(tensors).apply(images[index])
         return images
 
 

@@ -14,7 +14,10 @@ running the tests can be forced onto, and against the committed ``dvc.lock``):
   what another draws), as integers or as ``random()`` (an integer times a power
   of two): numpy's bit generators give the same bits everywhere. Not used:
   torch's generators (CPU and CUDA differ), ``standard_normal`` (exp and log on
-  its rare slow path) and ``Generator.uniform`` (see ``uniform``).
+  its rare slow path) and ``Generator.uniform`` (see ``uniform``). The noise
+  alone is drawn where the images are, from an integer hash of each value's
+  position keyed per image by numpy (``core.bitexact.hashed_noise``): the host
+  draws two keys an image, not a random number a value.
 - Everything computed from the draws is exact: integers; float64 numpy ops
   from IEEE 754's correctly rounded + - * / and sqrt, one at a time (sin, cos
   and exp are polynomials of them); and the elastic smoothing's matrix
@@ -23,14 +26,15 @@ running the tests can be forced onto, and against the committed ``dvc.lock``):
 - The warp is bilinear interpolation in integers on a 1/256 px grid
   (``mlpipeline.core.bitexact`` says why rounding a float result at the end would
   not do). The per-pixel work on the images' device is int32 gathers,
-  multiplies, adds and shifts: exact on CUDA and MPS as on the CPU (no float at
-  all, so no float64, which MPS lacks), though only the CPU is tested here.
+  multiplies, adds and shifts, and the noise hash's int64 xors, shifts and
+  multiplies: exact on CUDA and MPS as on the CPU (no float at all, so no
+  float64, which MPS lacks); the GPU suite checks the device's bytes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Self
 
@@ -38,27 +42,28 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from mlpipeline.augmentation.elastic import ElasticParams, elastic_fields
 from mlpipeline.core.bitexact import (
     ONE,
     SAMPLE_BITS,
     Padding,
+    add_hashed_noise,
     bilinear_taps,
-    exp_neg,
     gather_bilinear,
-    noise_levels,
-    noise_sums,
+    noise_table,
     round_to_uint8,
     sin_cos,
 )
-from mlpipeline.core.device import staged_for, to_device
+from mlpipeline.core.device import to_device_all
 from mlpipeline.core.params import param, params_dataclass
 from mlpipeline.core.seeding import rng
 
 RADIANS_PER_DEGREE = math.pi / 180
-ELASTIC_VARIANCE = (256**2 - 1) / 12  # of the elastic field's white noise, uniform over 256 values
-ELASTIC_CHUNK = 512  # images whose elastic fields are smoothed at once
-KERNEL_ONE = 1 << 10  # the elastic smoothing kernel's centre tap; the others are rounded to integers
-ELASTIC_GRID_PER_SIGMA = 4  # elastic field points per sigma: linear between them is within 2% of RMS
+# Output pixels whose sampling coordinates are worked out at once: their int64 scratch (512 KB an
+# array) stays in the caches and the allocator's free lists instead of faulting fresh pages each
+# batch (at 224x224, 1.9 ms of one core an image for a batch drawn whole, 0.95 in chunks).
+CHUNK_PIXELS = 1 << 16
+NOISE_KEY_BOUND = 1 << 32  # each image's two noise hash keys are below it
 
 
 @params_dataclass
@@ -82,17 +87,6 @@ class AffineParams:
 
 
 @params_dataclass
-class ElasticParams:
-    probability: float = param(ge=0, le=1)
-    alpha: float = param(ge=0, le=1)  # RMS displacement, fraction of width / height
-    sigma: float = param(gt=0, le=1)  # smoothness of the field, fraction of width / height
-
-    @property
-    def active(self) -> bool:
-        return bool(self.probability and self.alpha)
-
-
-@params_dataclass
 class CutoutParams:
     probability: float = param(ge=0, le=1)
     size: float = param(ge=0, le=1)  # side of the erased rectangle, fraction of width / height
@@ -109,7 +103,7 @@ class Transforms:
     padding: Padding  # what a warp shows beyond the image edge
     affine: AffineParams
     elastic: ElasticParams
-    noise_std: float = param(ge=0, le=255)  # near-Gaussian noise (see gaussian_noise), pixel units
+    noise_std: float = param(ge=0, le=255)  # near-Gaussian noise (see noise_table), pixel units
     cutout: CutoutParams
     drop_values: float = param(ge=0, le=1)  # chance of each pixel to be set to 0 (missing value)
 
@@ -129,28 +123,68 @@ def augment(images: torch.Tensor, transforms: Transforms, seed: int, *stream: st
 class Draws:
     """Everything random about one augmented batch, worked out on the host from numpy's
     generators before its images are at hand: training draws batch k+1 while the device runs
-    batch k. ``apply`` is the per-pixel integer work, on the images' device."""
+    batch k. ``apply`` is the per-pixel integer work, on the images' device. ``empty`` makes the
+    host memory ``draw`` fills, which training reuses batch after batch."""
 
-    taps: tuple[torch.Tensor, ...] | None  # bilinear_taps: where each sample reads, and its weights
-    noise: tuple[torch.Tensor, torch.Tensor] | None  # noise_levels and noise_sums: levels[sums]
+    taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # bilinear_taps: where samples read
+    noise: tuple[torch.Tensor, torch.Tensor] | None  # hashed_noise's keys (int64 N x 2) and table
     erase: torch.Tensor | None  # bool N x 1 x H x W: cutout and dropped values, both set to 0
 
-    def to(self, device: torch.device) -> Draws:
-        """On ``device``, copied without blocking (``core.device.to_device``)."""
-        return self._map(lambda tensor: to_device(tensor, device))
+    @classmethod
+    def empty(
+        cls, transforms: Transforms, capacity: int, size: tuple[int, int], pinned: bool = False
+    ) -> Draws:
+        """Uninitialized draws of ``capacity`` images of ``size`` (H, W), for ``draw`` to fill, only
+        what ``transforms`` use: 7 bytes a pixel (taps 6, erase 1; noise 16 bytes an image and
+        its table). ``pinned``: in page-locked memory, copied to CUDA without staging."""
+        pixels = size[0] * size[1]
 
-    def staged_for(self, device: torch.device) -> Draws:
-        """In pinned memory when bound for CUDA: done where the draws are made, off the
-        training thread, so ``to`` is only the copy."""
-        return self._map(lambda tensor: staged_for(tensor, device))
+        def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            return torch.empty(shape, dtype=dtype, pin_memory=pinned)
 
-    def _map(self, move: Callable[[torch.Tensor], torch.Tensor]) -> Draws:
+        taps = noise = erase = None
+        if transforms.affine.active or transforms.elastic.active:
+            taps = tuple(
+                empty((capacity, 1, pixels), dtype) for dtype in (torch.int32, torch.uint8, torch.uint8)
+            )
+        if transforms.noise_std:
+            noise = (empty((capacity, 2), torch.int64), empty((1 << 16,), torch.int32))
+            noise[1].numpy()[:] = noise_table(transforms.noise_std)
+        if transforms.cutout.active or transforms.drop_values:
+            erase = empty((capacity, 1, *size), torch.bool)
+        return cls(taps, noise, erase)  # type: ignore[arg-type]
+
+    def first(self, count: int) -> Draws:
+        """The draws of the first ``count`` images (views: writing them writes these)."""
+
+        def head(tensor: torch.Tensor) -> torch.Tensor:
+            if len(tensor) < count:
+                raise ValueError(f"draws of {count} images into memory for {len(tensor)}")
+            return tensor[:count]
+
         taps, noise, erase = self.taps, self.noise, self.erase
         return Draws(
-            taps=None if taps is None else tuple(move(t) for t in taps),
-            noise=None if noise is None else (move(noise[0]), move(noise[1])),
-            erase=None if erase is None else move(erase),
+            taps=None if taps is None else (head(taps[0]), head(taps[1]), head(taps[2])),
+            noise=None if noise is None else (head(noise[0]), noise[1]),
+            erase=None if erase is None else head(erase),
         )
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*(self.taps or ()), *(self.noise or ()), *(() if self.erase is None else (self.erase,))]
+
+    def with_tensors(self, tensors: Iterable[torch.Tensor]) -> Draws:
+        """Draws of this structure holding ``tensors``, in the order ``tensors()`` lists them."""
+        given: Iterator[torch.Tensor] = iter(tensors)
+        return Draws(
+            taps=None if self.taps is None else (next(given), next(given), next(given)),
+            noise=None if self.noise is None else (next(given), next(given)),
+            erase=None if self.erase is None else next(given),
+        )
+
+    def to(self, device: torch.device, copied: torch.cuda.Event | None = None) -> Draws:
+        """On ``device``, copied without blocking (``core.device.to_device_all``; ``copied``: the
+        event marking the end of the copies, before which this host memory must not be refilled)."""
+        return self.with_tensors(to_device_all(self.tensors(), device, copied))
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """The augmented copy of ``images``, on their device (which the draws must be on)."""
@@ -159,34 +193,52 @@ class Draws:
         else:
             samples = images.to(torch.int32) << SAMPLE_BITS
         if self.noise is not None:
-            levels, sums = self.noise
-            samples += levels.index_select(0, sums.view(-1).to(torch.int32)).view(sums.shape)
+            add_hashed_noise(samples, *self.noise)
         out = round_to_uint8(samples)
         if self.erase is not None:
             out.masked_fill_(self.erase, 0)
         return out
 
 
-def draw(transforms: Transforms, seed: int, shape: tuple[int, ...], *stream: str | int) -> Draws:
-    """The draws of ``augment`` for a batch of ``shape`` (N x C x H x W), on the CPU."""
+def draw(
+    transforms: Transforms, seed: int, shape: tuple[int, ...], *stream: str | int, into: Draws | None = None
+) -> Draws:
+    """The draws of ``augment`` for a batch of ``shape`` (N x C x H x W), on the CPU, made in
+    ``into`` (``Draws.empty`` of at least N images) if given. The per-pixel draws are worked out
+    ``CHUNK_PIXELS`` at a time, each pixel from its image's draws alone: the chunking cannot
+    change a byte."""
     n, _, height, width = shape
-    taps = noise = erase = None
-    if transforms.affine.active or transforms.elastic.active:
-        x, y = affine_coordinates(transforms.affine, n, (height, width), rng(seed, *stream, "affine"))
-        add_elastic(x, y, transforms.elastic, rng(seed, *stream, "elastic"))
-        taps = tuple(torch.from_numpy(t) for t in bilinear_taps(x, y, (height, width), transforms.padding))
-    if transforms.noise_std:
-        sums = noise_sums(shape, rng(seed, *stream, "noise"))
-        noise = (torch.from_numpy(noise_levels(transforms.noise_std)), torch.from_numpy(sums))
-    if transforms.cutout.active:
-        erase = cutout_mask(transforms.cutout, n, (height, width), rng(seed, *stream, "cutout"))
-    if transforms.drop_values:
-        dropped = (
-            rng(seed, *stream, "drop").random((n, 1, height, width), dtype=np.float32)
-            < transforms.drop_values
-        )
-        erase = dropped if erase is None else erase | dropped
-    return Draws(taps, noise, None if erase is None else torch.from_numpy(erase))
+    out = (into or Draws.empty(transforms, n, (height, width))).first(n)
+    maps = fields = drops = None
+    if out.taps is not None:
+        maps = affine_maps(transforms.affine, n, (height, width), rng(seed, *stream, "affine"))
+        fields = elastic_fields(transforms.elastic, n, (height, width), rng(seed, *stream, "elastic"))
+    if out.noise is not None:
+        keys = rng(seed, *stream, "noise").integers(0, NOISE_KEY_BOUND, (n, 2), dtype=np.int64)
+        out.noise[0].numpy()[:] = keys
+    erase = None if out.erase is None else out.erase.numpy()
+    if erase is not None:
+        if transforms.cutout.active:
+            cutout_mask(transforms.cutout, n, (height, width), rng(seed, *stream, "cutout"), out=erase)
+        else:
+            erase[:] = False
+        if transforms.drop_values:
+            drops = rng(seed, *stream, "drop")  # drawn chunk after chunk: the same numbers in turn
+    step = max(1, CHUNK_PIXELS // (height * width))
+    for start in range(0, n, step):
+        images = slice(start, min(n, start + step))
+        if maps is not None and out.taps is not None:
+            x, y = maps.coordinates(images)
+            if fields is not None:
+                fields.add_to(x, y, images)
+            taps = tuple(tap[images].numpy() for tap in out.taps)
+            bilinear_taps(x, y, (height, width), transforms.padding, out=taps)  # type: ignore[arg-type]
+        if drops is not None and erase is not None:
+            dropped = erase[images]
+            dropped |= (
+                drops.random((len(dropped), 1, height, width), dtype=np.float32) < transforms.drop_values
+            )
+    return out
 
 
 def uniform(draws: np.random.Generator, low: float, high: float, shape: int | tuple[int, ...]) -> np.ndarray:
@@ -195,16 +247,33 @@ def uniform(draws: np.random.Generator, low: float, high: float, shape: int | tu
     return draws.random(shape) * (high - low) + low
 
 
-def affine_coordinates(
-    affine: AffineParams, n: int, size: tuple[int, int], draws: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Where each output pixel samples under one random affine map per image: fixed-point x and y.
+@dataclass(frozen=True)
+class AffineMaps:
+    """One random affine map per image, built in pixel units around the image centre (so
+    rotation keeps angles on non-square images) and inverted (each output pixel pulls from the
+    input): the four coefficients of each inverse, and the output pixel centres relative to the
+    centre, minus the shift, in steps of 1/``ONE`` px."""
 
-    The map is built in pixel units around the image centre (so rotation keeps
-    angles on non-square images) and inverted (each output pixel pulls from the
-    input). Returns int64 N x H x W arrays in steps of 1/``ONE`` px. Images the
-    probability leaves out get the identity, exactly.
-    """
+    inverse: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # rows, each N
+    across: np.ndarray  # N x W
+    down: np.ndarray  # N x H
+
+    def coordinates(self, images: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Where each output pixel of ``images`` samples: fixed-point x and y, int64 n x H x W.
+        Each value comes from its own image's map alone, so any slicing gives the same bytes."""
+        across, down = self.across[images], self.down[images]
+        x, y = (
+            a[images, None, None] * across[:, None, :]
+            + (b[images, None] * down + (side - 1) * ONE / 2)[:, :, None]
+            for (a, b), side in zip(self.inverse, (across.shape[1], down.shape[1]), strict=True)
+        )
+        return np.rint(x, out=x).astype(np.int64), np.rint(y, out=y).astype(np.int64)
+
+
+def affine_maps(
+    affine: AffineParams, n: int, size: tuple[int, int], draws: np.random.Generator
+) -> AffineMaps:
+    """A random affine map per image. Images the probability leaves out get the identity, exactly."""
     height, width = size
     chosen = draws.random(n) < affine.probability
     angle = np.where(chosen, uniform(draws, -affine.rotation, affine.rotation, n) * RADIANS_PER_DEGREE, 0.0)
@@ -216,112 +285,29 @@ def affine_coordinates(
     slant_sin, slant_cos = sin_cos(slant)
     shear = slant_sin / slant_cos
     # Inverse of rotate(angle) @ shear_x(shear) @ scale: (1/s) Sh^-1 R^-1, rows (i00, i01), (i10, i11).
-    inverse = [[(cos + shear * sin) / scale, (sin - shear * cos) / scale], [-sin / scale, cos / scale]]
-    # Output pixel centres relative to the image centre, minus the shift, in steps of 1/ONE px.
-    across = ((np.arange(width) - (width - 1) / 2) - shift[:, :1]) * ONE  # N x W
-    down = ((np.arange(height) - (height - 1) / 2) - shift[:, 1:]) * ONE  # N x H
-    x, y = (
-        a[:, None, None] * across[:, None, :] + (b[:, None] * down + (side - 1) * ONE / 2)[:, :, None]
-        for (a, b), side in zip(inverse, (width, height), strict=True)
-    )
-    return np.rint(x, out=x).astype(np.int64), np.rint(y, out=y).astype(np.int64)
+    inverse = (((cos + shear * sin) / scale, (sin - shear * cos) / scale), (-sin / scale, cos / scale))
+    across = ((np.arange(width) - (width - 1) / 2) - shift[:, :1]) * ONE
+    down = ((np.arange(height) - (height - 1) / 2) - shift[:, 1:]) * ONE
+    return AffineMaps(inverse, across, down)
 
 
-def add_elastic(x: np.ndarray, y: np.ndarray, elastic: ElasticParams, draws: np.random.Generator) -> None:
-    """Add a smooth random displacement to the chosen images' fixed-point coordinates, in place.
-
-    Each field is drawn on a grid of one point every ``elastic_step`` pixels (every pixel
-    below 4 ``ELASTIC_GRID_PER_SIGMA`` px of sigma: the demo's sizes, whose bytes this keeps),
-    as white noise (uniform over the 256 half-integers -127.5..127.5) on a canvas larger by
-    the kernel radius (so the smoothing has no border effect), smoothed by a separable
-    Gaussian with integer taps, scaled to an RMS displacement of ``alpha`` times the width
-    (x) or height (y), rounded to the 1/``ONE`` px grid, and then interpolated linearly to
-    every pixel in integers (``upsample_linear``). The smoothing is two float64 matrix
-    products with banded matrices, exact whatever BLAS does: every product and partial sum
-    is a multiple of 1/2 below 2**52 (the largest possible, 127.5 * (1024 * (2.51 *
-    sigma_grid + 1))**2, stays below it while sigma is under 2,000 grid points). Uniform noise
-    (as in Simard et al. 2003), summed over a kernel, is as Gaussian as Gaussian noise. A
-    field smooth over sigma varies little between grid points ``ELASTIC_GRID_PER_SIGMA`` to a
-    sigma apart: at 224x224 the coarse grid makes the field 60 times cheaper.
-    """
-    if not elastic.active:
-        return
-    n, height, width = x.shape
-    chosen = np.flatnonzero(draws.random(n) < elastic.probability)
-    if not len(chosen):
-        return
-    step_y, step_x = (elastic_step(elastic.sigma * side) for side in (height, width))
-    grid_h, grid_w = -(-(height - 1) // step_y) + 1, -(-(width - 1) // step_x) + 1
-    smooth_y, squares_y = smoothing_matrix(grid_h, elastic.sigma * height / step_y)
-    smooth_x, squares_x = smoothing_matrix(grid_w, elastic.sigma * width / step_x)
-    rows, cols = smooth_y.shape[1], smooth_x.shape[1]
-    # Canvas rows first (rows x images x 2 x cols), so each pass is one large matrix product.
-    noise = draws.integers(0, 256, (rows, len(chosen), 2, cols), dtype=np.uint8)
-    rms = math.sqrt(ELASTIC_VARIANCE * squares_y * squares_x)
-    gains = [elastic.alpha * side * ONE / rms for side in (width, height)]
-    for start in range(0, len(chosen), ELASTIC_CHUNK):  # float64 canvases are large: a few at a time
-        images = chosen[start : start + ELASTIC_CHUNK]
-        canvas = torch.from_numpy(noise[:, start : start + len(images)]).to(torch.float64).sub_(127.5)
-        smoothed = (canvas.reshape(-1, cols) @ smooth_x.T).view(rows, -1)
-        field = (smooth_y @ smoothed).view(grid_h, len(images), 2, grid_w).numpy()
-        for axis, coordinates in enumerate((x, y)):
-            shift = field[:, :, axis].transpose(1, 0, 2) * gains[axis]
-            shift = np.rint(shift, out=shift).astype(np.int64)
-            coordinates[images] += upsample_linear(shift, (step_y, step_x), (height, width))
-
-
-def elastic_step(sigma_px: float) -> int:
-    """Pixels between the elastic field's grid points: a power of two (the upsampling's one
-    rounding is then a shift), at most a sigma over ``ELASTIC_GRID_PER_SIGMA``."""
-    return 1 << max(0, int(sigma_px / ELASTIC_GRID_PER_SIGMA).bit_length() - 1)
-
-
-def upsample_linear(grid: np.ndarray, steps: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """Integer ``grid`` (N x h x w, points ``steps`` px apart, powers of two) interpolated
-    bilinearly to every pixel of ``size``, in integers: weights in whole steps, one rounding
-    (halves up) at the end."""
-    if steps == (1, 1):
-        return grid
-    for axis, step in ((1, steps[0]), (2, steps[1])):
-        grid = _interpolate(grid, axis, step)
-    out = grid[:, : size[0], : size[1]]
-    out += (steps[0] * steps[1]) // 2
-    out >>= (steps[0] * steps[1]).bit_length() - 1
-    return out
-
-
-def _interpolate(grid: np.ndarray, axis: int, step: int) -> np.ndarray:
-    """``grid`` with ``step`` points per interval along ``axis`` (1 or 2), times ``step``: point
-    ``i * step + k`` is ``grid[i] * (step - k) + grid[i + 1] * k``, by broadcasting (no gathers)."""
-    moved = np.moveaxis(grid, axis, -1)
-    start, rise = moved[..., :-1], np.diff(moved, axis=-1)
-    within = np.arange(step)
-    fine = start[..., None] * step + rise[..., None] * within  # ... x intervals x step
-    fine = fine.reshape(*moved.shape[:-1], -1)
-    last = moved[..., -1:] * step  # the last point itself
-    return np.moveaxis(np.concatenate([fine, last], axis=-1), -1, axis)
-
-
-def smoothing_matrix(size: int, sigma_px: float) -> tuple[torch.Tensor, int]:
-    """Banded ``size x (size + 2 radius)`` float64 matrix whose rows are a Gaussian kernel with
-    integer taps (``KERNEL_ONE`` at the centre); and the sum of the taps' squares.
-
-    Multiplying a canvas by it is a valid-mode 1-D convolution; smoothing white
-    noise of variance v with it leaves variance v * (sum of squares).
-    """
-    radius = max(1, math.ceil(3 * sigma_px))
-    taps = np.arange(-radius, radius + 1) / sigma_px
-    kernel = np.rint(exp_neg(0.5 * taps * taps) * KERNEL_ONE)
-    rows = np.arange(size)[:, None]
-    matrix = np.zeros((size, size + 2 * radius))
-    matrix[rows, rows + np.arange(len(taps))] = kernel
-    return torch.from_numpy(matrix), int(np.square(kernel).sum())
+def affine_coordinates(
+    affine: AffineParams, n: int, size: tuple[int, int], draws: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each output pixel samples under one random affine map per image (``affine_maps``):
+    fixed-point x and y, int64 N x H x W in steps of 1/``ONE`` px."""
+    return affine_maps(affine, n, size, draws).coordinates(slice(None))
 
 
 def cutout_mask(
-    cutout: CutoutParams, n: int, size: tuple[int, int], draws: np.random.Generator
+    cutout: CutoutParams,
+    n: int,
+    size: tuple[int, int],
+    draws: np.random.Generator,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Boolean N x 1 x H x W mask of one rectangle per chosen image, centred anywhere in it."""
+    """Boolean N x 1 x H x W mask of one rectangle per chosen image, centred anywhere in it (into
+    ``out`` if given)."""
     height, width = size
     chosen = draws.random(n) < cutout.probability
     box_h, box_w = round(cutout.size * height), round(cutout.size * width)
@@ -331,4 +317,7 @@ def cutout_mask(
     cols = np.arange(width)[None, :] - left[:, None]
     in_rows = (rows >= 0) & (rows < box_h) & chosen[:, None]
     in_cols = (cols >= 0) & (cols < box_w)
-    return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+    if out is None:
+        out = np.empty((n, 1, height, width), dtype=bool)
+    np.logical_and(in_rows[:, :, None], in_cols[:, None, :], out=out[:, 0])
+    return out

@@ -5,7 +5,7 @@ diverged run's weights must never become a model)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -65,26 +65,60 @@ def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     return [name for name, finite in zip(floating, flags.tolist(), strict=True) if not finite]
 
 
-def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``host`` (CPU memory) on ``device``, without making the host wait for the device.
+def to_device(
+    host: torch.Tensor, device: torch.device, copied: torch.cuda.Event | None = None
+) -> torch.Tensor:
+    """``host`` (CPU memory) on ``device``, without making the host wait for the device
+    (``to_device_all`` of one tensor)."""
+    return to_device_all([host], device, copied)[0]
+
+
+def to_device_all(
+    hosts: Sequence[torch.Tensor], device: torch.device, copied: torch.cuda.Event | None = None
+) -> list[torch.Tensor]:
+    """``hosts`` (CPU memory) on ``device``, without making the host wait for the device.
 
     A blocking copy waits for everything already queued on the device, so the host could not
     prepare the next batch while the device runs this one. CUDA copies from pinned memory
-    without blocking; PyTorch's pinned-memory cache holds the block until the copy is done, so
-    the caller may drop ``host`` at once. MPS copies block: a non-blocking one there reads its
-    source after returning and silently corrupts the data once the source is freed (pytorch
-    issues 139550 and 189690, open in torch 2.13). The CPU trains on ``host`` itself.
+    without blocking, on the device's side stream (``copy_stream``), so copies issued while the
+    device still runs the step before overlap it instead of queueing behind it; the compute
+    stream waits for them only before its next kernel, and their device memory is marked as
+    used there (``record_stream``), so the allocator reuses it only once that stream is done
+    with it. ``copied``, if given, is recorded on the side stream after the copies: once it has
+    passed, ``hosts`` may be overwritten (reused pinned buffers). A host tensor that is dropped
+    instead needs no event: PyTorch's pinned-memory cache keeps its block until its copy is
+    done. MPS copies block: a non-blocking one there reads its source after returning and
+    silently corrupts the data once the source is freed (pytorch issues 139550 and 189690, open
+    in torch 2.13). The CPU trains on ``hosts`` themselves.
     """
     if device.type == "cpu":
-        return host
+        return list(hosts)
     if device.type == "mps":
-        return host.to(device)
-    if device.type == "cuda" and not host.is_pinned():
-        host = host.pin_memory()
-    return host.to(device, non_blocking=True)
+        return [host.to(device) for host in hosts]
+    side = copy_stream(device)
+    if side is None:
+        return [host.to(device, non_blocking=True) for host in hosts]
+    compute = torch.cuda.current_stream(device)
+    pinned = [host if host.is_pinned() else host.pin_memory() for host in hosts]
+    with torch.cuda.stream(side):
+        copies = [host.to(device, non_blocking=True) for host in pinned]
+        if copied is not None:
+            copied.record(side)
+    compute.wait_stream(side)
+    for copy in copies:
+        copy.record_stream(compute)
+    return copies
 
 
-def staged_for(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``host`` in pinned memory if it is bound for CUDA (``to_device`` then only copies it), else
-    as it is. Pinning is a copy on the host: done ahead, by whoever made ``host``."""
-    return host.pin_memory() if device.type == "cuda" else host
+_copy_streams: dict[int, torch.cuda.Stream] = {}
+
+
+def copy_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """The side stream that host-to-device copies to a CUDA ``device`` take (made once a device);
+    None for devices without streams."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _copy_streams:
+        _copy_streams[index] = torch.cuda.Stream(index)
+    return _copy_streams[index]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mlpipeline.core.channel_sums import ChannelSums
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import META_FILE, Dataset, check_shard
 
@@ -32,6 +33,7 @@ class ShardLayout:
     stored: int  # rows the file holds, live or not
     sha256: str | None = None  # as dataset.json records it, checked when the shard is read whole
     rows: np.ndarray | None = None  # the live rows' places in the file (ascending); None: every row
+    sums: ChannelSums | None = None  # of the live rows' pixels, as dataset.json records them
 
 
 def shard_layout(path: Path, image_shape: tuple[int, int, int], sha256: str | None = None) -> ShardLayout:
@@ -63,7 +65,8 @@ def live_layout(dataset: Dataset, split: str, name: str) -> ShardLayout:
     labels = dataset.live_labels(split, name, layout.labels)
     rows = info.live_rows(name)
     live = labels if rows is None else labels[rows]
-    return ShardLayout(layout.path, layout.images_offset, live, layout.stored, layout.sha256, rows)
+    sums = info.channel_sums.get(name)
+    return ShardLayout(layout.path, layout.images_offset, live, layout.stored, layout.sha256, rows, sums)
 
 
 def _checked_entries(header: dict[str, Any], image_shape: tuple[int, int, int]) -> tuple[int, list[int]]:
@@ -113,6 +116,16 @@ class SplitReader:
     @property
     def nbytes(self) -> int:
         return len(self) * self.row_bytes
+
+    def channel_sums(self) -> ChannelSums:
+        """The exact per-channel sums of every row's pixels, from dataset.json: no image is read."""
+        for layout in self.layouts:
+            if layout.sums is None:
+                raise PipelineError(
+                    f"{layout.path.parent / META_FILE}: records no channel sums for {layout.path.name} "
+                    "(written by an older mlpipeline); rerun the stage that writes it (dvc repro)"
+                )
+        return ChannelSums.total((layout.sums for layout in self.layouts), self.image_shape[0])  # type: ignore[misc]
 
     def read(self, rows: np.ndarray, out: np.ndarray) -> None:
         """The images of ``rows`` into ``out`` (uint8, C-contiguous, len(rows) x C x H x W)."""

@@ -14,7 +14,16 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from mlpipeline.core import atomic
-from mlpipeline.core.shards import META_FILE, SHARD_SUFFIX, DatasetInfo, SplitInfo, file_sha256, pack_mask
+from mlpipeline.core.channel_sums import ChannelSums
+from mlpipeline.core.shards import (
+    META_FILE,
+    SHARD_SUFFIX,
+    DatasetInfo,
+    SplitInfo,
+    file_sha256,
+    pack_mask,
+    read_shard,
+)
 
 MAX_SHARD_BYTES = 32 * 1024 * 1024
 # Unix maps anonymous memory shared unless told otherwise; Windows' mmap takes no flags.
@@ -31,6 +40,7 @@ class StoredShard:
     live: np.ndarray | None = None  # bool a row; None: all live
     held_out: np.ndarray | None = None  # bool a row; None: none
     classes: list[str] | None = None  # the class names the stored labels index; None: the dataset's
+    sums: ChannelSums | None = None  # of the live rows' pixels; None: the writer reads them from the file
 
 
 class DatasetWriter:
@@ -158,7 +168,8 @@ class DatasetWriter:
         images, labels = self._buffers[split]
         name = self.shard_name(split, len(self._shards[split]))
         sha256 = write_shard(self.directory / name, images[:count], labels[:count])
-        self._shards[split].append(self._recorded(StoredShard(name, sha256, labels[:count])))
+        sums = ChannelSums.of(images[:count])
+        self._shards[split].append(self._recorded(StoredShard(name, sha256, labels[:count], sums=sums)))
         self._pending_count[split] = 0
         del self._buffers[split]  # its pages go back now, not when the last split is done
 
@@ -188,7 +199,14 @@ class DatasetWriter:
             pack_mask(shard.live) if shard.live is not None and not shard.live.all() else None,
             pack_mask(shard.held_out) if shard.held_out is not None and shard.held_out.any() else None,
             classes,
+            shard.sums if shard.sums is not None else self._live_sums(shard),
         )
+
+    def _live_sums(self, shard: StoredShard) -> ChannelSums:
+        """The channel sums of a shard's live rows, read from its file in ``directory``: for a shard
+        whose writer did not have them at hand (a kept shard whose live rows changed)."""
+        images, _ = read_shard(self.directory / shard.name, self.image_shape, shard.sha256)
+        return ChannelSums.of(images if shard.live is None else images[shard.live])
 
     def _split_info(self, shards: list[_Recorded]) -> SplitInfo:
         counts = sum((shard.class_counts for shard in shards), np.zeros(len(self.classes), dtype=np.int64))
@@ -201,6 +219,7 @@ class DatasetWriter:
             live={shard.name: shard.live for shard in shards if shard.live is not None},
             held_out={shard.name: shard.held_out for shard in shards if shard.held_out is not None},
             classes={shard.name: shard.classes for shard in shards if shard.classes is not None},
+            channel_sums={shard.name: shard.sums for shard in shards},
         )
 
 
@@ -213,6 +232,7 @@ class _Recorded:
     live: str | None  # packed masks, where not every row is live / where some row is held out
     held_out: str | None
     classes: list[str] | None
+    sums: ChannelSums
 
 
 def shard_images(image_shape: Sequence[int], max_shard_bytes: int | None = None) -> int:

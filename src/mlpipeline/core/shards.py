@@ -3,7 +3,8 @@
 A dataset is one directory (``core.shard_writer`` writes it)::
 
     dataset.json                  classes, image shape, per-split counts, shard list,
-                                  each shard's sha256 and row count, and which rows are live
+                                  each shard's sha256 and row count, which rows are live,
+                                  and its live pixels' per-channel sums (``channel_sums``)
     <split>-00000.safetensors     "images" uint8 N x C x H x W, "labels" int64 N
 
 Few, size-bounded files keep DVC hashing and S3 transfers cheap; safetensors is
@@ -39,6 +40,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
+from mlpipeline.core.channel_sums import ChannelSums
 from mlpipeline.core.errors import PipelineError
 
 FORMAT_VERSION = 3  # 2: shard fingerprints (sha256); 3: rows per shard, live rows, class maps
@@ -73,6 +75,7 @@ class SplitInfo:
     live: dict[str, str] = field(default_factory=dict)  # shard -> packed mask, where some row is dead
     held_out: dict[str, str] = field(default_factory=dict)  # shard -> packed mask of held-out rows
     classes: dict[str, list[str]] = field(default_factory=dict)  # shard -> what its labels index
+    channel_sums: dict[str, ChannelSums] = field(default_factory=dict)  # shard -> its live pixels' sums
 
     def live_rows(self, name: str) -> np.ndarray | None:
         """The live rows of shard ``name`` (ascending), or None when every row is live."""
@@ -86,8 +89,21 @@ class SplitInfo:
             return np.zeros(0, dtype=np.int64)
         return np.flatnonzero(unpack_mask(self.held_out[name], self.rows[name]))
 
+    def live_mask(self, name: str) -> np.ndarray:
+        """Which rows of shard ``name`` are live, a bool a stored row."""
+        if name not in self.live:
+            return np.ones(self.rows[name], dtype=bool)
+        return unpack_mask(self.live[name], self.rows[name])
+
+    def live_count(self, name: str) -> int:
+        """The live rows of shard ``name``."""
+        rows = self.live_rows(name)
+        return self.rows[name] if rows is None else len(rows)
+
     def to_json(self) -> dict[str, Any]:
         extra = {key: value for key in ("live", "held_out", "classes") if (value := getattr(self, key))}
+        if self.channel_sums:  # the shards' in their order, on one line: see core.channel_sums
+            extra["channel_sums"] = ";".join(self.channel_sums[name].to_text() for name in self.shards)
         return {
             "count": self.count,
             "class_counts": self.class_counts,
@@ -263,8 +279,8 @@ def parse_info(data: bytes, path: Path | str) -> DatasetInfo:
         raise PipelineError(f"{path}: not valid JSON ({exc})")
     try:
         check_version(raw["format_version"], path)
-        splits = {name: _split_info(s) for name, s in raw["splits"].items()}
         shape = tuple(int(d) for d in raw["image_shape"])
+        splits = {name: _split_info(s, shape) for name, s in raw["splits"].items()}
         return DatasetInfo(list(raw["classes"]), shape, splits, dict(raw.get("attributes", {})))  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError) as exc:
         raise PipelineError(f"{path}: malformed dataset metadata ({exc!r})")
@@ -285,7 +301,7 @@ def check_version(version: object, path: Path | str) -> None:
     raise PipelineError(f"{path}: format_version {version}, expected {FORMAT_VERSION}")
 
 
-def _split_info(raw: dict[str, Any]) -> SplitInfo:
+def _split_info(raw: dict[str, Any], image_shape: tuple[int, ...]) -> SplitInfo:
     shards = list(raw["shards"])
     sha256 = {str(name): str(digest) for name, digest in raw["sha256"].items()}
     rows = {str(name): int(count) for name, count in raw["rows"].items()}
@@ -309,4 +325,18 @@ def _split_info(raw: dict[str, Any]) -> SplitInfo:
         info.live_rows(name)  # a mask of the wrong length fails here, naming the file
     for name in info.held_out:
         info.held_out_rows(name)
+    if "channel_sums" in raw:
+        info.channel_sums.update(_channel_sums(str(raw["channel_sums"]), info, image_shape))
     return info
+
+
+def _channel_sums(text: str, info: SplitInfo, image_shape: tuple[int, ...]) -> dict[str, ChannelSums]:
+    """Each shard's channel sums, from their line in dataset.json (the shards' in their order)."""
+    parts = text.split(";") if info.shards else []
+    if len(parts) != len(info.shards):
+        raise ValueError(f"channel sums for {len(parts)} shards, the split has {len(info.shards)}")
+    channels, pixels = image_shape[0], image_shape[1] * image_shape[2]
+    return {
+        name: ChannelSums.from_text(part, channels, info.live_count(name) * pixels)
+        for name, part in zip(info.shards, parts, strict=True)
+    }

@@ -4,7 +4,8 @@ decodes a batch, read back by whoever writes a shard.
 Ingest's scratch (``mlpipeline.ingestion.scratch``) keeps the decoded pixels in an unnamed file, one row
 an image at ``row * row_bytes``. A pool's initializer (``use_pixel_file``) hands each worker
 that file; with one worker it is this process's own. So pixels never travel between processes:
-a decoding task returns digests, a shard task returns the shard's sha256.
+a decoding task returns digests, a shard task returns the shard's sha256 and its live rows'
+channel sums (the pixels are in hand there).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlpipeline.core.channel_sums import ChannelSums
 from mlpipeline.core.shard_writer import write_shard
 from mlpipeline.core.workers import SharedFile
 
@@ -64,11 +66,13 @@ class ShardTask:
     rows: np.ndarray  # its images' rows of the scratch, ascending
     labels: np.ndarray  # int64, one a row
     row_shape: tuple[int, ...]
+    live: np.ndarray  # bool, one a row: not held out
 
 
-def write_shard_rows(task: ShardTask) -> str:
-    """Write one shard of scratch rows; its sha256."""
-    return write_shard(task.path, read_rows(task.rows, task.row_shape), task.labels)
+def write_shard_rows(task: ShardTask) -> tuple[str, ChannelSums]:
+    """Write one shard of scratch rows; its sha256 and its live rows' channel sums."""
+    images = read_rows(task.rows, task.row_shape)
+    return write_shard(task.path, images, task.labels), ChannelSums.of(images[task.live])
 
 
 def _file() -> SharedFile:

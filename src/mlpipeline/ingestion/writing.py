@@ -65,23 +65,27 @@ def write_version(
                 writer.add_split(split)
                 for kept in (k for k in version.plan.kept if k.shard.split == code):
                     copy_kept(kept, version.base, writer)
-            for task, sha256 in pool.map_pairs(write_shard_rows, tasks):
-                held = version.held_out[task.rows]
-                writer.add_shard(task.split, StoredShard(task.path.name, sha256, task.labels, ~held, held))
+            for task, (sha256, sums) in pool.map_pairs(write_shard_rows, tasks):
+                entry = StoredShard(task.path.name, sha256, task.labels, task.live, ~task.live, sums=sums)
+                writer.add_shard(task.split, entry)
                 shown.advance(len(task.rows))
         records.result()
     return len(tasks)
 
 
 def copy_kept(kept: KeptShard, base: BaseLayout | None, writer: DatasetWriter) -> None:
-    """A base shard and its records, copied as they are, with the new version's live rows."""
+    """A base shard and its records, copied as they are, with the new version's live rows (and
+    the base's channel sums while those are its live rows: else the writer reads the shard)."""
     assert base is not None
     shard = kept.shard
     names = [shard.name, records_name(shard.name)]
     for name, path in base.files.paths(names).items():
         shutil.copyfile(path, writer.directory / name)
     stored = base.stored_labels[shard.first : shard.first + shard.rows].astype(np.int64)
-    entry = StoredShard(shard.name, shard.sha256, stored, kept.live, kept.held_out, shard.classes)
+    split = base.info.splits[SPLITS[shard.split]]
+    same_rows = np.array_equal(kept.live, split.live_mask(shard.name))
+    sums = split.channel_sums.get(shard.name) if same_rows else None
+    entry = StoredShard(shard.name, shard.sha256, stored, kept.live, kept.held_out, shard.classes, sums)
     writer.add_shard(SPLITS[shard.split], entry)
 
 
@@ -95,7 +99,8 @@ def new_shards(version: Version, scratch: Scratch, writer: DatasetWriter) -> Ite
         for index, first in enumerate(range(0, len(rows), writer.shard_images)):
             chunk = rows[first : first + writer.shard_images]
             path = writer.directory / writer.shard_name(split, start + index)
-            yield ShardTask(split, path, chunk, labels[chunk].astype(np.int64), scratch.row_shape)
+            live = ~version.held_out[chunk]
+            yield ShardTask(split, path, chunk, labels[chunk].astype(np.int64), scratch.row_shape, live)
 
 
 def next_index(base: BaseLayout | None, code: int) -> int:

@@ -7,9 +7,7 @@ for, so the CNN's start-up never pays for importing transformers.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
-from fractions import Fraction
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlpipeline.core.channel_sums import ChannelSums
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.modeling.config import CONVNET, ModelConfig
 from mlpipeline.modeling.inputs import NormalizedInput
-
-MIN_STD = 1e-6  # a constant channel still divides by something
-STATS_CHUNK_PIXELS = 1 << 22  # values squared at a time: bounds the temporary to 16 MiB
-_SQUARES = np.arange(256, dtype=np.int32) ** 2
 
 
 class ConvNet(NormalizedInput):
@@ -78,25 +73,25 @@ def new_config(
     arch: str,
     classes: list[str],
     image_shape: list[int],
-    stats: tuple[list[float], list[float]],
+    stats: Callable[[], tuple[list[float], list[float]]],
     preprocessing: dict[str, Any] | None,
     widths: list[int],
     dropout: float,
     overrides: dict[str, dict[str, Any]],
     weights: Path | None,
 ) -> ModelConfig:
-    """The config of the network to train on data of ``classes`` and ``image_shape`` whose channel
-    ``stats`` are (mean, std). With ``weights`` (a checkpoint folder) the arch is the checkpoint's
-    and the normalization its preprocessor's, when it has one; else ``arch`` sized by ``widths``
-    and ``dropout`` (convnet) or by ``overrides[arch]`` (a transformers arch)."""
-    common: dict[str, Any] = {"mean": stats[0], "std": stats[1], "preprocessing": preprocessing}
+    """The config of the network to train on data of ``classes`` and ``image_shape``. With
+    ``weights`` (a checkpoint folder) the arch is the checkpoint's and the normalization its
+    preprocessor's, when it has one; else ``arch`` sized by ``widths`` and ``dropout`` (convnet)
+    or by ``overrides[arch]`` (a transformers arch), and the normalization the data's channel
+    (mean, std), which ``stats`` works out: called only when no checkpoint brings its own."""
     network, checkpoint_stats, source = fitted_network(arch, classes, image_shape, overrides, weights)
+    mean, std = checkpoint_stats if checkpoint_stats is not None else stats()
+    common: dict[str, Any] = {"mean": mean, "std": std, "preprocessing": preprocessing}
     if network is None:
         return ModelConfig(classes, image_shape, widths=list(widths), dropout=dropout, **common)
     from mlpipeline.modeling import hf  # imports transformers: only for its archs
 
-    if checkpoint_stats is not None:
-        common["mean"], common["std"] = checkpoint_stats
     return ModelConfig(classes, image_shape, **common, **hf.provenance(network, source))
 
 
@@ -137,27 +132,17 @@ def initial_model(config: ModelConfig, weights: Path | None) -> nn.Module:
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images N x C x H x W, scaled to [0, 1]."""
-    return streamed_channel_stats([images])
+    return ChannelSums.of(images).mean_std()
 
 
 def streamed_channel_stats(batches: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
-    """``channel_stats`` of the images of ``batches`` (a dataset's shards, say) taken in turn.
-
-    From exact integer sums of the pixels and of their squares, so memory holds one batch and
-    the figures do not depend on how the images are batched (float sums would: they round in
-    another order); each is the correctly rounded value of the exact one.
-    """
-    count, sums, squares = 0, 0, 0
-    for images in batches:
-        step = max(1, STATS_CHUNK_PIXELS // max(1, int(np.prod(images.shape[1:]))))
-        for start in range(0, len(images), step):
-            chunk = images[start : start + step]
-            sums = sums + chunk.sum(axis=(0, 2, 3), dtype=np.int64)
-            squares = squares + _SQUARES[chunk].sum(axis=(0, 2, 3), dtype=np.int64)
-        count += len(images) * images.shape[2] * images.shape[3]
-    if count == 0:
+    """``channel_stats`` of the images of ``batches`` (a dataset's shards, say) taken in turn, a full
+    pass over them; from exact integer sums (``core.channel_sums``), so the figures do not depend
+    on how the images are batched: what training reads from ``dataset.json`` instead."""
+    total: ChannelSums | None = None
+    for images in batches:  # one in memory at a time
+        sums = ChannelSums.of(images)
+        total = sums if total is None else total + sums
+    if total is None:
         raise ValueError("channel statistics of no images")
-    scale = count * 255
-    mean = [int(total) / scale for total in sums]
-    variance = [Fraction(count * int(q) - int(s) ** 2, scale**2) for s, q in zip(sums, squares, strict=True)]
-    return mean, [max(math.sqrt(v), MIN_STD) for v in variance]
+    return total.mean_std()

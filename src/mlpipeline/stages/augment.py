@@ -32,6 +32,7 @@ from mlpipeline.augmentation.online import OnlineAugmentation
 from mlpipeline.augmentation.params import AugmentParams
 from mlpipeline.augmentation.transforms import Transforms, augment
 from mlpipeline.core import atomic, stage
+from mlpipeline.core.channel_sums import ChannelSums
 from mlpipeline.core.device import limit_threads
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section
@@ -131,13 +132,12 @@ class MirrorTask:
         stem = self.shard.removesuffix(SHARD_SUFFIX)
         return f"{self.source}-{stem}{'' if copy == 0 else f'-copy{copy}'}{SHARD_SUFFIX}"
 
-    def entry(self, copy: int, sha256: str, labels: np.ndarray) -> StoredShard:
-        """The output shard as dataset.json records it: the input's live rows and class map."""
+    def entry(self, copy: int, sha256: str, labels: np.ndarray, sums: ChannelSums) -> StoredShard:
+        """The output shard as dataset.json records it: the input's live rows and class map, and
+        its own live rows' channel sums."""
         info = self.dataset.split_info(SPLIT)
-        live = np.zeros(info.rows[self.shard], dtype=bool)
-        rows = info.live_rows(self.shard)
-        live[slice(None) if rows is None else rows] = True
-        return StoredShard(self.name(copy), sha256, labels, live, None, info.classes.get(self.shard))
+        live = info.live_mask(self.shard)
+        return StoredShard(self.name(copy), sha256, labels, live, None, info.classes.get(self.shard), sums)
 
 
 def mirror_tasks(sources: dict[str, Dataset], params: AugmentParams, out_dir: Path) -> Iterator[MirrorTask]:
@@ -163,11 +163,11 @@ def new_classes(layout: ShardLayout, found: set[int]) -> tuple[np.ndarray, np.nd
 @dataclass(frozen=True)
 class Mirrored:
     """What a task wrote: the input's stored labels and preview originals, and per copy the
-    output's sha256 and preview images."""
+    output's sha256, its live rows' channel sums and its preview images."""
 
     labels: np.ndarray
     originals: np.ndarray
-    outputs: list[tuple[str, np.ndarray]]
+    outputs: list[tuple[str, ChannelSums, np.ndarray]]
 
 
 def mirror_shard(task: MirrorTask, transforms: Transforms, seed: int, batch_size: int) -> Mirrored:
@@ -175,19 +175,21 @@ def mirror_shard(task: MirrorTask, transforms: Transforms, seed: int, batch_size
     images, labels = task.dataset.read_stored(SPLIT, task.shard)
     sha256 = task.dataset.split_info(SPLIT).sha256[task.shard]
     key = int(sha256[:16], 16)  # the input's bytes name its copies' draws
+    live = task.dataset.split_info(SPLIT).live_mask(task.shard)
     made = np.empty_like(images)
     outputs = []
     for copy in task.copies:
         if copy == 0:
             shutil.copyfile(task.dataset.root / task.shard, task.out / task.name(copy))
-            outputs.append((sha256, images[task.preview]))
+            outputs.append((sha256, ChannelSums.of(images[live]), images[task.preview]))
             continue
         for batch, start in enumerate(range(0, len(images), batch_size)):
             chunk = torch.from_numpy(images[start : start + batch_size])
             made[start : start + batch_size] = augment(
                 chunk, transforms, seed, task.source, key, batch, copy
             ).numpy()
-        outputs.append((write_shard(task.out / task.name(copy), made, labels), made[task.preview].copy()))
+        written = write_shard(task.out / task.name(copy), made, labels)
+        outputs.append((written, ChannelSums.of(made[live]), made[task.preview].copy()))
     return Mirrored(labels, images[task.preview], outputs)
 
 
@@ -229,8 +231,8 @@ def augment_dataset(
         tasks = mirror_tasks(sources, params, writer.directory)
         with progress("augment", "augmenting", stored) as shown:
             for task, done in ordered_map_pairs(work, tasks, workers or workers_for(shards), limit_threads):
-                for copy, (sha256, outputs) in zip(task.copies, done.outputs, strict=True):
-                    writer.add_shard(task.source, task.entry(copy, sha256, done.labels))
+                for copy, (sha256, sums, outputs) in zip(task.copies, done.outputs, strict=True):
+                    writer.add_shard(task.source, task.entry(copy, sha256, done.labels, sums))
                     samples.add(task.source, done.originals, task.preview_labels, outputs, copy)
                 shown.advance(len(done.labels))
     atomic.write_bytes(preview, samples.png(real.classes))

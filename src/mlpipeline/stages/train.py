@@ -27,20 +27,14 @@ from mlpipeline.core.seeding import seed_everything
 from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.modeling.files import save_model
 from mlpipeline.modeling.finetune import Release, from_release, release_config, weights_source
-from mlpipeline.modeling.network import (
-    ModelConfig,
-    fitted_network,
-    initial_model,
-    new_config,
-    streamed_channel_stats,
-)
+from mlpipeline.modeling.network import ModelConfig, fitted_network, initial_model, new_config
 from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, fingerprint, run_key
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure
 from mlpipeline.training.distributed import World, in_worker, launch, process_group, world_from_env
 from mlpipeline.training.divergence import Diverged
 from mlpipeline.training.gpu_lock import hold_gpus
-from mlpipeline.training.loader import Feed, chosen_placement, place
+from mlpipeline.training.loader import Feed, chosen_placement, place, rank_workers
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.phases import Phase, check_frozen_epochs, plan
@@ -79,7 +73,6 @@ def train(
         world.agree(fingerprint(params, runtime, inputs.datasets, pretrained))
         phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
         check_frozen_epochs(phases, inputs.views, world.size)
-        mean, std = world.from_main(lambda: streamed_channel_stats(phases[-1].originals.shards()))
         if isinstance(weights, Release):  # fine-tuning a release: its network, fitted to the data
             config = release_config(
                 weights,
@@ -93,7 +86,7 @@ def train(
                 spec.arch,
                 inputs.classes,
                 list(inputs.image_shape),
-                (mean, std),
+                lambda: phases[-1].originals.channel_sums().mean_std(),  # unless weights bring their own
                 inputs.val.info.attributes.get("preprocessing"),
                 spec.widths,
                 spec.dropout,
@@ -108,7 +101,8 @@ def train(
         val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
         largest = max(phase.originals.nbytes for phase in phases)
         placement = chosen_placement(val_rows.nbytes + largest, runtime.device)  # one budget for both
-        val = Feed(place(val_rows, runtime.device, placement), len(val_rows))
+        workers = rank_workers(world.local_size)  # reader threads, and as many draw threads
+        val = Feed(place(val_rows, runtime.device, placement, workers), len(val_rows), workers=workers)
         report = TrainingLog(report_dir) if world.is_main and report_dir is not None else None
         all_checkpoints = []
         trainer: Trainer | None = None
@@ -120,7 +114,10 @@ def train(
                 runtime,
                 world,
                 train=Feed(
-                    place(phase.originals, runtime.device, placement), len(phase.originals), inputs.online
+                    place(phase.originals, runtime.device, placement, workers),
+                    len(phase.originals),
+                    inputs.online,
+                    workers,
                 ),
                 val=val,
                 phase=phase.name,

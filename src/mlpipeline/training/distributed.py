@@ -67,8 +67,7 @@ class World:
 
     def from_main(self, compute: Callable[[], T]) -> T:
         """``compute()`` run by rank 0 alone and its (small, picklable) result sent to every rank:
-        what all ranks need but one read is enough for, such as the channel stats, which read the
-        whole training split."""
+        what all ranks need but one read is enough for, such as the checkpoint to resume from."""
         if self.size == 1:
             return compute()
         box = [compute() if self.is_main else None]
@@ -106,16 +105,24 @@ class World:
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Give every rank rank 0's BatchNorm statistics, so all ranks evaluate the model rank 0
-        saves (DDP syncs buffers at the start of a forward, each rank then updates its own)."""
+        saves (in training each rank updates its own from its batches: see ``wrap``)."""
         if self.size > 1:
             for buffer in model.buffers():
                 dist.broadcast(buffer, src=0)
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """The module to train: DDP averages gradients across ranks; one process uses the model."""
+        """The module to train: DDP averages gradients across ranks; one process uses the model.
+
+        Without DDP's buffer broadcast before every forward (a collective a step): the buffers
+        that change in training are BatchNorm's running stats (the others, such as position
+        ids, never change), and a training forward normalizes by the batch's own stats, never
+        reads them. Rank 0's evolve from its own batches with or without the broadcast, and
+        ``sync_buffers`` gives every rank rank 0's before each evaluation, so the saved model is
+        the same bytes (``tests/test_distributed.py``)."""
         if self.size == 1:
             return model
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def _differences(

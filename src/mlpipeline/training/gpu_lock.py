@@ -16,8 +16,10 @@ a temporary copy of the repo (``.dvc/tmp/exps/...``), and the GPUs belong to the
 
 The rule: a run takes the free devices of lowest index, all it needs at once or none (no two
 runs can each hold half of what both need). When too few are free it waits, polling, and says
-so once; ``MLPIPELINE_GPU_WAIT`` bounds the wait in seconds (default: no bound, so a queue of
-more experiments than GPUs drains one per freed device; 0: fail at once, in one line).
+so once; ``MLPIPELINE_GPU_WAIT`` bounds the wait in seconds (default: a day, so a queue of more
+experiments than GPUs drains one per freed device while a holder that never exits, such as a
+forgotten notebook, cannot hang a run forever; ``inf``: no bound; 0: fail at once). A wait that
+runs out is one line saying how to wait longer.
 
 Every user of the box shares the devices, so the lock folder is made like ``/tmp`` (1777: anyone
 adds a lock file, nobody removes another's) and a lock file is opened read-only (``flock`` needs
@@ -31,6 +33,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import math
 import os
 import stat
 import tempfile
@@ -44,6 +47,7 @@ from mlpipeline.core.errors import PipelineError
 
 LOCK_DIR_ENV = "MLPIPELINE_GPU_LOCK_DIR"
 WAIT_ENV = "MLPIPELINE_GPU_WAIT"
+DEFAULT_WAIT_SECONDS = 24 * 3600
 POLL_SECONDS = 1.0
 SHARED_FOLDER = 0o1777  # as /tmp: every user adds lock files, none removes another's
 LOCK_FILE = 0o644  # read is all flock needs
@@ -58,7 +62,11 @@ def lock_dir() -> Path:
 
 
 def max_wait() -> float | None:
-    return settings.seconds(WAIT_ENV, unset="wait as long as it takes")
+    """Seconds to wait for free GPUs: ``MLPIPELINE_GPU_WAIT``, a day when unset; None for ``inf``."""
+    wait = settings.seconds(WAIT_ENV, unset=f"{DEFAULT_WAIT_SECONDS:g} s, a day")
+    if wait is None:
+        return DEFAULT_WAIT_SECONDS
+    return None if math.isinf(wait) else wait
 
 
 def visible_gpus() -> list[str]:
@@ -104,12 +112,16 @@ def claim(devices: Sequence[str], wanted: int, directory: Path, wait: float | No
         if deadline is not None and time.monotonic() >= deadline:
             raise PipelineError(
                 f"no free GPU: {wanted} wanted, all {len(devices)} held by other training runs (lock files "
-                f"in {directory}); waited {wait:g} s ({WAIT_ENV})"
+                f"in {directory}); waited {wait:g} s ({WAIT_ENV}: more seconds, or inf to wait as long "
+                "as it takes)"
             )
         if not said:
-            log.info("waiting for %d free GPU(s): all %d held by other training runs", wanted, len(devices))
+            bound = "as long as it takes" if wait is None else f"up to {wait:g} s"
+            held = f"all {len(devices)} held by other training runs ({WAIT_ENV})"
+            log.info("waiting %s for %d free GPU(s): %s", bound, wanted, held)
             said = True
-        time.sleep(POLL_SECONDS)
+        left = POLL_SECONDS if deadline is None else deadline - time.monotonic()
+        time.sleep(max(0.0, min(POLL_SECONDS, left)))
 
 
 def _try_take(devices: Sequence[str], wanted: int, directory: Path) -> list[str] | None:

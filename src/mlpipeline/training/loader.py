@@ -8,8 +8,9 @@ budget however the data divides between splits: each batch's rows are read
 from the shards at their raw offsets by reader threads (``MLPIPELINE_WORKERS`` of them; the
 reads release the GIL) ``PREFETCH_BATCHES`` ahead of the batch the device trains on, so memory
 holds a few batches, never the split. On CUDA they are read into pinned staging buffers, taken
-in turn, and copied without blocking; a buffer is refilled only once the copy out of it is done
-(its reader sleeps on a blocking CUDA event meanwhile). Labels and row indices go to the device
+in turn, and copied without blocking on a side stream (``core.device.to_device``), so the copy
+of batch k+1 overlaps the step on batch k; a buffer is refilled only once the copy out of it is
+done (its reader sleeps on a blocking CUDA event meanwhile). Labels and row indices go to the device
 once an epoch, so no step copies anything with a blocking copy (``tests/test_feed.py`` counts).
 Both paths deal the same rows in the same order, so they train the same model (bit for bit on
 CPU). ``MLPIPELINE_TRAIN_DATA=resident`` or ``streamed`` forces one: it cannot change the
@@ -23,7 +24,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ DEVICE_MEMORY_SHARE = 0.5  # at most this share of free GPU memory holds a resid
 PREFETCH_BATCHES = 2
 STAGING_BUFFERS = PREFETCH_BATCHES + 1  # the batches being read and the one whose copy may be in flight
 
+T = TypeVar("T")
 Placement = Literal["resident", "streamed"]
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images N x C x H x W, int64 labels N, on the device
 
@@ -86,12 +88,39 @@ class Resident:
             yield self.images[chosen], self.labels[chosen]
 
 
+class Turns(Generic[T]):
+    """Host buffers reused in turn, each refilled only once the copy out of it is done.
+
+    On CUDA each buffer has the event recorded after the last copy out of it, which whoever
+    refills it waits for first (a blocking event: the waiting thread sleeps in the driver
+    instead of spinning on a core). Elsewhere a copy is done when it returns: no events.
+    """
+
+    def __init__(self, buffers: list[T], cuda: bool) -> None:
+        self.buffers = buffers
+        self.cuda = cuda
+        self.copied: list[torch.cuda.Event | None] = [None] * len(buffers)  # the last copy out of each
+        self.turn = 0
+
+    def take(self) -> tuple[int, T, torch.cuda.Event | None]:
+        """The next buffer's slot, the buffer, and the copy to wait for before writing it."""
+        slot, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
+        return slot, self.buffers[slot], self.copied[slot]
+
+    def copy_event(self, slot: int) -> torch.cuda.Event | None:
+        """A new event to record after the copy out of ``slot`` (``to_device``'s ``copied``)."""
+        if not self.cuda:
+            return None
+        self.copied[slot] = torch.cuda.Event(blocking=True)
+        return self.copied[slot]
+
+
 class Staging:
     """Host memory a batch is read into before it goes to the device.
 
-    On CUDA: ``STAGING_BUFFERS`` pinned buffers taken in turn, each with the event that marks
-    the end of the last copy out of it. Elsewhere a new buffer per batch: the CPU trains on it
-    as it is (no copy), and a reused buffer would overwrite a batch the caller may still hold.
+    On CUDA: ``STAGING_BUFFERS`` pinned buffers taken in turn (``Turns``). Elsewhere a new
+    buffer per batch: the CPU trains on it as it is (no copy), and a reused buffer would
+    overwrite a batch the caller may still hold.
     """
 
     def __init__(self, device: torch.device, batch_size: int, image_shape: tuple[int, ...]) -> None:
@@ -100,24 +129,20 @@ class Staging:
         self.pinned = device.type == "cuda"
         shape = (batch_size, *image_shape)
         count = STAGING_BUFFERS if self.pinned else 0
-        self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(count)]
-        self.copied: list[torch.cuda.Event | None] = [None] * count  # the last copy out of each
-        self.turn = 0
+        buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(count)]
+        self.turns = Turns(buffers, cuda=True)
 
     def take(self, count: int) -> tuple[torch.Tensor, int, torch.cuda.Event | None]:
         """A buffer for ``count`` images, its slot, and the copy to wait for before writing it."""
         if not self.pinned:
             return torch.empty((count, *self.image_shape), dtype=torch.uint8), -1, None
-        slot, self.turn = self.turn, (self.turn + 1) % STAGING_BUFFERS
-        return self.buffers[slot][:count], slot, self.copied[slot]
+        slot, buffer, wait = self.turns.take()
+        return buffer[:count], slot, wait
 
     def to_device(self, host: torch.Tensor, slot: int) -> torch.Tensor:
-        images = to_device(host, self.device)
-        if self.pinned:
-            # blocking=True: a reader waiting on it sleeps in the driver instead of spinning on a core
-            self.copied[slot] = torch.cuda.Event(blocking=True)
-            self.copied[slot].record()
-        return images
+        if not self.pinned:
+            return to_device(host, self.device)
+        return to_device(host, self.device, self.turns.copy_event(slot))
 
 
 def _read(reader: SplitReader, rows: np.ndarray, out: np.ndarray, wait: torch.cuda.Event | None) -> None:
@@ -178,21 +203,34 @@ def chosen_placement(nbytes: int, device: torch.device) -> Placement:
     return "resident" if nbytes <= limit else "streamed"
 
 
-def place(reader: SplitReader, device: torch.device, placement: Placement) -> Resident | Streamed:
-    """The split for ``device``, as ``chosen_placement`` decided for all of the run's data."""
+def place(
+    reader: SplitReader, device: torch.device, placement: Placement, workers: int
+) -> Resident | Streamed:
+    """The split for ``device``, as ``chosen_placement`` decided for all of the run's data;
+    streamed by ``workers`` reader threads (``rank_workers``)."""
     if placement == "resident":
         return Resident(reader, device)
-    return Streamed(reader, device, worker_count())
+    return Streamed(reader, device, workers)
+
+
+def rank_workers(ranks_on_node: int) -> int:
+    """This rank's share of the node's ``MLPIPELINE_WORKERS`` (default: every core), at least one:
+    the node's ranks (torchrun's ``LOCAL_WORLD_SIZE``) divide them, so eight ranks on a box start
+    its cores' worth of reader threads and of draw threads between them, not eight times that."""
+    return max(1, worker_count() // ranks_on_node)
 
 
 class Feed:
     """What a phase trains (or validates) on: a placed split, each of its rows seen ``views``
     times an epoch, the copies augmented online as their batch is drawn."""
 
-    def __init__(self, rows: Rows, originals: int, online: OnlineAugmentation | None = None) -> None:
+    def __init__(
+        self, rows: Rows, originals: int, online: OnlineAugmentation | None = None, workers: int | None = None
+    ) -> None:
         self.rows = rows
         self.originals = originals
         self.online = online
+        self.draw_threads = draws_ahead(worker_count() if workers is None else workers)
 
     def __len__(self) -> int:
         return self.originals * (self.online.views if self.online is not None else 1)
@@ -201,31 +239,52 @@ class Feed:
         self, order: np.ndarray, batch_size: int, drop_last: bool, stream: tuple[str | int, ...] = ()
     ) -> Iterator[Batch]:
         """Batches of the rows in ``order``; ``stream`` names the epoch's augmentation draws, made
-        by draw threads ``draws_ahead()`` batches ahead of the batch the device trains on."""
+        by ``draw_threads`` threads as many batches ahead of the batch the device trains on."""
         batches = self.rows.batches(order % self.originals, batch_size, drop_last)
         if self.online is None:
             yield from batches
             return
         copies = self.online.copy_numbers(order, self.originals)
         bounds = batch_bounds(len(order), batch_size, drop_last)
-        online, device, shape = self.online, self.rows.device, self.rows.image_shape
+        online, shape, depth = self.online, self.rows.image_shape, self.draw_threads
+        slots = self._draw_slots(batch_size)
 
-        def drawn(step: int) -> BatchCopies | None:
-            return online.draw_copies(copies[bounds[step]], shape, device, "online", *stream, step)
+        def drawn(step: int, into: BatchCopies, wait: torch.cuda.Event | None) -> BatchCopies | None:
+            if wait is not None:
+                wait.synchronize()  # the slot's last draws have left for the device
+            return online.draw_copies(copies[bounds[step]], shape, into, "online", *stream, step)
 
-        depth = draws_ahead()
+        def start(step: int) -> tuple[int, Future[BatchCopies | None]]:
+            slot, into, wait = slots.take()
+            return slot, drawer.submit(drawn, step, into, wait)
+
         with ThreadPoolExecutor(depth, thread_name_prefix="online-draws") as drawer:
-            ahead = deque(drawer.submit(drawn, step) for step in range(min(depth, len(bounds))))
+            ahead = deque(start(step) for step in range(min(depth, len(bounds))))
             for step, (images, labels) in enumerate(batches):
-                batch_copies = ahead.popleft().result()
+                slot, drawing = ahead.popleft()
+                batch_copies = drawing.result()
                 if step + depth < len(bounds):
-                    ahead.append(drawer.submit(drawn, step + depth))
-                yield (images if batch_copies is None else batch_copies.apply(images)), labels
+                    ahead.append(start(step + depth))  # into the slot of batch step - 1
+                if batch_copies is not None:
+                    images = batch_copies.apply(images, slots.copy_event(slot))
+                yield images, labels
+
+    def _draw_slots(self, batch_size: int) -> Turns[BatchCopies]:
+        """Host memory for the draws in flight, reused batch after batch: one set a draw thread
+        and one for the batch whose draws may still be copying; pinned on CUDA. The draws are
+        dropped once applied, so the CPU and MPS (whose copies block) reuse them too."""
+        assert self.online is not None
+        cuda = self.rows.device.type == "cuda"
+        online, shape = self.online, self.rows.image_shape
+        count = self.draw_threads + 1
+        return Turns(
+            [BatchCopies.empty(online.transforms, batch_size, shape, cuda) for _ in range(count)], cuda
+        )
 
 
-def draws_ahead() -> int:
-    """Batches whose online draws are made at once, one a thread: as many as ``MLPIPELINE_WORKERS``
-    (a batch's draws come from one random stream, so one thread makes them; the cores are shared
-    out by batch), and at least ``PREFETCH_BATCHES``. At 224x224 RGB, a batch of 128 copies'
-    draws take about 80 MB of (pinned) host memory."""
-    return max(PREFETCH_BATCHES, worker_count())
+def draws_ahead(workers: int) -> int:
+    """Batches whose online draws are made at once, one a thread: as many as ``workers`` (a batch's
+    draws come from one random stream, so one thread makes them; the cores are shared out by
+    batch), and at least ``PREFETCH_BATCHES``. At 224x224 RGB, a batch of 128 copies' draws
+    take 45 MB of (pinned) host memory, reused (``Feed._draw_slots``)."""
+    return max(PREFETCH_BATCHES, workers)
