@@ -134,7 +134,7 @@ def test_two_nodes_killed_after_an_epoch_resume_to_the_same_bytes(
     node0, node1 = (write_node(clone) for clone in clones)
     nodes = run_nodes(node0, node1, tmp_path)
     checkpoints = node0 / ".cache" / "checkpoints"
-    while not any(checkpoints.glob("*/latest.pt")):  # node 0 saved an epoch
+    while not any(checkpoints.glob("*/latest.ckpt")):  # node 0 saved an epoch
         assert all(node.poll() is None for node in nodes), "finished before a checkpoint was seen"
         time.sleep(0.02)
     for node in nodes:

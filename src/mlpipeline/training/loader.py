@@ -198,20 +198,27 @@ class Feed:
         return self.originals * (self.online.views if self.online is not None else 1)
 
     def batches(
-        self, order: np.ndarray, batch_size: int, drop_last: bool, stream: tuple[str | int, ...] = ()
+        self,
+        order: np.ndarray,
+        batch_size: int,
+        drop_last: bool,
+        stream: tuple[str | int, ...] = (),
+        skip: int = 0,
     ) -> Iterator[Batch]:
-        """Batches of the rows in ``order``; ``stream`` names the epoch's augmentation draws, made
-        by draw threads ``draws_ahead()`` batches ahead of the batch the device trains on."""
-        batches = self.rows.batches(order % self.originals, batch_size, drop_last)
+        """Batches of the rows in ``order`` but the first ``skip`` (not read: a run resumed within an
+        epoch); ``stream`` names the epoch's augmentation draws, made by draw threads
+        ``draws_ahead()`` batches ahead of the batch the device trains on."""
+        bounds = batch_bounds(len(order), batch_size, drop_last)[skip:]
+        rest = order[bounds[0].start :] if bounds else order[:0]
+        batches = self.rows.batches(rest % self.originals, batch_size, drop_last)
         if self.online is None:
             yield from batches
             return
         copies = self.online.copy_numbers(order, self.originals)
-        bounds = batch_bounds(len(order), batch_size, drop_last)
         online, device, shape = self.online, self.rows.device, self.rows.image_shape
 
-        def drawn(step: int) -> BatchCopies | None:
-            return online.draw_copies(copies[bounds[step]], shape, device, "online", *stream, step)
+        def drawn(step: int) -> BatchCopies | None:  # named by the step in the whole epoch
+            return online.draw_copies(copies[bounds[step]], shape, device, "online", *stream, skip + step)
 
         depth = draws_ahead()
         with ThreadPoolExecutor(depth, thread_name_prefix="online-draws") as drawer:
