@@ -9,15 +9,20 @@ import os
 import random
 import re
 import signal
+import subprocess
 import sys
+import time
 from itertools import count
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
+from conftest import REPO_ROOT, run
 from gloo import two_gloo_ranks
 from test_train import report_files, weights_digest
-from tiny_training import tiny_params, write_inputs, write_online_inputs
+from test_train_stage import STAGE, outputs
+from tiny_training import tiny_params, write_inputs, write_online_inputs, write_workdir
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.stages.train import Trained, train
@@ -271,3 +276,63 @@ def test_the_state_holds_no_pickle_and_keeps_what_json_would_lose() -> None:
     assert back["best"] == float("inf") and torch.equal(back["a"], back["b"])
     with pytest.raises(StateFormatError):
         decode(b"\x80\x04K\x01.")  # a pickle
+
+
+def start_stage(workdir: Path, log: Path, **env: str) -> subprocess.Popen:
+    """The train stage as a user starts it, in its own session (torchrun's workers have theirs)."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), **env}
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            STAGE, cwd=workdir, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_for_line(process: subprocess.Popen, log: Path, text: str) -> None:
+    deadline = time.monotonic() + 300
+    while text not in log.read_text():
+        assert process.poll() is None, f"ended before {text!r}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no {text!r} after 5 minutes"
+        time.sleep(0.05)
+
+
+def workers(process: subprocess.Popen) -> list[psutil.Process]:
+    """The training processes torchrun started under ``process``, by rank."""
+    found = [p for p in psutil.Process(process.pid).children(recursive=True) if "LOCAL_RANK" in p.environ()]
+    return sorted(found, key=lambda p: int(p.environ()["RANK"]))
+
+
+@pytest.mark.slow
+def test_the_stage_under_torchrun_stopped_by_sigterm_resumes_to_the_same_bytes(tmp_path: Path) -> None:
+    whole = write_workdir(tmp_path / "whole", processes=2, epochs=6)
+    run(STAGE, whole)
+    stopped = write_workdir(tmp_path / "stopped", processes=2, epochs=6)
+    first = start_stage(stopped, tmp_path / "first.log")
+    wait_for_line(first, tmp_path / "first.log", "train: epoch 1/")
+    time.sleep(random.uniform(0, 0.3))  # a random step of the epochs that follow
+    first.send_signal(signal.SIGTERM)  # to the launcher, as kubelet sends it to a pod's first process
+
+    assert first.wait(timeout=300) == EXIT_REQUEUE, (tmp_path / "first.log").read_text()
+    last = (tmp_path / "first.log").read_text().splitlines()[-1]
+    assert re.fullmatch(
+        r"train: stopped by SIGTERM (in|after) epoch \d .*; run again to resume \(exit 250\)", last
+    )
+    assert "Traceback" not in (tmp_path / "first.log").read_text() and not (stopped / "models").exists()
+    resumed = run(STAGE, stopped)
+    assert "resuming after epoch" in resumed.stderr and ", resumed after epoch" in resumed.stderr
+    assert outputs(stopped) == outputs(whole)
+
+
+@pytest.mark.slow
+def test_a_training_process_killed_is_one_line_naming_it_and_no_traceback(tmp_path: Path) -> None:
+    workdir = write_workdir(tmp_path, processes=2, epochs=30)
+    stage_run = start_stage(workdir, tmp_path / "log")
+    wait_for_line(stage_run, tmp_path / "log", "train: epoch 1/")
+    workers(stage_run)[1].kill()
+
+    assert stage_run.wait(timeout=300) == 2
+    text = (tmp_path / "log").read_text()
+    assert "Traceback" not in text and "[rank" not in text, text
+    assert (
+        text.splitlines()[-1]
+        == "train: error: the training process of rank 1 was killed by SIGKILL (out of memory?)"
+    )

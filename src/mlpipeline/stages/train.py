@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlpipeline.core import atomic, stage
+from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS, WEIGHTS
 from mlpipeline.core.seeding import seed_everything
@@ -40,7 +41,15 @@ from mlpipeline.training.checkpoint import Checkpoints, fingerprint, run_key
 from mlpipeline.training.checkpoint_store import checkpoint_location, open_store
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure
-from mlpipeline.training.distributed import World, in_worker, launch, meet, process_group, world_from_env
+from mlpipeline.training.distributed import (
+    World,
+    in_worker,
+    launch,
+    meet,
+    peer_lost,
+    process_group,
+    world_from_env,
+)
 from mlpipeline.training.divergence import Diverged
 from mlpipeline.training.gpu_lock import hold_gpus
 from mlpipeline.training.loader import Feed, chosen_placement, place
@@ -194,6 +203,14 @@ def main() -> None:
             if world.is_main:
                 print(f"train: {stopped}", file=sys.stderr, flush=True)
             raise SystemExit(stopped.exit_code) from None
+        except Exception as exc:
+            if (cause := peer_lost(exc)) is None:
+                raise
+            lost = (
+                f"rank {world.rank} lost the other training processes ({cause}): the first failure says why"
+            )
+            stage.print_error("train", PipelineError(lost))
+            raise SystemExit(stopping.EXIT_REQUEUE) from None  # the run resumes from its last checkpoint
 
 
 def train_and_save(

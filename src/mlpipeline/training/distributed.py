@@ -203,6 +203,35 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
         dist.destroy_process_group()
 
 
+def _first_failure(failed: ChildFailedError) -> BaseException:
+    """How a run under torchrun ended, from the failure that came first (torchrun then stops the
+    other workers with SIGTERM; a worker that lost its peers ends with ``EXIT_REQUEUE``): the exit
+    code of a worker that said why in its one line, or a line for one that could not say."""
+    if any(failure.exitcode == EXIT_USER_ERROR for failure in failed.failures.values()):
+        return SystemExit(EXIT_USER_ERROR)
+    consequences = (EXIT_REQUEUE, -signal.SIGTERM)
+    rank, first = min(
+        failed.failures.items(), key=lambda item: (item[1].timestamp, item[1].exitcode in consequences)
+    )
+    if first.exitcode == EXIT_REQUEUE:
+        return SystemExit(EXIT_REQUEUE)
+    if first.exitcode < 0:
+        killed = signal.Signals(-first.exitcode)
+        why = " (out of memory?)" if killed == signal.SIGKILL else ""
+        return PipelineError(f"the training process of rank {rank} was killed by {killed.name}{why}")
+    return PipelineError(f"the training process of rank {rank} failed (exit {first.exitcode}); see above")
+
+
+def peer_lost(exc: BaseException) -> str | None:
+    """The cause, in a few words, when ``exc`` is a collective failing because another training
+    process went away (gloo's errors are plain RuntimeErrors naming its transport), else None."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and "/gloo/" in text)):
+        return None
+    cause = text.split("] ", 1)[1] if text.startswith("[") and "] " in text else text
+    return cause.split(". ", 1)[0]
+
+
 def meet(nodes: int) -> Rendezvous | None:
     """Where this node meets the others (None: one node), checked before any work: node 0 that it
     can listen, every other node that node 0 answers (they wait for it here, so they read the
@@ -246,7 +275,9 @@ def launch(module: str, processes: int, threads_per_process: int, meeting: Rende
         module,
     ]
     os.environ["OMP_NUM_THREADS"] = str(threads_per_process)  # torchrun would set 1 and warn
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its failure report
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:  # each sets its own level
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # its reports of what we say in one line
     if stopping.requested():
         raise SystemExit(EXIT_REQUEUE)  # asked to stop before any training: nothing to save
     if meeting is not None:
@@ -254,13 +285,7 @@ def launch(module: str, processes: int, threads_per_process: int, meeting: Rende
     try:
         torchrun.run(torchrun.get_args_parser().parse_args(argv))
     except ChildFailedError as failed:
-        codes = sorted({failure.exitcode for failure in failed.failures.values()})
-        for code in (EXIT_USER_ERROR, EXIT_REQUEUE):  # a worker said why in its one line
-            if code in codes:
-                raise SystemExit(code) from None
-        raise PipelineError(
-            f"training processes under torchrun failed (exit {', '.join(map(str, codes))}); see above"
-        ) from None
+        raise _first_failure(failed) from None
     except SignalException as signalled:  # torchrun passed it on and waited for the workers
         code = EXIT_REQUEUE if signalled.sigval in STOP_SIGNALS else 128 + signalled.sigval
         raise SystemExit(code) from None
