@@ -27,7 +27,7 @@ from tiny_training import tiny_params, write_inputs, write_online_inputs, write_
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.stages.train import Trained, train
 from mlpipeline.training import stopping
-from mlpipeline.training.checkpoint_store import LOCATION_ENV, LocalStore, open_store, seal
+from mlpipeline.training.checkpoint_store import LOCATION_ENV, LocalStore, open_store, seal, unseal
 from mlpipeline.training.data import open_inputs
 from mlpipeline.training.distributed import World
 from mlpipeline.training.loader import PLACEMENT_ENV
@@ -204,7 +204,9 @@ def test_a_half_written_checkpoint_is_never_read(tmp_path: Path) -> None:
 def test_the_store_reads_back_what_it_wrote_and_refuses_a_bad_location(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     store.write("key/latest.ckpt", seal(b"state"))
-    assert store.read("key/latest.ckpt") == seal(b"state") and store.read("other/latest.ckpt") is None
+    assert (
+        unseal(store.read("key/latest.ckpt"), "key") == b"state" and store.read("other/latest.ckpt") is None
+    )
     store.remove("key")
     assert not (tmp_path / "key").exists()
     for bad in ("gs://bucket/checkpoints", "s3://", "https://example.com/x"):

@@ -99,7 +99,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
     buffer = io.BytesIO()
     torch.save({**first.trainer.state_dict(), "model": RunsCode(marker)}, buffer)
     # sealed as a real checkpoint is (its checksum holds): only the format can refuse it
-    Path(first.checkpoints[-1].path).write_bytes(seal(buffer.getvalue()))
+    Path(first.checkpoints[-1].path).write_bytes(b"".join(seal(buffer.getvalue())))
 
     again = train(params, inputs, None, tmp_path / "ckpt")
     assert not marker.exists()

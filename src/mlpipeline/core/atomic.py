@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,12 +57,19 @@ def _running(pid: int) -> bool:
 
 def write_bytes(path: Path | str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary sibling and an atomic rename."""
+    write_parts(path, [data])
+
+
+def write_parts(path: Path | str, parts: Iterable[bytes]) -> None:
+    """Write ``parts`` one after the other to ``path`` (as ``write_bytes``), never joined in memory:
+    a header before a payload of gigabytes costs no copy of the payload."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _aside(path)
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            for part in parts:
+                handle.write(part)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

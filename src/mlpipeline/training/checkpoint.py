@@ -107,9 +107,9 @@ class Checkpoints:
 
     def save(self, state: dict[str, Any]) -> int:
         """Write ``state`` as the latest checkpoint; its size in bytes."""
-        data = seal(encode(state))
-        self.store.write(f"{self.key}/{LATEST}", data)
-        return len(data)
+        parts = seal(encode(state))
+        self.store.write(f"{self.key}/{LATEST}", parts)
+        return sum(map(len, parts))
 
     def load(self) -> dict[str, Any] | None:
         """The latest checkpoint of this key, or None if there is none (or it is not whole)."""

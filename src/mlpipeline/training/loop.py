@@ -292,7 +292,9 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "history": [record.to_dict() for record in progress.history],
             "best_epoch": progress.best.epoch if progress.best is not None else 0,
-            "best_weights": progress.best_weights,
+            # with monitor last the best epoch is the last one done: after it, its weights are the
+            # model's; within the next, never used again. Not held twice (a quarter of the bytes)
+            "best_weights": progress.best_weights if self.params.early_stopping.monitor != "last" else {},
             "bad_epochs": progress.bad_epochs,
             "within_epoch": None,  # filled in by a checkpoint taken within an epoch
         }
@@ -308,7 +310,7 @@ class Trainer:
         self.progress = Progress(
             history=history,
             best=history[state["best_epoch"] - 1] if state["best_epoch"] else None,  # none within epoch 1
-            best_weights={k: v.to(device) for k, v in state["best_weights"].items()},
+            best_weights={k: v.to(device) for k, v in (state["best_weights"] or state["model"]).items()},
             bad_epochs=state["bad_epochs"],
         )
         self.within = within_epoch(state, self.world.rank)
