@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report plots-page browser slurm verify gc release weights
+.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report data-diff data-update plots-page browser slurm verify gc release weights
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,16 @@ report: export MLPIPELINE_BASE = $(value BASE)
 report: export MLPIPELINE_IMAGES_URL = $(value IMAGES_URL)
 report: setup ## Compare BASE (default main) with the workspace: reports/compare/report.md + PNGs
 	python -m mlpipeline.compare.report
+
+data-diff: export MLPIPELINE_BASE = $(value BASE)
+data-diff: setup ## What changed in the data since BASE (default main): added, removed, relabelled, moved
+	python -m mlpipeline.compare.data_diff
+
+# The weekly flow (docs/growing.md): new images in the source, then the next version is built on
+# the one dvc.lock records, so only what changed is decoded, stored and pushed.
+data-update: setup ## Set ingest.base to the data version dvc.lock records, then dvc repro
+	python -m mlpipeline.devtools.data_update
+	dvc repro
 
 # The page `dvc plots show` fills (.dvc/config: plots.html_template), with the Vega scripts inside
 # it so plots draw offline; committed, rebuilt from the npm versions vendor/vega pins.
@@ -110,12 +120,13 @@ weights: export MLPIPELINE_NAME = $(value NAME)
 weights: setup ## Fetch MODEL=microsoft/resnet-50 from the Hugging Face hub into data/weights/NAME and dvc add it
 	python -m mlpipeline.devtools.fetch_weights
 
-# A model version: a GTO git tag ARTIFACT@vVERSION on HEAD, made once the model is pushed.
+# A model version: a GTO git tag ARTIFACT@vVERSION on the commit of its model card (cards/ARTIFACT/README.md),
+# made once the model and its ONNX file are pushed.
 ARTIFACT ?= image-classifier
 
 release: export MLPIPELINE_VERSION = $(value VERSION)
 release: export MLPIPELINE_ARTIFACT = $(value ARTIFACT)
-release: setup ## Register the committed model as version VERSION=1.2.0 (GTO tag), pushing it first
+release: setup ## Release VERSION=1.2.0: push the model and its ONNX file, commit the model card, tag it (GTO)
 	python -m mlpipeline.versions.release
 
 # Resolved in a fresh venv with no constraints, so the file holds what pyproject.toml alone

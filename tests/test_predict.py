@@ -164,7 +164,7 @@ def test_predict_paths_reports_errors_in_the_frame(files: dict[str, Path], tmp_p
 def test_predict_matches_the_ingested_pixels(tmp_path: Path, resample: str) -> None:
     """Raw files predicted directly score exactly as their ingested (resized) arrays do, whatever
     ``ingest.resample`` was: the model carries the preprocessing ingest recorded."""
-    images, labels = tiny_images(10, seed=3)
+    images, labels = tiny_images(40, seed=3)  # enough of each class for every split
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         save_png(tmp_path / "raw" / CLASSES[label] / f"{i}.png", image[:, :7], scale=3)  # 21x24 -> 8x8
     params = ingest_params(tmp_path / "raw", classes=CLASSES, resample=resample)

@@ -20,7 +20,8 @@ from tiny_training import killed_then_resumed, tiny_params, tiny_section, write_
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
-from mlpipeline.core.shards import META_FILE, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shards import META_FILE
 from mlpipeline.modeling.files import load_model, save_model
 from mlpipeline.modeling.inference import predict_probabilities
 from mlpipeline.stages import train as train_stage

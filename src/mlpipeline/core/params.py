@@ -170,6 +170,8 @@ def _expected(schema: dict[str, Any], node: dict[str, Any]) -> str:
         return " or ".join(_expected(schema, option) for option in node["anyOf"])
     if "enum" in node:
         return "one of " + ", ".join(repr(choice) for choice in node["enum"])
+    if "pattern" in node:  # a string of a given form: its description says which
+        return node.get("description") or f"a string matching {node['pattern']}"
     kind = node.get("type")
     if kind == "array":
         count = "" if _count(node) is None else f" of {_count(node)} item(s)"

@@ -13,6 +13,13 @@ from mlpipeline.ingestion.images import Preprocessing, Resample
 
 nfc = partial(unicodedata.normalize, "NFC")
 Side = Annotated[int, Field(ge=1, le=4096)]
+DirMd5 = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9a-f]{32}(\.dir)?$",
+        description="the md5 dvc.lock records for data/ingested (32 hex digits, .dir or not)",
+    ),
+]
 SizePair = Annotated[list[Side], Field(min_length=2, max_length=2)]
 
 
@@ -56,6 +63,8 @@ class IngestParams:
     split: SplitFractions
     keep_train_fraction: float = param(gt=0, le=1)
     seed: int = param(ge=0)
+    base: DirMd5 | None  # the previous data version, built on (docs/growing.md); None: from scratch
+    compact_dead_share: float = param(ge=0, le=1)  # a kept shard's dead rows above this share: rewritten
 
     @model_validator(mode="after")
     def check(self) -> Self:

@@ -4,8 +4,10 @@ Reads ``models/`` and ``data/ingested`` (the test split, real data only, and
 the train split to fit the baseline) and writes ``reports/evaluate``:
 ``metrics.json`` (network under ``test``, baseline under ``baseline``, the same
 keys in both, plus ``baseline.model``: the exact RBF-SVM or its Nystroem
-approximation), ``predictions.csv`` for DVC's confusion template, and
-``misclassified.png``, the network's most confident mistakes.
+approximation), ``predictions.csv`` for DVC's confusion template (with each test image's
+id, the start of its pixels' sha256, so ``make report`` scores two models on the test
+images their data versions share), and ``misclassified.png``, the network's most
+confident mistakes.
 Everything streams: the test split is scored batch by batch and the baseline's
 training subset is copied out shard by shard, so memory is set by the shard,
 batch and subset sizes, not by the number of images. The baseline's batches are
@@ -44,7 +46,7 @@ from mlpipeline.evaluation.baseline import (
 )
 from mlpipeline.evaluation.metrics import Scores
 from mlpipeline.evaluation.params import EvaluateParams
-from mlpipeline.evaluation.report import WorstErrors, misclassified_png, predictions_csv
+from mlpipeline.evaluation.report import WorstErrors, image_ids, misclassified_png, predictions_csv
 from mlpipeline.evaluation.subset import pick_rows
 from mlpipeline.modeling.files import CONFIG_FILE, load_model
 from mlpipeline.modeling.inference import predict_probabilities
@@ -117,12 +119,14 @@ class Scoreboard:
         self.baseline = Scores(num_classes, params.ece_bins)
         self.worst = WorstErrors(params.misclassified)
         self.choices: list[tuple[np.ndarray, np.ndarray]] = []
+        self.ids: list[str] = []
 
     def add(self, images: np.ndarray, labels: np.ndarray, network: np.ndarray, baseline: np.ndarray) -> None:
         self.network.add(labels, network)
         self.baseline.add(labels, baseline)
         self.worst.add(images, labels, network)
         self.choices.append((labels, network.argmax(axis=1)))
+        self.ids += image_ids(images)
 
     def evaluation(self, classes: list[str], baseline_model: str, fitted: int) -> Evaluation:
         labels, choices = (np.concatenate(column) for column in zip(*self.choices, strict=True))
@@ -131,7 +135,7 @@ class Scoreboard:
                 "test": self.network.result(classes),
                 "baseline": {**self.baseline.result(classes), "model": baseline_model},
             },
-            predictions_csv=predictions_csv(labels, choices, classes),
+            predictions_csv=predictions_csv(labels, choices, classes, self.ids),
             misclassified_png=misclassified_png(self.worst, classes),
             test_count=self.network.samples,
             train_count=fitted,

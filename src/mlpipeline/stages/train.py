@@ -13,7 +13,9 @@ keeps) and dvclive's ``reports/train``.
 Interrupted runs resume from their checkpoints (one key per phase, after each epoch and within
 epochs: ``training.savepoints``; in ``.cache/checkpoints``, a shared folder or an S3 prefix:
 ``training.checkpoint_store``), removed on success. SIGTERM or SIGUSR1 saves one and ends the
-run with exit 250, "run me again" (``training.stopping``).
+run with exit 250, "run me again" (``training.stopping``). ``train.model.weights`` names a folder
+of ``data/weights`` or a release to fine-tune from (``image-classifier@v1.2.0``, fetched through
+DVC: ``modeling.finetune``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS, WEIGHTS
 from mlpipeline.core.seeding import seed_everything
-from mlpipeline.core.shards import SplitReader
+from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.modeling.files import save_model
+from mlpipeline.modeling.finetune import Release, from_release, release_config, weights_source
 from mlpipeline.modeling.network import (
     ModelConfig,
     fitted_network,
@@ -90,26 +93,38 @@ def train(
     runtime = configure(
         params.device, params.precision, params.num_threads, world.local_rank, world.local_size
     )
-    spec, weights = params.model, weights_folder(params)
+    spec, weights = params.model, weights_source(params.model.weights, WEIGHTS)
     pretrained = weights_sha256(weights)
     with process_group(world, runtime.device):
         world.agree(fingerprint(params, runtime, inputs.datasets, pretrained))
         phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
         check_frozen_epochs(phases, inputs.views, world.size)
         mean, std = world.from_main(lambda: streamed_channel_stats(phases[-1].originals.shards()))
-        config = new_config(
-            spec.arch,
-            inputs.classes,
-            list(inputs.image_shape),
-            (mean, std),
-            inputs.val.info.attributes.get("preprocessing"),
-            spec.widths,
-            spec.dropout,
-            spec.hf,
-            weights,
-        )
+        if isinstance(weights, Release):  # fine-tuning a release: its network, fitted to the data
+            config = release_config(
+                weights,
+                spec.arch,
+                inputs.classes,
+                list(inputs.image_shape),
+                inputs.val.info.attributes.get("preprocessing"),
+            )
+        else:
+            config = new_config(
+                spec.arch,
+                inputs.classes,
+                list(inputs.image_shape),
+                (mean, std),
+                inputs.val.info.attributes.get("preprocessing"),
+                spec.widths,
+                spec.dropout,
+                spec.hf,
+                weights,
+            )
         seed_everything(params.seed)  # the same initial weights on every rank
-        model = runtime.place(initial_model(config, weights))
+        start = (
+            from_release(config, weights) if isinstance(weights, Release) else initial_model(config, weights)
+        )
+        model = runtime.place(start)
         val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
         largest = max(phase.originals.nbytes for phase in phases)
         placement = chosen_placement(val_rows.nbytes + largest, runtime.device)  # one budget for both
@@ -153,9 +168,12 @@ def train(
     return Trained(trainer, config, best, runtime, phases, all_checkpoints)
 
 
-def weights_sha256(weights: Path | None) -> str:
-    """The pretrained weights' hash for the nodes' agreement (empty: none): nodes holding other
-    bytes under one ``data/weights`` name would otherwise meet, then fail inside DDP."""
+def weights_sha256(weights: Path | Release | None) -> str:
+    """The pretrained weights' hash for the nodes' agreement and the checkpoint key (empty: none):
+    nodes holding other bytes under one ``data/weights`` name would otherwise meet, then fail
+    inside DDP."""
+    if isinstance(weights, Release):
+        return weights.record()["sha256"]
     if weights is None or not weights.is_dir():
         return ""  # no folder: new_config refuses it in one line, the same on every node
     from mlpipeline.modeling.hf import folder_sha256  # imports transformers: only with weights
@@ -163,19 +181,19 @@ def weights_sha256(weights: Path | None) -> str:
     return folder_sha256(weights)
 
 
-def weights_folder(params: TrainParams) -> Path | None:
-    """The pretrained checkpoint folder ``train.model.weights`` names, if any."""
-    return WEIGHTS / params.model.weights if params.model.weights else None
-
-
 def check_plan(params: TrainParams, inputs: Inputs) -> None:
     """Refuse, before any launch or training work, a run that cannot give a model: no real images
     after pretraining, a backbone that would never learn, a network that cannot be built or run
-    on the data's images (built and run once on two images: see ``modeling.hf_build``)."""
+    on the data's images (built and run once on two images: see ``modeling.hf_build``), a release
+    to start from that does not fit the data (it is fetched here, once)."""
     phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)  # checks the sources
     check_frozen_epochs(phases, inputs.views, params.world_size)
-    spec = params.model
-    fitted_network(spec.arch, inputs.classes, list(inputs.image_shape), spec.hf, weights_folder(params))
+    spec, weights = params.model, weights_source(params.model.weights, WEIGHTS)
+    preprocessing = inputs.val.info.attributes.get("preprocessing")
+    if isinstance(weights, Release):
+        release_config(weights, spec.arch, inputs.classes, list(inputs.image_shape), preprocessing)
+    else:
+        fitted_network(spec.arch, inputs.classes, list(inputs.image_shape), spec.hf, weights)
 
 
 def main() -> None:
@@ -189,7 +207,7 @@ def main() -> None:
             print(f"train: {nothing}", file=sys.stderr)
             return
         inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
-        check_plan(params, inputs)
+        check_plan(params, inputs)  # a release is resolved and fetched here, once, before any launch
         if params.device in ("auto", "cuda") and not in_worker():  # before CUDA starts: see gpu_lock
             hold_gpus(params.processes)
         if launching:

@@ -69,7 +69,9 @@ class LocalStore:
         return path.read_bytes() if path.is_file() else None
 
     def write(self, name: str, parts: list[bytes]) -> None:
-        atomic.write_parts(self.root / name, parts)
+        with atomic.stream(self.root / name) as handle:
+            for part in parts:
+                handle.write(part)
 
     def remove(self, folder: str) -> None:
         shutil.rmtree(self.root / folder, ignore_errors=True)

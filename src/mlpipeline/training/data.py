@@ -17,7 +17,8 @@ import numpy as np
 from mlpipeline.augmentation.online import OnlineAugmentation, read_online
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.seeding import rng
-from mlpipeline.core.shards import META_FILE, Dataset, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shards import META_FILE, Dataset
 
 REAL_SPLIT = "real"  # augment's splits: one per source
 SYNTHETIC_SPLIT = "synthetic"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.shards import SplitReader
+from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.training.data import rank_steps
 from mlpipeline.training.optim import epochs_to_run
 from mlpipeline.training.params import TrainParams
