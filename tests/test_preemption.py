@@ -32,6 +32,7 @@ from mlpipeline.training.data import open_inputs
 from mlpipeline.training.distributed import World
 from mlpipeline.training.loader import PLACEMENT_ENV
 from mlpipeline.training.savepoints import MINUTES_ENV, STEPS_ENV, SaveEvery, Savepoints, save_every
+from mlpipeline.training.state_codec import decode
 from mlpipeline.training.stopping import EXIT_REQUEUE, Stopped
 
 EPOCHS = 3
@@ -113,6 +114,29 @@ def test_sigusr1_stops_like_sigterm_and_the_message_says_where(
     assert (resumed.trainer.resumed_after, resumed.trainer.resumed_step) == (1, 3)
     whole = train(params, inputs, None, tmp_path / "ckpt-whole")
     assert weights_digest(resumed.trainer.model) == weights_digest(whole.trainer.model)
+
+
+def test_with_monitor_last_a_checkpoint_holds_the_weights_once_and_resumes_bitwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``early_stopping.monitor: last`` the best epoch is the last one done, whose weights are
+    the model's: a checkpoint holds them once (not as "best weights" too), and a run resumes to
+    the same bytes from within an epoch and from the end of the last one."""
+    inputs = write_inputs(tmp_path)
+    params = tiny_params(epochs=2, early_stopping={"monitor": "last", "patience": None})  # 7 steps an epoch
+    whole = train(params, inputs, None, tmp_path / "ckpt-whole")
+    with monkeypatch.context() as patch, stopping.watch(), pytest.raises(Stopped):
+        signal_at(patch, 10)  # in epoch 2, after epoch 1 became the best
+        train(params, inputs, None, tmp_path / "ckpt")
+    (saved,) = (tmp_path / "ckpt").glob(f"*/{Path(whole.checkpoints[-1].path).name}")
+    state = decode(unseal(saved.read_bytes(), str(saved)))
+    assert (state["best_epoch"], state["best_weights"], state["within_epoch"]["step"]) == (1, {}, 3)
+
+    resumed = train(params, inputs, None, tmp_path / "ckpt")
+    finished = train(params, inputs, None, tmp_path / "ckpt-whole")  # its checkpoint: after the last epoch
+    assert (resumed.trainer.resumed_step, finished.trainer.resumed_after) == (3, 2)
+    for again in (resumed, finished):
+        assert weights_digest(again.trainer.model) == weights_digest(whole.trainer.model)
 
 
 def test_checkpoints_every_n_steps_let_a_killed_run_resume_within_the_epoch(
