@@ -123,7 +123,9 @@ def test_the_slurm_recipe_survives_a_cancel_and_a_requeue_and_skips_a_cached_sta
     wait_for(lambda: job(cluster, second)["Restarts"] == "1", f"job {second} requeued")
     idle = ["idle"] * len(slurm_local.NODES)
     wait_for(lambda: slurm_local.node_states(cluster) == idle, "the nodes done with the first run")
-    run(["scontrol", "update", f"JobId={second}", "StartTime=now"], clone, env=cluster.env)  # not in 2 min
+    # SLURM would wait cred_expire (120 s) before starting a requeued job: a launch credential made
+    # in the second its last run's was revoked is refused ("Job credential revoked"); 2 s is enough
+    run(["scontrol", "update", f"JobId={second}", "StartTime=now+2"], clone, env=cluster.env)
     state = ended(cluster, second)
     log = output(clone, second)
     assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0"), log
