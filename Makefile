@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report data-diff data-update plots-page browser verify gc release weights
+.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report data-diff data-update plots-page browser slurm verify gc release weights
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ setup: $(STAMP) ## Create .venv and install the project with its dev tools
 repro: setup ## Run the whole pipeline (dvc repro) on the built-in demo data
 	dvc repro
 
-test: setup browser ## Run the whole test suite on every core
+test: setup browser slurm ## Run the whole test suite on every core
 	pytest -n auto
 
 test-fast: setup ## Run all but the slow tests (DVC runs, S3 flows, end-to-end training) on every core
@@ -80,6 +80,14 @@ browser: ## Install Debian's chromium for the browser test, where missing
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
 		|| echo "make: no chromium here: the plots page browser test will be skipped"
+
+# Debian's SLURM (slurmctld, slurmd), for the test that runs recipes/slurm under a real SLURM on
+# this host (python -m mlpipeline.devtools.slurm_local): installed where missing, as root with apt.
+slurm: ## Install Debian's slurm-wlm for the SLURM recipe's test, where missing
+	@command -v slurmd >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		slurmctld slurmd slurm-client >/dev/null; } \
+		|| echo "make: no SLURM here: the SLURM recipe's test will be skipped"
 
 schema: setup ## Regenerate params.schema.json from the params classes (then commit it)
 	python -m mlpipeline.devtools.params_schema

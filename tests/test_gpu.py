@@ -131,7 +131,7 @@ def test_trains_two_epochs_on_the_device_with_its_precision(
     history = trainer.progress.history
     assert [r.epoch for r in history] == [1, 2] and history[1].train_loss < history[0].train_loss
     assert result.best.val_acc >= 0.8  # chance is 1/3
-    assert (tmp_path / "report" / "metrics.json").exists() and result.checkpoints[-1].path.exists()
+    assert (tmp_path / "report" / "metrics.json").exists() and Path(result.checkpoints[-1].path).exists()
 
 
 def test_streams_and_augments_online_on_the_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,7 +156,7 @@ def test_a_killed_stage_run_resumes_on_the_device(workdir: Path, tmp_path: Path)
         first = subprocess.Popen(STAGE, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 600
-            while not list(checkpoints.glob("*/latest.pt")) and first.poll() is None:
+            while not list(checkpoints.glob("*/latest.ckpt")) and first.poll() is None:
                 assert time.monotonic() < deadline, "no checkpoint after 10 minutes"
                 time.sleep(0.005)
             assert first.poll() is None, f"ended before a kill:\n{(tmp_path / 'first.log').read_text()}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +27,8 @@ from mlpipeline.training.distributed import World
 from mlpipeline.training.rendezvous import TIMEOUT_ENV
 
 STAGE = [sys.executable, "-m", "mlpipeline.stages.train"]  # what every node but node 0 runs
-NODE_0 = ["dvc", "repro", "--single-item", "train"]  # node 0: the stage the DVC way
+# node 0: the stage the DVC way, through the runner that tells the others when no training met them
+NODE_0 = ["python", "-m", "mlpipeline.cluster.node0", "dvc", "repro", "--single-item", "train"]
 TRAIN_PER_CLASS = 300  # epochs long enough (about a second) to kill a run between two of them
 EPOCHS = 4
 
@@ -134,7 +136,7 @@ def test_two_nodes_killed_after_an_epoch_resume_to_the_same_bytes(
     node0, node1 = (write_node(clone) for clone in clones)
     nodes = run_nodes(node0, node1, tmp_path)
     checkpoints = node0 / ".cache" / "checkpoints"
-    while not any(checkpoints.glob("*/latest.pt")):  # node 0 saved an epoch
+    while not any(checkpoints.glob("*/latest.ckpt")):  # node 0 saved an epoch
         assert all(node.poll() is None for node in nodes), "finished before a checkpoint was seen"
         time.sleep(0.02)
     for node in nodes:
@@ -145,6 +147,39 @@ def test_two_nodes_killed_after_an_epoch_resume_to_the_same_bytes(
     assert "resumed after epoch" in (tmp_path / "node0.log").read_text()
     assert models(node0) == one_node_two_processes
     assert not (node1 / ".cache").exists() and not (node1 / "models").exists()
+
+
+@pytest.mark.slow
+def test_a_cached_train_stage_ends_every_node_at_once_with_0(
+    clones: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Real-SLURM finding 1: a resubmitted, unchanged commit. Node 0's DVC skips the stage; the
+    other nodes hear so at node 0's port instead of waiting out the rendezvous timeout."""
+    node0, node1 = (write_node(clone) for clone in clones)
+    assert wait(run_nodes(node0, node1, tmp_path), tmp_path) == [0, 0]
+    started = time.monotonic()
+    again = run_nodes(node0, node1, tmp_path, **{TIMEOUT_ENV: "300"})
+
+    assert wait(again, tmp_path) == [0, 0]
+    assert time.monotonic() - started < 120  # far within the 300 s the others would otherwise wait
+    assert "Stage 'train' didn't change, skipping" in (tmp_path / "node0.log").read_text()
+    assert (tmp_path / "node1.log").read_text().splitlines() == [
+        "train: node 1 of 2: node 0 ran no training (its train stage is up to date): nothing to train here"
+    ]
+
+
+@pytest.mark.slow
+def test_node_0_failing_before_the_meeting_ends_the_others_with_its_exit_code(
+    clones: tuple[Path, Path], tmp_path: Path
+) -> None:
+    node0, node1 = write_node(clones[0]), write_node(clones[1])
+    shutil.rmtree(node0 / "data" / "augmented")  # node 0's DVC refuses the stage: a missing input
+    codes = [node.wait(timeout=300) for node in run_nodes(node0, node1, tmp_path, **{TIMEOUT_ENV: "300"})]
+
+    assert codes[0] == codes[1] != 0
+    (line,) = (tmp_path / "node1.log").read_text().splitlines()
+    said = f"node 0 ended before the nodes met (exit {codes[0]}): node 0's log says why; waited "
+    assert line.startswith(f"train: error: node 1 of 2: {said}")
 
 
 @pytest.mark.slow

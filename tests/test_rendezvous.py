@@ -28,8 +28,8 @@ GOOD = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "NODE_RANK": "0"}
 # The stage's launch, as `python -m mlpipeline.stages.train` reaches it with train.nodes: 2.
 LAUNCH = (
     "from mlpipeline.core import stage\n"
-    "from mlpipeline.training.distributed import launch\n"
-    "stage.run('train', lambda: launch('mlpipeline.stages.train', 2, 1, 1))\n"
+    "from mlpipeline.training.distributed import launch, meet\n"
+    "stage.run('train', lambda: launch('mlpipeline.stages.train', 1, 1, meet(2)))\n"
 )
 WIDE_29500 = "\uff12\uff19\uff15\uff10\uff10"  # fullwidth digits
 WAITED = re.compile(rf"; waited (\d+\.\d) s \({TIMEOUT_ENV}=(\S+)\)$")

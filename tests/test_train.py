@@ -28,6 +28,7 @@ from mlpipeline.stages import train as train_stage
 from mlpipeline.stages.train import train
 from mlpipeline.training import device as device_module
 from mlpipeline.training.checkpoint import Checkpoints, fingerprint, run_key
+from mlpipeline.training.checkpoint_store import LocalStore
 from mlpipeline.training.data import REAL_SPLIT, epoch_order, open_inputs
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.loader import Placement, Rows, place
@@ -69,7 +70,7 @@ def test_training_learns_and_reports(tmp_path: Path) -> None:
     for name in ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_seconds"):
         rows = (tmp_path / "report" / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()
         assert rows[0] == f"step\t{name.split('/')[-1]}" and len(rows) == 1 + len(history)
-    assert result.checkpoints[-1].path.exists()  # the stage's main() removes it after writing the model
+    assert Path(result.checkpoints[-1].path).exists()  # the stage's main() removes it after writing the model
 
 
 @pytest.mark.parametrize(
@@ -119,7 +120,7 @@ def test_pretraining_on_synthetic_images_comes_first_and_the_curves_run_on(tmp_p
     assert [row.split("\t")[0] for row in val_loss[1:]] == ["1", "2", "3", "4", "5"]
     summary = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert summary["best_epoch"] == 2 + result.best.epoch  # counted as the curves count
-    assert len({c.directory for c in result.checkpoints}) == 2  # one per phase
+    assert len({c.key for c in result.checkpoints}) == 2  # one per phase
 
 
 def test_a_phase_releases_its_training_data_before_the_next_is_placed(
@@ -187,11 +188,11 @@ def test_min_steps_adds_epochs_on_small_training_sets(tmp_path: Path) -> None:
 def test_checkpoint_of_other_params_or_data_is_ignored(tmp_path: Path) -> None:
     inputs = write_inputs(tmp_path)
     first = train(tiny_params(epochs=2), inputs, None, tmp_path / "ckpt")
-    assert first.checkpoints[-1].path.exists()
+    assert Path(first.checkpoints[-1].path).exists()
 
     other = train(tiny_params(epochs=2, lr=0.02), inputs, None, tmp_path / "ckpt")
     assert other.trainer.resumed_after == 0
-    assert other.checkpoints[-1].directory != first.checkpoints[-1].directory
+    assert other.checkpoints[-1].key != first.checkpoints[-1].key
 
     again = train(tiny_params(epochs=2), inputs, None, tmp_path / "ckpt")
     assert again.trainer.resumed_after == 2  # same params and data: picked up
@@ -289,9 +290,9 @@ def test_run_key_covers_the_shards_bytes_through_their_fingerprints(tmp_path: Pa
 
 
 def test_unreadable_checkpoint_is_ignored(tmp_path: Path) -> None:
-    checkpoints = Checkpoints("somekey", tmp_path)
-    checkpoints.path.parent.mkdir(parents=True)
-    checkpoints.path.write_bytes(b"truncated by a crash")
+    checkpoints = Checkpoints("somekey", LocalStore(tmp_path))
+    Path(checkpoints.path).parent.mkdir(parents=True)
+    Path(checkpoints.path).write_bytes(b"truncated by a crash")
     assert checkpoints.load() is None
 
 

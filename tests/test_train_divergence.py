@@ -82,8 +82,8 @@ def test_non_finite_batchnorm_statistics_stop_the_run(
     """A running variance that overflowed while every loss stayed finite: caught after the epoch."""
     train_epoch = Trainer.train_epoch
 
-    def overflowing(self: Trainer, order, epoch, on_batch=None):
-        figures = train_epoch(self, order, epoch, on_batch)
+    def overflowing(self: Trainer, order, epoch, *rest):
+        figures = train_epoch(self, order, epoch, *rest)
         if epoch == 2:
             dict(self.model.named_buffers())["features.1.running_var"][3] = float("inf")
         return figures

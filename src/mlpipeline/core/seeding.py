@@ -27,3 +27,30 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # pragma: no cover - torch is a core dependency
         return
     torch.manual_seed(seed)
+
+
+def random_state() -> dict:
+    """The state of every generator ``seed_everything`` seeds (torch's on each CUDA device too), as
+    tensors and plain values: what a checkpoint taken within an epoch must carry so that the rest
+    of the epoch draws what it would have drawn uninterrupted."""
+    import torch
+
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def restore_random_state(state: dict) -> None:
+    """Put back the generators as ``random_state`` found them."""
+    import torch
+
+    random.setstate(state["python"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,8 +1,9 @@
 """Environment settings in seconds (``MLPIPELINE_PROGRESS_INTERVAL``, ``MLPIPELINE_GPU_WAIT``,
-``MLPIPELINE_RENDEZVOUS_TIMEOUT``) or counts (``MLPIPELINE_MAX_PARAMETERS``): how a run behaves or
-what this machine can take, never an output byte, so never DVC params. One reader per kind, so
-every such variable refuses the same mistakes (a word, a negative number, nan, a number past what
-its user can wait) in the same one line."""
+``MLPIPELINE_RENDEZVOUS_TIMEOUT``), minutes (``MLPIPELINE_CHECKPOINT_MINUTES``) or counts
+(``MLPIPELINE_MAX_PARAMETERS``, ``MLPIPELINE_CHECKPOINT_STEPS``): how a run behaves or what this
+machine can take, never an output byte, so never DVC params. One reader per kind, so every such
+variable refuses the same mistakes (a word, a negative number, nan, a number past what its user
+can wait) in the same one line."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ from mlpipeline.core.errors import PipelineError
 def seconds(name: str, unset: str, above_zero: bool = False, at_most: float = math.inf) -> float | None:
     """``name`` as a number of seconds >= 0 (> 0 with ``above_zero``, at most ``at_most``), or None
     when it is unset or empty (``unset`` says what that means, for the error line)."""
+    return _amount(name, "seconds", unset, above_zero, at_most)
+
+
+def minutes(name: str, unset: str, at_most: float = math.inf) -> float | None:
+    """``name`` as a number of minutes >= 0 (at most ``at_most``), or None when unset or empty."""
+    return _amount(name, "minutes", unset, False, at_most)
+
+
+def _amount(name: str, unit: str, unset: str, above_zero: bool, at_most: float) -> float | None:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return None
@@ -25,7 +35,7 @@ def seconds(name: str, unset: str, above_zero: bool = False, at_most: float = ma
     lowest_ok = value > 0 if above_zero else value >= 0  # both false for nan
     if not (lowest_ok and value <= at_most):
         bounds = ("> 0" if above_zero else ">= 0") + (f" and <= {at_most:g}" if at_most < math.inf else "")
-        raise PipelineError(f"{name}={raw!r}: must be a number of seconds {bounds} (unset: {unset})")
+        raise PipelineError(f"{name}={raw!r}: must be a number of {unit} {bounds} (unset: {unset})")
     return value
 
 

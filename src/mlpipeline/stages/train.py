@@ -10,17 +10,22 @@ split) and ``data/ingested`` (split val), batch by batch when they are large (se
 keeps) and dvclive's ``reports/train``.
 ``train.processes > 1`` or ``train.nodes > 1`` re-launches this module under torchrun (DDP; see
 ``training.distributed``); every rank first proves it holds the same params, code and inputs.
-Interrupted runs resume from ``.cache/checkpoints/<key>/`` (one key per phase), removed
-on success. ``train.model.weights`` names a folder of ``data/weights`` or a release to fine-tune
-from (``image-classifier@v1.2.0``, fetched through DVC: ``modeling.finetune``).
+Interrupted runs resume from their checkpoints (one key per phase, after each epoch and within
+epochs: ``training.savepoints``; in ``.cache/checkpoints``, a shared folder or an S3 prefix:
+``training.checkpoint_store``), removed on success. SIGTERM or SIGUSR1 saves one and ends the
+run with exit 250, "run me again" (``training.stopping``). ``train.model.weights`` names a folder
+of ``data/weights`` or a release to fine-tune from (``image-classifier@v1.2.0``, fetched through
+DVC: ``modeling.finetune``).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlpipeline.core import atomic, stage
+from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS, WEIGHTS
 from mlpipeline.core.seeding import seed_everything
@@ -28,17 +33,29 @@ from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.modeling.files import save_model
 from mlpipeline.modeling.finetune import Release, from_release, release_config, weights_source
 from mlpipeline.modeling.network import ModelConfig, fitted_network, initial_model, new_config
-from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, fingerprint, run_key
+from mlpipeline.training import stopping
+from mlpipeline.training.checkpoint import Checkpoints, fingerprint, run_key
+from mlpipeline.training.checkpoint_store import checkpoint_location, open_store
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure
-from mlpipeline.training.distributed import World, in_worker, launch, process_group, world_from_env
+from mlpipeline.training.distributed import (
+    World,
+    in_worker,
+    launch,
+    meet,
+    peer_lost,
+    process_group,
+    world_from_env,
+)
 from mlpipeline.training.divergence import Diverged
 from mlpipeline.training.gpu_lock import hold_gpus
 from mlpipeline.training.loader import Feed, chosen_placement, place, rank_workers
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.phases import Phase, check_frozen_epochs, plan
+from mlpipeline.training.rendezvous import NothingToTrain
 from mlpipeline.training.reporting import EpochRecord, TrainingLog
+from mlpipeline.training.savepoints import SaveEvery, save_every
 
 
 @dataclass
@@ -55,15 +72,18 @@ def train(
     params: TrainParams,
     inputs: Inputs,
     report_dir: Path | None,
-    checkpoint_root: Path = CHECKPOINT_ROOT,
+    checkpoint_root: Path | str = "",
     world: World | None = None,
+    every: SaveEvery | None = None,
 ) -> Trained:
     """Train on ``inputs`` (in this process's share when it is one of several ranks).
 
-    Pure of output I/O except the dvclive ``report_dir`` (None: no report) and the
-    checkpoints, so tests call it directly.
+    Pure of output I/O except the dvclive ``report_dir`` (None: no report) and the checkpoints
+    (in ``checkpoint_root``: a folder or an s3:// URL, empty for the default; saved within epochs
+    as ``every`` says), so tests call it directly.
     """
     world = world or World()
+    store = open_store(checkpoint_root)
     runtime = configure(
         params.device, params.precision, params.num_threads, world.local_rank, world.local_size
     )
@@ -123,12 +143,12 @@ def train(
                 phase=phase.name,
             )
             key = run_key(params, runtime, inputs.datasets, phase.name, pretrained)
-            checkpoints = Checkpoints(key, checkpoint_root, world)
+            checkpoints = Checkpoints(key, store, world)
             all_checkpoints.append(checkpoints)
             if report is not None:
                 report.start_phase(phase.name, trainer.epochs, trainer.steps_per_epoch)
             try:
-                best = trainer.fit(checkpoints, report)
+                best = trainer.fit(checkpoints, report, every)
             except Diverged as diverged:  # these params cannot give a model: nothing of the run is kept
                 for kept in all_checkpoints if world.is_main else []:
                     kept.clear()
@@ -137,7 +157,8 @@ def train(
                 if world.size > 1:  # every rank diverged at the same step: rank 0 says so, once
                     world.stop_together(diverged, says=world.is_main)
                 raise
-            trainer.release()
+            finally:
+                trainer.release()
         assert trainer is not None
         if report is not None:
             report.finish(best, trainer.progress.epoch)
@@ -173,18 +194,46 @@ def check_plan(params: TrainParams, inputs: Inputs) -> None:
 
 
 def main() -> None:
-    params = load_section(TrainParams, "train")
-    inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
-    check_plan(params, inputs)  # a release is resolved and fetched here, once, before any launch
-    if params.device in ("auto", "cuda") and not in_worker():  # before CUDA starts: see gpu_lock
-        hold_gpus(params.processes)
-    if params.world_size > 1 and not in_worker():
-        threads = params.num_threads or auto_threads(params.processes)
-        launch(__spec__.name, params.nodes, params.processes, threads)
-        return
-    world = world_from_env()
+    with stopping.watch():  # from the start: a stop signal before the first step ends the run there
+        params = load_section(TrainParams, "train")
+        every, location = save_every(), checkpoint_location()  # refused, if bad, before any work
+        launching = params.world_size > 1 and not in_worker()
+        try:
+            meeting = meet(params.nodes) if launching else None  # other nodes wait here for node 0
+        except NothingToTrain as nothing:
+            print(f"train: {nothing}", file=sys.stderr)
+            return
+        inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
+        check_plan(params, inputs)  # a release is resolved and fetched here, once, before any launch
+        if params.device in ("auto", "cuda") and not in_worker():  # before CUDA starts: see gpu_lock
+            hold_gpus(params.processes)
+        if launching:
+            threads = params.num_threads or auto_threads(params.processes)
+            launch(__spec__.name, params.processes, threads, meeting)
+            return
+        world = world_from_env()
+        try:
+            train_and_save(params, inputs, location, world, every)
+        except stopping.Stopped as stopped:
+            if world.is_main:
+                print(f"train: {stopped}", file=sys.stderr, flush=True)
+            raise SystemExit(stopped.exit_code) from None
+        except Exception as exc:
+            if (cause := peer_lost(exc)) is None:
+                raise
+            lost = (
+                f"rank {world.rank} lost the other training processes ({cause}): the first failure says why"
+            )
+            stage.print_error("train", PipelineError(lost))
+            raise SystemExit(stopping.EXIT_REQUEUE) from None  # the run resumes from its last checkpoint
+
+
+def train_and_save(
+    params: TrainParams, inputs: Inputs, location: str, world: World, every: SaveEvery
+) -> None:
+    """The run of this rank; rank 0 writes the model and says what it did."""
     with stage.summary("train") as report:
-        result = train(params, inputs, TRAIN_REPORTS, world=world)
+        result = train(params, inputs, TRAIN_REPORTS, location, world, every)
         if not world.is_main:
             return
         with atomic.directory(MODELS) as out:
@@ -194,7 +243,8 @@ def main() -> None:
         trainer, best = result.trainer, result.best
         processes = f" x {world.size} processes" if world.size > 1 else ""
         processes += f" on {params.nodes} nodes" if params.nodes > 1 else ""
-        resumed = f", resumed after epoch {trainer.resumed_after}" if trainer.resumed_after else ""
+        resumed = f", resumed after epoch {trainer.resumed_after}" if trainer.resumed else ""
+        resumed += f" and step {trainer.resumed_step} of the next" if trainer.resumed_step else ""
         online = inputs.online
         report["read"] = (
             f"{len(inputs.real)} real train images from {INGESTED}, {len(inputs.synthetic)} synthetic "
@@ -212,7 +262,9 @@ def main() -> None:
             f"{trainer.progress.epoch} of the {result.phases[-1].name} phase "
             f"(val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f})"
         )
-        removed = ", ".join(str(checkpoints.directory) for checkpoints in result.checkpoints)
+        removed = ", ".join(
+            f"{checkpoints.store.where}/{checkpoints.key}" for checkpoints in result.checkpoints
+        )
         report["wrote"] = f"{MODELS} and {TRAIN_REPORTS}, removed checkpoints {removed}"
 
 

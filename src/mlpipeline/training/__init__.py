@@ -1,9 +1,10 @@
 """The training machinery behind the train stage, each part small enough to test on its own: its
 params (``params``), what it reads (``data``) phase by phase (``phases``), device set-up
 (``device``), data placement (``loader``), the epoch loop (``loop``) with its optimizer
-(``optim``) and divergence checks (``divergence``), checkpoints (``checkpoint``), progress
-reporting (``reporting``), DDP (``distributed``) across nodes (``rendezvous``) and one GPU per
-run (``gpu_lock``).
+(``optim``) and divergence checks (``divergence``), checkpoints (``checkpoint``) within epochs
+too (``savepoints``), stored without pickle (``state_codec``) where they outlive the machine
+(``checkpoint_store``), stop signals (``stopping``), progress reporting (``reporting``), DDP
+(``distributed``) across nodes (``rendezvous``) and one GPU per run (``gpu_lock``).
 
 May import: core, augmentation.
 """

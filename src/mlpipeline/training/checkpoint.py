@@ -1,31 +1,28 @@
-"""Epoch checkpoints that let an interrupted training resume where it stopped: to the very same
-bytes on CPU (deterministic kernels), to a statistically equivalent model on a GPU.
+"""Checkpoints that let an interrupted training resume where it stopped: to the very same bytes on
+CPU (deterministic kernels), to a statistically equivalent model on a GPU.
 
 DVC 3 has no checkpoint outputs, and a ``persist`` output takes the stage out of
-the run-cache, so checkpoints live outside DVC, in ``.cache/checkpoints/<key>/``
-(gitignored). The key hashes everything the run's result depends on: the train
+the run-cache, so checkpoints live outside DVC, under ``<location>/<key>/`` where the location is
+``.cache/checkpoints`` of the repository, a shared folder or an S3 prefix
+(``training.checkpoint_store``). The key hashes everything the run's result depends on: the train
 params and what they resolved to on this machine (device type, precision, thread
 count), the input datasets' ``dataset.json`` files (which hold every shard's sha256,
 so they cover the shards' bytes without reading them again), the pretrained weights'
 hash, the package's source code (which also fixes the checkpoint format), the torch
 version and the phase. A checkpoint from other params, data, weights or code has
-another key and is never resumed. The latest
-epoch's checkpoint replaces the previous one atomically; the directory is removed
-once the model is written.
+another key and is never resumed; another machine at the same commit with the same inputs finds
+its run's. The latest checkpoint (after an epoch, or within one: ``training.savepoints``)
+replaces the previous one atomically; the key's folder is removed once the model is written.
 
-Checkpoints are local files this process wrote, so loading them with
-``torch.load(weights_only=True)`` (tensors and plain containers only) is safe;
-nothing fetched from a remote is ever unpickled.
+A checkpoint holds no pickle (``training.state_codec``): it may be read back from a bucket.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,12 +31,13 @@ import torch
 
 from mlpipeline.core import atomic
 from mlpipeline.core.shards import META_FILE, Dataset
+from mlpipeline.training.checkpoint_store import Store, seal, unseal
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.distributed import World
 from mlpipeline.training.params import TrainParams
+from mlpipeline.training.state_codec import StateFormatError, decode, encode
 
-CHECKPOINT_ROOT = Path(".cache/checkpoints")
-LATEST = "latest.pt"
+LATEST = "latest.ckpt"
 _CHUNK = 1 << 20
 
 log = logging.getLogger("train")
@@ -93,33 +91,41 @@ def _file_digest(path: Path) -> str:
 
 
 class Checkpoints:
-    """The checkpoint directory of one run key, on the node of rank 0 (which alone saves): on
-    resume, rank 0 reads it and sends it to every rank, so ranks on other nodes, which hold no
-    checkpoint, start from the same state."""
+    """The checkpoints of one run key in ``store``, saved and read by rank 0 alone: on resume,
+    rank 0 reads the latest and sends it to every rank, so ranks on other nodes, which need no
+    access to the store, start from the same state."""
 
-    def __init__(self, key: str, root: Path = CHECKPOINT_ROOT, world: World | None = None) -> None:
-        self.directory = root / key
+    def __init__(self, key: str, store: Store, world: World | None = None) -> None:
+        self.key = key
+        self.store = store
         self.world = world or World()
 
     @property
-    def path(self) -> Path:
-        return self.directory / LATEST
+    def path(self) -> str:
+        """Where the latest checkpoint is, as messages show it."""
+        return f"{self.store.where}/{self.key}/{LATEST}"
 
-    def save(self, state: dict[str, Any]) -> None:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic.write_bytes(self.path, buffer.getvalue())
+    def save(self, state: dict[str, Any]) -> int:
+        """Write ``state`` as the latest checkpoint; its size in bytes."""
+        parts = seal(encode(state))
+        self.store.write(f"{self.key}/{LATEST}", parts)
+        return sum(map(len, parts))
 
     def load(self) -> dict[str, Any] | None:
-        """The latest checkpoint of this key, or None if there is none (or it is unreadable)."""
-        data = self.world.from_main(lambda: self.path.read_bytes() if self.path.exists() else None)
+        """The latest checkpoint of this key, or None if there is none (or it is not whole)."""
+        data = self.world.from_main(self._read)
         if data is None:
             return None
         try:
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as exc:  # damaged in any way: a checkpoint only saves time, start afresh
+            return decode(data)
+        except StateFormatError as exc:  # damaged in any way: a checkpoint only saves time, start afresh
             log.warning("ignoring unreadable checkpoint %s (%s)", self.path, exc)
             return None
 
+    def _read(self) -> bytes | None:
+        data = self.store.read(f"{self.key}/{LATEST}")
+        payload = unseal(data, self.path) if data is not None else None
+        return bytes(payload) if payload is not None else None
+
     def clear(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self.store.remove(self.key)

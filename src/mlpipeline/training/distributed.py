@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,23 +22,38 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed import run as torchrun
+from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous import RendezvousError
 from torch.nn.parallel import DistributedDataParallel
 
 from mlpipeline.core import stage
 from mlpipeline.core.errors import EXIT_USER_ERROR, PipelineError
+from mlpipeline.training import stopping
 from mlpipeline.training.rendezvous import (
+    Rendezvous,
     check_before_meeting,
+    note_meeting,
     refused_port,
     rendezvous_from_env,
     torchrun_timeout,
 )
+from mlpipeline.training.stopping import EXIT_REQUEUE, STOP_SIGNALS
 
 # Set by torchrun in every worker it starts.
 WORKER_ENV = "TORCHELASTIC_RUN_ID"
+# What torchrun handles by default (it dies of the others); the stop signals are added to them.
+TORCHRUN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+# How long torchrun waits for its workers once signalled, before it kills them (its default: 30 s).
+# The launcher's own grace (SLURM's KillWait, Kubernetes' terminationGracePeriodSeconds) is what
+# bounds a save; torchrun must not cut it shorter.
+SHUTDOWN_SECONDS = 24 * 3600
 
 T = TypeVar("T")
+
+# The gloo group of host-side agreements (when to save, whether to stop) when the training group
+# is nccl: they must never wait on the device. None: the training group itself (gloo already).
+_host_group: dist.ProcessGroup | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,22 @@ class World:
                     "params and inputs (git checkout, dvc pull)"
                 )
                 self.stop_together(refusal, says=self.local_rank == 0)
+
+    def any_rank(self, flags: torch.Tensor) -> dist.Work | None:
+        """Start taking the element-wise maximum of ``flags`` (a CPU int tensor, changed in place)
+        over all ranks, on the host, without waiting for it: the returned work's ``wait()`` does
+        (None with one rank: ``flags`` already is the answer)."""
+        if self.size == 1:
+            return None
+        return dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=_host_group, async_op=True)
+
+    def gather_to_main(self, value: T) -> list[T] | None:
+        """Every rank's small, picklable ``value``, in rank order, on rank 0 (None elsewhere)."""
+        if self.size == 1:
+            return [value]
+        gathered: list[T] | None = [None] * self.size if self.is_main else None  # type: ignore[list-item]
+        dist.gather_object(value, gathered, dst=0, group=_host_group)
+        return gathered
 
     def stop_together(self, error: PipelineError, says: bool) -> NoReturn:
         """End this rank on ``error``, which every rank reached at the same point: the ranks that
@@ -165,49 +197,105 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
     if world.size == 1:
         yield
         return
+    global _host_group
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    _host_group = dist.new_group(backend="gloo") if backend != "gloo" else None
     try:
         yield
     finally:
+        _host_group = None
         dist.destroy_process_group()
 
 
-def launch(module: str, nodes: int, processes: int, threads_per_process: int) -> None:
-    """Run ``python -m module`` in ``processes`` workers on each of ``nodes`` nodes under torchrun
-    (in this process, so a failure is one line, not torchrun's traceback) and wait for them.
+def _first_failure(failed: ChildFailedError) -> BaseException:
+    """How a run under torchrun ended, from the failure that came first (torchrun then stops the
+    other workers with SIGTERM; a worker that lost its peers ends with ``EXIT_REQUEUE``): the exit
+    code of a worker that said why in its one line, or a line for one that could not say."""
+    if any(failure.exitcode == EXIT_USER_ERROR for failure in failed.failures.values()):
+        return SystemExit(EXIT_USER_ERROR)
+    consequences = (EXIT_REQUEUE, -signal.SIGTERM)
+    rank, first = min(
+        failed.failures.items(), key=lambda item: (item[1].timestamp, item[1].exitcode in consequences)
+    )
+    if first.exitcode == EXIT_REQUEUE:
+        return SystemExit(EXIT_REQUEUE)
+    if first.exitcode < 0:
+        killed = signal.Signals(-first.exitcode)
+        why = " (out of memory?)" if killed == signal.SIGKILL else ""
+        return PipelineError(f"the training process of rank {rank} was killed by {killed.name}{why}")
+    return PipelineError(f"the training process of rank {rank} failed (exit {first.exitcode}); see above")
 
-    One node: a standalone rendezvous on a free port. Several: a static rendezvous at
-    ``MASTER_ADDR:MASTER_PORT`` (checked first: ``training.rendezvous``), node ``NODE_RANK``
-    taking global ranks ``NODE_RANK * processes`` onwards, so global rank 0, which alone writes,
-    runs on node 0.
+
+def peer_lost(exc: BaseException) -> str | None:
+    """The cause, in a few words, when ``exc`` is a collective failing because another training
+    process went away (gloo's errors are plain RuntimeErrors naming its transport), else None."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and "/gloo/" in text)):
+        return None
+    cause = text.split("] ", 1)[1] if text.startswith("[") and "] " in text else text
+    return cause.split(". ", 1)[0]
+
+
+def meet(nodes: int) -> Rendezvous | None:
+    """Where this node meets the others (None: one node), checked before any work: node 0 that it
+    can listen, every other node that node 0 answers (they wait for it here, so they read the
+    training inputs only once node 0, which may have pulled them into a shared clone, is ready),
+    or that node 0 ran no training this time (``training.rendezvous``)."""
+    if nodes == 1:
+        return None
+    meeting = rendezvous_from_env(nodes)
+    check_before_meeting(meeting)
+    return meeting
+
+
+def launch(module: str, processes: int, threads_per_process: int, meeting: Rendezvous | None) -> None:
+    """Run ``python -m module`` in ``processes`` workers on this node under torchrun (in this
+    process, so a failure is one line, not torchrun's traceback) and wait for them.
+
+    One node (``meeting`` None): a standalone rendezvous on a free port. Several: a static
+    rendezvous at ``meeting`` (see ``meet``), node ``meeting.node`` taking global ranks
+    ``node * processes`` onwards, so global rank 0, which alone writes, runs on node 0.
+    A stop signal (``training.stopping``) goes on to the workers, which save and end with
+    ``EXIT_REQUEUE``; torchrun waits for them as long as the launcher lets it.
     """
     where = ["--standalone"]
-    meeting = None
-    if nodes > 1:
-        meeting = rendezvous_from_env(nodes)
-        check_before_meeting(meeting)
+    if meeting is not None:
         where = [
-            f"--nnodes={nodes}",
+            f"--nnodes={meeting.nodes}",
             f"--node-rank={meeting.node}",
             "--rdzv-backend=static",
             f"--master-addr={meeting.address}",
             f"--master-port={meeting.port}",
             f"--rdzv-conf=timeout={torchrun_timeout(meeting)}",
         ]
-    argv = [*where, f"--nproc-per-node={processes}", "--max-restarts=0", "-m", module]
+    handled = ",".join(dict.fromkeys(sig.name for sig in (*TORCHRUN_SIGNALS, *STOP_SIGNALS)))
+    argv = [
+        *where,
+        f"--nproc-per-node={processes}",
+        "--max-restarts=0",
+        f"--signals-to-handle={handled}",
+        f"--shutdown-timeout={SHUTDOWN_SECONDS}",
+        "-m",
+        module,
+    ]
     os.environ["OMP_NUM_THREADS"] = str(threads_per_process)  # torchrun would set 1 and warn
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its failure report
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:  # each sets its own level
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # its reports of what we say in one line
+    if stopping.requested():
+        raise SystemExit(EXIT_REQUEUE)  # asked to stop before any training: nothing to save
+    if meeting is not None:
+        note_meeting()
     try:
         torchrun.run(torchrun.get_args_parser().parse_args(argv))
     except ChildFailedError as failed:
-        codes = sorted({failure.exitcode for failure in failed.failures.values()})
-        if EXIT_USER_ERROR in codes:  # a worker said why in its one error line
-            raise SystemExit(EXIT_USER_ERROR) from None
-        raise PipelineError(
-            f"training processes under torchrun failed (exit {', '.join(map(str, codes))}); see above"
-        ) from None
+        raise _first_failure(failed) from None
+    except SignalException as signalled:  # torchrun passed it on and waited for the workers
+        code = EXIT_REQUEUE if signalled.sigval in STOP_SIGNALS else 128 + signalled.sigval
+        raise SystemExit(code) from None
     except (dist.DistError, RendezvousError) as exc:
         assert meeting is not None, exc  # a standalone rendezvous has no one to wait for
         taken = "EADDRINUSE" in str(exc)  # taken since the check: node 0's TCPStore could not listen

@@ -236,23 +236,31 @@ class Feed:
         return self.originals * (self.online.views if self.online is not None else 1)
 
     def batches(
-        self, order: np.ndarray, batch_size: int, drop_last: bool, stream: tuple[str | int, ...] = ()
+        self,
+        order: np.ndarray,
+        batch_size: int,
+        drop_last: bool,
+        stream: tuple[str | int, ...] = (),
+        skip: int = 0,
     ) -> Iterator[Batch]:
-        """Batches of the rows in ``order``; ``stream`` names the epoch's augmentation draws, made
-        by ``draw_threads`` threads as many batches ahead of the batch the device trains on."""
-        batches = self.rows.batches(order % self.originals, batch_size, drop_last)
+        """Batches of the rows in ``order`` but the first ``skip`` (not read: a run resumed within an
+        epoch); ``stream`` names the epoch's augmentation draws, made by ``draw_threads`` threads
+        as many batches ahead of the batch the device trains on."""
+        bounds = batch_bounds(len(order), batch_size, drop_last)[skip:]
+        rest = order[bounds[0].start :] if bounds else order[:0]
+        batches = self.rows.batches(rest % self.originals, batch_size, drop_last)
         if self.online is None:
             yield from batches
             return
         copies = self.online.copy_numbers(order, self.originals)
-        bounds = batch_bounds(len(order), batch_size, drop_last)
         online, shape, depth = self.online, self.rows.image_shape, self.draw_threads
         slots = self._draw_slots(batch_size)
 
         def drawn(step: int, into: BatchCopies, wait: torch.cuda.Event | None) -> BatchCopies | None:
             if wait is not None:
                 wait.synchronize()  # the slot's last draws have left for the device
-            return online.draw_copies(copies[bounds[step]], shape, into, "online", *stream, step)
+            # named by the step in the whole epoch
+            return online.draw_copies(copies[bounds[step]], shape, into, "online", *stream, skip + step)
 
         def start(step: int) -> tuple[int, Future[BatchCopies | None]]:
             slot, into, wait = slots.take()

@@ -1,5 +1,6 @@
 """The epoch loop: optimizer steps over seeded batches, a validation pass, early stopping on
-val, and a checkpoint after every epoch from which a rerun continues bit for bit (on CPU).
+val, and a checkpoint after every epoch (and within epochs: ``training.savepoints``) from which a
+rerun continues bit for bit (on CPU).
 
 Resuming needs no saved random-generator state: each epoch's batch order, its
 torch/numpy/Python seeds and its online augmentation draws are derived from (seed,
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlpipeline.core.seeding import rng, seed_everything
+from mlpipeline.core.seeding import restore_random_state, rng, seed_everything
 from mlpipeline.training.checkpoint import Checkpoints
 from mlpipeline.training.data import epoch_order, rank_steps
 from mlpipeline.training.device import Runtime
@@ -34,6 +35,7 @@ from mlpipeline.training.loader import Feed
 from mlpipeline.training.optim import epochs_to_run, make_optimizer, make_schedule, smoothed_loss
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.reporting import EpochRecord, TrainingLog
+from mlpipeline.training.savepoints import EpochSums, SaveEvery, Savepoints, Within, within_epoch
 
 log = logging.getLogger("train")
 
@@ -93,21 +95,28 @@ class Trainer:
         )
         self.scaler = runtime.grad_scaler()
         self.progress = Progress()
-        self.resumed_after = 0  # epochs restored from a checkpoint
+        self.resumed = False  # from a checkpoint
+        self.resumed_after = 0  # epochs restored from it
+        self.resumed_step = 0  # and steps of the next epoch
+        self.within: Within | None = None  # where in the next epoch a checkpoint left off
+        self.savepoints: Savepoints | None = None
 
     def train_epoch(
-        self, order: np.ndarray, epoch: int, on_batch: Callable[[], None] | None = None
+        self,
+        order: np.ndarray,
+        epoch: int,
+        on_batch: Callable[[], None] | None = None,
+        within: Within | None = None,
     ) -> tuple[float, float]:
-        """One pass of optimizer steps over this rank's ``order``; mean loss and accuracy over all ranks."""
+        """One pass of optimizer steps over this rank's ``order`` (the rest of it, from where
+        ``within`` left off); mean loss and accuracy over all ranks."""
         device = self.runtime.device
         self.module.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
-        first_bad = torch.zeros((), dtype=torch.long, device=device)  # no sync per step: see divergence
+        loss_sum, correct, first_bad, seen = within.sums_on(device) if within else self._zero_sums()
+        done = within.step if within else 0
         stream = (self.phase, epoch, self.world.rank)  # names the epoch's online augmentation draws
-        batches = self.train.batches(order, self.batch_size, drop_last=True, stream=stream)
-        for step, (images, labels) in enumerate(batches, start=1):
+        batches = self.train.batches(order, self.batch_size, drop_last=True, stream=stream, skip=done)
+        for step, (images, labels) in enumerate(batches, start=done + 1):
             with self.runtime.autocast():
                 logits = self.module(images)
             loss, nll_sum = smoothed_loss(logits, labels, self.params.label_smoothing)
@@ -126,9 +135,17 @@ class Trainer:
             seen += len(labels)
             if on_batch is not None:
                 on_batch()
+            if self.savepoints is not None:
+                self.savepoints.after_step(self.state_dict, epoch, step, (loss_sum, correct, first_bad, seen))
         mean_loss, accuracy = self._mean_over_ranks(loss_sum, correct, seen)
         check_loss(mean_loss, first_bad, self.phase, epoch, self.steps_per_epoch)
         return mean_loss, accuracy
+
+    def _zero_sums(self) -> EpochSums:
+        """Summed loss, correct count, first bad step (no sync per step: see divergence), seen."""
+        device = self.runtime.device
+        zero = torch.zeros((), device=device)
+        return zero, zero.clone(), torch.zeros((), dtype=torch.long, device=device), 0
 
     def _step_schedule(self) -> None:
         """Step the learning-rate schedule, without torch's warning about a skipped first step.
@@ -173,11 +190,15 @@ class Trainer:
 
     def run_epoch(self, epoch: int, on_batch: Callable[[], None] | None = None) -> EpochRecord:
         started = time.perf_counter()
-        seed_everything(epoch_seed(self.params.seed, self.phase, epoch, self.world.rank))  # dropout draws
+        within, self.within = self.within, None
+        if within is None:
+            seed_everything(epoch_seed(self.params.seed, self.phase, epoch, self.world.rank))  # dropout draws
+        else:
+            restore_random_state(within.random)  # as the checkpoint's step left them
         order = epoch_order(
             len(self.train), self.params.seed, self.phase, epoch, self.world.rank, self.world.size
         )
-        train_loss, train_acc = self.train_epoch(order, epoch, on_batch)
+        train_loss, train_acc = self.train_epoch(order, epoch, on_batch, within)
         self.world.sync_buffers(self.model)
         check_weights(self.model, self.phase, epoch)
         val_loss, val_acc = self.evaluate(self.val)
@@ -192,23 +213,37 @@ class Trainer:
             seconds=time.perf_counter() - started,
         )
 
-    def fit(self, checkpoints: Checkpoints | None = None, report: TrainingLog | None = None) -> EpochRecord:
+    def fit(
+        self,
+        checkpoints: Checkpoints | None = None,
+        report: TrainingLog | None = None,
+        every: SaveEvery | None = None,
+    ) -> EpochRecord:
         """Train until ``self.epochs`` or early stopping, resuming from ``checkpoints`` if they hold this
-        run; leaves the best epoch's weights in the model and returns that epoch's record."""
+        run (saved after every epoch, and within epochs as ``every`` says); leaves the best epoch's
+        weights in the model and returns that epoch's record."""
         saved = checkpoints.load() if checkpoints is not None else None
         if saved is not None:
             self.load_state_dict(saved)
-            self.resumed_after = self.progress.epoch
-            log.info("resuming after epoch %d from %s", self.progress.epoch, checkpoints.path)
+            self.resumed, self.resumed_after = True, self.progress.epoch
+            self.resumed_step = self.within.step if self.within else 0
+            within = f" and step {self.within.step} of epoch {self.within.epoch}" if self.within else ""
+            log.info("resuming after epoch %d%s from %s", self.progress.epoch, within, checkpoints.path)
         if report is not None:
             for record in self.progress.history:
                 report.epoch_done(record, replayed=True)
+        if checkpoints is not None:
+            say = report.note if report is not None else log.info
+            every = every or SaveEvery(None, None)
+            self.savepoints = Savepoints(
+                checkpoints, self.world, every, self.phase, self.steps_per_epoch, say
+            )
         on_batch = report.batch_done if report is not None else None
         while self.progress.epoch < self.epochs and not self._patience_exhausted():
             record = self.run_epoch(self.progress.epoch + 1, on_batch)
             self._record(record)
-            if checkpoints is not None and self.world.is_main:
-                checkpoints.save(self.state_dict())
+            if self.savepoints is not None:
+                self.savepoints.after_epoch(self.state_dict, record.epoch)
             if report is not None:
                 report.epoch_done(record)
         best = self.progress.best
@@ -257,8 +292,11 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "history": [record.to_dict() for record in progress.history],
             "best_epoch": progress.best.epoch if progress.best is not None else 0,
-            "best_weights": progress.best_weights,
+            # with monitor last the best epoch is the last one done: after it, its weights are the
+            # model's; within the next, never used again. Not held twice (a quarter of the bytes)
+            "best_weights": progress.best_weights if self.params.early_stopping.monitor != "last" else {},
             "bad_epochs": progress.bad_epochs,
+            "within_epoch": None,  # filled in by a checkpoint taken within an epoch
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -271,7 +309,8 @@ class Trainer:
         history = [EpochRecord(**record) for record in state["history"]]
         self.progress = Progress(
             history=history,
-            best=history[state["best_epoch"] - 1],
-            best_weights={k: v.to(device) for k, v in state["best_weights"].items()},
+            best=history[state["best_epoch"] - 1] if state["best_epoch"] else None,  # none within epoch 1
+            best_weights={k: v.to(device) for k, v in (state["best_weights"] or state["model"]).items()},
             bad_epochs=state["bad_epochs"],
         )
+        self.within = within_epoch(state, self.world.rank)

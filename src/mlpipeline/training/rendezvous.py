@@ -10,6 +10,13 @@ accepts a connection and never answers; prints frames per try at one that answer
 it can listen on the port, every node that the address resolves (retrying, as a cluster's DNS
 may lag the nodes' start) and the others that node 0's port answers as a TCPStore, each within
 what is left of the timeout; torchrun then gets only the time left.
+
+When node 0 runs no training (DVC found the train stage up to date or in its run-cache), or
+ends before the nodes meet, nobody would ever answer the others: node 0's command runner
+(``cluster.node0``) then serves the outcome at the same port (``tell_the_others``), and a node
+waiting there reads it in its check and ends at once: with 0 when there was nothing to train,
+with node 0's exit code otherwise. The runner knows whether the nodes met from the file the
+train stage touches just before it meets them (``MLPIPELINE_MEETING_FILE``, which it sets).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from multiprocessing.connection import Connection
+from pathlib import Path
 
 from mlpipeline.core import settings
 from mlpipeline.core.errors import PipelineError
@@ -35,6 +44,14 @@ RETRY_SECONDS = 0.5
 HIGHEST_PORT = 65535
 DIGITS = re.compile(r"[0-9]+")  # ASCII only: int() also takes '²' and other scripts' digits
 HINT = "start every node with the same MASTER_ADDR and MASTER_PORT (docs/multinode.md)"
+MEETING_FILE_ENV = "MLPIPELINE_MEETING_FILE"
+OUTCOME_KEY = "mlpipeline/node0-outcome"  # "cached", or "exit N": node 0 will not meet the others
+HEARD_KEY = "mlpipeline/node0-outcome-heard"  # how many nodes read it
+CACHED = "cached"
+
+
+class NothingToTrain(Exception):
+    """Node 0 ran no training this time (its train stage was up to date): the message says so."""
 
 
 @dataclass(frozen=True)
@@ -109,14 +126,49 @@ def torchrun_timeout(meeting: Rendezvous) -> int:
 
 def check_before_meeting(meeting: Rendezvous) -> None:
     """Node 0: its port is free and its address resolves. Every other node: the address resolves
-    and node 0's port answers as a rendezvous, waiting for node 0 to start meanwhile."""
+    and node 0's port answers as a rendezvous, waiting for node 0 to start meanwhile; or node 0
+    says it will not meet (``NothingToTrain``, or a ``PipelineError`` with node 0's exit code)."""
     if meeting.node == 0:
         _check_port_free(meeting)
         _resolve(meeting)
-    else:
-        _resolve(meeting)
-        _reach(meeting)
-        _check_handshake(meeting)
+        return
+    _resolve(meeting)
+    _reach(meeting)
+    outcome = _check_handshake(meeting)
+    if outcome == CACHED:
+        raise NothingToTrain(
+            f"node {meeting.node} of {meeting.nodes}: node 0 ran no training (its train stage is up to "
+            "date): nothing to train here"
+        )
+    if outcome is not None:
+        code = int(outcome.removeprefix("exit "))
+        failed = meeting.failed(f"node 0 ended before the nodes met (exit {code}): node 0's log says why")
+        failed.exit_code = code
+        raise failed
+
+
+def note_meeting() -> None:
+    """Tell node 0's command runner that this node goes on to meet the others (see the module)."""
+    marker = os.environ.get(MEETING_FILE_ENV, "")
+    if marker:
+        Path(marker).touch()
+
+
+def tell_the_others(meeting: Rendezvous, outcome: str) -> int:
+    """Node 0: serve ``outcome`` (``CACHED`` or ``exit N``) at the meeting's port until every other
+    node has read it or the timeout has passed; how many read it (0 if the port is taken)."""
+    from torch.distributed import TCPStore
+
+    try:
+        store = TCPStore(
+            "0.0.0.0", meeting.port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=10)
+        )
+    except Exception:  # the port is taken: nobody can be told (the others' own checks will say so)
+        return 0
+    store.set(OUTCOME_KEY, outcome)
+    while (heard := store.add(HEARD_KEY, 0)) < meeting.nodes - 1 and meeting.remaining() > 0:
+        time.sleep(RETRY_SECONDS)
+    return heard
 
 
 def refused_port(meeting: Rendezvous) -> PipelineError:
@@ -165,14 +217,19 @@ def _reach(meeting: Rendezvous) -> None:
             time.sleep(RETRY_SECONDS)
 
 
-def _check_handshake(meeting: Rendezvous) -> None:
+def _check_handshake(meeting: Rendezvous) -> str | None:
     """Connect to node 0's port as a TCPStore client, in a forked process given at most
     ``HANDSHAKE_SECONDS`` (and the time left), then ended: torch's client would wait forever at a
     listener that never answers, and prints stack frames at one that answers other bytes. The
-    probe counts for nothing in node 0's tally of arrivals (it names no world size)."""
+    probe counts for nothing in node 0's tally of arrivals (it names no world size). Returns the
+    outcome node 0 serves instead of a rendezvous, if it does (``tell_the_others``)."""
     bound = max(min(meeting.remaining(), HANDSHAKE_SECONDS), 1.0)  # a second at least, at the deadline
+    reader, writer = multiprocessing.get_context("fork").Pipe(duplex=False)
     prober = multiprocessing.get_context("fork").Process(
-        target=_probe, args=(meeting.address, meeting.port, bound), name="rendezvous-probe", daemon=True
+        target=_probe,
+        args=(meeting.address, meeting.port, bound, writer),
+        name="rendezvous-probe",
+        daemon=True,
     )
     prober.start()
     prober.join(bound)
@@ -184,17 +241,22 @@ def _check_handshake(meeting: Rendezvous) -> None:
             f"{meeting.endpoint} takes connections but does not answer as node 0's rendezvous (another "
             f"program listens there?): {HINT}"
         )
+    return reader.recv_bytes().decode() if reader.poll() else None
 
 
-def _probe(address: str, port: int, seconds: float) -> None:
-    """The forked prober: exits 0 once ``address:port`` answers as a TCPStore, 1 if it will not;
-    what torch's C++ writes to stderr meanwhile goes to /dev/null. It leaves by ``os._exit``, so
+def _probe(address: str, port: int, seconds: float, outcome: Connection) -> None:
+    """The forked prober: exits 0 once ``address:port`` answers as a TCPStore (sending node 0's
+    outcome, if it serves one, and counting itself as having heard it), 1 if it will not; what
+    torch's C++ writes to stderr meanwhile goes to /dev/null. It leaves by ``os._exit``, so
     nothing the parent had buffered for stdout is written twice."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     from torch.distributed import TCPStore
 
     try:
-        TCPStore(address, port, timeout=timedelta(seconds=seconds), wait_for_workers=False)
+        store = TCPStore(address, port, timeout=timedelta(seconds=seconds), wait_for_workers=False)
+        if store.check([OUTCOME_KEY]):
+            outcome.send_bytes(store.get(OUTCOME_KEY))
+            store.add(HEARD_KEY, 1)
     except Exception:  # what it found is said by the parent, in one line
         os._exit(1)
     os._exit(0)

@@ -87,6 +87,10 @@ class TrainingLog:
     def batch_done(self) -> None:
         self.bar.advance()
 
+    def note(self, line: str) -> None:
+        """Log ``line`` (a checkpoint taken within an epoch) without breaking the display."""
+        self.bar.write(line, log)
+
     def epoch_done(self, record: EpochRecord, replayed: bool = False) -> None:
         """Log ``record``; ``replayed`` records come from a checkpoint and are not shown again."""
         self.live.step = self.offset + record.epoch
