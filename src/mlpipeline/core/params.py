@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, dataclass_transform
 
@@ -117,6 +117,22 @@ def from_mapping(cls: type[T], values: Any, key: str, source: str = str(PARAMS_F
     except ValidationError as exc:
         unknown_first = sorted(exc.errors(), key=lambda error: error["type"] not in UNKNOWN_KEY)
         raise _translate(unknown_first[0], _adapter(cls).json_schema(), key, source) from None
+
+
+def section_keys(cls: type, section: str) -> list[str]:
+    """One line per leaf key of ``section`` (as ``cls`` validates it): its dotted name and what it
+    takes, in the words of the one-line errors (``train.epochs: an integer >= 1``)."""
+    schema = _adapter(cls).json_schema()
+    return list(_leaf_lines(schema, schema, section))
+
+
+def _leaf_lines(schema: dict[str, Any], node: dict[str, Any], key: str) -> Iterator[str]:
+    node = _deref(schema, node)
+    if "properties" not in node:
+        yield f"{key}: {_expected(schema, node)}"
+        return
+    for name, child in node["properties"].items():
+        yield from _leaf_lines(schema, child, f"{key}.{name}")
 
 
 def _translate(error: Any, schema: dict[str, Any], key: str, source: str) -> ParamError:

@@ -169,4 +169,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run("evaluate", main)
+    stage.run("evaluate", main, EvaluateParams)

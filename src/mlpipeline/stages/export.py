@@ -79,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run("export", main)
+    stage.run("export", main, ExportParams)

@@ -106,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run("synthesize", main)
+    stage.run("synthesize", main, SynthesizeParams)

@@ -171,4 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run("train", main)
+    stage.run("train", main, TrainParams)
