@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, TypeAdapter, ValidatorFunctionWrapHandler, WrapValidator, model_validator
 
 from mlpipeline.core.params import param, params_dataclass
-from mlpipeline.ingestion.images import Preprocessing, Resample
+from mlpipeline.ingestion.images import Preprocessing, Resample, Resize
 
 nfc = partial(unicodedata.normalize, "NFC")
 Side = Annotated[int, Field(ge=1, le=4096)]
@@ -47,6 +47,7 @@ class IngestParams:
     classes: list[str] | None = param(min_len=2)
     channels: int = param(ge=1, le=3)
     image_size: ImageSize  # [height, width], or one side of a square
+    resize: Resize  # squash | shorter-side | pad: how the aspect ratio is treated
     resample: Resample
     convert: bool
     background: int = param(ge=0, le=255)
@@ -70,5 +71,5 @@ class IngestParams:
     def preprocessing(self) -> Preprocessing:
         size = (self.image_size[0], self.image_size[1])
         return Preprocessing(
-            self.channels, size, self.resample, self.convert, self.background, self.jpeg_draft
+            self.channels, size, self.resample, self.convert, self.background, self.jpeg_draft, self.resize
         )
