@@ -1,4 +1,5 @@
-"""Vectorized image augmentation: random affine, elastic distortion, noise, cutout, dropped values.
+"""Vectorized image augmentation: random-resized crop, random affine, elastic distortion, an
+automatic policy (RandAugment, TrivialAugment), colour jitter, noise, cutout, dropped values, flips.
 
 ``augment`` transforms a whole batch (uint8 N x C x H x W, any C, H, W) with a
 handful of array ops and no Python loop over images (see ``bench/augment.py``
@@ -38,6 +39,11 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from mlpipeline.augmentation.colour import ColourParams, colour_ops
+from mlpipeline.augmentation.crop import CropParams, crop_maps
+from mlpipeline.augmentation.maps import Maps
+from mlpipeline.augmentation.pixels import PixelOp
+from mlpipeline.augmentation.policy import PolicyParams, policy_draws
 from mlpipeline.core.bitexact import (
     ONE,
     SAMPLE_BITS,
@@ -49,6 +55,7 @@ from mlpipeline.core.bitexact import (
     noise_sums,
     round_to_uint8,
     sin_cos,
+    uniform,
 )
 from mlpipeline.core.device import staged_for, to_device
 from mlpipeline.core.params import param, params_dataclass
@@ -103,15 +110,31 @@ class CutoutParams:
 
 
 @params_dataclass
+class FlipParams:
+    horizontal: float = param(ge=0, le=1)  # chance of a left-right mirror image
+    vertical: float = param(ge=0, le=1)  # chance of an upside-down one
+
+    @property
+    def active(self) -> bool:
+        return bool(self.horizontal or self.vertical)
+
+
+@params_dataclass
 class Transforms:
-    """What one augmented copy goes through, in this order."""
+    """What one augmented copy goes through: one bilinear resampling for the geometry (the crop,
+    the policy's geometric ops, the affine map and the elastic field), then the policy's pixel
+    ops and the colour jitter, the noise, cutout and dropped values, and last the flips."""
 
     padding: Padding  # what a warp shows beyond the image edge
+    crop: CropParams
     affine: AffineParams
     elastic: ElasticParams
+    policy: PolicyParams
+    colour: ColourParams
     noise_std: float = param(ge=0, le=255)  # near-Gaussian noise (see gaussian_noise), pixel units
     cutout: CutoutParams
     drop_values: float = param(ge=0, le=1)  # chance of each pixel to be set to 0 (missing value)
+    flip: FlipParams
 
 
 def augment(images: torch.Tensor, transforms: Transforms, seed: int, *stream: str | int) -> torch.Tensor:
@@ -134,6 +157,8 @@ class Draws:
     taps: tuple[torch.Tensor, ...] | None  # bilinear_taps: where each sample reads, and its weights
     noise: tuple[torch.Tensor, torch.Tensor] | None  # noise_levels and noise_sums: levels[sums]
     erase: torch.Tensor | None  # bool N x 1 x H x W: cutout and dropped values, both set to 0
+    pixels: tuple[PixelOp, ...] = ()  # the policy's pixel ops, then the colour jitter's
+    flips: torch.Tensor | None = None  # bool N x 2: mirrored left-right, upside down
 
     def to(self, device: torch.device) -> Draws:
         """On ``device``, copied without blocking (``core.device.to_device``)."""
@@ -145,11 +170,13 @@ class Draws:
         return self._map(lambda tensor: staged_for(tensor, device))
 
     def _map(self, move: Callable[[torch.Tensor], torch.Tensor]) -> Draws:
-        taps, noise, erase = self.taps, self.noise, self.erase
+        taps, noise, erase, flips = self.taps, self.noise, self.erase, self.flips
         return Draws(
             taps=None if taps is None else tuple(move(t) for t in taps),
             noise=None if noise is None else (move(noise[0]), move(noise[1])),
             erase=None if erase is None else move(erase),
+            pixels=tuple(op.moved(move) for op in self.pixels),
+            flips=None if flips is None else move(flips),
         )
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
@@ -158,53 +185,68 @@ class Draws:
             samples = gather_bilinear(images, *self.taps)
         else:
             samples = images.to(torch.int32) << SAMPLE_BITS
+        if self.pixels:  # they work on whole pixel values: the warp is rounded first
+            out = round_to_uint8(samples)
+            for op in self.pixels:
+                op.apply(out)
+            samples = out.to(torch.int32) << SAMPLE_BITS
         if self.noise is not None:
             levels, sums = self.noise
             samples += levels.index_select(0, sums.view(-1).to(torch.int32)).view(sums.shape)
         out = round_to_uint8(samples)
         if self.erase is not None:
             out.masked_fill_(self.erase, 0)
+        if self.flips is not None:
+            out = torch.where(self.flips[:, 0].view(-1, 1, 1, 1), out.flip(-1), out)
+            out = torch.where(self.flips[:, 1].view(-1, 1, 1, 1), out.flip(-2), out)
         return out
 
 
 def draw(transforms: Transforms, seed: int, shape: tuple[int, ...], *stream: str | int) -> Draws:
-    """The draws of ``augment`` for a batch of ``shape`` (N x C x H x W), on the CPU."""
+    """The draws of ``augment`` for a batch of ``shape`` (N x C x H x W), on the CPU. Each
+    transform draws from a stream of its own, so switching one on or off changes no other's."""
     n, _, height, width = shape
-    taps = noise = erase = None
-    if transforms.affine.active or transforms.elastic.active:
-        x, y = affine_coordinates(transforms.affine, n, (height, width), rng(seed, *stream, "affine"))
+    size = (height, width)
+    taps = noise = erase = flips = None
+    maps, pixels = None, []
+    if transforms.policy.active:
+        maps, pixels = policy_draws(transforms.policy, n, size, rng(seed, *stream, "policy"))
+    if transforms.crop.active:
+        crop = crop_maps(transforms.crop, n, size, rng(seed, *stream, "crop"))
+        maps = crop if maps is None else maps.then(crop)
+    if maps is not None:  # one grid for every map; the elastic field then in the image's own pixels
+        x, y = affine_maps(transforms.affine, n, size, rng(seed, *stream, "affine")).then(maps).grid(size)
+    if maps is not None or transforms.affine.active or transforms.elastic.active:
+        if maps is None:
+            x, y = affine_coordinates(transforms.affine, n, size, rng(seed, *stream, "affine"))
         add_elastic(x, y, transforms.elastic, rng(seed, *stream, "elastic"))
-        taps = tuple(torch.from_numpy(t) for t in bilinear_taps(x, y, (height, width), transforms.padding))
+        taps = tuple(torch.from_numpy(t) for t in bilinear_taps(x, y, size, transforms.padding))
+    if transforms.colour.active:
+        pixels += colour_ops(transforms.colour, n, rng(seed, *stream, "colour"))
     if transforms.noise_std:
         sums = noise_sums(shape, rng(seed, *stream, "noise"))
         noise = (torch.from_numpy(noise_levels(transforms.noise_std)), torch.from_numpy(sums))
     if transforms.cutout.active:
-        erase = cutout_mask(transforms.cutout, n, (height, width), rng(seed, *stream, "cutout"))
+        erase = cutout_mask(transforms.cutout, n, size, rng(seed, *stream, "cutout"))
     if transforms.drop_values:
         dropped = (
             rng(seed, *stream, "drop").random((n, 1, height, width), dtype=np.float32)
             < transforms.drop_values
         )
         erase = dropped if erase is None else erase | dropped
-    return Draws(taps, noise, None if erase is None else torch.from_numpy(erase))
+    if transforms.flip.active:
+        chances = np.array([transforms.flip.horizontal, transforms.flip.vertical])
+        flips = torch.from_numpy(rng(seed, *stream, "flip").random((n, 2)) < chances)
+    return Draws(taps, noise, None if erase is None else torch.from_numpy(erase), tuple(pixels), flips)
 
 
-def uniform(draws: np.random.Generator, low: float, high: float, shape: int | tuple[int, ...]) -> np.ndarray:
-    """Uniform in [low, high), scaled by numpy ufuncs: ``Generator.uniform`` computes ``low + range * u``
-    in C, which a compiler may fuse into one FMA on CPUs that have it (ARM) and not on others."""
-    return draws.random(shape) * (high - low) + low
-
-
-def affine_coordinates(
+def affine_inverse(
     affine: AffineParams, n: int, size: tuple[int, int], draws: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Where each output pixel samples under one random affine map per image: fixed-point x and y.
-
-    The map is built in pixel units around the image centre (so rotation keeps
-    angles on non-square images) and inverted (each output pixel pulls from the
-    input). Returns int64 N x H x W arrays in steps of 1/``ONE`` px. Images the
-    probability leaves out get the identity, exactly.
-    """
+) -> tuple[list[list[np.ndarray]], np.ndarray]:
+    """Each image's random affine map, inverted (each output pixel pulls from the input; rows
+    (i00, i01), (i10, i11), in pixel units around the image centre, so rotation keeps angles on
+    non-square images), and its shift in pixels (N x 2). Images the probability leaves out get the
+    identity and no shift, exactly."""
     height, width = size
     chosen = draws.random(n) < affine.probability
     angle = np.where(chosen, uniform(draws, -affine.rotation, affine.rotation, n) * RADIANS_PER_DEGREE, 0.0)
@@ -215,8 +257,17 @@ def affine_coordinates(
     sin, cos = sin_cos(angle)
     slant_sin, slant_cos = sin_cos(slant)
     shear = slant_sin / slant_cos
-    # Inverse of rotate(angle) @ shear_x(shear) @ scale: (1/s) Sh^-1 R^-1, rows (i00, i01), (i10, i11).
-    inverse = [[(cos + shear * sin) / scale, (sin - shear * cos) / scale], [-sin / scale, cos / scale]]
+    # Inverse of rotate(angle) @ shear_x(shear) @ scale: (1/s) Sh^-1 R^-1.
+    return [[(cos + shear * sin) / scale, (sin - shear * cos) / scale], [-sin / scale, cos / scale]], shift
+
+
+def affine_coordinates(
+    affine: AffineParams, n: int, size: tuple[int, int], draws: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each output pixel samples under one random affine map per image (``affine_inverse``):
+    fixed-point x and y, int64 N x H x W arrays in steps of 1/``ONE`` px."""
+    height, width = size
+    inverse, shift = affine_inverse(affine, n, size, draws)
     # Output pixel centres relative to the image centre, minus the shift, in steps of 1/ONE px.
     across = ((np.arange(width) - (width - 1) / 2) - shift[:, :1]) * ONE  # N x W
     down = ((np.arange(height) - (height - 1) / 2) - shift[:, 1:]) * ONE  # N x H
@@ -225,6 +276,14 @@ def affine_coordinates(
         for (a, b), side in zip(inverse, (width, height), strict=True)
     )
     return np.rint(x, out=x).astype(np.int64), np.rint(y, out=y).astype(np.int64)
+
+
+def affine_maps(affine: AffineParams, n: int, size: tuple[int, int], draws: np.random.Generator) -> Maps:
+    """The map of ``affine_coordinates`` (the same draws) as ``Maps``, to compose with the crop's
+    and the policy's: ``p -> inverse (p - shift)``."""
+    ((a, b), (c, d)), shift = affine_inverse(affine, n, size, draws)
+    right, down = shift[:, 0], shift[:, 1]
+    return Maps(a, b, c, d, -(a * right + b * down), -(c * right + d * down))
 
 
 def add_elastic(x: np.ndarray, y: np.ndarray, elastic: ElasticParams, draws: np.random.Generator) -> None:
