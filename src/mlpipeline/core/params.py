@@ -19,10 +19,17 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, dataclass_transform
+from typing import Annotated, Any, TypeVar, dataclass_transform
 
 import pydantic
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import (
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from mlpipeline.core.errors import PipelineError
 
@@ -31,6 +38,20 @@ CONFIG = ConfigDict(strict=True, extra="forbid", str_min_length=1, allow_inf_nan
 UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden")
 
 T = TypeVar("T")
+
+Side = Annotated[int, Field(ge=1, le=4096)]
+SizePair = Annotated[list[Side], Field(min_length=2, max_length=2)]
+
+
+def as_square(value: Any, validate_pair: ValidatorFunctionWrapHandler) -> list[int]:
+    """``image_size: 28`` means ``[28, 28]`` (so ``-S ingest.image_size=28`` works)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [TypeAdapter(Side).validate_python(value)] * 2  # an error names image_size itself
+    return validate_pair(value)
+
+
+# An image size param: [height, width], or one side of a square.
+ImageSize = Annotated[SizePair, WrapValidator(as_square, json_schema_input_type=Side | SizePair)]
 
 
 def param(

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import unicodedata
 from functools import partial
-from typing import Annotated, Any, Literal, Self
+from typing import Literal, Self
 
-from pydantic import Field, TypeAdapter, ValidatorFunctionWrapHandler, WrapValidator, model_validator
+from pydantic import model_validator
 
-from mlpipeline.core.params import param, params_dataclass
+from mlpipeline.core.params import ImageSize, param, params_dataclass
 from mlpipeline.ingestion.images import Preprocessing, Resample, Resize
 
 nfc = partial(unicodedata.normalize, "NFC")
-Side = Annotated[int, Field(ge=1, le=4096)]
-SizePair = Annotated[list[Side], Field(min_length=2, max_length=2)]
-
-
-def as_square(value: Any, validate_pair: ValidatorFunctionWrapHandler) -> list[int]:
-    """``image_size: 28`` means ``[28, 28]`` (so ``-S ingest.image_size=28`` works)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [TypeAdapter(Side).validate_python(value)] * 2  # an error names image_size itself
-    return validate_pair(value)
-
-
-ImageSize = Annotated[SizePair, WrapValidator(as_square, json_schema_input_type=Side | SizePair)]
 
 
 @params_dataclass

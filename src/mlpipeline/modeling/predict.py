@@ -5,8 +5,9 @@
 
 Folders are searched recursively for PNG/JPEG/BMP files. Every image goes
 through ``decode_image`` with the preprocessing ``model.json`` recorded from
-ingestion (channels, size, resampling, mode conversion), so it is decoded
-exactly as the training images were. A file that cannot be read or decoded gets one
+ingestion (channels, size, resampling, mode conversion, aspect ratio), so it is decoded
+exactly as the training images were, and the network sees its centre window when training took a
+smaller ``train.image_size``, as evaluation did. A file that cannot be read or decoded gets one
 ``error`` line on stderr naming it; the others are still predicted.
 Output: CSV ``path,label,probability`` on stdout or ``--output FILE`` (``-``: stdout; a
 folder is refused).
@@ -141,7 +142,7 @@ def classify(
                 errors[i] = str(exc)
         if not decoded:
             continue
-        scores = probabilities_of(np.stack(list(decoded.values())))
+        scores = probabilities_of(config.input_window(np.stack(list(decoded.values()))))
         for i, row in zip(decoded, scores, strict=True):
             labels[i] = config.classes[int(row.argmax())]
             probabilities[i] = float(row.max())

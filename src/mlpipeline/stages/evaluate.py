@@ -68,9 +68,9 @@ def check_compatible(config: ModelConfig, data: Dataset, model_dir: Path) -> Non
     where = f"{model_dir / CONFIG_FILE} and {data.root / META_FILE}"
     if list(config.classes) != list(data.classes):
         raise PipelineError(f"{where} disagree on the classes: {config.classes} vs {data.classes}")
-    if tuple(config.image_shape) != tuple(data.image_shape):
+    if tuple(config.stored_shape) != tuple(data.image_shape):
         raise PipelineError(
-            f"{where} disagree on the image shape: {config.image_shape} vs {list(data.image_shape)}"
+            f"{where} disagree on the image shape: {config.stored_shape} vs {list(data.image_shape)}"
         )
 
 
@@ -98,7 +98,7 @@ def evaluate(
     report = Scoreboard(len(data.classes), params, baseline)
     with progress("evaluate", "predicting", data.count(TEST)) as shown:
         for (images, labels), svm_probabilities in with_baseline(data, params, baseline, workers):
-            network = predict_probabilities(model, images, device, params.batch_size)
+            network = predict_probabilities(model, config.input_window(images), device, params.batch_size)
             report.add(images, labels, network, svm_probabilities)
             shown.advance(len(labels))
     return report.evaluation(data.classes)

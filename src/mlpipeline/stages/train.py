@@ -23,7 +23,7 @@ from mlpipeline.core import atomic, stage
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS, WEIGHTS
 from mlpipeline.core.seeding import seed_everything
-from mlpipeline.core.shards import SplitReader
+from mlpipeline.core.shards import META_FILE, SplitReader
 from mlpipeline.modeling.files import save_model
 from mlpipeline.modeling.network import ModelConfig, initial_model, new_config, streamed_channel_stats
 from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, fingerprint, run_key
@@ -37,6 +37,7 @@ from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
 from mlpipeline.training.phases import Phase, check_sources, plan
 from mlpipeline.training.reporting import EpochRecord, TrainingLog
+from mlpipeline.training.windows import Window, training_window
 
 
 @dataclass
@@ -68,12 +69,13 @@ def train(
     with process_group(world, runtime.device):
         world.agree(fingerprint(params, runtime, inputs.datasets))
         phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
+        train_window, val_window = windows(params, inputs) or (None, None)
         mean, std = world.from_main(lambda: streamed_channel_stats(phases[-1].originals.shards()))
         spec, weights = params.model, WEIGHTS / params.model.weights if params.model.weights else None
         config = new_config(
             spec.arch,
             inputs.classes,
-            list(inputs.image_shape),
+            [inputs.image_shape[0], *(val_window.size if val_window else inputs.image_shape[1:])],
             (mean, std),
             inputs.val.info.attributes.get("preprocessing"),
             spec.widths,
@@ -86,7 +88,7 @@ def train(
         val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
         largest = max(phase.originals.nbytes for phase in phases)
         placement = chosen_placement(val_rows.nbytes + largest, runtime.device)  # one budget for both
-        val = Feed(place(val_rows, runtime.device, placement), len(val_rows))
+        val = Feed(place(val_rows, runtime.device, placement), len(val_rows), window=val_window)
         report = TrainingLog(report_dir) if world.is_main and report_dir is not None else None
         all_checkpoints = []
         trainer: Trainer | None = None
@@ -98,7 +100,10 @@ def train(
                 runtime,
                 world,
                 train=Feed(
-                    place(phase.originals, runtime.device, placement), len(phase.originals), inputs.online
+                    place(phase.originals, runtime.device, placement),
+                    len(phase.originals),
+                    inputs.online,
+                    train_window,
                 ),
                 val=val,
                 phase=phase.name,
@@ -126,10 +131,17 @@ def train(
     return Trained(trainer, config, best, runtime, phases, all_checkpoints)
 
 
+def windows(params: TrainParams, inputs: Inputs) -> tuple[Window, Window] | None:
+    """The training and validation windows of ``train.image_size`` (None: the whole image)."""
+    source = str(inputs.val.root / META_FILE)
+    return training_window(params.image_size, inputs.image_shape[1:], params.seed, source)
+
+
 def main() -> None:
     params = load_section(TrainParams, "train")
     inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
     check_sources(params, len(inputs.real), inputs.train.root)
+    windows(params, inputs)
     if params.device in ("auto", "cuda") and not in_worker():  # before CUDA starts: see gpu_lock
         hold_gpus(params.processes)
     if params.world_size > 1 and not in_worker():

@@ -23,6 +23,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
@@ -33,6 +34,7 @@ from mlpipeline.core.device import to_device
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import SplitReader
 from mlpipeline.core.workers import worker_count
+from mlpipeline.training.windows import Window
 
 PLACEMENT_ENV = "MLPIPELINE_TRAIN_DATA"
 RESIDENT_MAX_BYTES = 1 << 30  # a larger split streams: host memory stays bounded
@@ -185,14 +187,31 @@ def place(reader: SplitReader, device: torch.device, placement: Placement) -> Re
     return Streamed(reader, device, worker_count())
 
 
+@dataclass(frozen=True)
+class BatchDraws:
+    """What is random about one batch besides its rows, drawn on the host ahead of it: its online
+    augmented copies and its random windows."""
+
+    copies: BatchCopies | None
+    offsets: torch.Tensor | None  # random windows' corners (``training.windows``)
+
+
 class Feed:
     """What a phase trains (or validates) on: a placed split, each of its rows seen ``views``
-    times an epoch, the copies augmented online as their batch is drawn."""
+    times an epoch, the copies augmented online as their batch is drawn, and the model's
+    ``train.image_size`` window of each image taken (a random one for training)."""
 
-    def __init__(self, rows: Rows, originals: int, online: OnlineAugmentation | None = None) -> None:
+    def __init__(
+        self,
+        rows: Rows,
+        originals: int,
+        online: OnlineAugmentation | None = None,
+        window: Window | None = None,
+    ) -> None:
         self.rows = rows
         self.originals = originals
         self.online = online
+        self.window = window
 
     def __len__(self) -> int:
         return self.originals * (self.online.views if self.online is not None else 1)
@@ -200,32 +219,43 @@ class Feed:
     def batches(
         self, order: np.ndarray, batch_size: int, drop_last: bool, stream: tuple[str | int, ...] = ()
     ) -> Iterator[Batch]:
-        """Batches of the rows in ``order``; ``stream`` names the epoch's augmentation draws, made
-        by draw threads ``draws_ahead()`` batches ahead of the batch the device trains on."""
+        """Batches of the rows in ``order``; ``stream`` names the epoch's draws (augmentation,
+        windows), made by draw threads ``draws_ahead()`` batches ahead of the batch the device
+        trains on."""
         batches = self.rows.batches(order % self.originals, batch_size, drop_last)
-        if self.online is None:
-            yield from batches
+        window = self.window
+        if self.online is None and (window is None or not window.random):
+            for images, labels in batches:
+                yield (images if window is None else window.apply(images, None)), labels
             return
-        copies = self.online.copy_numbers(order, self.originals)
+        copies = self.online.copy_numbers(order, self.originals) if self.online is not None else None
         bounds = batch_bounds(len(order), batch_size, drop_last)
         online, device, shape = self.online, self.rows.device, self.rows.image_shape
 
-        def drawn(step: int) -> BatchCopies | None:
-            return online.draw_copies(copies[bounds[step]], shape, device, "online", *stream, step)
+        def drawn(step: int) -> BatchDraws:
+            count = len(order[bounds[step]])
+            return BatchDraws(
+                None
+                if online is None or copies is None
+                else online.draw_copies(copies[bounds[step]], shape, device, "online", *stream, step),
+                window.offsets(count, device, *stream, step) if window is not None else None,
+            )
 
         depth = draws_ahead()
-        with ThreadPoolExecutor(depth, thread_name_prefix="online-draws") as drawer:
+        with ThreadPoolExecutor(depth, thread_name_prefix="batch-draws") as drawer:
             ahead = deque(drawer.submit(drawn, step) for step in range(min(depth, len(bounds))))
             for step, (images, labels) in enumerate(batches):
-                batch_copies = ahead.popleft().result()
+                draws = ahead.popleft().result()
                 if step + depth < len(bounds):
                     ahead.append(drawer.submit(drawn, step + depth))
-                yield (images if batch_copies is None else batch_copies.apply(images)), labels
+                if draws.copies is not None:
+                    images = draws.copies.apply(images)
+                yield (images if window is None else window.apply(images, draws.offsets)), labels
 
 
 def draws_ahead() -> int:
-    """Batches whose online draws are made at once, one a thread: as many as ``MLPIPELINE_WORKERS``
-    (a batch's draws come from one random stream, so one thread makes them; the cores are shared
-    out by batch), and at least ``PREFETCH_BATCHES``. At 224x224 RGB, a batch of 128 copies'
-    draws take about 80 MB of (pinned) host memory."""
+    """Batches whose draws (online copies, random windows) are made at once, one a thread: as
+    many as ``MLPIPELINE_WORKERS`` (a batch's draws come from one random stream, so one thread
+    makes them; the cores are shared out by batch), and at least ``PREFETCH_BATCHES``. At 224x224
+    RGB, a batch of 128 copies' draws take about 80 MB of (pinned) host memory."""
     return max(PREFETCH_BATCHES, worker_count())

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, model_validator
 
 from mlpipeline.core.device import DeviceChoice
-from mlpipeline.core.params import param, params_dataclass
+from mlpipeline.core.params import ImageSize, param, params_dataclass
 
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["onecycle", "cosine", "constant"]
@@ -68,6 +68,7 @@ class SyntheticParams:
 @params_dataclass
 class TrainParams:
     model: ArchitectureParams
+    image_size: ImageSize | None  # the network's input: a window of the stored images; None: all of them
     optimizer: Optimizer
     schedule: Schedule
     epochs: int = param(ge=1)
