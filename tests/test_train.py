@@ -15,7 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_model import tiny_images
-from tiny_training import killed_then_resumed, tiny_params, tiny_section, write_inputs, write_training_set
+from tiny_training import (
+    RECIPE,
+    killed_then_resumed,
+    tiny_params,
+    tiny_section,
+    write_inputs,
+    write_training_set,
+)
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
@@ -71,8 +78,14 @@ def test_training_learns_and_reports(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("synthetic_per_class", "crash_phase", "crash_epoch", "resumed_after"),
-    [(0, "train", 4, 3), (20, "pretrain", 2, 0), (20, "train", 2, 1)],
+    ("synthetic_per_class", "crash_phase", "crash_epoch", "resumed_after", "recipe"),
+    [
+        (0, "train", 4, 3, False),
+        (20, "pretrain", 2, 0, False),
+        (20, "train", 2, 1, False),
+        (0, "train", 2, 1, True),  # the weight average, accumulation, clipping, mixing, class weights
+        (20, "pretrain", 2, 0, True),
+    ],
 )
 def test_resumed_run_equals_uninterrupted_bitwise(
     tmp_path: Path,
@@ -81,8 +94,10 @@ def test_resumed_run_equals_uninterrupted_bitwise(
     crash_phase: str,
     crash_epoch: int,
     resumed_after: int,
+    recipe: bool,
 ) -> None:
-    params = tiny_params(epochs=5, synthetic={"use": "pretrain", "pretrain_epochs": 2})
+    recipe_params = {**RECIPE, "batch_size": 8} if recipe else {}
+    params = tiny_params(epochs=5, synthetic={"use": "pretrain", "pretrain_epochs": 2}, **recipe_params)
     inputs = write_inputs(tmp_path, synthetic_per_class=synthetic_per_class)
     whole = train(params, inputs, tmp_path / "whole", tmp_path / "ckpt-whole")
 
@@ -97,6 +112,8 @@ def test_resumed_run_equals_uninterrupted_bitwise(
 
     assert resumed.trainer.resumed_after == resumed_after
     assert weights_digest(resumed.trainer.model) == weights_digest(whole.trainer.model)
+    if recipe:
+        assert weights_digest(resumed.trainer.average.module) == weights_digest(whole.trainer.average.module)
     strip = [{**r.to_dict(), "seconds": 0} for r in resumed.trainer.progress.history]
     assert strip == [{**r.to_dict(), "seconds": 0} for r in whole.trainer.progress.history]
     assert report_files(tmp_path / "resumed") == report_files(tmp_path / "whole")

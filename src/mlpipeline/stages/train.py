@@ -16,8 +16,11 @@ on success.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.params import load_section
@@ -38,6 +41,8 @@ from mlpipeline.training.params import TrainParams
 from mlpipeline.training.phases import Phase, check_sources, plan
 from mlpipeline.training.reporting import EpochRecord, TrainingLog
 from mlpipeline.training.windows import Window, training_window
+
+log = logging.getLogger("train")
 
 
 @dataclass
@@ -64,7 +69,7 @@ def train(
     """
     world = world or World()
     runtime = configure(
-        params.device, params.precision, params.num_threads, world.local_rank, world.local_size
+        params.device, params.precision, params.num_threads, world.local_rank, world.local_size, params.tf32
     )
     with process_group(world, runtime.device):
         world.agree(fingerprint(params, runtime, inputs.datasets))
@@ -107,13 +112,16 @@ def train(
                 ),
                 val=val,
                 phase=phase.name,
+                class_counts=np.bincount(phase.originals.labels, minlength=len(inputs.classes)),
             )
             pretrained = config.pretrained["sha256"] if config.pretrained else ""
             key = run_key(params, runtime, inputs.datasets, phase.name, pretrained)
             checkpoints = Checkpoints(key, checkpoint_root, world)
             all_checkpoints.append(checkpoints)
+            if world.is_main and trainer.epochs > phase.params.epochs:
+                log.info("%s", raised_epochs(phase, trainer))
             if report is not None:
-                report.start_phase(phase.name, trainer.epochs, trainer.steps_per_epoch)
+                report.start_phase(phase.name, trainer.epochs, trainer.batches_per_epoch)
             try:
                 best = trainer.fit(checkpoints, report)
             except Diverged as diverged:  # these params cannot give a model: nothing of the run is kept
@@ -129,6 +137,17 @@ def train(
         if report is not None:
             report.finish(best, trainer.progress.epoch)
     return Trained(trainer, config, best, runtime, phases, all_checkpoints)
+
+
+def raised_epochs(phase: Phase, trainer: Trainer) -> str:
+    """Why the phase runs more than ``epochs``: ``min_steps`` raised it (the demo's 5 epochs run
+    as 41: its 1,257 real images make 49 optimizer steps an epoch, short of 2,000)."""
+    params, steps = phase.params, trainer.steps_per_epoch
+    return (
+        f"{phase.name}: {trainer.epochs} epochs of {steps} optimizer steps: train.epochs {params.epochs} "
+        f"raised by train.min_steps {params.min_steps} ({params.epochs} epochs would make "
+        f"{params.epochs * steps} steps)"
+    )
 
 
 def windows(params: TrainParams, inputs: Inputs) -> tuple[Window, Window] | None:
