@@ -195,3 +195,13 @@ def test_tf32_is_for_the_training_steps_on_cuda_only() -> None:
     before = [backend.allow_tf32 for backend in backends]
     with Runtime(torch.device("cpu"), None, 1, tf32=True).training_math():
         assert [backend.allow_tf32 for backend in backends] == before
+
+
+@pytest.mark.slow
+def test_a_compiled_run_learns_and_keeps_the_plain_module(tmp_path) -> None:
+    """``compile: true`` compiles the training step only (inductor: a C compiler, about a minute
+    here); validation and the saved weights are the plain module's, with its own names."""
+    result = train(tiny_params(epochs=2, compile=True), write_inputs(tmp_path), None, tmp_path / "ckpt")
+    assert result.trainer.module is not result.trainer.model
+    assert result.best.val_acc > 0.8
+    assert not any(name.startswith("_orig_mod") for name in result.trainer.model.state_dict())
