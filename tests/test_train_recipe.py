@@ -198,10 +198,18 @@ def test_tf32_is_for_the_training_steps_on_cuda_only() -> None:
 
 
 @pytest.mark.slow
-def test_a_compiled_run_learns_and_keeps_the_plain_module(tmp_path) -> None:
+def test_a_compiled_run_learns_and_keeps_the_plain_module(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``compile: true`` compiles the training step only (inductor: a C compiler, about a minute
     here); validation and the saved weights are the plain module's, with its own names."""
+    compiled = []
+    compile_module = torch.compile
+
+    def counted(module, *args, **kwargs):
+        compiled.append(module)
+        return compile_module(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", counted)
     result = train(tiny_params(epochs=2, compile=True), write_inputs(tmp_path), None, tmp_path / "ckpt")
-    assert result.trainer.module is not result.trainer.model
+    assert compiled == [result.trainer.model]
     assert result.best.val_acc > 0.8
     assert not any(name.startswith("_orig_mod") for name in result.trainer.model.state_dict())
