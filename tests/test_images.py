@@ -244,3 +244,12 @@ def test_ingest_resize_param_reaches_the_dataset_record(tmp_path: Path) -> None:
     result = run_ingest(ingest_params(raw, resize="shorter-side"), tmp_path / "out")
     assert Dataset(result.root).info.attributes["preprocessing"]["resize"] == "shorter-side"
     assert result.splits["train"][0].shape[1:] == (1, 8, 8)
+
+
+@pytest.mark.parametrize("size", [(127, 122), (122, 127), (40, 200), (33, 33)])
+def test_shorter_side_fits_any_image_size(size: tuple[int, int]) -> None:
+    """The box's float arithmetic once put a corner at -7e-15 px (a 122x127 photo at 40x40),
+    which Pillow refused: the photo was reported as undecodable."""
+    pixels = noise(5, size, rgb=True)
+    pre = Preprocessing(3, (40, 40), "bicubic", True, 255, False, resize="shorter-side")
+    assert decode_image(encoded(Image.fromarray(pixels)), "photo.png", pre).shape == (3, 40, 40)

@@ -220,8 +220,12 @@ def _resized(image: Image.Image, pre: Preprocessing) -> Image.Image:
         return image.resize((width, height), resample)
     across, down = image.size
     if pre.resize == "shorter-side":  # the centre part of the target's shape, scaled in one pass
-        scale = max(width / across, height / down)
-        box_w, box_h = width / scale, height / scale
+        # The side that covers exactly is the image's own (compared in integers); the other is
+        # cut to the target's aspect: no float error can put a corner outside the image.
+        if width * down >= height * across:
+            box_w, box_h = float(across), min(float(down), height * across / width)
+        else:
+            box_w, box_h = min(float(across), width * down / height), float(down)
         box = ((across - box_w) / 2, (down - box_h) / 2, (across + box_w) / 2, (down + box_h) / 2)
         return image.resize((width, height), resample, box=box)
     scale = min(width / across, height / down)
