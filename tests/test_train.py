@@ -191,10 +191,18 @@ def test_optimizers_and_schedules(tmp_path: Path, optimizer: str, schedule: str)
     assert result.best.val_acc > 0.6  # chance is 1/3
 
 
-def test_min_steps_adds_epochs_on_small_training_sets(tmp_path: Path) -> None:
+def test_min_steps_adds_epochs_on_small_training_sets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     inputs = write_inputs(tmp_path)  # 120 images: 7 steps of 16 per epoch
-    result = train(tiny_params(epochs=2, min_steps=30), inputs, tmp_path / "report", tmp_path / "ckpt")
+    with caplog.at_level("INFO", logger="train"):
+        result = train(tiny_params(epochs=2, min_steps=30), inputs, tmp_path / "report", tmp_path / "ckpt")
     assert result.trainer.epochs == 5 and len(result.trainer.progress.history) == 5
+    said = (
+        "train: 5 epochs of 7 optimizer steps: train.epochs 2 raised by train.min_steps 30 "
+        "(2 epochs would make 14 steps)"
+    )
+    assert caplog.messages[0] == said  # before the first epoch, where whoever watches sees why
     assert result.trainer.schedule.last_epoch == 5 * 7  # the schedule spans the longer run
     assert epochs_to_run(tiny_params(epochs=6, min_steps=30), steps_per_epoch=7) == 6
 

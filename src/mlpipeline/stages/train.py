@@ -16,7 +16,6 @@ on success.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +40,6 @@ from mlpipeline.training.params import TrainParams
 from mlpipeline.training.phases import Phase, check_sources, plan
 from mlpipeline.training.reporting import EpochRecord, TrainingLog
 from mlpipeline.training.windows import Window, training_window
-
-log = logging.getLogger("train")
 
 
 @dataclass
@@ -118,10 +115,10 @@ def train(
             key = run_key(params, runtime, inputs.datasets, phase.name, pretrained)
             checkpoints = Checkpoints(key, checkpoint_root, world)
             all_checkpoints.append(checkpoints)
-            if world.is_main and trainer.epochs > phase.params.epochs:
-                log.info("%s", raised_epochs(phase, trainer))
             if report is not None:
                 report.start_phase(phase.name, trainer.epochs, trainer.batches_per_epoch)
+                if trainer.epochs > phase.params.epochs:
+                    report.note(raised_epochs(phase, trainer))
             try:
                 best = trainer.fit(checkpoints, report)
             except Diverged as diverged:  # these params cannot give a model: nothing of the run is kept

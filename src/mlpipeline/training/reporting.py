@@ -87,6 +87,10 @@ class TrainingLog:
         self.offset = self.logged
         self.bar = start("train", phase, epochs * batches_per_epoch, unit="batch")
 
+    def note(self, line: str) -> None:
+        """A line about the run (why it is longer than asked), where it does not break the bar."""
+        self.bar.write(line, log)
+
     def batch_done(self) -> None:
         self.bar.advance()
 
