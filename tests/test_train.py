@@ -200,7 +200,7 @@ def test_min_steps_adds_epochs_on_small_training_sets(
     assert result.trainer.epochs == 5 and len(result.trainer.progress.history) == 5
     said = (
         "train: 5 epochs of 7 optimizer steps: train.epochs 2 raised by train.min_steps 30 "
-        "(2 epochs would make 14 steps)"
+        "(2 epochs would be 14 steps)"
     )
     assert caplog.messages[0] == said  # before the first epoch, where whoever watches sees why
     assert result.trainer.schedule.last_epoch == 5 * 7  # the schedule spans the longer run

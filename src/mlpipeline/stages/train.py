@@ -142,7 +142,7 @@ def raised_epochs(phase: Phase, trainer: Trainer) -> str:
     params, steps = phase.params, trainer.steps_per_epoch
     return (
         f"{phase.name}: {trainer.epochs} epochs of {steps} optimizer steps: train.epochs {params.epochs} "
-        f"raised by train.min_steps {params.min_steps} ({params.epochs} epochs would make "
+        f"raised by train.min_steps {params.min_steps} ({params.epochs} epochs would be "
         f"{params.epochs * steps} steps)"
     )
 
