@@ -4,12 +4,14 @@ sizes and lighting, on textured backgrounds; nothing downloaded), each variant t
 functions run in this process on one CPU thread: ingest once (presets/photos-small.yaml: stored
 at 40x40, aspect kept), then per variant augment (online), train and evaluate.
 
-- ``recipe``: presets/photos-small.yaml as it is (random-resized crop, TrivialAugment, flips,
-  cutout, random 32x32 windows, mixup/CutMix, EMA, class weights);
-- ``no augmentation``: the same with every photo augmentation off (no transforms, no mixing, the
-  whole 40x40 image, EMA and the rest as the recipe);
-- ``digit augmentations``: the template's default transforms (affine, elastic, noise, cutout), as
-  the template trained photos before the recipe.
+- ``recipe``: presets/photos-small.yaml as it is (random 32x32 windows of the 40x40 images,
+  flips, colour jitter; the weight average, class weights, label smoothing);
+- ``no augmentation``: the same with every augmentation off (no transforms, the whole 40x40
+  image);
+- ``digit augmentations``: the template's default transforms (affine, elastic, noise, cutout)
+  instead, as the template trained photos before the recipe;
+- ``imagenet-style``: the recipe plus what ImageNet recipes add: the random-resized crop (area
+  0.35..1), TrivialAugment, cutout, mixup and CutMix.
 
     nice -n 10 python bench/photos.py [--per-class 200] [--seeds 0 1] [--epochs 40]
 """
@@ -40,6 +42,18 @@ PRESET = Path("presets/photos-small.yaml")
 CLASSES = ["cat", "dog", "bird", "fish", "frog", "deer"]
 OFF = {"crop": {"probability": 0.0}, "policy": {"kind": "none"}, "cutout": {"probability": 0.0}}
 OFF |= {"flip": {"horizontal": 0.0}, "colour": {"probability": 0.0}}
+# What ImageNet recipes add to the preset: the random-resized crop, TrivialAugment, cutout
+# (random erasing), mixup and CutMix.
+IMAGENET_STYLE = {
+    "augment": {
+        "transforms": {
+            "crop": {"probability": 1.0, "scale": [0.35, 1.0]},
+            "policy": {"kind": "trivialaugment"},
+            "cutout": {"probability": 0.25},
+        }
+    },
+    "train": {"mixing": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "probability": 0.5}},
+}
 
 
 def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -50,12 +64,13 @@ def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def variants(params: dict[str, Any], digits: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each variant's augment and train sections."""
+    """Each variant's sections."""
     plain = {"mixing": {"probability": 0.0}, "image_size": None}
     return {
         "recipe": params,
         "no augmentation": merged(params, {"augment": {"transforms": OFF}, "train": plain}),
         "digit augmentations": merged(params, {"augment": {"transforms": digits}, "train": plain}),
+        "imagenet-style": merged(params, IMAGENET_STYLE),
     }
 
 
