@@ -274,7 +274,7 @@ def one_epoch(count: int, widths: list[int], placement: str) -> dict[str, float]
     seconds = time.perf_counter() - started
     for checkpoints in result.checkpoints:
         checkpoints.clear()
-    images = result.trainer.steps_per_epoch * result.trainer.batch_size
+    images = result.trainer.batches_per_epoch * result.trainer.batch_size
     return {"seconds": seconds, "images": images, "rss_mib": peak_rss_mib(), "rss_before_mib": rss_before}
 
 

@@ -102,6 +102,7 @@ class Trainer:
         batches = steps(rank_share, self.batch_size)  # full batches this rank sees an epoch
         self.steps_per_epoch = max(1, batches // params.accumulate)  # optimizer steps
         self.batches_per_epoch = min(batches, self.steps_per_epoch * params.accumulate)
+        self.batches_per_step = min(params.accumulate, self.batches_per_epoch)  # an epoch may have fewer
         self.epochs = epochs_to_run(params, self.steps_per_epoch)
         self.optimizer = make_optimizer(model, params, runtime.device)
         self.schedule = make_schedule(
@@ -171,9 +172,8 @@ class Trainer:
                 loss, nll_sum = smoothed_loss(logits, labels, self.params.label_smoothing, self.weights)
             else:
                 loss, nll_sum = mix.loss(logits, labels, self.params.label_smoothing, self.weights)
-            share = self._batches_in_step(index)
-            if share > 1:
-                loss = loss / share
+            if self.batches_per_step > 1:  # the step's gradient: the mean of its batches'
+                loss = loss / self.batches_per_step
             if self.scaler is None:
                 loss.backward()
             else:
@@ -182,11 +182,6 @@ class Trainer:
 
     def _ends_step(self, index: int) -> bool:
         return (index + 1) % self.params.accumulate == 0 or index + 1 == self.batches_per_epoch
-
-    def _batches_in_step(self, index: int) -> int:
-        """Batches whose gradients the step of batch ``index`` averages: ``accumulate``, or all
-        there are when an epoch has fewer."""
-        return min(self.params.accumulate, self.batches_per_epoch)
 
     def _optimizer_step(self) -> None:
         """Clip, step the optimizer (through the grad scaler on fp16) and the schedule, and
