@@ -13,7 +13,7 @@ at 40x40, aspect kept), then per variant augment (online), train and evaluate.
 - ``imagenet-style``: the recipe plus what ImageNet recipes add: the random-resized crop (area
   0.35..1), TrivialAugment, cutout, mixup and CutMix.
 
-    nice -n 10 python bench/photos.py [--per-class 200] [--seeds 0 1] [--epochs 40]
+    nice -n 10 python bench/photos.py [--per-class 200] [--seeds 0 1] [--epochs 40] [--variants recipe ...]
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=200, help="generated photos per class")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each run")
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: the preset's)")
+    parser.add_argument("--variants", nargs="+", help="run only these (default: all four)")
     args = parser.parse_args()
     repo = read_document(PARAMS_FILE.read_text(), PARAMS_FILE)
     sections = read_document(
@@ -118,6 +119,8 @@ def main() -> None:
     print(f"{len(CLASSES)} classes of generated photos: {counts}; stored {data.image_shape}")
     print(f"{'variant':22} {'seed':>4} {'test acc':>9} {'macro-F1':>9} {'train s':>8}")
     for name, variant in variants(sections, repo["augment"]["transforms"]).items():
+        if args.variants and name not in args.variants:
+            continue
         for seed in args.seeds:
             scores = run_variant(name, variant, ingested, seed)
             figures = f"{scores['accuracy']:9.4f} {scores['macro_f1']:9.4f} {scores['seconds']:8.0f}"
