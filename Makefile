@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report plots-page browser verify gc release weights preset
+.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report data-diff data-update plots-page browser verify gc release weights preset
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -41,11 +41,11 @@ format: setup ## Apply ruff's fixes and formatting
 	ruff check --fix src tests bench
 	ruff format src tests bench
 
-# Variables a user types (BASE, IMAGES_URL, KEEP, VERSION, ARTIFACT) reach the programs through
-# the environment, as the exact text typed ($(value): unexpanded), never through a shell's quoting:
-# the programs read MLPIPELINE_<NAME> and check it, so `VERSION='1.0.0;echo x'` is one bad version.
-# Not exported under their own names: make would expand them on the way (a `$(shell ...)` in one).
-unexport BASE IMAGES_URL KEEP VERSION ARTIFACT PRESET
+# Variables a user types (BASE, IMAGES_URL, KEEP, VERSION, ARTIFACT, MODEL, NAME, PRESET) reach the
+# programs through the environment, as the exact text typed ($(value): unexpanded), never through a
+# shell's quoting: the programs read MLPIPELINE_<NAME> and check it, so `VERSION='1.0.0;echo x'` is one bad
+# version. Not exported under their own names: make would expand them on the way (a `$(shell ...)`).
+unexport BASE IMAGES_URL KEEP VERSION ARTIFACT MODEL NAME PRESET
 
 # BASE: any git revision; IMAGES_URL: where a PR comment finds the PNGs (default: beside report.md).
 BASE ?= main
@@ -55,6 +55,16 @@ report: export MLPIPELINE_BASE = $(value BASE)
 report: export MLPIPELINE_IMAGES_URL = $(value IMAGES_URL)
 report: setup ## Compare BASE (default main) with the workspace: reports/compare/report.md + PNGs
 	python -m mlpipeline.compare.report
+
+data-diff: export MLPIPELINE_BASE = $(value BASE)
+data-diff: setup ## What changed in the data since BASE (default main): added, removed, relabelled, moved
+	python -m mlpipeline.compare.data_diff
+
+# The weekly flow (docs/growing.md): new images in the source, then the next version is built on
+# the one dvc.lock records, so only what changed is decoded, stored and pushed.
+data-update: setup ## Set ingest.base to the data version dvc.lock records, then dvc repro
+	python -m mlpipeline.devtools.data_update
+	dvc repro
 
 # The page `dvc plots show` fills (.dvc/config: plots.html_template), with the Vega scripts inside
 # it so plots draw offline; committed, rebuilt from the npm versions vendor/vega pins.
@@ -102,8 +112,10 @@ gc: setup ## List what `dvc gc` would remove and why (CONFIRM=1 removes it, CLOU
 	python -m mlpipeline.cache.gc $(if $(filter 1,$(CONFIRM)),--confirm) $(if $(filter 1,$(CLOUD)),--cloud)
 
 # A pretrained checkpoint as DVC-tracked data (needs internet once; stages never download).
+weights: export MLPIPELINE_MODEL = $(value MODEL)
+weights: export MLPIPELINE_NAME = $(value NAME)
 weights: setup ## Fetch MODEL=microsoft/resnet-50 from the Hugging Face hub into data/weights/NAME and dvc add it
-	python -m mlpipeline.devtools.fetch_weights $(MODEL) $(if $(NAME),--name $(NAME))
+	python -m mlpipeline.devtools.fetch_weights
 
 # A model version: a GTO git tag ARTIFACT@vVERSION on HEAD, made once the model is pushed.
 ARTIFACT ?= image-classifier

@@ -35,7 +35,7 @@ from common import peak_rss_mib, print_run, print_scaling
 from mlpipeline.augmentation.transforms import Transforms, augment, draw
 from mlpipeline.core.params import PARAMS_FILE, from_mapping, load_section, read_document
 from mlpipeline.core.seeding import rng
-from mlpipeline.core.shards import DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
 from mlpipeline.devtools.preset import apply_preset
 from mlpipeline.stages.augment import AugmentParams, augment_dataset, limit_threads
 

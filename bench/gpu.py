@@ -30,7 +30,9 @@ from common import plain_step
 from mlpipeline.augmentation.online import OnlineAugmentation
 from mlpipeline.augmentation.params import AugmentParams
 from mlpipeline.core.params import load_section
-from mlpipeline.core.shards import Dataset, DatasetWriter, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import Dataset
 from mlpipeline.core.workers import worker_count
 from mlpipeline.modeling.network import ModelConfig, build_model
 from mlpipeline.training.data import epoch_order

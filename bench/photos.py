@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from mlpipeline.core.params import PARAMS_FILE, from_mapping, read_document
-from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import Dataset
 from mlpipeline.devtools.photos import write_photos
 from mlpipeline.devtools.preset import apply_preset
 from mlpipeline.evaluation.params import EvaluateParams

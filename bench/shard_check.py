@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlpipeline.core.shards import Dataset, DatasetWriter, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import Dataset
 
 SCRATCH = Path(__file__).resolve().parents[1] / ".cache" / "bench" / "shard_check"
 CASES = {"demo": (1_257, (1, 8, 8)), "100k": (100_000, (3, 32, 32))}

@@ -47,7 +47,9 @@ from common import peak_rss_mib, plain_step
 from mlpipeline.core.params import from_mapping, load_section
 from mlpipeline.core.paths import AUGMENTED, INGESTED
 from mlpipeline.core.seeding import rng, seed_everything
-from mlpipeline.core.shards import Dataset, DatasetWriter, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import Dataset
 from mlpipeline.core.workers import worker_count
 from mlpipeline.modeling.network import build_model, new_config, streamed_channel_stats
 from mlpipeline.stages.train import train

@@ -5,7 +5,6 @@ refuses ``Dataset.load`` (the whole split at once) outright."""
 from __future__ import annotations
 
 import weakref
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,10 +29,10 @@ class ShardCounter:
         self.live_images = 0
         self.largest_shard = 0
         self.peak_held = 0  # most images from earlier reads alive at a read
-        read = Dataset._read_shard
+        read = Dataset.read_stored
 
-        def counting_read(dataset: Dataset, path: Path, sha256: str) -> tuple[np.ndarray, np.ndarray]:
-            images, labels = read(dataset, path, sha256)
+        def counting_read(dataset: Dataset, split: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+            images, labels = read(dataset, split, name)
             self._check_before_adding(len(images))
             self.live_images += len(images)
             weakref.finalize(memory_owner(images), self._release, len(images))
@@ -42,7 +41,7 @@ class ShardCounter:
         def refuse_load(dataset: Dataset, split: str) -> None:
             raise AssertionError(f"Dataset.load('{split}') holds the whole split in memory")
 
-        monkeypatch.setattr(Dataset, "_read_shard", counting_read)
+        monkeypatch.setattr(Dataset, "read_stored", counting_read)
         monkeypatch.setattr(Dataset, "load", refuse_load)
 
     def _check_before_adding(self, count: int) -> None:

@@ -27,7 +27,8 @@ from mlpipeline.core.bitexact import ONE
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
 from mlpipeline.core.seeding import rng
-from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import META_FILE, Dataset
 from mlpipeline.stages.augment import AugmentParams, augment_dataset
 from mlpipeline.stages.ingest import IngestParams, ingest
 
@@ -144,34 +145,35 @@ def image_hashes(images: np.ndarray) -> set[str]:
     return {hashlib.sha256(image.tobytes()).hexdigest() for image in images}
 
 
-def expected_labels(sources: list[np.ndarray], batch_size: int, per_batch: int) -> np.ndarray:
-    """Labels in output order: per source and batch, the batch's labels ``per_batch`` times."""
-    return np.concatenate(
-        [
-            np.tile(labels[start : start + batch_size], per_batch)
-            for labels in sources
-            for start in range(0, len(labels), batch_size)
-        ]
-    )
+def expected_labels(dataset: Dataset, per_shard: int) -> np.ndarray:
+    """Labels in output order: per input shard, its labels ``per_shard`` times (the original, then
+    each copy: a shard of its own)."""
+    return np.concatenate([np.tile(labels, per_shard) for _, labels in dataset.iter_shards("train")])
 
 
 def test_counts_labels_and_dtypes(ingested: Path, synthetic: Path, tmp_path: Path) -> None:
     out = run_augment(ingested, synthetic, tmp_path, {"copies": 2, "batch_size": 500})
-    real_images, real_labels = Dataset(ingested).load("train")
-    synth_images, synth_labels = Dataset(synthetic).load("train")
+    real_images, _ = Dataset(ingested).load("train")
+    synth_images, _ = Dataset(synthetic).load("train")
     images, labels = out.load("real")
 
     assert out.splits == ["real", "synthetic"]  # one split per source
     assert images.dtype == np.uint8 and labels.dtype == np.int64
     assert images.shape == (3 * len(real_images), 1, 8, 8)
     assert out.load("synthetic")[0].shape == (3 * len(synth_images), 1, 8, 8)
-    np.testing.assert_array_equal(labels, expected_labels([real_labels], 500, 3))
-    np.testing.assert_array_equal(out.load("synthetic")[1], expected_labels([synth_labels], 500, 3))
-    np.testing.assert_array_equal(images[:500], real_images[:500])  # each batch: originals first
+    np.testing.assert_array_equal(labels, expected_labels(Dataset(ingested), 3))
+    np.testing.assert_array_equal(out.load("synthetic")[1], expected_labels(Dataset(synthetic), 3))
+    np.testing.assert_array_equal(images[: len(real_images)], real_images)  # the original shard first
+    assert out.info.splits["real"].shards == [
+        "real-train-00000.safetensors",
+        "real-train-00000-copy1.safetensors",
+        "real-train-00000-copy2.safetensors",
+    ]
     assert out.classes == Dataset(ingested).classes
+    real, synth = len(real_images), len(synth_images)
     assert out.info.attributes["sources"] == {
-        "real": {"images": 1259, "originals": 1259, "augmented": 2518},
-        "synthetic": {"images": 300, "originals": 300, "augmented": 600},
+        "real": {"images": real, "originals": real, "augmented": 2 * real},
+        "synthetic": {"images": synth, "originals": synth, "augmented": 2 * synth},
     }
     assert (tmp_path / "samples.png").read_bytes().startswith(b"\x89PNG")
 
@@ -315,6 +317,17 @@ def test_switching_one_transform_off_keeps_the_others_draws() -> None:
     )
     kept = dropped != 0
     assert torch.equal(dropped[kept], noisy[kept])
+
+
+def test_cutout_and_dropped_values_together_erase_what_each_erases() -> None:
+    """Both on: the cutout box survives the dropped pixels (one mask once overwrote the other)."""
+    images = sample_images((1, 16, 16))
+    cut = {"transforms.cutout.probability": 1.0, "transforms.cutout.size": 0.25}
+    cutout = augment(images, transforms(cut), 0, "b") == 0
+    dropped = augment(images, transforms({"transforms.drop_values": 0.1}), 0, "b") == 0
+    both = augment(images, transforms({**cut, "transforms.drop_values": 0.1}), 0, "b") == 0
+    assert cutout.any() and dropped.any()
+    assert torch.equal(both, cutout | dropped)
 
 
 def test_drop_values_zeroes_that_share_of_pixels_across_channels() -> None:

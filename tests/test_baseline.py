@@ -11,7 +11,9 @@ import pytest
 from tiny_model import CLASSES, SHAPE, tiny_images
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.core.seeding import rng
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import Dataset
 from mlpipeline.evaluation.baseline import (
     EXACT_BUDGET,
     BaselineParams,
@@ -21,7 +23,6 @@ from mlpipeline.evaluation.baseline import (
     flatten,
 )
 from mlpipeline.evaluation.subset import pick_rows
-from mlpipeline.ingestion.splitting import keep_fraction
 
 PARAMS = BaselineParams(
     method="svm", C=3.0, gamma=None, max_train=10_000, seed=0, kernel="auto", components=1000
@@ -50,10 +51,21 @@ def write_shuffled(root: Path, per_class: int, shard_images: int) -> tuple[np.nd
     return images, labels
 
 
-def test_rows_picked_shard_by_shard_are_keep_fractions_choice(tmp_path: Path) -> None:
+def whole_split_choice(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The subset made over the whole split's labels at once: per class, a seeded permutation of
+    its members, the first ``fraction`` of them (at least one)."""
+    keep = np.ones(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        kept = max(1, round(len(members) * fraction))
+        keep[rng(seed, "keep", int(label)).permutation(members)[kept:]] = False
+    return keep
+
+
+def test_rows_picked_shard_by_shard_are_the_whole_splits_choice(tmp_path: Path) -> None:
     images, labels = write_shuffled(tmp_path / "ds", per_class=40, shard_images=7)
     chosen, chosen_labels = pick_rows(Dataset(tmp_path / "ds"), "train", limit=50, seed=3)
-    keep = keep_fraction(labels, np.ones(len(labels), bool), 50 / len(labels), seed=3)
+    keep = whole_split_choice(labels, 50 / len(labels), seed=3)
     np.testing.assert_array_equal(chosen, images[keep])
     np.testing.assert_array_equal(chosen_labels, labels[keep])
     assert np.bincount(chosen_labels).tolist() == [17, 17, 17]  # round(40 * 50 / 120) per class

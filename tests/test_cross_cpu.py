@@ -31,7 +31,8 @@ from conftest import REPO_ROOT, copy_repo, repo_params
 from dvcflow import dvc, file_digests, output_digests
 
 from mlpipeline.core.params import from_mapping
-from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import Dataset
 from mlpipeline.stages.ingest import IngestParams, ingest
 
 DATA_STAGES = ["ingest", "synthesize", "augment"]

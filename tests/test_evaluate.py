@@ -3,6 +3,7 @@ under `dvc repro` with the metrics and plots DVC reads."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
@@ -22,6 +23,7 @@ from mlpipeline.core.shards import Dataset
 from mlpipeline.evaluation.baseline import NAMES
 from mlpipeline.evaluation.report import (
     WorstErrors,
+    image_ids,
     message_png,
     misclassified_png,
     predictions_csv,
@@ -64,7 +66,7 @@ def test_evaluate_scores_network_and_baseline(workdir: Path) -> None:
         assert sum(row["support"] for row in figures["per_class"].values()) == 24
     assert result.metrics["baseline"]["accuracy"] > 0.9  # chance is 1/3
     table = pd.read_csv(io.StringIO(result.predictions_csv), dtype=str)
-    assert list(table.columns) == ["actual", "predicted"] and len(table) == 24
+    assert list(table.columns) == ["actual", "predicted", "image"] and len(table) == 24
     right = (table["actual"] == table["predicted"]).mean()
     assert result.metrics["test"]["accuracy"] == pytest.approx(right, abs=1e-6) and right < 1.0
     assert Image.open(io.BytesIO(result.misclassified_png)).format == "PNG"
@@ -140,9 +142,14 @@ def test_misclassified_png_says_so_when_nothing_is_wrong() -> None:
     assert Image.open(io.BytesIO(png)).format == "PNG"
 
 
-def test_predictions_csv_names_classes() -> None:
-    text = predictions_csv(np.array([1, 0]), np.array([1, 1]), ["cat", "dog"])
-    assert text == "actual,predicted\ndog,dog\ncat,dog\n"
+def test_predictions_csv_names_classes_and_images() -> None:
+    text = predictions_csv(np.array([1, 0]), np.array([1, 1]), ["cat", "dog"], ["ab12", "cd34"])
+    assert text == "actual,predicted,image\ndog,dog,ab12\ncat,dog,cd34\n"
+
+
+def test_an_images_id_is_the_start_of_its_pixel_sha256_as_ingest_records_it() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 5), dtype=np.uint8)
+    assert image_ids(images) == [hashlib.sha256(image.tobytes()).hexdigest()[:16] for image in images]
 
 
 @pytest.mark.slow

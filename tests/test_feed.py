@@ -22,6 +22,7 @@ from conftest import REPO_ROOT, repo_params, run
 from tiny_training import RECIPE, tiny_params, write_inputs, write_online_inputs
 
 from mlpipeline.modeling.network import ModelConfig, build_model
+from mlpipeline.training import loader
 from mlpipeline.training.data import Inputs, epoch_order
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.distributed import World
@@ -157,6 +158,50 @@ def test_no_blocking_host_to_device_copy_in_a_training_step(
         assert trainer.average is not None and trainer.average.updates == STEPS
     if online or placement is Streamed or recipe:
         assert copies.non_blocking, "the counter saw no copy at all: it no longer sees the loader's"
+
+
+def test_a_staging_buffer_is_refilled_only_after_its_copy_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CUDA a reader refills a pinned buffer only once the event after the copy out of it has
+    passed: an event never recorded passes at once, and the copy in flight reads the next batch's
+    rows (the GPU test would see it, and skips here). A stand-in CUDA device, copies and events."""
+    copies = 0  # batches copied to the device so far
+    made: list[Event] = []
+    waited: list[Event] = []
+
+    class Event:
+        """``torch.cuda.Event``: how many copies were issued when it was recorded."""
+
+        def __init__(self, blocking: bool = False) -> None:
+            self.recorded_after: int | None = None
+            made.append(self)
+
+        def record(self) -> None:
+            self.recorded_after = copies
+
+        def synchronize(self) -> None:
+            waited.append(self)
+
+    def copy(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+        nonlocal copies
+        copies += host.dim() == 4  # a batch of images, not the epoch's labels
+        return host.clone()
+
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *shape, pin_memory=False, **kwargs: empty(*shape, **kwargs))
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(loader, "to_device", copy)
+    reader = write_inputs(tmp_path, train_per_class=40).real
+    rows = np.arange(len(reader))
+    batches = list(Streamed(reader, torch.device("cuda"), workers=2).batches(rows, 8, drop_last=True))
+
+    resident = Resident(reader, torch.device("cpu")).batches(rows, 8, drop_last=True)
+    assert all(torch.equal(got[0], want[0]) for got, want in zip(batches, resident, strict=True))
+    assert [event.recorded_after for event in made] == list(range(1, len(batches) + 1))  # each after its copy
+    # batch k's buffer is refilled for batch k + STAGING_BUFFERS, whose reads wait on k's copy
+    refilled = made[: len(batches) - loader.STAGING_BUFFERS]
+    assert {id(event) for event in waited} == {id(event) for event in refilled}
 
 
 def test_adamw_is_fused_on_cuda_only_and_the_same_update() -> None:

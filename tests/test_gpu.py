@@ -37,7 +37,8 @@ from tiny_training import RECIPE, tiny_params, tiny_section, write_online_inputs
 
 from mlpipeline.augmentation.transforms import Transforms, augment
 from mlpipeline.core.params import from_mapping
-from mlpipeline.core.shards import Dataset, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shards import Dataset
 from mlpipeline.modeling.files import save_model
 from mlpipeline.modeling.predict import predict_paths
 from mlpipeline.stages.evaluate import EvaluateParams, evaluate

@@ -18,10 +18,9 @@ from PIL import Image
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shards import Dataset
-from mlpipeline.ingestion import scratch, scratch_rows, sources
+from mlpipeline.ingestion import scratch, scratch_rows, sources, writing
 from mlpipeline.ingestion.splitting import SPLITS
 from mlpipeline.stages import ingest as ingest_stage
-from mlpipeline.stages.ingest import MANIFEST
 
 COUNTS = {"a": 8, "b": 6, "c": 5}
 _RUNS = itertools.count()
@@ -57,14 +56,20 @@ def refusal(source: Path | str, **overrides) -> str:
 
 
 def test_folder_is_read_in_natural_order(tmp_path: Path) -> None:
+    """Classes in natural order, and each split's images in the listing's order."""
     raw = make_folder(tmp_path / "raw", {"10": 4, "2": 4, "1": 4})
     result = ingested(raw)
     assert result.classes == ["1", "2", "10"]
     images = result.images()
     assert images.shape == (12, 1, 8, 8) and images.dtype == np.uint8
-    assert result.manifest["label"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    assert result.manifest["source"].tolist()[:2] == ["1/000.png", "1/001.png"]
-    np.testing.assert_array_equal(images[7, 0], np.asarray(Image.open(raw / "2" / "003.png")))
+    listing = [f"{label}/{n:03d}.png" for label in ("1", "2", "10") for n in range(4)]
+    for split in SPLITS:
+        rows = result.manifest[result.manifest["split"] == split]
+        assert rows["source"].tolist() == [name for name in listing if name in set(rows["source"])]
+        assert rows["label"].tolist() == [result.classes.index(s.split("/")[0]) for s in rows["source"]]
+    np.testing.assert_array_equal(
+        result.pixels("2/003.png")[0], np.asarray(Image.open(raw / "2" / "003.png"))
+    )
 
 
 def test_declared_classes_fix_the_order(raw: Path) -> None:
@@ -79,13 +84,11 @@ def test_every_class_reaches_every_split(raw: Path) -> None:
 
 
 def test_rgb_images_with_three_channels(tmp_path: Path) -> None:
-    for label in "xyz":
-        for n in range(4):
-            write_png(tmp_path / "rgb" / label / f"{n}.png", noise(hash((label, n)) % 2**32, rgb=True))
-    result = ingested(tmp_path / "rgb", channels=3)
+    raw = make_folder(tmp_path / "rgb", {"x": 4, "y": 4, "z": 4}, rgb=True)
+    result = ingested(raw, channels=3)
     assert result.images().shape == (12, 3, 8, 8)
-    pixels = np.asarray(Image.open(tmp_path / "rgb" / "x" / "0.png"))
-    np.testing.assert_array_equal(result.pixels("x/0.png"), pixels.transpose(2, 0, 1))
+    pixels = np.asarray(Image.open(raw / "x" / "000.png"))
+    np.testing.assert_array_equal(result.pixels("x/000.png"), pixels.transpose(2, 0, 1))
 
 
 def test_jpeg_and_bmp_are_read(raw: Path) -> None:
@@ -108,7 +111,8 @@ def test_other_sizes_are_resized_with_the_stated_filter(raw: Path) -> None:
         np.testing.assert_array_equal(result.pixels("a/big.png")[0], expected)
 
 
-def test_image_size_sets_the_output_shape(raw: Path) -> None:
+def test_image_size_sets_the_output_shape(tmp_path: Path) -> None:
+    raw = make_folder(tmp_path / "raw", COUNTS, size=(5, 12))
     assert ingested(raw, image_size=[5, 12]).images().shape[1:] == (1, 5, 12)
 
 
@@ -189,34 +193,34 @@ def test_every_bad_file_is_listed_in_one_run(raw: Path) -> None:
 
 
 def test_bad_files_can_be_skipped_and_are_recorded(raw: Path) -> None:
-    (raw / "a" / "001.png").write_bytes(b"")
-    (raw / "b" / "002.png").write_bytes(b"text")
+    (raw / "a" / "004.png").write_bytes(b"")  # not among each class's first three (every split's)
+    (raw / "b" / "005.png").write_bytes(b"text")
     result = ingested(raw, on_bad_file="skip")
     manifest = result.manifest.set_index("source")
-    assert manifest.loc["a/001.png", ["split", "error", "index"]].tolist() == ["skipped", "file is empty", -1]
-    assert manifest.loc["b/002.png", "error"].startswith("not a decodable image")
-    assert manifest.loc["a/001.png", ["file_sha256", "pixel_sha256", "mode"]].tolist() == ["", "", ""]
+    assert manifest.loc["a/004.png", ["split", "error", "index"]].tolist() == ["skipped", "file is empty", -1]
+    assert manifest.loc["b/005.png", "error"].startswith("not a decodable image")
+    assert manifest.loc["a/004.png", ["file_sha256", "pixel_sha256", "mode"]].tolist() == ["", "", ""]
     assert result.summary.counts["skipped"] == 2
     assert len(result.images()) == sum(COUNTS.values()) - 2
 
 
-def test_splits_and_manifest_written_in_blocks_are_the_same(
+def test_splits_and_records_written_in_blocks_are_the_same(
     raw: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Blocks of 4 rows (3 records) cut through classes, splits, a skipped file and a duplicate:
-    the same shards and manifest as one block (each row's position in its split carries over)."""
+    the same files as one block (each row's place in its shard carries over)."""
     (raw / "b" / "002.png").write_bytes(b"")
     shutil.copy(raw / "c" / "001.png", raw / "c" / "001x.png")
     shutil.copy(raw / "a" / "004.png", raw / "a" / "004x.png")
     whole = ingested(raw, on_bad_file="skip")
-    monkeypatch.setattr(ingest_stage, "ROW_BLOCK", 4)
+    monkeypatch.setattr(writing, "ROW_BLOCK", 4)
     monkeypatch.setattr(scratch_rows, "READ_BYTES", 4 * 64)  # four 8x8 gray images
     monkeypatch.setattr(scratch, "RECORD_BLOCK", 3)
     blocks = ingested(raw, on_bad_file="skip")
-    assert (blocks.root / MANIFEST).read_bytes() == (whole.root / MANIFEST).read_bytes()
-    for split in SPLITS:
-        for written, expected in zip(blocks.splits[split], whole.splits[split], strict=True):
-            np.testing.assert_array_equal(written, expected)
+    files = sorted(p.name for p in whole.root.iterdir())
+    assert files == sorted(p.name for p in blocks.root.iterdir())
+    for name in files:
+        assert (blocks.root / name).read_bytes() == (whole.root / name).read_bytes(), name
     assert set(whole.manifest["split"]) == {*SPLITS, "skipped", "duplicate"}
 
 
@@ -286,18 +290,19 @@ def test_single_class_is_refused(tmp_path: Path) -> None:
     assert refusal(raw) == f"{raw}: one class only ('cat'); a classifier needs at least two"
 
 
-def test_class_too_small_for_the_split(tmp_path: Path) -> None:
-    raw = make_folder(tmp_path / "raw", {"a": 8, "b": 3})
+def test_a_split_without_some_class_is_refused(tmp_path: Path) -> None:
+    raw = make_folder(tmp_path / "raw", {"a": 8, "b": 2})  # b's two images: in train and val
     assert refusal(raw) == (
-        f"{raw}: class 'b' has 3 sample(s); ingest.split 0.7/0.15/0.15 needs at least 4"
-        " to give every split one"
+        f"{raw}: class 'b' has no test image (each image's split is a hash of its pixels with "
+        "ingest.seed 42, and none of its 2 fell in test); add images, pin some to test with a "
+        "manifest 'split' column, or change ingest.seed"
     )
 
 
-def test_class_too_small_once_duplicates_are_dropped(tmp_path: Path) -> None:
-    raw = make_folder(tmp_path / "raw", {"a": 8, "b": 3})
+def test_the_refusal_counts_images_once_duplicates_are_dropped(tmp_path: Path) -> None:
+    raw = make_folder(tmp_path / "raw", {"a": 8, "b": 2})
     shutil.copy(raw / "b" / "000.png", raw / "b" / "copy.png")
-    assert refusal(raw).startswith(f"{raw} (1 duplicate(s) dropped): class 'b' has 3 sample(s);")
+    assert refusal(raw).startswith(f"{raw} (1 duplicate(s) dropped): class 'b' has no test image")
 
 
 def test_missing_source(tmp_path: Path) -> None:
@@ -352,7 +357,7 @@ def test_every_image_under_two_labels_is_listed_in_one_run(raw: Path) -> None:
 def test_skip_leaves_every_copy_of_an_image_under_two_labels_out(raw: Path) -> None:
     shutil.copy(raw / "a" / "003.png", raw / "c" / "zz.png")
     shutil.copy(raw / "a" / "003.png", raw / "a" / "zz.png")
-    (raw / "b" / "000.png").write_bytes(b"")
+    (raw / "b" / "004.png").write_bytes(b"")  # not one of the first three: b keeps every split
     result = ingested(raw, on_bad_file="skip")
     manifest = result.manifest.set_index("source")
     left_out = manifest.loc[["a/003.png", "a/zz.png", "c/zz.png"]]
@@ -403,9 +408,13 @@ def test_manifest_gives_the_same_data_as_the_folder(raw: Path) -> None:
 
 
 def test_manifest_keeps_its_row_order(raw: Path) -> None:
+    """Each split's images in the manifest's row order."""
     rows = folder_rows(raw)[::-1]
     write_manifest(raw / "labels.csv", rows)
-    assert ingested(raw, manifest="labels.csv").manifest["source"].tolist() == [p for p, _ in rows]
+    table = ingested(raw, manifest="labels.csv").manifest
+    for split in SPLITS:
+        stored = table.loc[table["split"] == split, "source"].tolist()
+        assert stored == [path for path, _ in rows if path in set(stored)]
 
 
 @pytest.mark.parametrize(
@@ -475,14 +484,17 @@ def test_manifest_that_is_not_csv(raw: Path) -> None:
 
 
 def test_keep_train_fraction_thins_only_train(tmp_path: Path) -> None:
-    raw = make_folder(tmp_path / "raw", {"a": 40, "b": 20})
-    full, half = ingested(raw).manifest, ingested(raw, keep_train_fraction=0.5).manifest
-    full_split, half_split = full["split"], half["split"]
-    assert (half_split[full_split != "train"] == full_split[full_split != "train"]).all()
-    per_class = half[half_split == "train"].groupby("class").size().to_dict()
-    full_train = full[full_split == "train"].groupby("class").size().to_dict()
-    assert per_class == {label: round(n / 2) for label, n in full_train.items()}
-    assert set(half_split[full_split == "train"]) == {"train", "held_out"}
+    """By a hash of each image, so a higher fraction keeps what a lower one kept, and more."""
+    raw = make_folder(tmp_path / "raw", {"a": 200, "b": 100})
+    splits = {
+        fraction: ingested(raw, keep_train_fraction=fraction).manifest.set_index("source")["split"]
+        for fraction in (1.0, 0.75, 0.5)
+    }
+    full, three_quarters, half = (splits[f].sort_index() for f in (1.0, 0.75, 0.5))
+    assert (half[full != "train"] == full[full != "train"]).all()
+    assert set(half[full == "train"]) == {"train", "held_out"}
+    assert set(three_quarters[half == "train"]) == {"train"}  # nested: raising it only adds
+    assert 0.4 < (half == "train").sum() / (full == "train").sum() < 0.6
 
 
 def test_remote_filesystem_reads_like_a_local_folder(raw: Path, tmp_path: Path) -> None:
@@ -511,10 +523,10 @@ def test_output_matches_the_manifest(raw: Path, tmp_path: Path) -> None:
     shutil.copy(raw / "a" / "000.png", raw / "a" / "dup.png")
     result = ingested(raw, tmp_path / "out")
     dataset = Dataset(tmp_path / "out")
-    manifest = pd.read_csv(tmp_path / "out" / MANIFEST)
-    assert result.summary.counts == {
-        "train": 13, "val": 3, "test": 3, "duplicate": 1, "held_out": 0, "skipped": 0
-    }  # fmt: skip
+    manifest = result.manifest
+    counts = result.summary.counts
+    assert sum(counts[s] for s in SPLITS) == sum(COUNTS.values())
+    assert (counts["duplicate"], counts["held_out"], counts["skipped"]) == (1, 0, 0)
     assert dataset.classes == result.classes and dataset.image_shape == (1, 8, 8)
     for split in SPLITS:
         images, labels = dataset.load(split)

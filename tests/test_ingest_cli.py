@@ -58,7 +58,8 @@ def edit_params(**changes: Any) -> Callable[[Path], None]:
 
 
 def remove_class_images(root: Path) -> None:
-    for path in (root / "raw" / "b").glob("00[3-5].png"):
+    """All of b but 000.png and 001.png: in train and val (imagedata.make_folder), none in test."""
+    for path in (root / "raw" / "b").glob("00[2-5].png"):
         path.unlink()
 
 
@@ -96,9 +97,11 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], str]] = {
         "raw: class 'd' in ingest.classes has no images",
     ),
     "empty class folder": (lambda root: (root / "raw/d").mkdir(), "raw/d/: class 'd' has no images"),
-    "class too small": (
+    "a split without a class": (
         remove_class_images,
-        "raw: class 'b' has 3 sample(s); ingest.split 0.7/0.15/0.15 needs at least 4 to give every split one",
+        "raw: class 'b' has no test image (each image's split is a hash of its pixels with ingest.seed 42, "
+        "and none of its 2 fell in test); add images, pin some to test with a manifest 'split' column, or "
+        "change ingest.seed",
     ),
     "duplicate across labels": (
         lambda root: shutil.copy(root / "raw/a/003.png", root / "raw/c/zz.png"),
@@ -127,6 +130,15 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Any], str]] = {
         "params.yaml: ingest.split fractions must sum to 1, got 1.1",
     ),
     "wrong type": (edit_params(channels="one"), "params.yaml: ingest.channels must be an integer >= 1"),
+    "a base that is no md5": (
+        edit_params(base="latest"),
+        "params.yaml: ingest.base must be the md5 dvc.lock records for data/ingested (32 hex digits, .dir "
+        "or not) or null, got 'latest'",
+    ),
+    "a base not in the cache, no remote": (
+        edit_params(base="0123456789abcdef0123456789abcdef"),
+        "ingest.base 0123456789abcdef0123456789abcdef.dir: needs the DVC repository it came from",
+    ),
 }
 
 
@@ -150,30 +162,38 @@ def test_good_input_writes_one_summary_line(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("ingest: read 19 images in 3 classes from raw;")
-    assert "wrote data/ingested (train 13, val 3, test 3; dropped 0 duplicates, held out 0)" in lines[0]
-    assert Dataset(root / "data" / "ingested").splits == ["test", "train", "val"]
+    dataset = Dataset(root / "data" / "ingested")
+    counts = ", ".join(f"{split} {dataset.count(split)}" for split in ("train", "val", "test"))
+    assert f"wrote data/ingested ({counts}; dropped 0 duplicates, held out 0; 3 shards)" in lines[0]
+    assert dataset.splits == ["test", "train", "val"]
     assert sorted(p.name for p in (root / "data").iterdir()) == ["ingested"]
 
 
 def test_every_bad_file_is_listed_then_a_fixed_run_clears_the_list(tmp_path: Path) -> None:
     root = project(tmp_path)
-    for name in ("a/001.png", "a/002.png", "b/002.png", "c/003.png"):
+    bad = (
+        "a/003.png",
+        "a/004.png",
+        "b/004.png",
+        "c/003.png",
+    )  # each class keeps its first three: every split
+    for name in bad:
         (root / "raw" / name).write_bytes(b"")
     result = run_stage(root)
     assert result.returncode == 2
-    assert result.stderr.startswith("ingest: error: 4 bad files, the first: raw/a/001.png: file is empty; ")
+    assert result.stderr.startswith("ingest: error: 4 bad files, the first: raw/a/003.png: file is empty; ")
     assert result.stderr.rstrip().endswith(
         "(all 4 listed in reports/ingest/bad_files.csv; ingest.on_bad_file: skip leaves them out)"
     )
     listed = (root / "reports/ingest/bad_files.csv").read_text().splitlines()
     assert listed == [
         "file,error",
-        *(f"raw/{n},file is empty" for n in ("a/001.png", "a/002.png", "b/002.png", "c/003.png")),
+        *(f"raw/{n},file is empty" for n in bad),
     ]
     edit_params(on_bad_file="skip")(root)
     result = run_stage(root)
     assert result.returncode == 0, result.stderr
-    assert "skipped 4 bad files (see the manifest's error column)" in result.stderr
+    assert "skipped 4 bad files (see excluded.csv's error column)" in result.stderr
     assert not (root / "reports/ingest/bad_files.csv").exists()
 
 

@@ -115,6 +115,24 @@ def test_the_folders_form_layers() -> None:
     assert find_cycle(declared) is None, f"folders that import each other: {find_cycle(declared)}"
 
 
+@pytest.mark.parametrize("folder", folders())
+def test_each_folders_docstring_names_its_modules(folder: str) -> None:
+    """A reader finds where a thing lives from the ``__init__`` docstrings alone."""
+    docstring = ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text())) or ""
+    modules = sorted(path.stem for path in (PACKAGE / folder).glob("*.py") if path.stem != "__init__")
+    unnamed = [module for module in modules if f"``{module}``" not in docstring]
+    assert not unnamed, (
+        f"src/mlpipeline/{folder}/__init__.py: its docstring names no ``{'``, ``'.join(unnamed)}``"
+    )
+
+
+def test_the_development_guide_states_each_folders_imports_as_its_docstring_does() -> None:
+    guide = (REPO_ROOT / "docs" / "development.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)/` \| (.+?) \|$", guide, re.MULTILINE))
+    documented = {folder: set(re.findall(r"`(\w+)`", imports)) for folder, imports in rows.items()}
+    assert documented == {folder: allowed_imports(folder) for folder in folders()}
+
+
 def test_no_module_reaches_itself_through_its_imports() -> None:
     graph = {module: set(imports_of(module)) - {module} for module in MODULES}
     cycle = find_cycle(graph)

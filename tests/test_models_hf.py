@@ -25,6 +25,7 @@ from mlpipeline.core.seeding import seed_everything
 from mlpipeline.modeling.files import ModelError, load_model, save_model
 from mlpipeline.modeling.network import ModelConfig, build_model, initial_model, new_config
 from mlpipeline.stages.train import train
+from mlpipeline.training.loop import Trainer
 
 RESNET = {"depths": [1, 1], "hidden_sizes": [8, 16], "embedding_size": 8}
 VIT = {
@@ -111,7 +112,10 @@ def test_unknown_arch_or_override_is_one_line_naming_the_closest() -> None:
         PipelineError, match=r"train\.model\.hf\.resnet\.depth is no resnet config key \(closest: depths"
     ):
         config_for("resnet", {"depth": [1]})
-    with pytest.raises(PipelineError, match=r"train\.model\.hf\.convnext: convnext cannot be built"):
+    with pytest.raises(
+        PipelineError,
+        match=r"train\.model\.hf\.convnext: depths has 2 stages, num_stages is 4 \(set it to 2\)",
+    ):
         config_for("convnext", {"depths": [1, 1], "hidden_sizes": [8, 16]})  # num_stages left at 4
 
 
@@ -202,20 +206,30 @@ def test_weights_folder_trains_through_the_stage_params(
     assert result.config.pretrained["source"] == "data/weights/tiny" and result.best.val_acc >= 0.9
 
 
-def test_frozen_epochs_move_the_head_alone_then_everything(tmp_path: Path) -> None:
+def test_frozen_epochs_move_the_head_alone_then_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     inputs = write_inputs(tmp_path)
     config = config_for("resnet", RESNET)
     seed_everything(tiny_params().seed)  # as train does before it builds the network
     start = {k: v.clone() for k, v in build_model(config).state_dict().items()}
-    frozen = train(hf_params(epochs=1, model={"freeze_epochs": 1}), inputs, None, tmp_path / "a")
-    after = frozen.trainer.model.state_dict()
-    trainable = dict(frozen.trainer.model.named_parameters())
-    moved = {name for name in trainable if not torch.equal(after[name].cpu(), start[name])}
-    assert moved == {name for name in trainable if name.startswith("net.classifier.")}
+    after_first: dict[str, torch.Tensor] = {}
+    run_epoch = Trainer.run_epoch
+
+    def recorded(self: Trainer, epoch: int, on_batch=None):
+        record = run_epoch(self, epoch, on_batch)
+        if epoch == 1:
+            after_first.update({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
+        return record
+
+    monkeypatch.setattr(Trainer, "run_epoch", recorded)
     thawed = train(hf_params(epochs=2, model={"freeze_epochs": 1}), inputs, None, tmp_path / "b")
+    trainable = dict(thawed.trainer.model.named_parameters())
+    moved = {name for name in trainable if not torch.equal(after_first[name], start[name])}
+    assert moved == {name for name in trainable if name.startswith("net.classifier.")}
     changed = dict(thawed.trainer.model.named_parameters())
     assert not torch.equal(
-        changed["net.resnet.embedder.embedder.convolution.weight"],
+        changed["net.resnet.embedder.embedder.convolution.weight"].cpu(),
         start["net.resnet.embedder.embedder.convolution.weight"],
     )
 

@@ -4,32 +4,31 @@ docs/multinode.md tells a user to run them. Also: the channel stats read once, o
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import socket
+import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 from conftest import REPO_ROOT, copy_repo, run
+from gloo import free_port, two_gloo_ranks
+from safetensors.torch import load_file, save_file
+from test_models_hf import hf_params, save_checkpoint
 from tiny_training import RECIPE, tiny_params, tiny_section, write_inputs
 
-from mlpipeline.training.distributed import TIMEOUT_ENV, World
+from mlpipeline.stages.train import train
+from mlpipeline.training.distributed import World
+from mlpipeline.training.rendezvous import TIMEOUT_ENV
 
 STAGE = [sys.executable, "-m", "mlpipeline.stages.train"]  # what every node but node 0 runs
 NODE_0 = ["dvc", "repro", "--single-item", "train"]  # node 0: the stage the DVC way
 TRAIN_PER_CLASS = 300  # epochs long enough (about a second) to kill a run between two of them
 EPOCHS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def files(root: Path) -> set[tuple[str, int]]:
@@ -165,6 +164,57 @@ def test_a_node_with_other_params_is_refused_on_both_nodes_in_one_line(
     assert node0_lines.count(refusal) == 1 and not (node0 / "models").exists()
 
 
+def other_weights(folder: Path) -> Path:
+    """``folder``'s checkpoint with one tensor changed: the same name and shapes, other bytes."""
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, weights, metadata={"format": "pt"})
+    return folder
+
+
+def test_the_agreement_holds_the_pretrained_weights_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What every rank compares before any work covers the weights folder's bytes, not its name."""
+    compared: list[dict[str, str]] = []
+
+    @dataclass(frozen=True)
+    class Comparing(World):
+        def agree(self, parts: dict[str, str]) -> None:
+            compared.append(parts)
+            raise KeyboardInterrupt  # what is compared is all this test needs
+
+    folder = save_checkpoint(tmp_path / "data" / "weights" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    params, inputs = hf_params(model={"weights": "tiny"}), write_inputs(tmp_path)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            train(params, inputs, None, tmp_path / "ckpt", Comparing())
+        other_weights(folder)
+    held = [parts["pretrained weights"] for parts in compared]
+    assert held[0] and held[1] and held[0] != held[1]
+
+
+@pytest.mark.slow
+def test_nodes_holding_other_weights_under_one_name_are_refused_in_one_line(
+    clones: tuple[Path, Path], tmp_path: Path
+) -> None:
+    node0, node1 = (write_node(clone, model={"weights": "tiny"}) for clone in clones)
+    save_checkpoint(node0 / "data" / "weights" / "tiny")
+    other_weights(save_checkpoint(node1 / "data" / "weights" / "tiny"))
+    codes = [node.wait(timeout=300) for node in run_nodes(node0, node1, tmp_path)]
+
+    assert codes[0] != 0 and codes[1] == 2
+    refusal = (
+        "train: error: node 1 differs from node 0 in pretrained weights: every node must run the same "
+        "commit, params and inputs (git checkout, dvc pull)"
+    )
+    assert (tmp_path / "node1.log").read_text().splitlines() == [refusal]
+    assert (tmp_path / "node0.log").read_text().splitlines().count(refusal) == 1
+
+
 @pytest.mark.slow
 def test_a_node_that_never_arrives_ends_the_run_in_one_line(tmp_path: Path) -> None:
     write_node(tmp_path)
@@ -173,13 +223,15 @@ def test_a_node_that_never_arrives_ends_the_run_in_one_line(tmp_path: Path) -> N
     assert node0.wait(timeout=120) == 2
     (line,) = (tmp_path / "node0.log").read_text().splitlines()
     assert line.startswith("train: error: node 0 of 2: the nodes did not all meet at 127.0.0.1:")
-    assert f"within 2 s ({TIMEOUT_ENV})" in line
+    waited = re.fullmatch(rf".*; waited (\d+\.\d) s \({TIMEOUT_ENV}=2\)", line)
+    assert waited and 2 <= float(waited[1]) < 5, line
 
 
-def _rank_reads_stats(rank: int, port: int, root: Path, calls: Path) -> None:
+def _rank_reads_stats(rank: int, port: int, roots: list[Path], calls: Path) -> None:
     """One of two gloo ranks running ``train``, counting its calls of the channel stats."""
     import mlpipeline.stages.train as stage
 
+    root = roots[rank]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     stats = stage.streamed_channel_stats
 
@@ -198,17 +250,8 @@ def _rank_reads_stats(rank: int, port: int, root: Path, calls: Path) -> None:
 def test_channel_stats_are_read_on_rank_0_alone_and_broadcast(tmp_path: Path) -> None:
     calls = tmp_path / "calls"
     calls.mkdir()
-    port = free_port()
-    context = multiprocessing.get_context("spawn")
-    ranks = [
-        context.Process(target=_rank_reads_stats, args=(rank, port, tmp_path / f"r{rank}", calls))
-        for rank in range(2)
-    ]
-    for process in ranks:
-        process.start()
-    for process in ranks:
-        process.join(120)
-    assert [process.exitcode for process in ranks] == [0, 0]
+    roots = [tmp_path / f"r{rank}" for rank in range(2)]
+    assert two_gloo_ranks(_rank_reads_stats, roots, calls) == [0, 0]
     assert (calls / "rank0").read_text() == "call\n" and not (calls / "rank1").exists()
     assert (calls / "config0").read_text() == (calls / "config1").read_text()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import repo_params
 from PIL import Image
 from test_train import weights_digest
 from tiny_model import tiny_images, write_tiny_dataset
@@ -17,8 +18,9 @@ from tiny_training import killed_then_resumed, tiny_params, write_online_inputs
 
 from mlpipeline.augmentation import online as online_module
 from mlpipeline.augmentation.online import OnlineAugmentation, read_online
-from mlpipeline.augmentation.transforms import augment
+from mlpipeline.augmentation.transforms import Transforms, augment
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.params import from_mapping
 from mlpipeline.core.shards import Dataset
 from mlpipeline.modeling.network import ModelConfig, build_model
 from mlpipeline.stages.train import train
@@ -81,6 +83,29 @@ def test_copies_are_made_per_batch_with_the_augment_kernel_fresh_each_epoch(tmp_
 def test_copy_numbers_count_from_one_without_originals() -> None:
     record = OnlineAugmentation(transforms=None, seed=0, copies=2, keep_originals=False)  # type: ignore[arg-type]
     np.testing.assert_array_equal(record.copy_numbers(np.array([0, 9, 10, 19]), originals=10), [1, 1, 2, 2])
+
+
+def test_draws_bound_for_cuda_are_pinned_where_they_are_drawn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``draw_copies`` runs on training's draw threads: it must stage every tensor of a batch's
+    draws there (pinned), or each step's copy pins them on the training thread, a host copy the
+    device waits for (the same bytes: only this sees it). A stand-in CUDA device."""
+    pinned: list[torch.Tensor] = []
+
+    def pin_memory(tensor: torch.Tensor) -> torch.Tensor:
+        staged = tensor.clone()
+        pinned.append(staged)
+        return staged
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    transforms = {**repo_params()["augment"]["transforms"], "drop_values": 0.1}
+    online = OnlineAugmentation(from_mapping(Transforms, transforms, "transforms"), 0, 2, True)
+    made = online.draw_copies(np.array([0, 1, 2, 1]), (1, 8, 8), torch.device("cuda"), "online", 1)
+
+    assert made is not None
+    draws = made.draws
+    tensors = [made.rows, *(draws.taps or ()), *(draws.noise or ()), draws.erase]
+    assert all(tensor is not None for tensor in tensors)  # every kind of draw is here
+    assert all(any(tensor is staged for staged in pinned) for tensor in tensors)
 
 
 @pytest.mark.parametrize(("crash_phase", "crash_epoch"), [("pretrain", 2), ("train", 2)])

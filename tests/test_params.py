@@ -32,6 +32,7 @@ class Section:
     size: list[Annotated[int, Field(ge=1)]] = param(min_len=2, max_len=2)
     tags: list[str] | None
     schedule: Schedule
+    extras: dict[str, dict[str, Any]]  # free-form mappings under named keys, as train.model.hf
 
     @model_validator(mode="after")
     def check(self) -> Self:
@@ -48,6 +49,7 @@ VALID: dict[str, Any] = {
     "size": [8, 8],
     "tags": None,
     "schedule": {"rate": 0.5, "warmup": 0},
+    "extras": {"a": {"x": 1}},
 }
 
 
@@ -121,6 +123,8 @@ def test_missing_key() -> None:
         ("schedule", 3, "sec.schedule", "must be a mapping, got 3"),
         ("schedule.warmup", -1, "sec.schedule.warmup", "must be >= 0, got -1"),
         ("schedule.extra", 1, "sec.schedule.extra", "is not a known param (allowed: rate, warmup)"),
+        ("extras.a", 5, "sec.extras.a", "must be a mapping, got 5"),
+        ("extras", [1], "sec.extras", "must be a mapping, got a list"),
     ],
 )
 def test_bad_value_names_its_dotted_key(dotted: str, value: Any, key: str, expected: str) -> None:

@@ -12,7 +12,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from conftest import run, set_params
@@ -29,6 +28,7 @@ from imagedata import make_folder, noise, write_png
 
 from mlpipeline.core.shards import Dataset
 from mlpipeline.ingestion.splitting import SPLITS
+from mlpipeline.ingestion.version import folder_reader, version_table
 
 DEMO_IMAGES = 1797
 
@@ -46,7 +46,7 @@ def test_ingest_under_dvc(pipeline_repo: Path) -> None:
     dvc(pipeline_repo, "repro", "ingest")
     out = pipeline_repo / "data" / "ingested"
     dataset = Dataset(out)
-    manifest = pd.read_csv(out / "manifest.csv")
+    manifest = version_table(folder_reader(out), str(out))
     assert len(manifest) == DEMO_IMAGES and dataset.classes == [str(d) for d in range(10)]
     counts = manifest["split"].value_counts().to_dict()
     assert sum(dataset.count(s) for s in SPLITS) + counts.get("duplicate", 0) + counts.get("held_out", 0) == (
@@ -92,10 +92,11 @@ def test_every_image_a_manifest_lists_is_a_dependency(pipeline_repo: Path) -> No
     commit_all(pipeline_repo, "ingest the mini manifest")
     assert_up_to_date(pipeline_repo, "ingest")
 
-    write_png(raw / "images-c" / "002.png", noise(999))
+    write_png(raw / "images-c" / "004.png", noise(999))  # not among c's first three (each split's)
     assert "ingest" in json.loads(dvc(pipeline_repo, "status", "--json", "ingest").stdout)
     assert stages_ran(dvc(pipeline_repo, "repro", "ingest").stdout) == ["ingest"]
-    manifest = pd.read_csv(pipeline_repo / "data" / "ingested" / "manifest.csv").set_index("source")
+    out = pipeline_repo / "data" / "ingested"
+    manifest = version_table(folder_reader(out), str(out)).set_index("source")
     assert (
-        manifest.loc["images-c/002.png", "pixel_sha256"] == hashlib.sha256(noise(999).tobytes()).hexdigest()
+        manifest.loc["images-c/004.png", "pixel_sha256"] == hashlib.sha256(noise(999).tobytes()).hexdigest()
     )

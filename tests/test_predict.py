@@ -164,7 +164,7 @@ def test_predict_paths_reports_errors_in_the_frame(files: dict[str, Path], tmp_p
 def test_predict_matches_the_ingested_pixels(tmp_path: Path, resample: str) -> None:
     """Raw files predicted directly score exactly as their ingested (resized) arrays do, whatever
     ``ingest.resample`` was: the model carries the preprocessing ingest recorded."""
-    images, labels = tiny_images(10, seed=3)
+    images, labels = tiny_images(40, seed=3)  # enough of each class for every split
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         save_png(tmp_path / "raw" / CLASSES[label] / f"{i}.png", image[:, :7], scale=3)  # 21x24 -> 8x8
     params = ingest_params(tmp_path / "raw", classes=CLASSES, resample=resample)
@@ -210,3 +210,101 @@ def test_model_round_trip_gives_the_same_predictions(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         predict_probabilities(loaded, images, CPU, 8), predict_probabilities(model, images, CPU, 8)
     )
+
+
+PREDICT = [sys.executable, "-m", "mlpipeline.modeling.predict"]
+
+
+def with_closed(descriptor: int, command: list[str]) -> list[str]:
+    """``command`` run by a shell with ``descriptor`` closed (``2>&-``)."""
+    return ["sh", "-c", f'"$@" {descriptor}>&-', "sh", *command]
+
+
+def test_a_closed_stderr_keeps_error_lines_out_of_the_csv_on_stdout(files: dict[str, Path]) -> None:
+    # `mlpipeline-predict ... > pred.csv 2>&-`: Python leaves sys.stderr None then, and print(file=None)
+    # writes to stdout: the error line landed above the header, and pandas read it as the header.
+    command = [*PREDICT, str(files["folder"]), str(files["corrupt"]), "--model", str(files["model"])]
+    result = run(with_closed(2, command), files["top"].parent, check=False)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == "path,label,probability"
+    assert pd.read_csv(io.StringIO(result.stdout))["label"].tolist() == ["left", "left", "center"]
+
+
+def test_a_closed_stderr_keeps_the_model_error_out_of_stdout(tmp_path: Path) -> None:
+    result = run(with_closed(2, [*PREDICT, "x.png", "--model", "nowhere"]), tmp_path, check=False)
+    assert (result.returncode, result.stdout) == (3, "")
+
+
+def test_a_closed_stdout_without_output_is_one_line(files: dict[str, Path], tmp_path: Path) -> None:
+    # It wrote to sys.stdout, None: an AttributeError traceback.
+    command = [*PREDICT, str(files["folder"]), "--model", str(files["model"])]
+    result = run(with_closed(1, command), tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["predict: error: stdout is closed: name a file with --output"]
+
+
+@pytest.mark.parametrize("named", ["explicitly", "in its folder"])
+def test_an_output_that_is_an_input_image_is_refused(
+    files: dict[str, Path], tmp_path: Path, named: str
+) -> None:
+    # It overwrote the image with the CSV.
+    target = files["folder"] / "10.png"
+    before = target.read_bytes()
+    inputs = [str(target)] if named == "explicitly" else [str(files["folder"])]
+    command = [*PREDICT, *inputs, "--model", str(files["model"]), "--output", str(target)]
+    result = run(command, tmp_path, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"predict: error: --output {target}: is one of the images to predict; name another file"
+    ]
+    assert target.read_bytes() == before
+
+
+def test_an_output_that_reaches_an_input_through_a_link_is_refused(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    (tmp_path / "linked").symlink_to(files["folder"])
+    target = tmp_path / "linked" / "sub" / "1.png"
+    before = target.read_bytes()
+    result = predict_cli(files, tmp_path, "--output", str(target))
+    assert result.returncode == 2 and "is one of the images to predict" in result.stderr
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("output", ["newdir/", "newdir/.", "newdir/sub/"])
+def test_an_output_naming_a_missing_folder_is_one_line(
+    files: dict[str, Path], tmp_path: Path, output: str
+) -> None:
+    # Path("newdir/") is Path("newdir"): the trailing slash was dropped and a file named newdir written.
+    result = predict_cli(files, tmp_path, "--output", output)
+    assert result.returncode == 2 and result.stdout == ""
+    folder = output.rstrip("/").removesuffix("/.")
+    assert result.stderr.splitlines() == [
+        f"predict: error: --output {output}: names a folder; name a file in it, e.g. "
+        f"{Path(folder) / 'predictions.csv'}"
+    ]
+    assert not (tmp_path / "newdir").exists()
+
+
+def test_an_output_under_a_file_is_one_line(files: dict[str, Path], tmp_path: Path) -> None:
+    # A FileExistsError traceback, after predicting every image.
+    output = f"{files['top']}/predictions.csv"
+    result = predict_cli(files, tmp_path, "--output", output)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"predict: error: --output {output}: {files['top']} is not a folder"
+    ]
+
+
+def test_folders_under_a_hidden_parent_are_searched(files: dict[str, Path], tmp_path: Path) -> None:
+    # `mlpipeline-predict ~/.cache/photos`: only the folders below the one named are hidden ones.
+    photos = tmp_path / ".cache" / "photos"
+    photos.parent.mkdir()
+    files["folder"].rename(photos)
+    frame = predict_paths([photos], files["model"], device="cpu")
+    assert frame["error"].isna().all()
+    assert frame["path"].tolist() == [
+        str(photos / "2.png"),
+        str(photos / "10.png"),
+        str(photos / "sub" / "1.png"),
+    ]

@@ -1,10 +1,10 @@
 """Progress: a bar on a terminal, plain lines in a log, nothing when asked, never an output byte.
 
-Each stage and cache tool runs as a user runs it, four ways: with ``MLPIPELINE_PROGRESS=0``
+Each stage and cache tool runs as a user runs it, five ways: with ``MLPIPELINE_PROGRESS=0``
 (the reference), through a pipe with the default interval (a short run prints no progress),
-through a pipe with ``MLPIPELINE_PROGRESS_INTERVAL=0`` (plain lines, no carriage return) and on a
-fake terminal (a pty: bars, cleared before the summary line). Every way writes the same bytes
-and the same summary.
+through a pipe with ``MLPIPELINE_PROGRESS_INTERVAL=0`` (plain lines, no carriage return), on a
+fake terminal (a pty: bars, cleared before the summary line) and with stderr closed (``2>&-``).
+Every way writes the same bytes and the same summary.
 """
 
 from __future__ import annotations
@@ -127,6 +127,14 @@ def test_who_shows_progress(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
     assert type(progress.start("train", "train", 10)) is kind
 
 
+def test_stderr_closed_shows_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``2>&-``: Python's sys.stderr is None; asking it whether it is a terminal failed every stage."""
+    monkeypatch.delenv("MLPIPELINE_PROGRESS", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(sys, "stderr", None)
+    assert type(progress.start("ingest", "decoding", 10)) is progress.Progress
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -143,7 +151,7 @@ def test_bad_settings_are_one_line_naming_the_variable(
         progress.start("ingest", "decoding", 10)
 
 
-# -- every stage and tool, four ways -------------------------------------------------------------
+# -- every stage and tool, five ways -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,9 @@ def on_terminal(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[str
 def run_way(command: list[str], cwd: Path, outputs: list[str], way: str) -> Ran:
     if way == "terminal":
         stdout, stderr = on_terminal(command, cwd, environment())
+    elif way == "closed":  # 2>&-: Python's sys.stderr is None
+        result = run(["sh", "-c", '"$0" "$@" 2>&-', *command], cwd, env=environment())
+        stdout, stderr = result.stdout, result.stderr
     else:
         extra = {
             "off": {"MLPIPELINE_PROGRESS": "0"},
@@ -216,13 +227,15 @@ def shown_lines(text: str, phases: list[str]) -> list[str]:
     return [line for line in shown if not any(is_progress(line, phase) for phase in phases)]
 
 
-def check_four_ways(command: list[str], cwd: Path, outputs: list[str], phases: list[str]) -> None:
-    off, log, lines, terminal = (
-        run_way(command, cwd, outputs, way) for way in ("off", "log", "lines", "terminal")
+def check_five_ways(command: list[str], cwd: Path, outputs: list[str], phases: list[str]) -> None:
+    off, log, lines, terminal, closed = (
+        run_way(command, cwd, outputs, way) for way in ("off", "log", "lines", "terminal", "closed")
     )
     assert bool(off.outputs) == bool(outputs) and log.outputs == off.outputs
     assert lines.outputs == off.outputs and terminal.outputs == off.outputs
     assert log.stdout == lines.stdout == terminal.stdout == off.stdout
+    # stderr closed: the same outcome, the same bytes, nothing of stderr's on stdout
+    assert closed.outputs == off.outputs and closed.stdout == off.stdout and closed.stderr == ""
     summary = shown_lines(off.stderr, [])
     assert not any(is_progress(line, phase) for phase in phases for line in summary)
     # a short run through a pipe: exactly what it prints with progress off
@@ -259,7 +272,6 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.slow
 def stage_command(name: str) -> list[str]:
     return [sys.executable, "-m", f"mlpipeline.stages.{name}"]
 
@@ -276,7 +288,7 @@ def run_stages_before(name: str, root: Path) -> None:
 @pytest.mark.parametrize("name", list(STAGE_PHASES))
 def test_each_stage_shows_progress_only_where_it_should(pipeline_dir: Path, name: str) -> None:
     run_stages_before(name, pipeline_dir)
-    check_four_ways(stage_command(name), pipeline_dir, OUTPUTS[name], STAGE_PHASES[name])
+    check_five_ways(stage_command(name), pipeline_dir, OUTPUTS[name], STAGE_PHASES[name])
 
 
 @pytest.mark.slow
@@ -288,7 +300,7 @@ def test_online_augment_shows_progress_only_where_it_should(pipeline_dir: Path, 
     params = yaml.safe_load((online / "params.yaml").read_text())
     params["augment"]["mode"] = "online"
     (online / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    check_four_ways(
+    check_five_ways(
         stage_command("augment"), online, OUTPUTS["augment"], ["augment: copying synthetic originals"]
     )
 
@@ -313,13 +325,13 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("module", "phases"),
     [
         ("mlpipeline.cache.verify", ["verify: hashing"]),
-        ("mlpipeline.cache.gc", ["gc: listing local cache"]),
+        ("mlpipeline.cache.gc", ["gc: reading commits", "gc: listing local cache"]),
     ],
 )
 def test_cache_tools_show_progress_only_where_they_should(
     dvc_repo: Path, module: str, phases: list[str]
 ) -> None:
-    check_four_ways([sys.executable, "-m", module], dvc_repo, [], phases)
+    check_five_ways([sys.executable, "-m", module], dvc_repo, [], phases)
 
 
 @pytest.mark.slow
@@ -331,4 +343,4 @@ def test_make_report_shows_progress_only_where_it_should(pipeline_repo: Path) ->
     header, *rows = loss.read_text().splitlines()
     loss.write_text("\n".join([header, *(row.rsplit("\t", 1)[0] + "\t9.5" for row in rows)]) + "\n")
     command = [sys.executable, "-m", "mlpipeline.compare.report", "--base", "HEAD"]
-    check_four_ways(command, pipeline_repo, ["reports/compare"], ["report: drawing charts"])
+    check_five_ways(command, pipeline_repo, ["reports/compare"], ["report: drawing charts"])

@@ -90,6 +90,7 @@ def test_report_shows_what_changed_with_every_plot_as_a_png(pipeline_repo: Path,
     line = not_found_line(comparison)
     assert f"at `main`: {CACHED_PLOT}" in line and f"at `workspace`: {CACHED_PLOT}" in line
     assert f"> **{line}**" in markdown
+    assert "## Data\n\nNot compared: cannot read data/ingested (" in markdown  # in no cache either
 
 
 def test_a_base_that_never_ran_the_pipeline_is_named_in_one_line(pipeline_repo: Path) -> None:

@@ -15,7 +15,7 @@ from tiny_training import write_workdir
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import from_mapping
-from mlpipeline.core.shards import DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
 from mlpipeline.stages.augment import AugmentParams, augment_dataset
 from mlpipeline.stages.evaluate import EvaluateParams, evaluate
 

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import META_FILE, Dataset
 
 CLASSES = ["a", "b", "c"]
 SHAPE = (1, 4, 5)
@@ -101,7 +103,8 @@ PEAK = """
 import sys
 from pathlib import Path
 import numpy as np
-from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.core.shards import Dataset
+from mlpipeline.core.shard_writer import DatasetWriter
 
 def peak() -> int:
     status = Path("/proc/self/status").read_text().splitlines()
@@ -188,9 +191,9 @@ def test_damaged_shard_is_named(tmp_path: Path, damage, expected: str) -> None:
     [
         (None, "not found"),
         ("{", "not valid JSON"),
-        ('{"format_version": 99}', "format_version 99, expected 2"),
-        ('{"format_version": 1}', "format_version 1, written by an older mlpipeline without shard"),
-        ('{"format_version": 2, "classes": []}', "malformed dataset metadata"),
+        ('{"format_version": 99}', "format_version 99, expected 3"),
+        ('{"format_version": 2}', "format_version 2, written by an older mlpipeline; rerun"),
+        ('{"format_version": 3, "classes": []}', "malformed dataset metadata"),
     ],
 )
 def test_bad_metadata_is_named(tmp_path: Path, content: str | None, expected: str) -> None:

@@ -1,4 +1,5 @@
-"""Splitting: stratified per class, disjoint, seeded; duplicates found; a class too small refused."""
+"""Splitting: a keyed hash of each image, seeded, pins honoured; duplicates found; a split missing a
+class refused."""
 
 from __future__ import annotations
 
@@ -7,77 +8,76 @@ import pytest
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.ingestion.splitting import (
-    SPLITS,
     find_duplicates,
-    keep_fraction,
-    split_counts,
-    stratified_split,
+    hashed_keep,
+    hashed_split,
+    refuse_missing_classes,
 )
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 CLASSES = ["cat", "dog", "owl"]
 
 
-def labels_for(sizes: list[int]) -> np.ndarray:
-    """Interleaved labels, so class members are not contiguous."""
-    labels = np.concatenate([np.full(n, index) for index, n in enumerate(sizes)])
-    return np.random.default_rng(0).permutation(labels)
+def keys(count: int, seed: int = 0) -> np.ndarray:
+    """Random 64-bit keys, as pixel digests' prefixes are."""
+    return np.random.default_rng(seed).integers(0, 2**64, count, dtype=np.uint64, endpoint=False)
 
 
-def test_every_class_is_cut_by_the_fractions() -> None:
-    labels = labels_for([100, 40, 7])
-    assignment = stratified_split(labels, CLASSES, FRACTIONS, seed=1, source="raw")
-    for index, size in enumerate([100, 40, 7]):
-        members = assignment[labels == index]
-        found = {split: int((members == code).sum()) for code, split in enumerate(SPLITS)}
-        assert found == split_counts(size, FRACTIONS)
-    assert split_counts(100, FRACTIONS) == {"train": 70, "val": 15, "test": 15}
+def unpinned(count: int) -> np.ndarray:
+    return np.full(count, -1, dtype=np.int8)
 
 
-def test_splits_are_disjoint_and_cover_every_sample() -> None:
-    labels = labels_for([50, 30, 20])
-    assignment = stratified_split(labels, CLASSES, FRACTIONS, seed=1, source="raw")
-    members = {split: set(np.flatnonzero(assignment == code)) for code, split in enumerate(SPLITS)}
-    assert set().union(*members.values()) == set(range(len(labels)))
-    assert sum(len(m) for m in members.values()) == len(labels)
+def test_the_fractions_hold_statistically() -> None:
+    codes = hashed_split(keys(200_000), unpinned(200_000), FRACTIONS, seed=1)
+    shares = np.bincount(codes, minlength=3) / len(codes)
+    np.testing.assert_allclose(shares, [0.7, 0.15, 0.15], atol=0.005)
+
+
+def test_an_images_split_depends_on_its_key_alone() -> None:
+    """Not on which other images exist: a subset, a superset or another order gives each the same."""
+    everything = keys(5000)
+    whole = hashed_split(everything, unpinned(5000), FRACTIONS, seed=3)
+    chosen = np.random.default_rng(1).permutation(5000)[:700]
+    part = hashed_split(everything[chosen], unpinned(700), FRACTIONS, seed=3)
+    np.testing.assert_array_equal(part, whole[chosen])
 
 
 def test_same_seed_same_split_other_seed_other_split() -> None:
-    labels = labels_for([50, 30, 20])
-    first = stratified_split(labels, CLASSES, FRACTIONS, seed=7, source="raw")
-    np.testing.assert_array_equal(first, stratified_split(labels, CLASSES, FRACTIONS, seed=7, source="raw"))
-    assert (first != stratified_split(labels, CLASSES, FRACTIONS, seed=8, source="raw")).any()
+    first = hashed_split(keys(1000), unpinned(1000), FRACTIONS, seed=7)
+    np.testing.assert_array_equal(first, hashed_split(keys(1000), unpinned(1000), FRACTIONS, seed=7))
+    assert (first != hashed_split(keys(1000), unpinned(1000), FRACTIONS, seed=8)).mean() > 0.3
 
 
-def test_a_new_class_does_not_reshuffle_the_others() -> None:
-    labels = np.repeat([0, 1], 30)
-    before = stratified_split(labels, CLASSES[:2], FRACTIONS, seed=3, source="raw")
-    after = stratified_split(
-        np.concatenate([labels, np.full(10, 2)]), CLASSES, FRACTIONS, seed=3, source="raw"
-    )
-    np.testing.assert_array_equal(before, after[:60])
+def test_a_pin_wins() -> None:
+    pinned = np.array([2, -1, 0, 1], dtype=np.int8)
+    codes = hashed_split(keys(4), pinned, FRACTIONS, seed=0)
+    assert [codes[0], codes[2], codes[3]] == [2, 0, 1]
 
 
-def test_class_too_small_for_the_split_is_named() -> None:
-    labels = np.repeat([0, 1, 2], [20, 3, 20])
+def test_keep_fraction_is_nested_and_holds_statistically() -> None:
+    """Raising the fraction only adds images, so a learning curve's runs grow one set."""
+    found = keys(100_000)
+    half, three_quarters = hashed_keep(found, 0.5, seed=0), hashed_keep(found, 0.75, seed=0)
+    assert not (half & ~three_quarters).any()
+    assert abs(half.mean() - 0.5) < 0.01 and abs(three_quarters.mean() - 0.75) < 0.01
+    assert hashed_keep(found, 1.0, seed=0).all()
+    assert (hashed_keep(found, 0.5, seed=0) != hashed_split(found, unpinned(len(found)), FRACTIONS, 0)).any()
+
+
+def test_a_split_without_some_class_is_named() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    codes = np.array([0, 1, 2, 0, 0, 0, 1, 2], dtype=np.int8)
     with pytest.raises(PipelineError) as caught:
-        stratified_split(labels, CLASSES, FRACTIONS, seed=0, source="raw")
+        refuse_missing_classes(labels, codes, np.ones(8, dtype=bool), CLASSES, seed=5, source="raw")
     assert str(caught.value) == (
-        "raw: class 'dog' has 3 sample(s); ingest.split 0.7/0.15/0.15 needs at least 4"
-        " to give every split one"
+        "raw: class 'dog' has no val image (each image's split is a hash of its pixels with ingest.seed 5, "
+        "and none of its 2 fell in val); add images, pin some to val with a manifest 'split' column, or "
+        "change ingest.seed"
     )
-    stratified_split(np.repeat([0, 1, 2], [20, 4, 20]), CLASSES, FRACTIONS, seed=0, source="raw")
-
-
-def test_keep_fraction_thins_each_selected_class() -> None:
-    labels = np.repeat([0, 1, 2], [40, 10, 1])
-    selected = np.ones(len(labels), dtype=bool)
-    selected[:20] = False  # half of class 0 is elsewhere (val, test)
-    kept = keep_fraction(labels, selected, 0.25, seed=0)
-    assert not kept[~selected].any()
-    assert [int(kept[labels == c].sum()) for c in range(3)] == [5, 2, 1]  # at least one per class
-    np.testing.assert_array_equal(kept, keep_fraction(labels, selected, 0.25, seed=0))
-    np.testing.assert_array_equal(keep_fraction(labels, selected, 1.0, seed=0), selected)
+    labels, codes = np.repeat([0, 1, 2], 3), np.tile(np.arange(3, dtype=np.int8), 3)
+    kept = np.arange(9) != 3  # dog's one training image held out
+    with pytest.raises(PipelineError, match="class 'dog' keeps none of its training images"):
+        refuse_missing_classes(labels, codes, kept, CLASSES, 5, "raw")
 
 
 def arguments(digests: list[bytes], labels: list[int], prefix: int = 4) -> tuple:
@@ -113,3 +113,11 @@ def test_every_copy_of_an_image_under_two_labels_is_a_conflict() -> None:
     found = find_duplicates(*arguments(digests, [0, 1, 1, 2, 0, 1]))
     assert sorted(found.conflicts) == [[0, 2, 4], [1, 3, 5]]
     assert not found.drop.any()
+
+
+def test_the_copy_the_previous_version_holds_is_kept() -> None:
+    """Whatever the order: a new copy never displaces it (its row would die, and a new one be written)."""
+    digests = [b"h1" * 16, b"h2" * 16, b"h1" * 16, b"h1" * 16]
+    preferred = np.array([False, False, False, True])
+    found = find_duplicates(*arguments(digests, [0, 1, 0, 0]), preferred=preferred)
+    assert found.drop.tolist() == [True, False, True, False]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import repo_params
+from conftest import REPO_ROOT, repo_params
 from imagedata import make_folder
 
 from mlpipeline.core import stage, workers
@@ -70,3 +72,67 @@ def test_any_other_os_error_keeps_its_traceback() -> None:
 
     with pytest.raises(FileNotFoundError):
         stage.run("ingest", body)
+
+
+# A stage whose body logs, prints to stderr and fails in one line; run by a shell with stderr closed.
+CLOSED_STDERR_STAGE = """
+import logging, os, sys
+{before}
+from mlpipeline.core import stage
+from mlpipeline.core.errors import PipelineError
+
+def body():
+    logging.getLogger("x").info("a log line")
+    print("a line", file=sys.stderr)
+    raise PipelineError("one line")
+
+stage.run("x", body)
+"""
+
+
+@pytest.mark.parametrize(
+    "before",
+    ["", "os.open(os.devnull, os.O_RDONLY)"],
+    ids=["descriptor 2 free", "descriptor 2 taken by a read-only file"],
+)
+def test_a_stage_with_stderr_closed_exits_as_with_it_open(tmp_path: Path, before: str) -> None:
+    # onnxruntime opens /dev/null read-only when imported, and gets descriptor 2 if it is free:
+    # the export stage with `2>&-` wrote its lines there and exited 120 (a failed flush at exit).
+    code = CLOSED_STDERR_STAGE.format(before=before)
+    done = subprocess.run(["sh", "-c", '"$@" 2>&-', "sh", sys.executable, "-c", code], capture_output=True)
+    assert (done.returncode, done.stdout) == (2, b"")
+
+
+CLOSED_STDERR_BODY = """
+import os, sys
+from mlpipeline.core import progress, stage
+from mlpipeline.core.errors import PipelineError
+
+def body():
+    with open("out.txt", "w") as out:
+        os.write(2, b"a warning from C code\\n")  # as torch's and gloo's C++ write theirs
+        with progress.progress("ingest", "decoding", 3) as shown:
+            shown.advance(3)
+        out.write("the output")
+    if sys.argv[1] == "fail":
+        raise PipelineError("a bad param")
+
+stage.run("ingest", body)
+"""
+
+
+@pytest.mark.parametrize("outcome", ["succeed", "fail"])
+def test_stderr_closed_changes_nothing_but_what_is_seen(tmp_path: Path, outcome: str) -> None:
+    """``2>&-``: progress once failed every stage (AttributeError on None.isatty), an error line went
+    to stdout, and the first file opened took descriptor 2, where C code writes."""
+    result = subprocess.run(
+        ["sh", "-c", '"$0" "$@" 2>&-', sys.executable, "-c", CLOSED_STDERR_BODY, outcome],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "MLPIPELINE_PROGRESS_INTERVAL": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == (0 if outcome == "succeed" else 2)
+    assert result.stdout == "" and result.stderr == ""
+    assert (tmp_path / "out.txt").read_text() == "the output"

@@ -16,7 +16,8 @@ from shard_counting import ShardCounter
 from tiny_model import CLASSES, SHAPE, tiny_images, write_tiny_model
 
 from mlpipeline.core.params import from_mapping
-from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import Dataset
 from mlpipeline.stages.augment import AugmentParams, augment_dataset
 from mlpipeline.stages.evaluate import EvaluateParams, evaluate
 from mlpipeline.stages.synthesize import SynthesizeParams, synthesize

@@ -21,7 +21,8 @@ from sklearn.metrics.pairwise import rbf_kernel as sklearn_rbf_kernel
 from mlpipeline.core.bitexact import exp_neg
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
-from mlpipeline.core.shards import META_FILE, Dataset, DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import META_FILE, Dataset
 from mlpipeline.stages.ingest import IngestParams, ingest
 from mlpipeline.stages.synthesize import SynthesizeParams, synthesize
 from mlpipeline.synthetic import class_counts, get_generator, register_generator

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO_ROOT
 from tiny_model import tiny_images
 from tiny_training import (
     RECIPE,
@@ -26,13 +27,14 @@ from tiny_training import (
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
-from mlpipeline.core.shards import META_FILE, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shards import META_FILE
 from mlpipeline.modeling.files import load_model, save_model
 from mlpipeline.modeling.inference import predict_probabilities
 from mlpipeline.stages import train as train_stage
 from mlpipeline.stages.train import train
 from mlpipeline.training import device as device_module
-from mlpipeline.training.checkpoint import Checkpoints, run_key
+from mlpipeline.training.checkpoint import Checkpoints, fingerprint, run_key
 from mlpipeline.training.data import REAL_SPLIT, epoch_order, open_inputs
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.loader import Placement, Rows, place
@@ -260,6 +262,39 @@ def test_run_key_covers_params_and_dataset_json_without_reading_shards(tmp_path:
     for shard in (tmp_path / "data").rglob("*.safetensors"):
         shard.unlink()  # gigabytes at scale: the key must not read them again
     assert key == run_key(tiny_params(), RUNTIME, inputs.datasets, "train")
+
+
+# How docs/training.md names each kind of part of the checkpoint key.
+KEY_PARTS_IN_THE_DOCS = {
+    "phase": "the phase's name",
+    "train": "each `train.*` param",
+    "device and precision": "the device type and precision",
+    "threads": "the thread count",
+    "torch": "the torch version",
+    "dataset.json": "the inputs' `dataset.json` files",
+    "pretrained weights": "the pretrained weights' bytes",
+    "source": "every source file of the package",
+}
+
+
+def part_kind(name: str) -> str:
+    if name.startswith("train."):
+        return "train"
+    if name.endswith("dataset.json"):
+        return "dataset.json"
+    return "source" if name.startswith("mlpipeline/") else name
+
+
+def test_the_docs_state_every_part_of_the_checkpoint_key(tmp_path: Path) -> None:
+    """docs/training.md once left out the package's source files and the torch version."""
+    inputs = write_inputs(tmp_path)
+    parts = fingerprint(tiny_params(), RUNTIME, inputs.datasets, "a weights hash")
+    kinds = {part_kind(name) for name in parts} | {"phase"}  # run_key adds the phase
+    assert kinds == set(KEY_PARTS_IN_THE_DOCS)
+    text = " ".join((REPO_ROOT / "docs" / "training.md").read_text().split())  # lines wrap anywhere
+    assert [
+        KEY_PARTS_IN_THE_DOCS[kind] for kind in sorted(kinds) if KEY_PARTS_IN_THE_DOCS[kind] not in text
+    ] == []
 
 
 def test_run_key_covers_the_shards_bytes_through_their_fingerprints(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ from tiny_model import SHAPE, tiny_images, write_tiny_dataset
 from tiny_training import tiny_params, write_online_inputs, write_training_set
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.shards import Dataset, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shards import Dataset
 from mlpipeline.core.workers import WORKERS_ENV
 from mlpipeline.modeling.network import channel_stats, streamed_channel_stats
 from mlpipeline.stages import train as train_stage

@@ -4,6 +4,8 @@ skipped first step does not leak torch's scheduler warning."""
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -14,9 +16,11 @@ from conftest import run
 from tiny_training import tiny_params, write_inputs, write_workdir
 
 from mlpipeline.stages.train import train
+from mlpipeline.training import loop
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.divergence import Diverged
 from mlpipeline.training.loop import Trainer
+from mlpipeline.training.losses import smoothed_loss
 
 STAGE = [sys.executable, "-m", "mlpipeline.stages.train"]
 # The issue's recipe: plain SGD at lr 10, fp16 (autocast runs it on the CPU too).
@@ -42,6 +46,34 @@ def test_float32_divergence_stops_the_run_too(tmp_path: Path) -> None:
     whichever goes first, the run stops."""
     with pytest.raises(Diverged, match=r"^training diverged in epoch \d of the train phase: "):
         train(tiny_params(precision="float32", **{**EXPLODING, "epochs": 8}), write_inputs(tmp_path), None)
+
+
+def test_the_message_names_the_first_non_finite_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN loss at step 2 leaves NaN weights, so every later step's loss is NaN too: the line
+    must name where it began, not where the epoch ended."""
+    losses = 0
+
+    def nan_at_step_2(logits: torch.Tensor, labels: torch.Tensor, smoothing: float):
+        nonlocal losses
+        losses += 1
+        loss, nll_sum = smoothed_loss(logits, labels, smoothing)
+        return (loss * math.nan, nll_sum * math.nan) if losses == 2 else (loss, nll_sum)
+
+    monkeypatch.setattr(loop, "smoothed_loss", nan_at_step_2)
+    params, inputs = tiny_params(), write_inputs(tmp_path)
+    with pytest.raises(
+        Diverged, match=r"^training diverged in epoch 1 of the train phase: .* at step 2 of (\d+);"
+    ) as stop:
+        train(params, inputs, None, tmp_path / "ckpt")
+    assert int(re.search(r"at step 2 of (\d+);", str(stop.value))[1]) > 2  # later steps were NaN too
+
+
+def test_an_infinite_val_loss_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finite weights whose val logits overflow give an infinite loss, not a NaN: no model of it."""
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, split: (math.inf, 0.2))
+    message = "training diverged in epoch 1 of the train phase: the val loss is inf; no model written"
+    with pytest.raises(Diverged, match=f"^{re.escape(message)}"):
+        train(tiny_params(), write_inputs(tmp_path), None, tmp_path / "ckpt")
 
 
 def test_non_finite_batchnorm_statistics_stop_the_run(

@@ -16,7 +16,8 @@ from test_train import report_files, weights_digest
 from tiny_model import write_tiny_model
 from tiny_training import killed_then_resumed, tiny_params, write_inputs, write_workdir
 
-from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import Dataset
 from mlpipeline.stages.train import train
 from mlpipeline.training.data import Inputs, open_inputs
 

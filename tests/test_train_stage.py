@@ -62,6 +62,15 @@ def test_stage_writes_model_and_curves_identically_twice(tmp_path: Path) -> None
         ),
         ({"train.num_threads": -1}, "params.yaml: train.num_threads must be >= 0 and <= 1024, got -1"),
         ("no augmented data", "data/augmented/dataset.json: not found (has the stage that writes"),
+        (  # refused before torchrun launches the two processes, so said once
+            {"train.model.arch": "convnext", "train.processes": 2},
+            "params.yaml: train.model.hf.convnext: convnext does not run on 1x8x8 images with this config",
+        ),
+        (
+            {"train.model.freeze_epochs": TINY["epochs"], "train.processes": 2},
+            f"params.yaml: train.model.freeze_epochs is {TINY['epochs']}, "
+            f"but the train phase runs {TINY['epochs']} epochs",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, change: dict | str, message: str) -> None:

@@ -18,7 +18,8 @@ from tiny_training import tiny_params, write_training_set
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import from_mapping
 from mlpipeline.core.seeding import rng
-from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import Dataset
 from mlpipeline.ingestion.images import Preprocessing
 from mlpipeline.modeling.files import load_model, save_model
 from mlpipeline.modeling.inference import predict_probabilities

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mlpipeline.core.seeding import rng
-from mlpipeline.core.shards import DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
 from mlpipeline.modeling.files import save_model
 from mlpipeline.modeling.network import ConvNet, ModelConfig, build_model, channel_stats
 

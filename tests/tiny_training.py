@@ -13,7 +13,7 @@ from conftest import repo_params
 from tiny_model import CLASSES, SHAPE, tiny_images, write_tiny_dataset
 
 from mlpipeline.core.params import from_mapping
-from mlpipeline.core.shards import MAX_SHARD_BYTES, DatasetWriter
+from mlpipeline.core.shard_writer import MAX_SHARD_BYTES, DatasetWriter
 from mlpipeline.stages.augment import AugmentParams, augment_dataset
 from mlpipeline.stages.train import Trained, train
 from mlpipeline.training.data import REAL_SPLIT, SYNTHETIC_SPLIT, Inputs, open_inputs

@@ -45,6 +45,42 @@ from mlpipeline.core.progress import counted, progress
 def kept_objects(repo, scope: Scope, releases: dict[str, str], jobs: int | None = None) -> dict[Any, set]:
     """The objects each store must keep, as ``dvc gc`` collects them, plus every registered model
     version's (``releases``: a narrower scope than ``-T`` must not delete a released model)."""
+    with revisions_shown(repo):
+        return _kept_objects(repo, scope, releases, jobs)
+
+
+@contextmanager
+def revisions_shown(repo) -> Iterator[None]:
+    """Progress per revision while DVC walks the scope's (``Repo.brancher``, which ``used_objs``
+    iterates): with ``--date`` or ``-A`` it reads each commit's pipeline, 87 commits in minutes."""
+    walk = repo.brancher
+
+    def shown(*args: Any, **scope: Any) -> Iterator[str]:
+        with progress("gc", "reading commits", _revision_count(repo, **scope), unit="commit") as bar:
+            for revision in walk(*args, **scope):
+                yield revision
+                bar.advance()
+
+    repo.brancher = shown
+    try:
+        yield
+    finally:
+        del repo.brancher  # the class's again
+
+
+def _revision_count(repo, revs=None, num=1, **flags: Any) -> int:
+    """How many revisions ``Repo.brancher`` yields for ``used_objs``'s arguments (its own rule:
+    the workspace alone without a scope, else the workspace and each revision ``iter_revs``
+    finds)."""
+    from dvc.scm import iter_revs
+
+    if not revs and not any(flags.values()):
+        return 1
+    named = [rev for rev in revs or [] if rev != "workspace"]
+    return 1 + len(iter_revs(repo.scm, named, num=num, **flags))
+
+
+def _kept_objects(repo, scope: Scope, releases: dict[str, str], jobs: int | None) -> dict[Any, set]:
     used = repo.used_objs(
         **{key: value for key, value in asdict(scope).items() if key not in ("workspace", "rev", "num")},
         revs=[scope.rev] if scope.rev else None,

@@ -8,6 +8,8 @@ for a revision is kept, to be said in one line.
 
 from __future__ import annotations
 
+import argparse
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,24 @@ def resolve(repo: Repo, base: str) -> str:
         return repo.scm.resolve_rev(base)
     except SCMError:
         raise PipelineError(f"BASE {base!r} is not a git revision of this repository (git fetch it first?)")
+
+
+def add_base_argument(parser: argparse.ArgumentParser) -> None:
+    """``--base``, from ``MLPIPELINE_BASE`` as ``make`` hands BASE over (default: main)."""
+    parser.add_argument(
+        "--base",
+        default=os.environ.get("MLPIPELINE_BASE", "main"),
+        help="git revision to compare with (default: $MLPIPELINE_BASE, else main)",
+    )
+
+
+def check_base(base: str) -> str:
+    """A revision git can only read as one: not empty (DVC would compare HEAD), not an option."""
+    if not base.strip():
+        raise PipelineError("BASE is empty: name the git revision to compare with (e.g. BASE=main)")
+    if base.startswith("-"):
+        raise PipelineError(f"BASE={base}: a git revision, not an option (e.g. BASE=main)")
+    return base
 
 
 def plot_renderers(repo: Repo, plots: dict[str, Any], image_dir: Path) -> list[RendererWithErrors]:

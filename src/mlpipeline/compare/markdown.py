@@ -20,8 +20,11 @@ HEADLINE_DEPTH = 2  # network.accuracy is a headline figure, network.per_class.3
 Link = Callable[[str], str]  # an image file name -> the URL the Markdown uses
 
 
-def report_markdown(comparison: Comparison, charts: dict[str, str], link: Link) -> str:
-    """The whole report; ``charts`` maps each chart's name to its PNG file name."""
+def report_markdown(
+    comparison: Comparison, charts: dict[str, str], link: Link, sections: dict[str, str] | None = None
+) -> str:
+    """The whole report; ``charts`` maps each chart's name to its PNG file name, ``sections`` each
+    further section's heading to its body (the data versions), shown after the metrics."""
     parts = [
         f"# Experiment report: `{comparison.base}` ({comparison.base_commit[:7]}) vs the workspace",
         f"> **{line}**" if (line := not_found_line(comparison)) else "",
@@ -29,6 +32,7 @@ def report_markdown(comparison: Comparison, charts: dict[str, str], link: Link) 
         params_section(comparison),
         "## Metrics",
         *metrics_sections(comparison),
+        *(part for heading, body in (sections or {}).items() for part in (f"## {heading}", body)),
         "## Plots",
         *(figure(name, link(file)) for name, file in charts.items()),
         *(image_pair(name, files, comparison.base, link) for name, files in comparison.images.items()),

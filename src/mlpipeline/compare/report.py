@@ -1,4 +1,6 @@
-"""``make report BASE=<rev>``: BASE against the workspace, as Markdown and PNGs in ``reports/compare``.
+"""``make report BASE=<rev>``: BASE against the workspace, as Markdown and PNGs in ``reports/compare``:
+params, metrics (ingest's data counts among them), what changed in the data, both models on the
+test images both data versions hold, and the plots.
 
     python -m mlpipeline.compare.report [--base main] [--out reports/compare] [--images-url URL]
 
@@ -21,13 +23,19 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from mlpipeline.compare.collect import Comparison, compare
+from mlpipeline.compare.collect import Comparison, add_base_argument, check_base, compare
+from mlpipeline.compare.data_diff import data_section
 from mlpipeline.compare.markdown import not_found_line, report_markdown
+from mlpipeline.compare.shared_test import shared_section
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.progress import counted, progress
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
 
 OUTPUT = Path("reports/compare")
 REPORT = "report.md"
@@ -43,6 +51,7 @@ def write_report(repo_root: Path, base: str, out_dir: Path, images_url: str | No
         try:
             with Repo(str(repo_root)) as repo:
                 comparison = compare(repo, base, tmp)
+                sections = data_sections(repo, base)
         except DvcException as exc:
             raise PipelineError(f"DVC could not compare {base!r} with the workspace: {exc}")
         # a chart of the test set's predictions grows with it: about 1 s per 100,000 rows
@@ -50,9 +59,20 @@ def write_report(repo_root: Path, base: str, out_dir: Path, images_url: str | No
             charts = {
                 name: draw_chart(spec, tmp, name) for name, spec in counted(comparison.charts.items(), shown)
             }
-        markdown = report_markdown(comparison, charts, linker(images_url))
+        markdown = report_markdown(comparison, charts, linker(images_url), sections)
         atomic.write_text(tmp / REPORT, markdown)
     return comparison
+
+
+def data_sections(repo: Repo, base: str) -> dict[str, str]:
+    """What changed in the data, and both models on the test images both data versions hold."""
+    found = {}
+    for heading, (body, unread) in (
+        ("Data", data_section(repo, base)),
+        ("Test images both versions share", shared_section(repo, base)),
+    ):
+        found[heading] = body or f"Not compared: cannot read {unread}."
+    return found
 
 
 def draw_chart(spec: dict, out_dir: Path, name: str) -> str:
@@ -79,11 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m mlpipeline.compare.report", description=__doc__.split("\n")[0]
     )
-    parser.add_argument(
-        "--base",
-        default=os.environ.get("MLPIPELINE_BASE", "main"),
-        help="git revision to compare with (default: $MLPIPELINE_BASE, else main)",
-    )
+    add_base_argument(parser)
     parser.add_argument("--out", type=Path, default=OUTPUT, help=f"output directory (default: {OUTPUT})")
     parser.add_argument(
         "--images-url",
@@ -91,15 +107,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="URL the image links start with (default: $MLPIPELINE_IMAGES_URL, else relative)",
     )
     return parser.parse_args(argv)
-
-
-def check_base(base: str) -> str:
-    """A revision git can only read as one: not empty (DVC would compare HEAD), not an option."""
-    if not base.strip():
-        raise PipelineError("BASE is empty: name the git revision to compare with (e.g. BASE=main)")
-    if base.startswith("-"):
-        raise PipelineError(f"BASE={base}: a git revision, not an option (e.g. BASE=main)")
-    return base
 
 
 def main(argv: list[str] | None = None) -> None:

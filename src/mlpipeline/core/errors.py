@@ -15,3 +15,10 @@ class PipelineError(Exception):
     """
 
     exit_code = EXIT_USER_ERROR
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of ``exc``'s message (its type's name when it has none): what a
+    library's multi-line error contributes to the one line a ``PipelineError`` prints."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

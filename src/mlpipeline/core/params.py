@@ -194,6 +194,8 @@ def _node_at(schema: dict[str, Any], loc: tuple[Any, ...]) -> dict[str, Any]:
     for part in loc:
         if isinstance(part, int):
             node = _deref(schema, _branch(schema, node, "items")["items"])
+        elif isinstance(free := node.get("additionalProperties"), dict):  # a mapping of free keys
+            node = _deref(schema, free)  # (train.model.hf): the schema of each value
         else:
             node = _deref(schema, _branch(schema, node, "properties")["properties"].get(part, {}))
     return node
@@ -205,6 +207,8 @@ def _expected(schema: dict[str, Any], node: dict[str, Any]) -> str:
         return " or ".join(_expected(schema, option) for option in node["anyOf"])
     if "enum" in node:
         return "one of " + ", ".join(repr(choice) for choice in node["enum"])
+    if "pattern" in node:  # a string of a given form: its description says which
+        return node.get("description") or f"a string matching {node['pattern']}"
     kind = node.get("type")
     if kind == "array":
         count = "" if _count(node) is None else f" of {_count(node)} item(s)"

@@ -7,6 +7,7 @@ names each stage module imports from here are exactly its deps and outs in dvc.y
 from pathlib import Path
 
 INGESTED = Path("data/ingested")
+INGEST_REPORTS = Path("reports/ingest")  # metrics.json (DVC metrics); bad_files.csv when a run fails
 SYNTHETIC = Path("data/synthetic")
 AUGMENTED = Path("data/augmented")
 MODELS = Path("models")

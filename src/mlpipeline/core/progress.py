@@ -11,8 +11,9 @@ behave alike), always on stderr, never in an output, so no output byte depends o
   return, once ``MLPIPELINE_PROGRESS_INTERVAL`` seconds (default 10) *and* a tenth of the
   work have passed since the last, and a last one when such a phase ends; a phase done
   within the interval prints nothing;
-- ``MLPIPELINE_PROGRESS=0``, or a torchrun rank other than 0 (``RANK``: every rank runs the
-  same loop, one shows it): nothing.
+- ``MLPIPELINE_PROGRESS=0``, a torchrun rank other than 0 (``RANK``: every rank runs the
+  same loop, one shows it), or stderr closed (``2>&-``: Python's ``sys.stderr`` is None):
+  nothing. Progress never changes a run's outcome.
 
 Worker processes never report: the parent advances a phase as their results come back.
 These are environment variables, not DVC params: they change no output.
@@ -145,7 +146,7 @@ def interval() -> float:
 def start(stage: str, phase: str, total: int | None = None, unit: str = "image") -> Progress:
     """A phase ``phase`` of ``stage`` over ``total`` units (None: not known ahead), shown the way
     stderr and the environment ask; the caller closes it (``progress`` does)."""
-    if not enabled():
+    if not enabled() or sys.stderr is None:
         return Progress()
     label = f"{stage}: {phase}"
     if sys.stderr.isatty():

@@ -1,9 +1,9 @@
 """The on-disk dataset format every stage reads and writes.
 
-A dataset is one directory::
+A dataset is one directory (``core.shard_writer`` writes it)::
 
-    dataset.json                  classes, image shape, per-split counts, shard list and
-                                  each shard's sha256
+    dataset.json                  classes, image shape, per-split counts, shard list,
+                                  each shard's sha256 and row count, and which rows are live
     <split>-00000.safetensors     "images" uint8 N x C x H x W, "labels" int64 N
 
 Few, size-bounded files keep DVC hashing and S3 transfers cheap; safetensors is
@@ -13,41 +13,89 @@ by the shard size, not the dataset size. The shard fingerprints are hashed from
 the bytes as they are written, so ``dataset.json`` alone identifies the data:
 whoever needs a key for it (training's checkpoints) hashes that one small file
 instead of re-reading gigabytes of shards.
+
+A shard, once written, is never rewritten while a dataset grows (docs/growing.md): a new
+version keeps the previous version's shard files, so DVC stores and moves only new ones. So
+``dataset.json`` may say, per shard, which of its rows are live (``live``: a removed or
+relabelled image is a dead row until compaction), which are held out (``held_out``: ingest's
+``keep_train_fraction``) and which class names its stored labels index, where those are not the
+dataset's (``classes``: a class list that grew). Every reader goes through ``Dataset`` or
+``shard_rows.SplitReader``, which honour all three in one place: a reader sees live rows only,
+labelled by the dataset's classes.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
-import math
-import mmap
-import struct
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
-from mlpipeline.core import atomic
 from mlpipeline.core.errors import PipelineError
 
-FORMAT_VERSION = 2  # 2: shard fingerprints (sha256) in dataset.json
+FORMAT_VERSION = 3  # 2: shard fingerprints (sha256); 3: rows per shard, live rows, class maps
 META_FILE = "dataset.json"
-MAX_SHARD_BYTES = 32 * 1024 * 1024
-# Unix maps anonymous memory shared unless told otherwise; Windows' mmap takes no flags.
-PRIVATE_MAP = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
+SHARD_SUFFIX = ".safetensors"
+
+
+def pack_mask(mask: np.ndarray) -> str:
+    """A boolean row mask as dataset.json stores it: its bits, little-endian, in base64 (a row
+    costs an eighth of a byte, so a version's masks stay small beside its shards)."""
+    return base64.b64encode(np.packbits(mask, bitorder="little").tobytes()).decode("ascii")
+
+
+def unpack_mask(text: str, rows: int) -> np.ndarray:
+    """The boolean mask of ``rows`` rows that ``pack_mask`` wrote; ValueError if it is not one."""
+    try:
+        packed = np.frombuffer(base64.b64decode(text, validate=True), dtype=np.uint8)
+    except (binascii.Error, TypeError) as exc:
+        raise ValueError(f"a row mask is not base64 ({exc})")
+    if len(packed) != (rows + 7) // 8:
+        raise ValueError(f"a row mask holds {len(packed) * 8} bits for {rows} rows")
+    return np.unpackbits(packed, count=rows, bitorder="little").astype(bool)
 
 
 @dataclass(frozen=True)
 class SplitInfo:
-    count: int
-    class_counts: list[int]
+    count: int  # live rows
+    class_counts: list[int]  # live rows per class
     shards: list[str]
     sha256: dict[str, str]  # shard name -> hex digest of its bytes
+    rows: dict[str, int]  # shard name -> rows it stores, live or not
+    live: dict[str, str] = field(default_factory=dict)  # shard -> packed mask, where some row is dead
+    held_out: dict[str, str] = field(default_factory=dict)  # shard -> packed mask of held-out rows
+    classes: dict[str, list[str]] = field(default_factory=dict)  # shard -> what its labels index
+
+    def live_rows(self, name: str) -> np.ndarray | None:
+        """The live rows of shard ``name`` (ascending), or None when every row is live."""
+        if name not in self.live:
+            return None
+        return np.flatnonzero(unpack_mask(self.live[name], self.rows[name]))
+
+    def held_out_rows(self, name: str) -> np.ndarray:
+        """The rows of shard ``name`` that are kept but held out of training (ascending)."""
+        if name not in self.held_out:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(unpack_mask(self.held_out[name], self.rows[name]))
+
+    def to_json(self) -> dict[str, Any]:
+        extra = {key: value for key in ("live", "held_out", "classes") if (value := getattr(self, key))}
+        return {
+            "count": self.count,
+            "class_counts": self.class_counts,
+            "shards": self.shards,
+            "sha256": self.sha256,
+            "rows": self.rows,
+            **extra,
+        }
 
 
 @dataclass(frozen=True)
@@ -68,183 +116,18 @@ class DatasetInfo:
             "format_version": FORMAT_VERSION,
             "classes": list(self.classes),
             "image_shape": list(self.image_shape),
-            "splits": {
-                name: {
-                    "count": s.count,
-                    "class_counts": s.class_counts,
-                    "shards": s.shards,
-                    "sha256": s.sha256,
-                }
-                for name, s in self.splits.items()
-            },
+            "splits": {name: s.to_json() for name, s in self.splits.items()},
             "attributes": self.attributes,
         }
 
-
-class DatasetWriter:
-    """Stream batches into size-bounded shards; the directory appears only on success.
-
-    Use as a context manager. Batches are copied into one shard-sized buffer
-    per split, flushed as a shard whenever ``shard_images`` images have
-    accumulated. Copying (not keeping the callers' arrays) means a caller may
-    reuse its arrays, and memory holds one buffer per split, not many small
-    arrays interleaved with a stage's large temporaries, which fragmented the
-    heap and tripled the peak RSS of a long synthesize run. Each buffer is a
-    memory map of its own (``mapped_empty``), dropped once its shard is
-    written: a split written earlier holds only the pages of its unfinished
-    shard, not a whole shard's until the last split is done.
-    """
-
-    def __init__(
-        self,
-        out_dir: Path | str,
-        classes: Sequence[str],
-        image_shape: Sequence[int],
-        attributes: dict[str, Any] | None = None,
-        max_shard_bytes: int | None = None,  # default MAX_SHARD_BYTES
-    ) -> None:
-        if len(image_shape) != 3:
-            raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
-        self.out_dir = Path(out_dir)
-        self.classes = list(classes)
-        self.image_shape = tuple(int(d) for d in image_shape)
-        self.attributes = dict(attributes or {})
-        shard_bytes = MAX_SHARD_BYTES if max_shard_bytes is None else max_shard_bytes
-        self.shard_images = max(1, shard_bytes // int(np.prod(self.image_shape)))
-        self._buffers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._pending_count: dict[str, int] = {}
-        self._shards: dict[str, list[str]] = {}
-        self._sha256: dict[str, str] = {}
-        self._class_counts: dict[str, np.ndarray] = {}
-        self._tmp_cm = None
-        self._tmp: Path | None = None
-
-    def __enter__(self) -> DatasetWriter:
-        self._tmp_cm = atomic.directory(self.out_dir)
-        self._tmp = self._tmp_cm.__enter__()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool | None:
-        assert self._tmp_cm is not None
-        if exc_type is None:
-            try:
-                self._finish()
-            except BaseException as error:
-                return self._tmp_cm.__exit__(type(error), error, error.__traceback__)
-        return self._tmp_cm.__exit__(exc_type, exc, tb)
-
-    def add_split(self, split: str) -> None:
-        """Declare a split so it is recorded even if it receives no images."""
-        self._pending_count.setdefault(split, 0)
-        self._shards.setdefault(split, [])
-        self._class_counts.setdefault(split, np.zeros(len(self.classes), dtype=np.int64))
-
-    def write(self, split: str, images: np.ndarray, labels: np.ndarray) -> None:
-        """Append a batch of images (uint8, N x C x H x W) and labels (int N) to ``split``."""
-        if self._tmp is None:
-            raise RuntimeError("DatasetWriter must be used as a context manager")
-        images, labels = self._checked(images, labels)
-        self.add_split(split)
-        self._class_counts[split] += np.bincount(labels, minlength=len(self.classes))
-        start = 0
-        while start < len(images):
-            filled = self._pending_count[split]
-            take = min(self.shard_images - filled, len(images) - start)
-            buffer_images, buffer_labels = self._buffer(split)
-            buffer_images[filled : filled + take] = images[start : start + take]
-            buffer_labels[filled : filled + take] = labels[start : start + take]
-            self._pending_count[split] += take
-            start += take
-            if self._pending_count[split] == self.shard_images:
-                self._flush(split)
-
-    @property
-    def directory(self) -> Path:
-        """Where the shards are written until the dataset is complete."""
-        if self._tmp is None:
-            raise RuntimeError("DatasetWriter must be used as a context manager")
-        return self._tmp
-
-    @staticmethod
-    def shard_name(split: str, index: int) -> str:
-        return f"{split}-{index:05d}.safetensors"
-
-    def add_shard(self, split: str, name: str, sha256: str, labels: np.ndarray) -> None:
-        """Record a shard written into ``directory`` by ``write_shard`` elsewhere (a worker
-        process), as the next of ``split``: shards of ``shard_images`` images, the last one
-        maybe fewer, named ``shard_name(split, index)``. Not to be mixed with ``write``."""
-        self.add_split(split)
-        if self._pending_count[split] or name != self.shard_name(split, len(self._shards[split])):
-            raise ValueError(f"{name} is not the next shard of {split}")
-        self._class_counts[split] += np.bincount(labels, minlength=len(self.classes))
-        self._sha256[name] = sha256
-        self._shards[split].append(name)
-
-    def add_file(self, name: str, data: bytes) -> None:
-        """Store a small metadata file (a manifest, say) beside the shards."""
-        (self.directory / name).write_bytes(data)
-
-    @contextmanager
-    def open_file(self, name: str) -> Iterator[BinaryIO]:
-        """Stream a metadata file too large to build in memory (a million-row manifest) beside the shards."""
-        with open(self.directory / name, "wb") as handle:
-            yield handle
-
-    def _checked(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != self.image_shape:
-            raise ValueError(
-                f"images must be uint8 N x {self.image_shape}, got {images.dtype} {images.shape}"
-            )
-        labels = np.asarray(labels, dtype=np.int64)
-        if labels.shape != (len(images),):
-            raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(self.classes)):
-            raise ValueError(
-                f"labels must lie in [0, {len(self.classes)}), got {labels.min()}..{labels.max()}"
-            )
-        return images, labels
-
-    def _buffer(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        if split not in self._buffers:
-            self._buffers[split] = (
-                mapped_empty((self.shard_images, *self.image_shape), np.uint8),
-                mapped_empty((self.shard_images,), np.int64),
-            )
-        return self._buffers[split]
-
-    def _flush(self, split: str) -> None:
-        count = self._pending_count[split]
-        if count == 0:
-            return
-        images, labels = self._buffers[split]
-        name = self.shard_name(split, len(self._shards[split]))
-        self._sha256[name] = write_shard(self.directory / name, images[:count], labels[:count])
-        self._shards[split].append(name)
-        self._pending_count[split] = 0
-        del self._buffers[split]  # its pages go back now, not when the last split is done
-
-    def _finish(self) -> None:
-        for split in self._pending_count:
-            self._flush(split)
-        self._buffers.clear()
-        splits = {
-            split: SplitInfo(
-                count=int(self._class_counts[split].sum()),
-                class_counts=[int(c) for c in self._class_counts[split]],
-                shards=self._shards[split],
-                sha256={name: self._sha256[name] for name in self._shards[split]},
-            )
-            for split in sorted(self._shards)
-        }
-        info = DatasetInfo(self.classes, self.image_shape, splits, self.attributes)
-        assert self._tmp is not None
-        atomic.write_json(self._tmp / META_FILE, info.to_json())
-
-
-def write_shard(path: Path, images: np.ndarray, labels: np.ndarray) -> str:
-    """Write one shard file; the sha256 of its bytes (for ``dataset.json``)."""
-    save_file({"images": images, "labels": labels}, path)  # no 32 MB bytes copy
-    return file_sha256(path)  # from the page cache
+    def label_map(self, split: str, shard: str) -> np.ndarray | None:
+        """Stored label -> the dataset's class index (-1: a class it no longer has) for a shard
+        whose labels index another class list; None where they index the dataset's."""
+        names = self.splits[split].classes.get(shard)
+        if names is None:
+            return None
+        index = {name: i for i, name in enumerate(self.classes)}
+        return np.array([index.get(name, -1) for name in names], dtype=np.int64)
 
 
 def file_sha256(path: Path) -> str:
@@ -267,17 +150,31 @@ def check_shard(path: Path, sha256: str | None) -> None:
         )
 
 
-def mapped_empty(shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
-    """An array in an anonymous memory map of its own, not in the C heap: dropped, its pages go
-    back to the system at once whatever the allocator's thresholds, leaving no hole in the heap,
-    and pages never written never become resident."""
-    count = math.prod(shape)
-    pages = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize), **PRIVATE_MAP)
-    return np.frombuffer(pages, dtype=dtype, count=count).reshape(shape)
+def read_shard(
+    path: Path, image_shape: tuple[int, int, int], sha256: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every row a shard file stores, labels as stored, checked against ``sha256``."""
+    try:
+        # pread, not the default memory map, whose file pages stayed resident beside the arrays
+        tensors = load_file(path, backend="pread")
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: shard listed in {META_FILE} is missing")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PipelineError(f"{path}: not a readable safetensors shard ({exc})")
+    check_shard(path, sha256)
+    images, labels = tensors.get("images"), tensors.get("labels")
+    if images is None or labels is None:
+        raise PipelineError(f"{path}: shard must hold 'images' and 'labels' tensors")
+    if images.dtype != np.uint8 or images.shape[1:] != image_shape or labels.dtype != np.int64:
+        raise PipelineError(
+            f"{path}: expected uint8 images N x {image_shape} and int64 labels, "
+            f"got {images.dtype} {images.shape} and {labels.dtype}"
+        )
+    return images, labels
 
 
 class Dataset:
-    """Read access to a dataset directory written by ``DatasetWriter``."""
+    """Read access to a dataset directory written by ``DatasetWriter``: its live rows."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -296,13 +193,43 @@ class Dataset:
         return list(self.info.splits)
 
     def count(self, split: str) -> int:
-        return self._split(split).count
+        return self.split_info(split).count
 
     def iter_shards(self, split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (images, labels) one shard at a time: memory bounded by one shard."""
-        info = self._split(split)
-        for name in info.shards:
-            yield self._read_shard(self.root / name, info.sha256[name])
+        """Yield the live (images, labels) one shard at a time: memory bounded by one shard."""
+        for name in self.split_info(split).shards:
+            yield self._live(split, name)  # no local holds a shard while the next one is read
+
+    def _live(self, split: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = self.read_stored(split, name)
+        labels = self.live_labels(split, name, labels)
+        rows = self.split_info(split).live_rows(name)
+        return (images, labels) if rows is None else (images[rows], labels[rows])
+
+    def read_stored(self, split: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every row shard ``name`` stores, dead ones too, labels as stored: for a stage whose
+        output mirrors the shards (augment) and for ``iter_shards``."""
+        info = self.split_info(split)
+        images, labels = read_shard(self.root / name, self.image_shape, info.sha256[name])
+        if len(labels) != info.rows[name]:
+            raise PipelineError(
+                f"{self.root / name}: holds {len(labels)} rows, {META_FILE} says {info.rows[name]}"
+            )
+        return images, labels
+
+    def live_labels(self, split: str, name: str, stored: np.ndarray) -> np.ndarray:
+        """Shard ``name``'s stored labels as the dataset's class indices (-1 on dead rows of a
+        class the dataset no longer has); a live row of no class is refused."""
+        info, mapping = self.split_info(split), self.info.label_map(split, name)
+        if mapping is None:
+            return stored
+        if len(stored) and (stored.min() < 0 or stored.max() >= len(mapping)):
+            raise PipelineError(f"{self.root / name}: labels outside its {len(mapping)} recorded classes")
+        labels = mapping[stored]
+        rows = info.live_rows(name)
+        if (labels if rows is None else labels[rows]).min(initial=0) < 0:
+            raise PipelineError(f"{self.root / META_FILE}: a live row of {name} has a class it does not list")
+        return labels
 
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The whole split in memory; for splits known to be small (val, test, training sets)."""
@@ -312,39 +239,26 @@ class Dataset:
             return np.empty((0, c, h, w), np.uint8), np.empty((0,), np.int64)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def _split(self, split: str) -> SplitInfo:
+    def split_info(self, split: str) -> SplitInfo:
         try:
             return self.info.splits[split]
         except KeyError:
             raise PipelineError(f"{self.root / META_FILE}: has no split '{split}' (has {self.splits})")
-
-    def _read_shard(self, path: Path, sha256: str) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            # pread, not the default memory map, whose file pages stayed resident beside the arrays
-            tensors = load_file(path, backend="pread")
-        except FileNotFoundError:
-            raise PipelineError(f"{path}: shard listed in {META_FILE} is missing")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise PipelineError(f"{path}: not a readable safetensors shard ({exc})")
-        check_shard(path, sha256)
-        images, labels = tensors.get("images"), tensors.get("labels")
-        if images is None or labels is None:
-            raise PipelineError(f"{path}: shard must hold 'images' and 'labels' tensors")
-        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape or labels.dtype != np.int64:
-            raise PipelineError(
-                f"{path}: expected uint8 images N x {self.image_shape} and int64 labels, "
-                f"got {images.dtype} {images.shape} and {labels.dtype}"
-            )
-        return images, labels
 
 
 def read_info(root: Path | str) -> DatasetInfo:
     """Parse and check ``dataset.json``; errors name the file."""
     path = Path(root) / META_FILE
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        return parse_info(path.read_bytes(), path)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found (has the stage that writes {Path(root)} run?)")
+
+
+def parse_info(data: bytes, path: Path | str) -> DatasetInfo:
+    """``dataset.json``'s bytes, parsed and checked; errors name ``path`` (where they came from)."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PipelineError(f"{path}: not valid JSON ({exc})")
     try:
@@ -356,16 +270,17 @@ def read_info(root: Path | str) -> DatasetInfo:
         raise PipelineError(f"{path}: malformed dataset metadata ({exc!r})")
 
 
-def check_version(version: object, path: Path) -> None:
-    """Refuse any other format version. Version 1 lacks the shard fingerprints that training's
-    checkpoint key relies on, and every stage lists ``core`` as a DVC dependency, so ``dvc repro``
-    rewrites such a dataset anyway: reading it half-way would only hide a stale workspace."""
+def check_version(version: object, path: Path | str) -> None:
+    """Refuse any other format version. Older versions lack the shard fingerprints that training's
+    checkpoint key relies on, or the rows and live masks of a growing dataset, and every stage
+    lists ``core`` as a DVC dependency, so ``dvc repro`` rewrites such a dataset anyway: reading it
+    half-way would only hide a stale workspace."""
     if version == FORMAT_VERSION:
         return
     if isinstance(version, int) and version < FORMAT_VERSION:
         raise PipelineError(
-            f"{path}: format_version {version}, written by an older mlpipeline without shard "
-            f"fingerprints; rerun the stage that writes it (dvc repro)"
+            f"{path}: format_version {version}, written by an older mlpipeline; rerun the stage "
+            "that writes it (dvc repro)"
         )
     raise PipelineError(f"{path}: format_version {version}, expected {FORMAT_VERSION}")
 
@@ -373,130 +288,25 @@ def check_version(version: object, path: Path) -> None:
 def _split_info(raw: dict[str, Any]) -> SplitInfo:
     shards = list(raw["shards"])
     sha256 = {str(name): str(digest) for name, digest in raw["sha256"].items()}
-    if sorted(sha256) != sorted(shards):
-        raise ValueError(f"sha256 lists {sorted(sha256)}, shards are {sorted(shards)}")
-    return SplitInfo(int(raw["count"]), [int(c) for c in raw["class_counts"]], shards, sha256)
-
-
-# Random access to a split's rows, for the training loader: batches of rows in any order, each
-# row read from its shard at its raw offset, so memory holds the rows asked for, never the split.
-
-_HEADER_LENGTH = struct.Struct("<Q")  # safetensors: a little-endian u64, then that many bytes of JSON
-_DTYPES = {"images": "U8", "labels": "I64"}
-
-
-@dataclass(frozen=True)
-class ShardLayout:
-    """Where a shard's images lie in its file, and its labels (8 bytes an image, read whole)."""
-
-    path: Path
-    images_offset: int  # of the first image's first byte
-    labels: np.ndarray
-    sha256: str | None = None  # as dataset.json records it, checked when the shard is read whole
-
-
-def shard_layout(path: Path, image_shape: tuple[int, int, int], sha256: str | None = None) -> ShardLayout:
-    """Read a shard's header and labels, not its images; refuse, naming the file, what
-    ``Dataset`` would refuse."""
-    try:
-        with open(path, "rb") as handle:
-            (length,) = _HEADER_LENGTH.unpack(handle.read(_HEADER_LENGTH.size))
-            header = json.loads(handle.read(length))
-            start = _HEADER_LENGTH.size + length
-            count, (begin, end) = _checked_entries(header, image_shape)
-            handle.seek(start + begin)
-            labels = np.frombuffer(handle.read(end - begin), dtype=np.int64)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: shard listed in {META_FILE} is missing")
-    except (OSError, struct.error, ValueError, KeyError, TypeError) as exc:
-        raise PipelineError(f"{path}: not a readable safetensors shard ({exc!r})")
-    if len(labels) != count:
-        raise PipelineError(f"{path}: shorter than its header says")
-    return ShardLayout(path, start + header["images"]["data_offsets"][0], labels, sha256)
-
-
-def _checked_entries(header: dict[str, Any], image_shape: tuple[int, int, int]) -> tuple[int, list[int]]:
-    """The image count and the labels' byte range, once both tensors match the dataset."""
-    for name, dtype in _DTYPES.items():
-        if name not in header:
-            raise ValueError(f"no '{name}' tensor")
-        if header[name]["dtype"] != dtype:
-            raise ValueError(f"'{name}' is {header[name]['dtype']}, expected {dtype}")
-    count, *shape = header["images"]["shape"]
-    if tuple(shape) != image_shape or header["labels"]["shape"] != [count]:
-        raise ValueError(f"expected images N x {image_shape} and N labels")
-    return count, header["labels"]["data_offsets"]
-
-
-class SplitReader:
-    """The rows of one or more splits (``concat``), read at random.
-
-    Each image is read from its shard at its raw offset (safetensors stores them), with
-    plain reads: unlike a memory map, pages read stay in the OS page cache and do not count
-    in this process's memory. A reader holds no open file between calls, so threads may
-    share it.
-    """
-
-    def __init__(self, image_shape: tuple[int, int, int], layouts: Sequence[ShardLayout]) -> None:
-        self.image_shape = image_shape
-        self.row_bytes = int(np.prod(image_shape))
-        self.layouts = list(layouts)
-        counts = [len(layout.labels) for layout in self.layouts]
-        self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        self.labels = np.concatenate([layout.labels for layout in self.layouts] or [np.empty(0, np.int64)])
-        self._checked: set[Path] = set()  # shards whose sha256 matched: train reads them whole twice
-
-    @classmethod
-    def open(cls, dataset: Dataset, split: str) -> SplitReader:
-        dataset.count(split)  # a missing split fails here, naming the file
-        info = dataset.info.splits[split]
-        return cls(
-            dataset.image_shape,
-            [
-                shard_layout(dataset.root / name, dataset.image_shape, info.sha256[name])
-                for name in info.shards
-            ],
-        )
-
-    @classmethod
-    def concat(cls, readers: Sequence[SplitReader]) -> SplitReader:
-        """One reader of the rows of ``readers`` in turn (all of one image shape)."""
-        return cls(readers[0].image_shape, [layout for reader in readers for layout in reader.layouts])
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self) * self.row_bytes
-
-    def read(self, rows: np.ndarray, out: np.ndarray) -> None:
-        """The images of ``rows`` into ``out`` (uint8, C-contiguous, len(rows) x C x H x W)."""
-        if not out.flags.c_contiguous:
-            raise ValueError("out must be C-contiguous: the rows are read into its memory")
-        flat = out.reshape(len(rows), self.row_bytes)
-        shards = np.searchsorted(self.starts, rows, side="right") - 1
-        for shard in np.unique(shards):
-            layout = self.layouts[shard]
-            with open(layout.path, "rb", buffering=0) as handle:
-                for i in np.flatnonzero(shards == shard):
-                    handle.seek(layout.images_offset + int(rows[i] - self.starts[shard]) * self.row_bytes)
-                    self._fill(handle, flat[i], layout.path)
-
-    def shards(self) -> Iterator[np.ndarray]:
-        """Each shard's images in turn, read whole and checked against its sha256: memory bounded
-        by one shard."""
-        for layout in self.layouts:
-            images = np.empty((len(layout.labels), *self.image_shape), dtype=np.uint8)
-            with open(layout.path, "rb", buffering=0) as handle:
-                handle.seek(layout.images_offset)
-                self._fill(handle, images.reshape(-1), layout.path)
-            if layout.path not in self._checked:
-                check_shard(layout.path, layout.sha256)
-                self._checked.add(layout.path)
-            yield images
-
-    @staticmethod
-    def _fill(handle: Any, out: np.ndarray, path: Path) -> None:
-        if handle.readinto(out) != out.nbytes:
-            raise PipelineError(f"{path}: shorter than its header says")
+    rows = {str(name): int(count) for name, count in raw["rows"].items()}
+    for what, keys in (("sha256", sha256), ("rows", rows)):
+        if sorted(keys) != sorted(shards):
+            raise ValueError(f"{what} lists {sorted(keys)}, shards are {sorted(shards)}")
+    info = SplitInfo(
+        int(raw["count"]),
+        [int(c) for c in raw["class_counts"]],
+        shards,
+        sha256,
+        rows,
+        live={str(k): str(v) for k, v in raw.get("live", {}).items()},
+        held_out={str(k): str(v) for k, v in raw.get("held_out", {}).items()},
+        classes={str(k): [str(c) for c in v] for k, v in raw.get("classes", {}).items()},
+    )
+    for masks in (info.live, info.held_out, info.classes):
+        if not set(masks) <= set(shards):
+            raise ValueError(f"row records for shards not listed: {sorted(set(masks) - set(shards))}")
+    for name in info.live:
+        info.live_rows(name)  # a mask of the wrong length fails here, naming the file
+    for name in info.held_out:
+        info.held_out_rows(name)
+    return info

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +44,26 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
+def keep_standard_streams_open() -> None:
+    """Put /dev/null behind a closed stdout or stderr (``2>&-``), so nothing meant for them lands
+    elsewhere. Python leaves ``sys.stderr`` None then, and ``print(file=None)`` writes to stdout:
+    predict's error lines landed in the CSV it wrote there. And the next file opened would take the
+    free descriptor, where C libraries write their warnings. ``sys.stdout`` stays None, so a command
+    whose output goes there can refuse to run."""
+    for descriptor in (1, 2):
+        try:
+            os.fstat(descriptor)
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)  # the lowest free descriptor: this one, or 0
+            if null != descriptor:
+                os.dup2(null, descriptor)
+                os.close(null)
+    if sys.stderr is None:
+        # Not descriptor 2: a module imported before now may hold it (onnxruntime opens /dev/null
+        # read-only), and writing there failed the flush at exit (status 120).
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process's stderr, never closed)
+
+
 def run(
     stage: str, body: Callable[[], None], params: type | None = None, argv: Sequence[str] | None = None
 ) -> None:
@@ -52,6 +73,7 @@ def run(
     A pipeline stage names its ``params`` class: it then takes no arguments but ``--help``
     (``argv``, default the command line's), which prints what it does and the params it reads
     and runs nothing."""
+    keep_standard_streams_open()
     if params is not None:
         parse_no_arguments(stage, body, params, sys.argv[1:] if argv is None else argv)
     setup_logging()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Sequence
 
@@ -14,10 +15,23 @@ from mlpipeline.core.previews import image_grid
 GRID_COLUMNS = 8
 
 
-def predictions_csv(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> str:
-    """``actual,predicted`` class names per test image, the input of DVC's confusion template."""
+IMAGE_ID_HEX = 16  # an image's id: the first 64 bits of its pixels' sha256, in hex
+
+
+def image_ids(images: np.ndarray) -> list[str]:
+    """Each image's id: what ingest's records call its ``pixel_sha256`` (the sha256 of its uint8
+    C x H x W bytes), cut to ``IMAGE_ID_HEX`` hex digits: the same image in every data version,
+    so two models can be scored on the test images their versions share (``compare``)."""
+    return [hashlib.sha256(np.ascontiguousarray(image)).hexdigest()[:IMAGE_ID_HEX] for image in images]
+
+
+def predictions_csv(
+    labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str], ids: Sequence[str]
+) -> str:
+    """``actual,predicted`` class names per test image, the input of DVC's confusion template,
+    and the image's id (``image_ids``)."""
     names = np.asarray(classes, dtype=object)
-    frame = pd.DataFrame({"actual": names[labels], "predicted": names[predicted]})
+    frame = pd.DataFrame({"actual": names[labels], "predicted": names[predicted], "image": list(ids)})
     return frame.to_csv(index=False, lineterminator="\n")
 
 

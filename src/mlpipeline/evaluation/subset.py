@@ -3,8 +3,9 @@
 The baseline fits on at most ``max_train`` training images. Which ones is decided from the
 per-class counts ``dataset.json`` already records: per class, a seeded permutation of its
 members' ranks (their order of appearance in the split), so one pass over the shards copies
-the chosen rows out and no shard is held longer than it is read. The choice is the one
-``splitting.keep_fraction`` makes over the whole split's labels, which a test checks.
+the chosen rows out and no shard is held longer than it is read. The choice is the one a
+seeded permutation of each class's members over the whole split's labels makes, which a test
+checks.
 """
 
 from __future__ import annotations

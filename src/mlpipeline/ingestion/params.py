@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import unicodedata
 from functools import partial
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from mlpipeline.core.params import ImageSize, param, params_dataclass
 from mlpipeline.ingestion.images import Preprocessing, Resample, Resize
 
 nfc = partial(unicodedata.normalize, "NFC")
+DirMd5 = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9a-f]{32}(\.dir)?$",
+        description="the md5 dvc.lock records for data/ingested (32 hex digits, .dir or not)",
+    ),
+]
 
 
 @params_dataclass
@@ -45,6 +52,8 @@ class IngestParams:
     split: SplitFractions
     keep_train_fraction: float = param(gt=0, le=1)
     seed: int = param(ge=0)
+    base: DirMd5 | None  # the previous data version, built on (docs/growing.md); None: from scratch
+    compact_dead_share: float = param(ge=0, le=1)  # a kept shard's dead rows above this share: rewritten
 
     @model_validator(mode="after")
     def check(self) -> Self:

@@ -5,12 +5,14 @@ from all of them), then writes each split in turn. The decoded pixels, both sha2
 and the names wait in unnamed temporary files beside the output (``TemporaryFile``: no name
 to leave behind, even after a SIGKILL), written and read with plain file I/O: pages of a
 memory-mapped file that a process writes count in its RSS, the page cache does not. Memory
-keeps only fixed-size columns: label, a 4-byte digest prefix, the pixel mode and two flags.
+keeps only fixed-size columns: label, a 4-byte digest prefix, the pixel mode and two flags, the
+8-byte key its split is hashed from, its pinned split and the previous version's row it is.
 Records are read back a block of rows at a time: a read call a row cost as much as the row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -22,10 +24,20 @@ import numpy as np
 from mlpipeline.core.workers import SharedFile
 from mlpipeline.ingestion.decoding import DIGEST_BYTES, DecodedBatch
 from mlpipeline.ingestion.sources import RawSample
+from mlpipeline.ingestion.splitting import SPLITS
 
 # A row's record: the file's and the pixels' sha256, and the length of its UTF-8 name.
 RECORD = np.dtype([("file", "u1", DIGEST_BYTES), ("pixels", "u1", DIGEST_BYTES), ("name_bytes", "<u4")])
 RECORD_BLOCK = 16_384  # rows whose records are read back at once
+
+
+def group_key(group: str) -> int:
+    """A manifest group's name as the 64-bit key its images' split is hashed from."""
+    return int.from_bytes(hashlib.blake2b(f"group\0{group}".encode(), digest_size=8).digest(), "little")
+
+
+def pin_code(split: str | None) -> int:
+    return -1 if split is None else SPLITS.index(split)
 
 
 class Column:
@@ -67,6 +79,9 @@ class Scratch:
         self.modes = Column(np.uint8)  # index into mode_names
         self.converted = Column(np.bool_)
         self.rotated = Column(np.bool_)
+        self.split_keys = Column(np.uint64)  # what the split hashes: the pixel digest's or group's prefix
+        self.pins = Column(np.int8)  # the split a manifest pins (index into SPLITS), -1: none
+        self.base_rows = Column(np.int64)  # the previous version's row it is (not decoded), -1: none
         self._mode_codes: dict[str, int] = {}  # pixel mode -> its code in ``modes``
         self.errors: dict[int, str] = {}  # row -> why the file was refused
         self.conflicting: set[int] = set()  # refused rows whose image is filed under several labels
@@ -80,7 +95,11 @@ class Scratch:
         ``r * row_bytes``."""
         return self._pixels
 
-    def append(self, samples: Sequence[RawSample], labels: np.ndarray, batch: DecodedBatch) -> None:
+    def append(
+        self, samples: Sequence[RawSample], labels: np.ndarray, batch: DecodedBatch, base_rows: np.ndarray
+    ) -> None:
+        """Record a batch: ``batch`` holds the pixel digests and modes of its known rows too
+        (``base_rows`` >= 0: the previous version's, taken from its records)."""
         start = self.count
         names = [sample.name.encode("utf-8") for sample in samples]
         records = np.empty(len(names), dtype=RECORD)
@@ -96,6 +115,13 @@ class Scratch:
         self.modes.extend(np.array([codes.setdefault(m, len(codes)) for m in batch.modes], dtype=np.uint8))
         self.converted.extend(batch.converted)
         self.rotated.extend(batch.rotated)
+        keys = batch.pixel_digests[:, :8].copy().view("<u8").ravel()
+        for i, sample in enumerate(samples):
+            if sample.group is not None:
+                keys[i] = group_key(sample.group)
+        self.split_keys.extend(keys)
+        self.pins.extend(np.array([pin_code(sample.split) for sample in samples], dtype=np.int8))
+        self.base_rows.extend(base_rows)
         self.errors.update({start + i: e for i, e in enumerate(batch.errors) if e is not None})
 
     @property

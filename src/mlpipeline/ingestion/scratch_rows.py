@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlpipeline.core.shards import write_shard
+from mlpipeline.core.shard_writer import write_shard
 from mlpipeline.core.workers import SharedFile
 
 READ_BYTES = 8 * 2**20  # pixels read from the file at a time

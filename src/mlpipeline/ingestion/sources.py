@@ -47,6 +47,8 @@ S3_PROBE_RETRIES = 1
 REMOTE_FETCH = 16  # remote files fetched at once: enough to hide latency, few enough for camera JPEGs
 _DIGIT_RUNS = re.compile(r"(\d+)")
 REMOTE_ERROR_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec")
+MANIFEST_COLUMNS = ("path", "label", "split", "group")  # split and group are optional
+PINNED_SPLITS = ("train", "val", "test")  # what a manifest's split column may say
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class RawSample:
     name: str  # stable, machine-independent name: relative to the source root (or as the manifest says)
     label: str
     shown: str  # the source (password redacted) joined with the name: what messages name
+    split: str | None = None  # pinned by the manifest's split column (or its group's), else None
+    group: str | None = None  # the manifest's group column: a group's images share one split
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Source:
     labels: list[str]  # every label found (in NFC: ``mlpipeline.ingestion.labels``), in natural order
     unhashed: Unhashed | None = None  # what DVC does not hash, for a local source
     folders: dict[str, str] = field(default_factory=dict)  # class folders: label -> folder name
+    group_pins: dict[str, str] = field(default_factory=dict)  # manifest: group -> the split a row pins
     ignored: Counter[str] = field(default_factory=Counter)  # non-image files per suffix, filled as listed
 
     @property
@@ -127,11 +132,13 @@ class Source:
     def _manifest_rows(self) -> Iterator[RawSample]:
         assert self.manifest is not None
         base = posixpath.dirname(self.manifest)
-        for row, rel, label in _read_manifest(self):
-            where = f"{_join(self.shown, self.manifest)}: line {row}"
-            name = _inside(base, rel, where)
+        for row in _read_manifest(self):
+            where = f"{_join(self.shown, self.manifest)}: line {row.line}"
+            name = _inside(base, row.path, where)
             refuse_unhashed(self.unhashed, name, where)
-            yield RawSample(f"{self.root}/{name}", rel, label, _join(self.shown, name))
+            split = row.split or self.group_pins.get(row.group or "")
+            shown = _join(self.shown, name)
+            yield RawSample(f"{self.root}/{name}", row.path, row.label, shown, split, row.group)
 
 
 def natural_key(text: str) -> str:
@@ -176,8 +183,8 @@ def open_source(url: str, manifest: str | None) -> Source:
         unhashed = Unhashed(root) if isinstance(fs, LocalFileSystem) else None
         source = Source(probe, url, root, manifest, labels=[], unhashed=unhashed)
         folders = folder_classes(_class_labels(source), shown) if manifest is None else {}
-        labels = folders.keys() if manifest is None else _manifest_labels(source)
-    return Source(fs, url, root, manifest, natural_sorted(list(labels)), unhashed, folders)
+        labels, pins = (folders.keys(), {}) if manifest is None else _manifest_labels(source)
+    return Source(fs, url, root, manifest, natural_sorted(list(labels)), unhashed, folders, pins)
 
 
 def _probe_fs(url: str) -> fsspec.AbstractFileSystem:
@@ -272,15 +279,35 @@ def _class_labels(source: Source) -> list[str]:
     return labels
 
 
-def _manifest_labels(source: Source) -> set[str]:
-    labels = {label for _, _, label in _read_manifest(source)}
+def _manifest_labels(source: Source) -> tuple[set[str], dict[str, str]]:
+    """Every label of the manifest, and the split each pinned group's rows pin (all must agree)."""
+    labels: set[str] = set()
+    pins: dict[str, tuple[str, int]] = {}  # group -> (split, the line that pinned it)
+    for row in _read_manifest(source):
+        labels.add(row.label)
+        if row.group and row.split:
+            split, line = pins.setdefault(row.group, (row.split, row.line))
+            if split != row.split:
+                raise PipelineError(
+                    f"{_join(source.shown, source.manifest or '')}: line {row.line} pins group "
+                    f"'{row.group}' to {row.split}, line {line} to {split}; a group shares one split"
+                )
     if not labels:
         raise PipelineError(f"{_join(source.shown, source.manifest or '')}: manifest lists no images")
-    return labels
+    return labels, {group: split for group, (split, _) in pins.items()}
 
 
-def _read_manifest(source: Source) -> Iterator[tuple[int, str, str]]:
-    """(line, path, label) of each row, streamed; malformed files and rows are refused."""
+@dataclass(frozen=True)
+class ManifestRow:
+    line: int
+    path: str
+    label: str
+    split: str | None  # the optional split column: train, val or test (empty: not pinned)
+    group: str | None  # the optional group column (empty: no group)
+
+
+def _read_manifest(source: Source) -> Iterator[ManifestRow]:
+    """Each row, streamed; malformed files and rows are refused."""
     assert source.manifest is not None
     shown = _join(source.shown, source.manifest)
     relative = _inside("", source.manifest, "ingest.manifest")
@@ -296,24 +323,27 @@ def _read_manifest(source: Source) -> Iterator[tuple[int, str, str]]:
                 raise PipelineError(
                     f"{shown}: manifest needs columns 'path,label', missing {', '.join(missing)}"
                 )
-            columns = header.index("path"), header.index("label")
-            for row, cells in enumerate(reader, start=2):
-                yield row, *_cells(cells, columns, shown, row)
+            columns = [header.index(c) if c in header else None for c in MANIFEST_COLUMNS]
+            for line, cells in enumerate(reader, start=2):
+                yield _row(cells, columns, shown, line)
     except FileNotFoundError:
         raise PipelineError(f"{shown}: manifest not found (ingest.manifest is a path inside ingest.source)")
     except (UnicodeDecodeError, csv.Error) as exc:
         raise PipelineError(f"{shown}: not a readable CSV manifest ({exc})")
 
 
-def _cells(cells: list[str], columns: tuple[int, int], shown: str, row: int) -> tuple[str, str]:
+def _row(cells: list[str], columns: list[int | None], shown: str, line: int) -> ManifestRow:
     if not cells:
-        raise PipelineError(f"{shown}: line {row} is empty")
-    if len(cells) <= max(columns):
-        raise PipelineError(f"{shown}: line {row} has {len(cells)} column(s), the header more")
-    rel, label = cells[columns[0]].strip(), cells[columns[1]].strip()
+        raise PipelineError(f"{shown}: line {line} is empty")
+    if len(cells) <= max(c for c in columns if c is not None):
+        raise PipelineError(f"{shown}: line {line} has {len(cells)} column(s), the header more")
+    rel, label, split, group = (cells[c].strip() if c is not None else "" for c in columns)
     if not rel or not label:
-        raise PipelineError(f"{shown}: line {row} has an empty path or label")
-    return rel, class_name(label, f"{shown}: line {row}")
+        raise PipelineError(f"{shown}: line {line} has an empty path or label")
+    if split and split not in PINNED_SPLITS:
+        raise PipelineError(f"{shown}: line {line}: split '{split}' is none of {', '.join(PINNED_SPLITS)}")
+    where = f"{shown}: line {line}"
+    return ManifestRow(line, rel, class_name(label, where), split or None, group or None)
 
 
 def _inside(base: str, rel: str, where: str) -> str:

@@ -1,4 +1,5 @@
-"""What of a local source DVC does not hash, so that ingest leaves it out too.
+"""What of a local source DVC does not hash, so that ingest leaves it out too (and train, of a
+pretrained weights folder: ``mlpipeline.modeling.pretrained``).
 
 ``dvc.yaml`` declares ``ingest.source`` as the stage's dependency: DVC's hash of that folder is
 all that tells a later ``dvc repro`` or ``dvc status`` that the data changed, so a file outside
@@ -130,8 +131,8 @@ def _count_files(folder: str) -> int:
     return sum(len(files) for _, _, files in os.walk(folder))
 
 
-def refuse_unhashed(unhashed: Unhashed | None, name: str, where: str) -> None:
-    """A one-line refusal of a path a manifest names that DVC does not hash."""
+def refuse_unhashed(unhashed: Unhashed | None, name: str, where: str, reader: str = "ingest") -> None:
+    """A one-line refusal of a path ``reader`` (a stage) was to read that DVC does not hash."""
     reason = unhashed.refusal(name) if unhashed is not None else None
     if reason is not None:
-        raise PipelineError(f"{where}: '{name}' {reason}; ingest reads only what DVC hashes")
+        raise PipelineError(f"{where}: '{name}' {reason}; {reader} reads only what DVC hashes")

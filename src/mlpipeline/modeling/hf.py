@@ -10,10 +10,11 @@ transformers. The hub is offline here: weights are DVC-tracked folders, never a 
 
 from __future__ import annotations
 
-import difflib
+import functools
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +23,26 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # a stage never downloads: before transforme
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageClassification, PretrainedConfig
+from transformers import (
+    AutoModelForImageClassification,
+    PretrainedConfig,
+)
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
 )
 
-from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.errors import PipelineError, first_line
+from mlpipeline.modeling.hf_build import check_trainable, config_of, head_modules, model_class
+from mlpipeline.modeling.hf_overrides import arch_config, check_model_types, closest
 from mlpipeline.modeling.inputs import NormalizedInput
+from mlpipeline.modeling.pretrained import CONFIG_FILE, CheckpointFolder, refuse_casts, refuse_code
 
 transformers.logging.set_verbosity_error()  # its load report would list the replaced head
+# Its 'Loading weights' bar would reach a piped log as carriage returns, progress off or on:
+# loading takes a second, and a stage's stderr is its own lines (mlpipeline.core.progress).
+transformers.utils.logging.disable_progress_bar()
 
-HEAD = "classifier"  # every transformers image-classification model's head module
-PREPROCESSOR_FILE = "preprocessor_config.json"
 FETCH = "make weights MODEL=<hub id> NAME={name}"
 
 
@@ -42,11 +50,14 @@ class HFNet(NormalizedInput):
     """A transformers model behind the CNN's interface: uint8 (or [0, 1] float) images in,
     normalized here, logits out (transformers returns an output object)."""
 
-    HEAD = f"net.{HEAD}."  # the prefix of the classifier's parameter names
-
     def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__(mean, std)
         self.net = net
+
+    @functools.cached_property
+    def HEAD(self) -> tuple[str, ...]:  # the name ConvNet.HEAD has: one interface for both
+        """The prefixes of the classifier head's parameter names (found when fine-tuning asks)."""
+        return tuple(f"net.{prefix}" for prefix in head_modules(self.net.config))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(pixel_values=self.normalized(images)).logits
@@ -59,27 +70,26 @@ def supported() -> list[str]:
 
 def check_arch(arch: str, where: str) -> None:
     if arch not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
-        close = difflib.get_close_matches(arch, ["convnet", *supported()], n=3, cutoff=0.5)
-        hint = f"closest: {', '.join(close)}" if close else f"one of convnet, {', '.join(supported())}"
+        hint = closest(arch, ["convnet", *supported()]) or f" (one of convnet, {', '.join(supported())})"
         raise PipelineError(
             f"{where}: {arch!r} is not convnet or an image-classification model type of "
-            f"transformers {transformers.__version__} ({hint})"
+            f"transformers {transformers.__version__}{hint}"
         )
 
 
 def new_network(
-    arch: str, overrides: dict[str, Any], classes: list[str], image_shape: list[int]
+    arch: str, hf: Mapping[str, Any], classes: list[str], image_shape: list[int]
 ) -> dict[str, Any]:
-    """The full config of a fresh ``arch`` fitted to the data, with the user's ``overrides``."""
+    """The full config of a fresh ``arch`` fitted to the data, with the user's overrides
+    (``hf[arch]``, ``train.model.hf``'s entry for it), checked to train on the data's images."""
     check_arch(arch, "params.yaml: train.model.arch")
-    defaults = AutoConfig.for_model(arch)
-    for key in overrides:
-        if not hasattr(defaults, key):
-            close = difflib.get_close_matches(key, list(defaults.to_dict()), n=3)
-            hint = f" (closest: {', '.join(close)})" if close else ""
-            raise PipelineError(f"params.yaml: train.model.hf.{arch}.{key} is no {arch} config key{hint}")
-    config = AutoConfig.for_model(arch, **overrides)
-    return _fit(config, classes, image_shape, f"params.yaml: train.model.hf.{arch}")
+    check_model_types(hf, supported())
+    config = arch_config(arch, hf.get(arch, {}))
+    advice = (
+        f"try a larger ingest.image_size, or smaller patch, kernel, window or stride settings "
+        f"under train.model.hf.{arch}"
+    )
+    return _fit(config, classes, image_shape, f"params.yaml: train.model.hf.{arch}", advice)
 
 
 def pretrained_network(
@@ -87,43 +97,68 @@ def pretrained_network(
 ) -> tuple[dict[str, Any], tuple[list[float], list[float]] | None, dict[str, str]]:
     """The config of the checkpoint in ``folder`` fitted to the data, its preprocessor's mean and
     std (None when it has none) and the record of where the weights came from."""
-    if not (folder / "config.json").is_file():
+    if not (folder / CONFIG_FILE).is_file():
         raise PipelineError(
             f"{folder}: no pretrained weights here (train.model.weights); fetch them once on a machine "
             f"with internet: {FETCH.format(name=folder.name)}, then dvc push (or dvc pull them)"
         )
-    try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{folder / 'config.json'}: not a transformers config ({exc})") from None
-    check_arch(config.model_type, f"{folder / 'config.json'}: model_type")
-    network = _fit(config, classes, image_shape, f"{folder / 'config.json'}", pretrained=True)
+    checkpoint = CheckpointFolder(folder)
+    config = _checkpoint_config(checkpoint)
+    advice = "try a larger ingest.image_size (the checkpoint's own, say)"
+    network = _fit(config, classes, image_shape, f"{folder / CONFIG_FILE}", advice, pretrained=True)
     source = {"source": folder.as_posix(), "sha256": folder_sha256(folder)}
-    return network, _preprocessor_stats(folder, image_shape[0]), source
+    return network, checkpoint.stats(image_shape[0]), source
+
+
+def _checkpoint_config(checkpoint: CheckpointFolder) -> PretrainedConfig:
+    """config.json as the config class transformers has for its model type: read here, as data,
+    where ``AutoConfig.from_pretrained`` would import the code an ``auto_map`` names."""
+    values, path = checkpoint.config(), checkpoint.folder / CONFIG_FILE
+    model_type = values.get("model_type")
+    if not isinstance(model_type, str):
+        raise PipelineError(f"{path}: no model_type: not a transformers config")
+    check_arch(model_type, f"{path}: model_type")
+    try:
+        return CONFIG_MAPPING[model_type].from_dict(values)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PipelineError(f"{path}: not a {model_type} config ({message})") from None
 
 
 def _fit(
-    config: PretrainedConfig, classes: list[str], image_shape: list[int], where: str, pretrained: bool = False
+    config: PretrainedConfig,
+    classes: list[str],
+    image_shape: list[int],
+    where: str,
+    advice: str,
+    pretrained: bool = False,
 ) -> dict[str, Any]:
-    """``config`` with the data's classes, channels and image size; built once to prove it builds."""
+    """``config`` with the data's classes, channels and image size (on its vision sub-config when
+    it has one: CLIP's and SigLIP's top level has neither), checked to train on the data's images."""
     channels, height, width = image_shape
     config.num_labels = len(classes)
     config.id2label = dict(enumerate(classes))
     config.label2id = {name: index for index, name in enumerate(classes)}
-    if pretrained and getattr(config, "num_channels", channels) != channels:  # its stem is fixed
+    vision = getattr(config, "vision_config", None) or config
+    if pretrained and getattr(vision, "num_channels", channels) != channels:  # its stem is fixed
         raise PipelineError(
-            f"{where}: the checkpoint takes {config.num_channels}-channel images, the data has "
-            f"{channels} (set ingest.channels: {config.num_channels})"
+            f"{where}: the checkpoint takes {vision.num_channels}-channel images, the data has "
+            f"{channels} (set ingest.channels: {vision.num_channels})"
         )
-    config.num_channels = channels
-    if hasattr(config, "image_size"):
-        config.image_size = height if height == width else [height, width]
+    if hasattr(vision, "num_channels"):
+        vision.num_channels = channels
+    if hasattr(vision, "image_size"):  # a list where the arch takes only lists (Hiera)
+        square = height == width and not isinstance(vision.image_size, (list, tuple))
+        vision.image_size = height if square else [height, width]
+    if isinstance(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[config.model_type], tuple):
+        config.architectures = [model_class(config).__name__]  # which of several: transformers needs it
     network = json.loads(config.to_json_string(use_diff=False))
-    _from_network(network, where)  # a config its own model cannot be built from fails here, in one line
+    check_trainable(network, image_shape, where, advice)
     return network
 
 
 def _from_network(network: dict[str, Any], where: str) -> nn.Module:
+    refuse_code(network, where)
     model_type = network.get("model_type", "")
     if model_type not in CONFIG_MAPPING or model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         raise PipelineError(
@@ -131,10 +166,9 @@ def _from_network(network: dict[str, Any], where: str) -> nn.Module:
             f"{transformers.__version__} (trained with {network.get('transformers_version')}; install that)"
         )
     try:
-        config = CONFIG_MAPPING[model_type].from_dict(network)
-        return AutoModelForImageClassification.from_config(config)
+        return AutoModelForImageClassification.from_config(config_of(network), trust_remote_code=False)
     except (ValueError, TypeError, IndexError, KeyError, RuntimeError, AttributeError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = first_line(exc)
         raise PipelineError(f"{where}: {model_type} cannot be built from this config ({message})") from None
 
 
@@ -145,44 +179,33 @@ def build(config: Any) -> HFNet:
 
 def from_pretrained(config: Any, folder: Path) -> HFNet:
     """The network of ``config`` holding the checkpoint of ``folder``: every tensor but the head's
-    loads (the head is new, sized for the classes), or one line names the first that does not."""
-    model_type = config.network["model_type"]
-    fitted = CONFIG_MAPPING[model_type].from_dict(config.network)
-    net, info = AutoModelForImageClassification.from_pretrained(
-        folder,
+    loads (the head is new, sized for the classes), or one line names the first that does not.
+    transformers gets the tensors, read and checked here (``mlpipeline.modeling.pretrained``),
+    never the folder."""
+    fitted = config_of(config.network)
+    head = head_modules(fitted)
+    tensors = CheckpointFolder(folder).tensors()
+    kinds = {name: tensor.dtype for name, tensor in tensors.items()}
+    net, info = model_class(fitted).from_pretrained(
+        None,  # no folder: the state dict alone
         config=fitted,
+        state_dict=tensors,
         ignore_mismatched_sizes=True,
         output_loading_info=True,
-        local_files_only=True,
-        use_safetensors=True,  # never a pickle
         dtype=torch.float32,
+        trust_remote_code=False,
     )
-    if mismatched := sorted(item for item in info["mismatched_keys"] if not _in_head(item[0])):
+    del tensors
+    refuse_casts(kinds, net.state_dict(), net.base_model_prefix, folder)
+    if mismatched := sorted(item for item in info["mismatched_keys"] if not item[0].startswith(head)):
         name, theirs, ours = mismatched[0]
         raise PipelineError(
             f"{folder}: tensor {name} is {list(theirs)} in the checkpoint, {list(ours)} in the network "
             f"({len(mismatched)} differ; for a position embedding set ingest.image_size to the checkpoint's)"
         )
-    if missing := sorted(name for name in info["missing_keys"] if not _in_head(name)):
+    if missing := sorted(name for name in info["missing_keys"] if not name.startswith(head)):
         raise PipelineError(f"{folder}: the checkpoint has no tensor {missing[0]} ({len(missing)} missing)")
     return HFNet(net, config.mean, config.std)
-
-
-def _in_head(name: str) -> bool:
-    return name.startswith(f"{HEAD}.")
-
-
-def _preprocessor_stats(folder: Path, channels: int) -> tuple[list[float], list[float]] | None:
-    path = folder / PREPROCESSOR_FILE
-    if not path.is_file():
-        return None
-    stats = json.loads(path.read_text())
-    mean, std = stats.get("image_mean"), stats.get("image_std")
-    if mean is None or std is None:
-        return None
-    if len(mean) != channels or len(std) != channels:
-        raise PipelineError(f"{path}: image_mean and image_std need {channels} values, one per channel")
-    return [float(v) for v in mean], [float(v) for v in std]
 
 
 def folder_sha256(folder: Path) -> str:

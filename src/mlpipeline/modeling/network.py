@@ -30,7 +30,7 @@ class ConvNet(NormalizedInput):
     """Blocks of two 3x3 conv-BN-ReLU layers, 2x2 max-pooling while the map is >= 4 px,
     then global average pooling and a linear head: the same code fits 8x8 and 32x32 inputs."""
 
-    HEAD = "head."  # the prefix of the classifier's parameters (fine-tuning trains it first)
+    HEAD = ("head.",)  # the prefixes of the classifier's parameters (fine-tuning trains it first)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config.mean, config.std)
@@ -66,7 +66,7 @@ class ConvNet(NormalizedInput):
 def build_model(config: ModelConfig) -> nn.Module:
     """The network of ``config``, freshly initialized (from the global torch seed). Its forward
     takes uint8 (or [0, 1] float) images N x C x H x W and returns logits, whatever the arch;
-    ``model.HEAD`` is the prefix of the classifier's parameter names."""
+    ``model.HEAD`` holds the prefixes of the classifier's parameter names."""
     if config.arch == CONVNET:
         return ConvNet(config)
     from mlpipeline.modeling import hf  # imports transformers: only for its archs
@@ -90,22 +90,39 @@ def new_config(
     and the normalization its preprocessor's, when it has one; else ``arch`` sized by ``widths``
     and ``dropout`` (convnet) or by ``overrides[arch]`` (a transformers arch)."""
     common: dict[str, Any] = {"mean": stats[0], "std": stats[1], "preprocessing": preprocessing}
-    if weights is None and arch == CONVNET:
+    network, checkpoint_stats, source = fitted_network(arch, classes, image_shape, overrides, weights)
+    if network is None:
         return ModelConfig(classes, image_shape, widths=list(widths), dropout=dropout, **common)
     from mlpipeline.modeling import hf  # imports transformers: only for its archs
 
+    if checkpoint_stats is not None:
+        common["mean"], common["std"] = checkpoint_stats
+    return ModelConfig(classes, image_shape, **common, **hf.provenance(network, source))
+
+
+def fitted_network(
+    arch: str,
+    classes: list[str],
+    image_shape: list[int],
+    overrides: dict[str, dict[str, Any]],
+    weights: Path | None,
+) -> tuple[dict[str, Any] | None, tuple[list[float], list[float]] | None, dict[str, str] | None]:
+    """A transformers arch's full config fitted to the data (None for the CNN), its checkpoint's
+    preprocessor stats and source (with ``weights``), once its model is known to build and run
+    on the data's images: train checks it before any training work."""
+    if weights is None and arch == CONVNET:
+        return None, None, None
+    from mlpipeline.modeling import hf  # imports transformers: only for its archs
+
     if weights is None:
-        network = hf.new_network(arch, overrides.get(arch, {}), classes, image_shape)
-        return ModelConfig(classes, image_shape, **common, **hf.provenance(network, None))
+        return hf.new_network(arch, overrides, classes, image_shape), None, None
     network, checkpoint_stats, source = hf.pretrained_network(weights, classes, image_shape)
     if arch not in (CONVNET, network["model_type"]):
         raise PipelineError(
             f"params.yaml: train.model.arch is {arch}, but {weights} holds a {network['model_type']} "
             "(with weights the arch is the checkpoint's: set arch to it, or to convnet)"
         )
-    if checkpoint_stats is not None:
-        common["mean"], common["std"] = checkpoint_stats
-    return ModelConfig(classes, image_shape, **common, **hf.provenance(network, source))
+    return network, checkpoint_stats, source
 
 
 def initial_model(config: ModelConfig, weights: Path | None) -> nn.Module:

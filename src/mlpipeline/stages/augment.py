@@ -3,20 +3,25 @@
 Reads the ``train`` split of ``data/ingested`` (real) and of ``data/synthetic``,
 each switchable, one shard at a time, and writes ``data/augmented`` with one split
 per source, ``real`` and ``synthetic`` (empty when switched off), so training can
-use them differently: per batch the originals (``keep_originals``) then ``copies``
-augmented copies, so memory stays bounded by one shard whatever the count.
-Val and test are never read: augmented data cannot leak into evaluation.
-Each copy's randomness is named by (seed, source, shard, batch, copy number),
-so the output depends only on the inputs and the params, whichever of the
-``MLPIPELINE_WORKERS`` processes computes it, and raising ``copies`` keeps the
-copies already made. ``reports/augment/samples.png``
-shows, per class, an original next to its first augmented copies.
+use them differently. Its shards mirror the input's: each input shard gives the
+original (``keep_originals``: the input file itself, copied) and one shard per
+augmented copy, ``<source>-<shard>-copy<k>``, so memory stays bounded by one shard
+whatever the count. Val and test are never read: augmented data cannot leak into evaluation.
+Each copy's randomness is named by (seed, source, the input shard's sha256, batch within
+it, copy number): an output shard is a function of its input shard's bytes and the
+params alone, whichever of the ``MLPIPELINE_WORKERS`` processes computes it. So a new
+data version, which keeps its unchanged shards (docs/growing.md), gets the same
+augmented shards for them, byte for byte, and DVC stores and moves only the new
+ones; the input's dead rows are dead here too. Raising ``copies`` keeps the copies
+already made. ``reports/augment/samples.png`` shows, per class, an original next to
+its first augmented copies.
 """
 
 from __future__ import annotations
 
-import math
+import shutil
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -33,14 +38,9 @@ from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import AUGMENT_PREVIEW, AUGMENTED, INGESTED, SYNTHETIC
 from mlpipeline.core.previews import image_grid
 from mlpipeline.core.progress import progress
-from mlpipeline.core.shards import (
-    META_FILE,
-    Dataset,
-    DatasetWriter,
-    ShardLayout,
-    SplitReader,
-    shard_layout,
-)
+from mlpipeline.core.shard_rows import ShardLayout, SplitReader, live_layout
+from mlpipeline.core.shard_writer import DatasetWriter, StoredShard, write_shard
+from mlpipeline.core.shards import META_FILE, SHARD_SUFFIX, Dataset
 from mlpipeline.core.workers import ordered_map_pairs, workers_for
 
 SPLIT = "train"
@@ -64,6 +64,15 @@ class Preview:
         for label, index in picks.items():
             self.rows[(source, label)] = [images[index].copy()]
         return picks
+
+    def add(
+        self, source: str, originals: np.ndarray, labels: np.ndarray, outputs: np.ndarray, copy: int
+    ) -> None:
+        """Offline: the preview rows of one output shard, copy number ``copy`` (0: the original)."""
+        for original, label, output in zip(originals, labels.tolist(), outputs, strict=True):
+            row = self.rows.setdefault((source, label), [original.copy()])
+            if copy and len(row) <= PREVIEW_COPIES:
+                row.append(output.copy())
 
     def add_copies(self, source: str, picks: dict[int, int], copies: np.ndarray) -> None:
         for label, index in picks.items():
@@ -105,18 +114,81 @@ def open_sources(
     return real, sources
 
 
-def batches(
-    sources: dict[str, Dataset], batch_size: int
-) -> Iterator[tuple[tuple[str, int, int], np.ndarray, np.ndarray]]:
-    """Every selected image in order as ((source, shard, batch), images, labels); one shard in memory."""
+@dataclass(frozen=True)
+class MirrorTask:
+    """An input shard and the output shards it gives: copy k for each k of ``copies`` (0: the
+    original, its file copied as it is)."""
+
+    source: str  # the output split, named after the source
+    dataset: Dataset
+    shard: str
+    copies: tuple[int, ...]
+    out: Path  # the folder the output shards go to
+    preview: np.ndarray  # stored rows whose original and copies the preview shows
+    preview_labels: np.ndarray  # their classes
+
+    def name(self, copy: int) -> str:
+        stem = self.shard.removesuffix(SHARD_SUFFIX)
+        return f"{self.source}-{stem}{'' if copy == 0 else f'-copy{copy}'}{SHARD_SUFFIX}"
+
+    def entry(self, copy: int, sha256: str, labels: np.ndarray) -> StoredShard:
+        """The output shard as dataset.json records it: the input's live rows and class map."""
+        info = self.dataset.split_info(SPLIT)
+        live = np.zeros(info.rows[self.shard], dtype=bool)
+        rows = info.live_rows(self.shard)
+        live[slice(None) if rows is None else rows] = True
+        return StoredShard(self.name(copy), sha256, labels, live, None, info.classes.get(self.shard))
+
+
+def mirror_tasks(sources: dict[str, Dataset], params: AugmentParams, out_dir: Path) -> Iterator[MirrorTask]:
+    """A task for every input shard of every source, in order, found a shard at a time."""
+    copies = tuple(range(0 if params.keep_originals else 1, params.copies + 1))
     for name, dataset in sources.items():
-        for shard, (images, labels) in enumerate(dataset.iter_shards(SPLIT)):
-            for batch, start in enumerate(range(0, len(images), batch_size)):
-                yield (
-                    (name, shard, batch),
-                    images[start : start + batch_size],
-                    labels[start : start + batch_size],
-                )
+        found: set[int] = set()
+        for shard in dataset.split_info(SPLIT).shards:
+            preview, preview_labels = new_classes(live_layout(dataset, SPLIT, shard), found)
+            yield MirrorTask(name, dataset, shard, copies, out_dir, preview, preview_labels)
+
+
+def new_classes(layout: ShardLayout, found: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The stored rows of the first live image of each class not in ``found`` (then added), and
+    those classes."""
+    classes, first = np.unique(layout.labels, return_index=True)
+    fresh = ~np.isin(classes, list(found))
+    found.update(classes[fresh].tolist())
+    rows = first[fresh]
+    return (rows if layout.rows is None else layout.rows[rows]), classes[fresh]
+
+
+@dataclass(frozen=True)
+class Mirrored:
+    """What a task wrote: the input's stored labels and preview originals, and per copy the
+    output's sha256 and preview images."""
+
+    labels: np.ndarray
+    originals: np.ndarray
+    outputs: list[tuple[str, np.ndarray]]
+
+
+def mirror_shard(task: MirrorTask, transforms: Transforms, seed: int, batch_size: int) -> Mirrored:
+    """Write the task's output shards, reading its input shard once (memory: it and one copy)."""
+    images, labels = task.dataset.read_stored(SPLIT, task.shard)
+    sha256 = task.dataset.split_info(SPLIT).sha256[task.shard]
+    key = int(sha256[:16], 16)  # the input's bytes name its copies' draws
+    made = np.empty_like(images)
+    outputs = []
+    for copy in task.copies:
+        if copy == 0:
+            shutil.copyfile(task.dataset.root / task.shard, task.out / task.name(copy))
+            outputs.append((sha256, images[task.preview]))
+            continue
+        for batch, start in enumerate(range(0, len(images), batch_size)):
+            chunk = torch.from_numpy(images[start : start + batch_size])
+            made[start : start + batch_size] = augment(
+                chunk, transforms, seed, task.source, key, batch, copy
+            ).numpy()
+        outputs.append((write_shard(task.out / task.name(copy), made, labels), made[task.preview].copy()))
+    return Mirrored(labels, images[task.preview], outputs)
 
 
 def augment_dataset(
@@ -127,9 +199,9 @@ def augment_dataset(
     preview: Path,
     workers: int | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Stream the selected sources through ``augment`` into ``output``, the batches spread over
-    ``workers`` processes (None: ``workers_for`` the batches; the bytes do not depend on it);
-    returns counts per source."""
+    """Mirror the selected sources' shards through ``augment`` into ``output``, the input shards
+    spread over ``workers`` processes (None: ``workers_for`` them; the bytes do not depend on
+    it); returns counts per source."""
     real, sources = open_sources(params, ingested, synthetic)
     counts = {
         name: {
@@ -147,37 +219,22 @@ def augment_dataset(
         record_online(params, real, sources, output, attributes)
         atomic.write_bytes(preview, online_preview(params, sources).png(real.classes))
         return counts
-    if workers is None:
-        workers = workers_for(sum(math.ceil(c["images"] / params.batch_size) for c in counts.values()))
     samples = Preview()
-    work = partial(augment_copies, transforms=params.transforms, seed=params.seed, copies=params.copies)
+    work = partial(mirror_shard, transforms=params.transforms, seed=params.seed, batch_size=params.batch_size)
+    shards = sum(len(d.split_info(SPLIT).shards) for d in sources.values())
+    stored = sum(sum(d.split_info(SPLIT).rows.values()) for d in sources.values())
     with DatasetWriter(output, real.classes, real.image_shape, attributes) as writer:
         for name in SOURCES:
             writer.add_split(name)
-        done = ordered_map_pairs(work, batches(sources, params.batch_size), workers, limit_threads)
-        with progress("augment", "augmenting", sum(c["images"] for c in counts.values())) as shown:
-            for ((name, _, _), originals, labels), copies in done:
-                picks = samples.start_rows(name, originals, labels)
-                if params.keep_originals:
-                    writer.write(name, originals, labels)
-                for copy in copies:
-                    writer.write(name, copy, labels)
-                    samples.add_copies(name, picks, copy)
-                shown.advance(len(labels))
+        tasks = mirror_tasks(sources, params, writer.directory)
+        with progress("augment", "augmenting", stored) as shown:
+            for task, done in ordered_map_pairs(work, tasks, workers or workers_for(shards), limit_threads):
+                for copy, (sha256, outputs) in zip(task.copies, done.outputs, strict=True):
+                    writer.add_shard(task.source, task.entry(copy, sha256, done.labels))
+                    samples.add(task.source, done.originals, task.preview_labels, outputs, copy)
+                shown.advance(len(done.labels))
     atomic.write_bytes(preview, samples.png(real.classes))
     return counts
-
-
-def augment_copies(
-    item: tuple[tuple[str, int, int], np.ndarray, np.ndarray], transforms: Transforms, seed: int, copies: int
-) -> list[np.ndarray]:
-    """The ``copies`` augmented copies of one batch; their randomness is named by (source, shard,
-    batch, copy number), so whichever worker process computes them, the bytes are the same."""
-    (name, shard, batch), originals, _ = item
-    images = torch.from_numpy(originals)
-    return [
-        augment(images, transforms, seed, name, shard, batch, copy).numpy() for copy in range(1, copies + 1)
-    ]
 
 
 def record_online(
@@ -223,7 +280,7 @@ def first_of_each_class(dataset: Dataset, split: str) -> tuple[np.ndarray, np.nd
     800,000 images)."""
     found: dict[int, np.ndarray] = {}
     for name in dataset.info.splits[split].shards:
-        layout = shard_layout(dataset.root / name, dataset.image_shape)
+        layout = live_layout(dataset, split, name)
         found |= first_of_new_classes(layout, dataset.image_shape, known=found.keys())
         if len(found) == dataset.info.num_classes:
             break

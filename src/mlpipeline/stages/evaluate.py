@@ -5,8 +5,10 @@ the train split to fit the baseline) and writes ``reports/evaluate``:
 ``metrics.json`` (network under ``test``, baseline under ``baseline``, the same
 keys in both, plus ``baseline.model``: the exact RBF-SVM or its Nystroem
 approximation; ``evaluate.baseline.method: none`` leaves the baseline out, and the
-train split unread), ``predictions.csv`` for DVC's confusion template, and
-``misclassified.png``, the network's most confident mistakes.
+train split unread), ``predictions.csv`` for DVC's confusion template (with each test image's
+id, the start of its pixels' sha256, so ``make report`` scores two models on the test
+images their data versions share), and ``misclassified.png``, the network's most
+confident mistakes.
 Everything streams: the test split is scored batch by batch and the baseline's
 training subset is copied out shard by shard, so memory is set by the shard,
 batch and subset sizes, not by the number of images. The baseline's batches are
@@ -45,7 +47,7 @@ from mlpipeline.evaluation.baseline import (
 )
 from mlpipeline.evaluation.metrics import Scores
 from mlpipeline.evaluation.params import EvaluateParams
-from mlpipeline.evaluation.report import WorstErrors, misclassified_png, predictions_csv
+from mlpipeline.evaluation.report import WorstErrors, image_ids, misclassified_png, predictions_csv
 from mlpipeline.evaluation.subset import pick_rows
 from mlpipeline.modeling.files import CONFIG_FILE, load_model
 from mlpipeline.modeling.inference import predict_probabilities
@@ -130,6 +132,7 @@ class Scoreboard:
         self.baseline = Scores(num_classes, params.ece_bins) if baseline is not None else None
         self.worst = WorstErrors(params.misclassified)
         self.choices: list[tuple[np.ndarray, np.ndarray]] = []
+        self.ids: list[str] = []
 
     def add(
         self, images: np.ndarray, labels: np.ndarray, network: np.ndarray, baseline: np.ndarray | None
@@ -139,6 +142,7 @@ class Scoreboard:
             self.baseline.add(labels, baseline)
         self.worst.add(images, labels, network)
         self.choices.append((labels, network.argmax(axis=1)))
+        self.ids += image_ids(images)
 
     def evaluation(self, classes: list[str]) -> Evaluation:
         labels, choices = (np.concatenate(column) for column in zip(*self.choices, strict=True))
@@ -147,7 +151,7 @@ class Scoreboard:
             metrics["baseline"] = {**self.baseline.result(classes), "model": NAMES[self.fitted.kernel]}
         return Evaluation(
             metrics=metrics,
-            predictions_csv=predictions_csv(labels, choices, classes),
+            predictions_csv=predictions_csv(labels, choices, classes, self.ids),
             misclassified_png=misclassified_png(self.worst, classes),
             test_count=self.network.samples,
             train_count=self.fitted.images if self.fitted is not None else 0,

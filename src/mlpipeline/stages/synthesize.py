@@ -31,7 +31,8 @@ from mlpipeline.core.device import limit_threads
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import INGESTED, SYNTHESIZE_REPORTS, SYNTHETIC
 from mlpipeline.core.progress import progress
-from mlpipeline.core.shards import Dataset, DatasetWriter
+from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.core.shards import Dataset
 from mlpipeline.core.workers import workers_for
 from mlpipeline.synthetic import SynthesisTask, ValueStats, class_counts, generate, get_generator
 from mlpipeline.synthetic.generators import CannotDraw, batch_size

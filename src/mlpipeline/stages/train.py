@@ -25,9 +25,16 @@ from mlpipeline.core import atomic, stage
 from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS, WEIGHTS
 from mlpipeline.core.seeding import seed_everything
-from mlpipeline.core.shards import META_FILE, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shards import META_FILE
 from mlpipeline.modeling.files import save_model
-from mlpipeline.modeling.network import ModelConfig, initial_model, new_config, streamed_channel_stats
+from mlpipeline.modeling.network import (
+    ModelConfig,
+    fitted_network,
+    initial_model,
+    new_config,
+    streamed_channel_stats,
+)
 from mlpipeline.training.checkpoint import CHECKPOINT_ROOT, Checkpoints, fingerprint, run_key
 from mlpipeline.training.data import VAL_SPLIT, Inputs, open_inputs
 from mlpipeline.training.device import Runtime, auto_threads, configure
@@ -37,7 +44,7 @@ from mlpipeline.training.gpu_lock import hold_gpus
 from mlpipeline.training.loader import Feed, chosen_placement, place
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.params import TrainParams
-from mlpipeline.training.phases import Phase, check_sources, plan
+from mlpipeline.training.phases import Phase, check_frozen_epochs, plan
 from mlpipeline.training.reporting import EpochRecord, TrainingLog
 from mlpipeline.training.windows import Window, training_window
 
@@ -68,16 +75,18 @@ def train(
     runtime = configure(
         params.device, params.precision, params.num_threads, world.local_rank, world.local_size, params.tf32
     )
+    spec, weights = params.model, weights_folder(params)
+    pretrained = weights_sha256(weights)
     with process_group(world, runtime.device):
-        world.agree(fingerprint(params, runtime, inputs.datasets))
+        world.agree(fingerprint(params, runtime, inputs.datasets, pretrained))
         phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
+        check_frozen_epochs(phases, inputs.views, world.size)
         train_window, val_window = windows(params, inputs) or (None, None)
         mean, std = world.from_main(lambda: streamed_channel_stats(phases[-1].originals.shards()))
-        spec, weights = params.model, WEIGHTS / params.model.weights if params.model.weights else None
         config = new_config(
             spec.arch,
             inputs.classes,
-            [inputs.image_shape[0], *(val_window.size if val_window else inputs.image_shape[1:])],
+            input_shape(params, inputs),
             (mean, std),
             inputs.val.info.attributes.get("preprocessing"),
             spec.widths,
@@ -111,7 +120,6 @@ def train(
                 phase=phase.name,
                 class_counts=np.bincount(phase.originals.labels, minlength=len(inputs.classes)),
             )
-            pretrained = config.pretrained["sha256"] if config.pretrained else ""
             key = run_key(params, runtime, inputs.datasets, phase.name, pretrained)
             checkpoints = Checkpoints(key, checkpoint_root, world)
             all_checkpoints.append(checkpoints)
@@ -153,11 +161,41 @@ def windows(params: TrainParams, inputs: Inputs) -> tuple[Window, Window] | None
     return training_window(params.image_size, inputs.image_shape[1:], params.seed, source)
 
 
+def input_shape(params: TrainParams, inputs: Inputs) -> list[int]:
+    """C, H, W of the network's input: the stored images, or their ``train.image_size`` window."""
+    window = windows(params, inputs)
+    return [inputs.image_shape[0], *(window[1].size if window else inputs.image_shape[1:])]
+
+
+def weights_sha256(weights: Path | None) -> str:
+    """The pretrained weights' hash for the nodes' agreement (empty: none): nodes holding other
+    bytes under one ``data/weights`` name would otherwise meet, then fail inside DDP."""
+    if weights is None or not weights.is_dir():
+        return ""  # no folder: new_config refuses it in one line, the same on every node
+    from mlpipeline.modeling.hf import folder_sha256  # imports transformers: only with weights
+
+    return folder_sha256(weights)
+
+
+def weights_folder(params: TrainParams) -> Path | None:
+    """The pretrained checkpoint folder ``train.model.weights`` names, if any."""
+    return WEIGHTS / params.model.weights if params.model.weights else None
+
+
+def check_plan(params: TrainParams, inputs: Inputs) -> None:
+    """Refuse, before any launch or training work, a run that cannot give a model: no real images
+    after pretraining, a backbone that would never learn, a network that cannot be built or run
+    on the data's images (built and run once on two images: see ``modeling.hf_build``)."""
+    phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)  # checks the sources
+    check_frozen_epochs(phases, inputs.views, params.world_size)
+    spec = params.model
+    fitted_network(spec.arch, inputs.classes, input_shape(params, inputs), spec.hf, weights_folder(params))
+
+
 def main() -> None:
     params = load_section(TrainParams, "train")
     inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
-    check_sources(params, len(inputs.real), inputs.train.root)
-    windows(params, inputs)
+    check_plan(params, inputs)  # and train.image_size against the stored images
     if params.device in ("auto", "cuda") and not in_worker():  # before CUDA starts: see gpu_lock
         hold_gpus(params.processes)
     if params.world_size > 1 and not in_worker():

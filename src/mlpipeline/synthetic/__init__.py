@@ -1,6 +1,8 @@
-"""Synthetic training images that look like the real ones, from pluggable generators.
-
-Importing the package registers the built-in ``glyphs`` generator.
+"""Synthetic training images that look like the real ones, from pluggable generators
+(``generators``: the registry and batch loop). The built-in ``glyphs`` generator, registered on
+import, draws font glyphs (``fonts``) from an atlas (``atlas``) in exact random poses
+(``placement``, ``draws``) with pixel values matched to the real data's (``values``); a preview
+(``preview``), the transfer score (``realism``) and the stage's params (``params``).
 
 May import: core.
 """

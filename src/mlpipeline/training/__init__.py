@@ -1,5 +1,10 @@
-"""The training machinery behind the train stage: device set-up, data placement, the epoch loop,
-checkpoints, DDP and progress reporting, each small enough to test on its own.
+"""The training machinery behind the train stage, each part small enough to test on its own: its
+params (``params``), what it reads (``data``) phase by phase (``phases``), device set-up
+(``device``), data placement (``loader``) and the model's windows of the images (``windows``), the
+epoch loop (``loop``) with its optimizer (``optim``), loss (``losses``), mixup and CutMix
+(``mixing``), weight average (``ema``) and divergence checks (``divergence``), checkpoints
+(``checkpoint``), progress reporting (``reporting``), DDP (``distributed``) across nodes
+(``rendezvous``) and one GPU per run (``gpu_lock``).
 
 May import: core, augmentation.
 """

@@ -6,9 +6,10 @@ the run-cache, so checkpoints live outside DVC, in ``.cache/checkpoints/<key>/``
 (gitignored). The key hashes everything the run's result depends on: the train
 params and what they resolved to on this machine (device type, precision, thread
 count), the input datasets' ``dataset.json`` files (which hold every shard's sha256,
-so they cover the shards' bytes without reading them again), the package's source
-code (which also fixes the checkpoint format) and the torch version. A checkpoint
-from other params, data or code has another key and is never resumed. The latest
+so they cover the shards' bytes without reading them again), the pretrained weights'
+hash, the package's source code (which also fixes the checkpoint format), the torch
+version and the phase. A checkpoint from other params, data, weights or code has
+another key and is never resumed. The latest
 epoch's checkpoint replaces the previous one atomically; the directory is removed
 once the model is written.
 

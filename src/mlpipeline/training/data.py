@@ -17,7 +17,8 @@ import numpy as np
 from mlpipeline.augmentation.online import OnlineAugmentation, read_online
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.seeding import rng
-from mlpipeline.core.shards import META_FILE, Dataset, SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shards import META_FILE, Dataset
 
 REAL_SPLIT = "real"  # augment's splits: one per source
 SYNTHETIC_SPLIT = "synthetic"
@@ -43,6 +44,11 @@ class Inputs:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.train.image_shape
+
+    @property
+    def views(self) -> int:
+        """How many times an epoch sees each training row: its copies made online, or once."""
+        return self.online.views if self.online is not None else 1
 
     @property
     def datasets(self) -> list[Dataset]:
@@ -101,3 +107,10 @@ def epoch_order(
 def steps(count: int, batch_size: int) -> int:
     """Optimizer steps in an epoch of ``count`` rows: full batches only, at least one."""
     return max(1, count // batch_size)
+
+
+def rank_steps(count: int, batch_size: int, world_size: int, accumulate: int = 1) -> int:
+    """Optimizer steps in an epoch of ``count`` rows dealt to ``world_size`` ranks, each taking
+    its share of the global ``batch_size`` (``epoch_order`` pads the rows to a multiple of the ranks),
+    a step every ``accumulate`` batches (at least one step)."""
+    return max(1, steps(-(-count // world_size), batch_size // world_size) // accumulate)

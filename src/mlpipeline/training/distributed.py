@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,25 +27,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mlpipeline.core import stage
 from mlpipeline.core.errors import EXIT_USER_ERROR, PipelineError
+from mlpipeline.training.rendezvous import (
+    check_before_meeting,
+    refused_port,
+    rendezvous_from_env,
+    torchrun_timeout,
+)
 
 # Set by torchrun in every worker it starts.
 WORKER_ENV = "TORCHELASTIC_RUN_ID"
 
-TIMEOUT_ENV = "MLPIPELINE_RENDEZVOUS_TIMEOUT"
-DEFAULT_TIMEOUT = 600  # seconds: cluster schedulers may start nodes minutes apart
-
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Rendezvous:
-    """Where the nodes meet: node 0's address and port, this node's index, the wait allowed."""
-
-    address: str
-    port: int
-    node: int
-    nodes: int
-    timeout: int
 
 
 @dataclass(frozen=True)
@@ -177,60 +167,28 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def rendezvous_from_env(nodes: int) -> Rendezvous:
-    """Where this node is in a world of ``nodes``, as cluster launchers export it: ``MASTER_ADDR``,
-    ``MASTER_PORT``, ``NODE_RANK`` (or torchrun's ``PET_`` names of the same). Never guessed: a
-    node that took the wrong rank or address would wait for a world that never forms."""
-    values = {}
-    for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
-        values[name] = os.environ.get(name, os.environ.get(f"PET_{name}", ""))
-    missing = [name for name, value in values.items() if not value]
-    if missing:
-        raise PipelineError(
-            f"train.nodes is {nodes}: set {', '.join(missing)} in the environment (node 0's address, "
-            f"a free port on it, this node's index 0..{nodes - 1}), as cluster launchers do; "
-            "see docs/multinode.md"
-        )
-    port, node = values["MASTER_PORT"], values["NODE_RANK"]
-    if not port.isdigit() or not node.isdigit() or int(node) >= nodes:
-        raise PipelineError(
-            f"train.nodes is {nodes}: MASTER_PORT must be a port number and NODE_RANK one of "
-            f"0..{nodes - 1}, got MASTER_PORT={port!r} NODE_RANK={node!r}"
-        )
-    return Rendezvous(values["MASTER_ADDR"], int(port), int(node), nodes, rendezvous_timeout())
-
-
-def rendezvous_timeout() -> int:
-    """Seconds a node waits for the others (``MLPIPELINE_RENDEZVOUS_TIMEOUT``): an environment
-    setting, not a param, since it cannot change an output byte."""
-    value = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT))
-    if not value.isdigit() or int(value) == 0:
-        raise PipelineError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {value!r}")
-    return int(value)
-
-
 def launch(module: str, nodes: int, processes: int, threads_per_process: int) -> None:
     """Run ``python -m module`` in ``processes`` workers on each of ``nodes`` nodes under torchrun
     (in this process, so a failure is one line, not torchrun's traceback) and wait for them.
 
     One node: a standalone rendezvous on a free port. Several: a static rendezvous at
-    ``MASTER_ADDR:MASTER_PORT``, node ``NODE_RANK`` taking global ranks ``NODE_RANK * processes``
-    onwards, so global rank 0, which alone writes, runs on node 0.
+    ``MASTER_ADDR:MASTER_PORT`` (checked first: ``training.rendezvous``), node ``NODE_RANK``
+    taking global ranks ``NODE_RANK * processes`` onwards, so global rank 0, which alone writes,
+    runs on node 0.
     """
     where = ["--standalone"]
     meeting = None
     if nodes > 1:
         meeting = rendezvous_from_env(nodes)
+        check_before_meeting(meeting)
         where = [
             f"--nnodes={nodes}",
             f"--node-rank={meeting.node}",
             "--rdzv-backend=static",
             f"--master-addr={meeting.address}",
             f"--master-port={meeting.port}",
-            f"--rdzv-conf=timeout={meeting.timeout}",
+            f"--rdzv-conf=timeout={torchrun_timeout(meeting)}",
         ]
-    if meeting is not None and meeting.node > 0:
-        _wait_for_node_0(meeting)
     argv = [*where, f"--nproc-per-node={processes}", "--max-restarts=0", "-m", module]
     os.environ["OMP_NUM_THREADS"] = str(threads_per_process)  # torchrun would set 1 and warn
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its failure report
@@ -245,26 +203,5 @@ def launch(module: str, nodes: int, processes: int, threads_per_process: int) ->
         ) from None
     except (dist.DistError, RendezvousError) as exc:
         assert meeting is not None, exc  # a standalone rendezvous has no one to wait for
-        raise _no_meeting(meeting) from None
-
-
-def _wait_for_node_0(meeting: Rendezvous) -> None:
-    """Wait, quietly, until node 0's rendezvous port answers: torchrun's own wait prints a C++
-    stack trace per attempt."""
-    deadline = time.monotonic() + meeting.timeout
-    while True:
-        try:
-            socket.create_connection((meeting.address, meeting.port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise _no_meeting(meeting) from None
-            time.sleep(0.5)
-
-
-def _no_meeting(meeting: Rendezvous) -> PipelineError:
-    return PipelineError(
-        f"node {meeting.node} of {meeting.nodes}: the nodes did not all meet at {meeting.address}:"
-        f"{meeting.port} within {meeting.timeout} s ({TIMEOUT_ENV}); start every node with the "
-        "same MASTER_ADDR and MASTER_PORT (docs/multinode.md)"
-    )
+        taken = "EADDRINUSE" in str(exc)  # taken since the check: node 0's TCPStore could not listen
+        raise (refused_port(meeting) if taken else meeting.not_all_met()) from None

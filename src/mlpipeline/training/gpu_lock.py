@@ -18,17 +18,26 @@ The rule: a run takes the free devices of lowest index, all it needs at once or 
 runs can each hold half of what both need). When too few are free it waits, polling, and says
 so once; ``MLPIPELINE_GPU_WAIT`` bounds the wait in seconds (default: no bound, so a queue of
 more experiments than GPUs drains one per freed device; 0: fail at once, in one line).
+
+Every user of the box shares the devices, so the lock folder is made like ``/tmp`` (1777: anyone
+adds a lock file, nobody removes another's) and a lock file is opened read-only (``flock`` needs
+no more) and made 0644 whatever the umask: a second user takes a free GPU whose lock file the
+first left. Lock files are never followed through a symbolic link, and a device's name is
+percent-encoded into its file name (MIG names hold ``/``).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from mlpipeline.core import settings
 from mlpipeline.core.errors import PipelineError
@@ -36,6 +45,8 @@ from mlpipeline.core.errors import PipelineError
 LOCK_DIR_ENV = "MLPIPELINE_GPU_LOCK_DIR"
 WAIT_ENV = "MLPIPELINE_GPU_WAIT"
 POLL_SECONDS = 1.0
+SHARED_FOLDER = 0o1777  # as /tmp: every user adds lock files, none removes another's
+LOCK_FILE = 0o644  # read is all flock needs
 
 log = logging.getLogger("train")
 
@@ -51,13 +62,19 @@ def max_wait() -> float | None:
 
 
 def visible_gpus() -> list[str]:
-    """The CUDA devices this process may use, as ``CUDA_VISIBLE_DEVICES`` names them (indexes or
-    UUIDs); counted through NVML, which, unlike CUDA, still lets that variable change. torch is
-    imported here, not above, so a run waiting for a device has not paid for it yet."""
+    """The CUDA devices this process may use, as ``CUDA_VISIBLE_DEVICES`` names them (indexes,
+    UUIDs or MIG names); counted through NVML, which, unlike CUDA, still lets that variable change.
+    torch is imported here, not above, so a run waiting for a device has not paid for it yet."""
     import torch
 
     count = torch.cuda.device_count()
-    listed = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    listed = [name.strip() for name in raw.split(",") if name.strip()]
+    if twice := sorted({name for name in listed if listed.count(name) > 1}):
+        # a run would wait forever on the lock it holds itself
+        raise PipelineError(
+            f"CUDA_VISIBLE_DEVICES={raw!r}: names device {twice[0]} twice (list each GPU once)"
+        )
     return listed[:count] if listed else [str(index) for index in range(count)]
 
 
@@ -77,7 +94,7 @@ def hold_gpus(processes: int) -> list[str]:
 def claim(devices: Sequence[str], wanted: int, directory: Path, wait: float | None) -> list[str]:
     """``wanted`` of ``devices`` whose lock files in ``directory`` no other process holds, taken
     together, waiting up to ``wait`` seconds (None: no bound) for them to free up."""
-    directory.mkdir(parents=True, exist_ok=True)
+    _make_shared_folder(directory)
     deadline = None if wait is None else time.monotonic() + wait
     said = False
     while True:
@@ -98,7 +115,7 @@ def claim(devices: Sequence[str], wanted: int, directory: Path, wait: float | No
 def _try_take(devices: Sequence[str], wanted: int, directory: Path) -> list[str] | None:
     taken: list[tuple[str, int]] = []
     for device in devices:
-        descriptor = os.open(directory / f"gpu-{device}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        descriptor = _open_lock(directory / f"gpu-{quote(device, safe='')}.lock", directory)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -111,3 +128,43 @@ def _try_take(devices: Sequence[str], wanted: int, directory: Path) -> list[str]
     for _, descriptor in taken:  # all or none
         os.close(descriptor)
     return None
+
+
+def _make_shared_folder(directory: Path) -> None:
+    """``directory``, made 1777 (sticky, as ``/tmp``) if this creates it."""
+    try:
+        directory.mkdir(parents=True)
+        directory.chmod(SHARED_FOLDER)
+    except FileExistsError:
+        if not directory.is_dir():
+            raise PipelineError(
+                f"{directory}: a file, not a folder for the GPU lock files ({LOCK_DIR_ENV})"
+            ) from None
+    except NotADirectoryError:
+        raise PipelineError(
+            f"{directory}: under a file, not a folder for the GPU lock files ({LOCK_DIR_ENV})"
+        ) from None
+
+
+def _open_lock(path: Path, directory: Path) -> int:
+    """A read-only descriptor of the lock file ``path``, created 0644 if it is missing."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            descriptor = os.open(path, flags | os.O_CREAT | os.O_EXCL, LOCK_FILE)
+            os.fchmod(descriptor, LOCK_FILE)  # whatever this user's umask
+        except FileExistsError:
+            descriptor = os.open(path, flags)
+    except PermissionError:
+        raise PipelineError(
+            f"{path}: permission denied: every user of these GPUs must be able to add lock files to "
+            f"{directory} (chmod 1777 it, or set {LOCK_DIR_ENV} to another folder)"
+        ) from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise PipelineError(f"{path}: a symbolic link, not a GPU lock file (remove it)") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise PipelineError(f"{path}: not a GPU lock file but a folder or other special file (remove it)")
+    return descriptor

@@ -32,7 +32,7 @@ import torch
 from mlpipeline.augmentation.online import BatchCopies, OnlineAugmentation
 from mlpipeline.core.device import to_device
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.shards import SplitReader
+from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.core.workers import worker_count
 from mlpipeline.training.windows import Window
 

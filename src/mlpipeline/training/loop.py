@@ -33,7 +33,7 @@ from torch import nn
 
 from mlpipeline.core.seeding import rng, seed_everything
 from mlpipeline.training.checkpoint import Checkpoints
-from mlpipeline.training.data import epoch_order, steps
+from mlpipeline.training.data import epoch_order, rank_steps
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.distributed import World
 from mlpipeline.training.divergence import check_loss, check_val_loss, check_weights, mark_first_bad
@@ -98,9 +98,8 @@ class Trainer:
         self.train = train
         self.val = val
         self.batch_size = params.batch_size // world.size  # per rank
-        rank_share = -(-len(train) // world.size)  # epoch_order pads to a multiple of the ranks
-        batches = steps(rank_share, self.batch_size)  # full batches this rank sees an epoch
-        self.steps_per_epoch = max(1, batches // params.accumulate)  # optimizer steps
+        batches = rank_steps(len(train), params.batch_size, world.size)  # full batches this rank sees
+        self.steps_per_epoch = rank_steps(len(train), params.batch_size, world.size, params.accumulate)
         self.batches_per_epoch = min(batches, self.steps_per_epoch * params.accumulate)
         self.batches_per_step = min(params.accumulate, self.batches_per_epoch)  # an epoch may have fewer
         self.epochs = epochs_to_run(params, self.steps_per_epoch)

@@ -30,7 +30,7 @@ class ArchitectureParams:
     widths: list[Annotated[int, Field(ge=1, le=4096)]] = param(min_len=1, max_len=8)
     dropout: float = param(ge=0, lt=1)
     hf: dict[str, dict[str, Any]]  # model type -> config overrides (depths, hidden_sizes, patch_size...)
-    freeze_epochs: int = param(ge=0)  # first epochs of the last phase: the classifier head alone learns
+    freeze_epochs: int = param(ge=0)  # first epochs of each phase: the classifier head alone learns
     backbone_lr_scale: float = param(gt=0, le=10)  # everything but the head learns at lr times this
 
     @model_validator(mode="after")

@@ -15,7 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlpipeline.core.errors import PipelineError
-from mlpipeline.core.shards import SplitReader
+from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.training.data import rank_steps
+from mlpipeline.training.optim import epochs_to_run
 from mlpipeline.training.params import TrainParams
 
 PRETRAIN = "pretrain"
@@ -54,3 +56,22 @@ def plan(params: TrainParams, real: SplitReader, synthetic: SplitReader, source:
         phases.append(Phase(PRETRAIN, pretrain, synthetic))
     phases.append(Phase(TRAIN, params, real))
     return phases
+
+
+def check_frozen_epochs(phases: list[Phase], views: int, world_size: int) -> None:
+    """Refuse ``freeze_epochs`` that cover a whole phase (``min_steps`` counted: it can add
+    epochs): its backbone would never learn, only the head. Refused rather than warned: that is
+    not what the setting says, and a warning scrolls by unread in a queued experiment's log.
+    ``views``: each training row's copies an epoch (online augmentation); ``world_size``: ranks."""
+    for phase in phases:
+        params, frozen = phase.params, phase.params.model.freeze_epochs
+        per_epoch = rank_steps(len(phase.originals) * views, params.batch_size, world_size, params.accumulate)
+        epochs = epochs_to_run(params, per_epoch)
+        if frozen and frozen >= epochs:
+            knob = "train.synthetic.pretrain_epochs" if phase.name == PRETRAIN else "train.epochs"
+            added = f" (train.min_steps {params.min_steps} at {per_epoch} steps an epoch)"
+            raise PipelineError(
+                f"params.yaml: train.model.freeze_epochs is {frozen}, but the {phase.name} phase runs "
+                f"{epochs} epoch{'s' if epochs > 1 else ''}{added if epochs > params.epochs else ''}: "
+                f"the backbone would never learn (set freeze_epochs below {epochs}, or raise {knob})"
+            )
