@@ -117,12 +117,13 @@ weights: export MLPIPELINE_NAME = $(value NAME)
 weights: setup ## Fetch MODEL=microsoft/resnet-50 from the Hugging Face hub into data/weights/NAME and dvc add it
 	python -m mlpipeline.devtools.fetch_weights
 
-# A model version: a GTO git tag ARTIFACT@vVERSION on HEAD, made once the model is pushed.
+# A model version: a GTO git tag ARTIFACT@vVERSION on the commit of its model card (cards/ARTIFACT/README.md),
+# made once the model and its ONNX file are pushed.
 ARTIFACT ?= image-classifier
 
 release: export MLPIPELINE_VERSION = $(value VERSION)
 release: export MLPIPELINE_ARTIFACT = $(value ARTIFACT)
-release: setup ## Register the committed model as version VERSION=1.2.0 (GTO tag), pushing it first
+release: setup ## Release VERSION=1.2.0: push the model and its ONNX file, commit the model card, tag it (GTO)
 	python -m mlpipeline.versions.release
 
 # Resolved in a fresh venv with no constraints, so the file holds what pyproject.toml alone

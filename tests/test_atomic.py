@@ -105,3 +105,16 @@ def test_json_is_strict_a_non_finite_value_is_refused_by_key(tmp_path: Path, val
     with pytest.raises(ValueError, match=r"^.*metrics\.json: test\.per_class\.1\.f1 is (nan|inf|-inf)"):
         atomic.write_json(target, {"test": {"accuracy": 0.5, "per_class": [{"f1": 1.0}, {"f1": value}]}})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stream_appears_only_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "rows.csv"
+    with atomic.stream(target) as handle:
+        handle.write(b"a\n")
+        assert not target.exists()
+        handle.write(b"b\n")
+    assert target.read_bytes() == b"a\nb\n"
+    with pytest.raises(RuntimeError), atomic.stream(target) as handle:
+        handle.write(b"half")
+        raise RuntimeError("failed midway")
+    assert target.read_bytes() == b"a\nb\n" and sorted(tmp_path.iterdir()) == [target]

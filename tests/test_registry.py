@@ -8,6 +8,7 @@ rules for naming a version and refusing a release run on plain repositories, fas
 from __future__ import annotations
 
 import io
+import json
 import re
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import gto.api
 import pandas as pd
 import pytest
+import yaml
 from conftest import GIT_ENV, run
 from conftest_history import TrainedHistory
 from conftest_s3 import S3Remote
@@ -104,22 +106,75 @@ def test_release_refuses_a_bad_version_an_unknown_artifact_and_a_stale_model(pip
     with pytest.raises(PipelineError, match=r"^VERSION=1\.2: not a semantic version"):
         release(pipeline_repo, NAME, "1.2")
     with pytest.raises(
-        PipelineError, match=r"^dvc\.yaml declares no artifact 'nosuch' \(artifacts: image-classifier\)"
+        PipelineError,
+        match=r"^dvc\.yaml declares no artifact 'nosuch' \(artifacts: image-classifier, "
+        r"image-classifier-onnx\)",
     ):
         release(pipeline_repo, "nosuch", "1.0.0")
     # A fresh copy never ran the pipeline: there is no model to release, and no tag is made.
-    with pytest.raises(PipelineError, match=r"^models is not up to date \(dvc status: .*train"):
+    with pytest.raises(
+        PipelineError,
+        match=r"^models, exported/model.onnx, reports/evaluate/metrics.json: not up to date \(dvc status: "
+        r".*train",
+    ):
         release(pipeline_repo, NAME, "1.0.0")
     assert run(["git", "tag"], pipeline_repo).stdout == ""
 
 
-def predict(repo: Path, model: str, env: dict[str, str] | None = None, check: bool = True):
+def predict(
+    repo: Path, model: str, env: dict[str, str] | None = None, check: bool = True, onnx: bool = False
+):
     return run(
-        [sys.executable, "-m", "mlpipeline.modeling.predict", IMAGES, "--model", model],
+        [
+            sys.executable,
+            "-m",
+            "mlpipeline.modeling.predict",
+            IMAGES,
+            "--model",
+            model,
+            *(["--onnx"] if onnx else []),
+        ],
         repo,
         check=check,
         env=env,
     )
+
+
+def assert_card(repo: Path, version: str, pipeline: str) -> None:
+    """The card in the tagged commit: Hugging Face metadata, and every field from what the
+    pipeline at ``pipeline`` wrote (counts, params, hashes, metrics with the baseline, preprocessing)."""
+    text = run(["git", "show", f"{NAME}@{version}:cards/{NAME}/README.md"], repo).stdout
+    _, front, body = text.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    show = lambda path: run(["git", "show", f"{pipeline}:{path}"], repo).stdout  # noqa: E731
+    lock = yaml.safe_load(show("dvc.lock"))["stages"]
+    metrics = json.loads(show("reports/evaluate/metrics.json"))
+    assert meta["pipeline_tag"] == "image-classification" and meta["library_name"] == "onnx"
+    accuracy = meta["model-index"][0]["results"][0]["metrics"][0]
+    assert accuracy == {"type": "accuracy", "value": metrics["test"]["accuracy"], "name": "Accuracy"}
+    record = meta["mlpipeline"]
+    assert (record["version"], record["commit"], record["artifact"]) == (version, pipeline, NAME)
+    assert record["params"]["train"] == lock["train"]["params"]["params.yaml"]
+    assert record["dvc"]["models"] == next(o["md5"] for o in lock["train"]["outs"] if o["path"] == "models")
+    assert record["dvc"]["exported"] == next(
+        o["md5"] for o in lock["export"]["outs"] if o["path"] == "exported"
+    )
+    assert record["dvc"]["data/raw/digits"] == lock["ingest"]["deps"][0]["md5"]
+    assert record["metrics"]["baseline"]["accuracy"] == metrics["baseline"]["accuracy"]
+    assert record["metrics"]["test"]["macro_f1"] == metrics["test"]["macro_f1"]
+    counts = record["data"]["counts"]
+    assert set(counts) == {"train", "val", "test"} and set(counts["test"]) == {str(d) for d in range(10)}
+    assert sum(sum(split.values()) for split in counts.values()) == 1797  # every demo digit, once
+    assert record["preprocessing"]["resample"] == "bicubic" and record["preprocessing"]["rescale"] == "1/255"
+    assert len(record["preprocessing"]["mean"]) == 1 and record["classes"] == [str(d) for d in range(10)]
+    for section in (
+        "## Intended use and limitations",
+        "## Training data",
+        "## Preprocessing",
+        "## Provenance",
+    ):
+        assert section in body
+    assert "| network | SVM baseline |" in body and f"`{pipeline}`" in body
 
 
 def dead_endpoint(repo: Path, server: s3server.S3Server) -> None:
@@ -139,12 +194,16 @@ def test_released_versions_are_fetched_from_the_remote_and_predict(
         run(["git", "checkout", "-q", commit], producer)
         dvc(producer, "checkout")
         made = make(producer, "release", f"VERSION={version}")
-        assert f"registered {NAME}@v{version} on HEAD" in made.stdout, made.stdout
+        assert f"registered {NAME}@v{version} on the card commit above {commit[:12]}" in made.stdout, (
+            made.stdout
+        )
         models[f"v{version}"] = file_digests(producer / "models", [producer / "models"])
     run(["git", "checkout", "-q", "main"], producer)
     assert models["v1.0.0"] != models["v1.1.0"]
-    tags = {tag: run(["git", "rev-list", "-n1", f"{NAME}@{tag}"], producer).stdout.strip() for tag in models}
-    assert tags == {"v1.0.0": trained_history.first, "v1.1.0": trained_history.second}
+    # Each tag names the card's commit, whose parent is the pipeline's commit.
+    parents = {tag: run(["git", "rev-parse", f"{NAME}@{tag}^"], producer).stdout.strip() for tag in models}
+    assert parents == {"v1.0.0": trained_history.first, "v1.1.0": trained_history.second}
+    assert_card(producer, "v1.0.0", trained_history.first)
 
     assert sorted(v["version"] for v in gto.api.show(str(producer), NAME)) == ["v1.0.0", "v1.1.0"]
 
@@ -157,6 +216,17 @@ def test_released_versions_are_fetched_from_the_remote_and_predict(
         assert file_digests(fetched, [fetched]) == digests
     assert tables["v1.0.0"] != tables["v1.1.0"]
     assert len(pd.read_csv(io.StringIO(tables["v1.0.0"]))) == len(list((consumer / IMAGES).iterdir()))
+
+    # The release's ONNX file, fetched by version: onnxruntime gives torch's classes.
+    onnx_tables = {v: predict(consumer, f"{NAME}@{v}", onnx=True).stdout for v in models}
+    for version in models:
+        fetched = consumer / CACHE_DIR / NAME / f"{version}-onnx" / "model.onnx"
+        run(["git", "checkout", "-q", f"{NAME}@{version}"], producer)
+        dvc(producer, "checkout")
+        assert fetched.read_bytes() == (producer / "exported" / "model.onnx").read_bytes()
+        onnx_labels = pd.read_csv(io.StringIO(onnx_tables[version]))["label"]
+        assert list(onnx_labels) == list(pd.read_csv(io.StringIO(tables[version]))["label"])
+    run(["git", "checkout", "-q", "main"], producer)
 
     # A fetched version is kept: the remote is no longer needed for it.
     dead_endpoint(consumer, s3_remote.server)

@@ -4,12 +4,14 @@ model trained on windows is scored and served exactly as it was validated."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from aiohttp.test_utils import TestClient, TestServer
 from conftest import repo_params
 from PIL import Image
 from tiny_model import CLASSES
@@ -22,10 +24,14 @@ from mlpipeline.core.shard_writer import DatasetWriter
 from mlpipeline.core.shards import Dataset
 from mlpipeline.ingestion.images import Preprocessing
 from mlpipeline.modeling.files import load_model, save_model
+from mlpipeline.modeling.finetune import Release
 from mlpipeline.modeling.inference import predict_probabilities
+from mlpipeline.modeling.onnx_model import OnnxModel
 from mlpipeline.modeling.params import ExportParams
-from mlpipeline.modeling.predict import predict_paths
+from mlpipeline.modeling.predict import predict_onnx, predict_paths
+from mlpipeline.serving.app import Limits, make_app
 from mlpipeline.stages import export as export_stage
+from mlpipeline.stages import train as train_stage
 from mlpipeline.stages.evaluate import EvaluateParams, evaluate
 from mlpipeline.stages.train import train
 from mlpipeline.training.data import open_inputs
@@ -113,6 +119,25 @@ def test_evaluate_export_and_predict_score_the_centre_window(trained: Path, tmp_
         ExportParams(atol=1e-4, batch_size=8), trained / "models", trained / "data" / "ingested"
     )
     assert exported.parity.images == 24 and exported.parity.different_classes == 0
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(exported.model_bytes)
+    by_onnx = predict_onnx([tmp_path], onnx_file)
+    np.testing.assert_allclose(by_onnx["probability"], expected.max(axis=1), atol=1e-5)
+    served = served_probabilities(onnx_file, (tmp_path / "00.png").read_bytes())
+    assert served == pytest.approx(float(expected[0].max()), abs=1e-5)
+
+
+def served_probabilities(onnx_file: Path, image: bytes) -> float:
+    """The best class's probability mlpipeline-serve answers for one posted image."""
+
+    async def session() -> float:
+        app = make_app(OnnxModel(onnx_file), "windowed", Limits(), decoders=1)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            response = await client.post("/predict", data=image, headers={"Content-Type": "image/png"})
+            assert response.status == 200, await response.text()
+            return (await response.json())["predictions"][0]["probability"]
+
+    return asyncio.run(session())
 
 
 def test_an_image_size_larger_than_the_stored_images_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -121,3 +146,18 @@ def test_an_image_size_larger_than_the_stored_images_is_refused_in_one_line(tmp_
         PipelineError, match=r"train\.image_size \[14, 10\] is larger than the stored images' \[12, 10\]"
     ):
         train(tiny_params(image_size=[14, 10]), inputs, None, tmp_path / "checkpoints")
+
+
+def test_a_release_fine_tunes_on_the_same_window(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train.model.weights: NAME@vX.Y.Z`` with ``train.image_size``: the plan's check and the run
+    fit the release to the window, not to the stored images."""
+    release = Release("image-classifier@v1.0.0", "c0ffee", trained / "models")
+    monkeypatch.setattr(train_stage, "weights_source", lambda *_: release)
+    params = tiny_params(image_size=[8, 6], epochs=1)
+    inputs = write_inputs(tmp_path)
+    train_stage.check_plan(params, inputs)
+    result = train(params, inputs, None, tmp_path / "checkpoints")
+    assert result.config.image_shape == [3, 8, 6] and result.config.pretrained["commit"] == "c0ffee"
+    assert result.config.stored_shape == list(STORED)

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 HOST = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname()) or "localhost"
 # The owner of a temporary: "<host>-<pid>", or "<pid>" alone as named before the host was added.
@@ -57,17 +57,8 @@ def _running(pid: int) -> bool:
 
 def write_bytes(path: Path | str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary sibling and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _aside(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with stream(path) as handle:
+        handle.write(data)
 
 
 def write_text(path: Path | str, text: str) -> None:
@@ -102,6 +93,23 @@ def _nonfinite_key(obj: Any, prefix: str = "") -> str | None:
 
 def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, to_json_text(obj, str(path)))
+
+
+@contextmanager
+def stream(path: Path | str) -> Iterator[BinaryIO]:
+    """A file opened for writing aside, which replaces ``path`` only if the block succeeds: for
+    output written piece by piece (predict's rows), whose whole never sits in memory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _aside(path)
+    try:
+        with open(tmp, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -55,7 +55,9 @@ class ModelConfig:
     arch: Annotated[str, Field(min_length=1)] = CONVNET  # convnet, or a transformers model type
     network: dict[str, Any] | None = None  # a transformers arch's full config (config.json's keys)
     transformers: str | None = None  # the transformers version that trained it
-    pretrained: dict[str, str] | None = None  # weights it started from: {"source": folder, "sha256": ...}
+    # Weights it started from: {"source": folder, "sha256": ...}, or a release (any arch) with its
+    # tag's "commit" too (mlpipeline.modeling.finetune).
+    pretrained: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self._check_arch()
@@ -80,8 +82,8 @@ class ModelConfig:
         if self.arch == CONVNET:
             if self.widths is None or self.dropout is None:
                 raise ValueError("arch convnet needs widths and dropout")
-            if any(v is not None for v in (self.network, self.transformers, self.pretrained)):
-                raise ValueError("arch convnet has no network, transformers or pretrained")
+            if self.network is not None or self.transformers is not None:
+                raise ValueError("arch convnet has no network or transformers")
         elif self.network is None or self.transformers is None:
             raise ValueError(f"arch {self.arch} needs network (its transformers config) and transformers")
         elif self.widths is not None or self.dropout is not None:
@@ -93,7 +95,12 @@ class ModelConfig:
         """model.json's content: the CNN's without the fields it leaves at their defaults."""
         fields = asdict(self)
         if self.arch == CONVNET:
-            for name in ("arch", "network", "transformers", "pretrained"):
+            for name in (
+                "arch",
+                "network",
+                "transformers",
+                *(("pretrained",) if self.pretrained is None else ()),
+            ):
                 del fields[name]
         else:
             del fields["widths"], fields["dropout"]

@@ -25,24 +25,37 @@ from mlpipeline.core import atomic
 from mlpipeline.core.device import nonfinite_tensors
 from mlpipeline.modeling.config import (  # noqa: F401 (EXIT_MODEL_UNUSABLE: the exit code, here too)
     CONFIG_METADATA_KEY,
+    CONVNET,
     EXIT_MODEL_UNUSABLE,
     ModelConfig,
     ModelError,
     read_config,
 )
+from mlpipeline.modeling.hub_layout import hub_files
 from mlpipeline.modeling.network import build_model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
+WRAPPER_PREFIX = "net."  # the pipeline's wrapper of a transformers model (HFNet.net)
 log = logging.getLogger("model")
 
 
 def save_model(model: nn.Module, config: ModelConfig, out_dir: Path | str) -> None:
-    """Write weights (safetensors, recording ``config``) and config (JSON) atomically into ``out_dir``."""
+    """Write weights (safetensors, recording ``config``) and config (JSON) atomically into ``out_dir``;
+    a transformers arch also in the Hugging Face layout (``mlpipeline.modeling.hub_layout``): its
+    weights under the transformers model's own names, and ``config.json`` and
+    ``preprocessor_config.json`` beside them."""
     out_dir = Path(out_dir)
-    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    model = _unwrap(model)
     config_text = atomic.to_json_text(config.to_dict())
-    atomic.write_bytes(out_dir / WEIGHTS_FILE, save(state, metadata={CONFIG_METADATA_KEY: config_text}))
+    metadata = {CONFIG_METADATA_KEY: config_text}
+    if config.arch != CONVNET:
+        model = model.net
+        metadata["format"] = "pt"  # transformers 4 refuses safetensors without it
+        for name, text in hub_files(config, type(model).__name__).items():
+            atomic.write_text(out_dir / name, text)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic.write_bytes(out_dir / WEIGHTS_FILE, save(state, metadata=metadata))
     atomic.write_text(out_dir / CONFIG_FILE, config_text)
 
 
@@ -62,14 +75,24 @@ def load_model(model_dir: Path | str, device: torch.device | str = "cpu") -> tup
     if recorded is not None:
         _check_same_config(config, read_config(recorded, weights_path), config_path, weights_path)
     model = build_model(config)
-    _check_tensors(model.state_dict(), tensors, config_path, weights_path)
+    holder = _weights_holder(model, config, tensors)
+    _check_tensors(holder.state_dict(), tensors, config_path, weights_path)
     if bad := nonfinite_tensors(tensors):  # every prediction would be NaN: refuse, do not print it
         raise ModelError(
             f"{weights_path}: {bad[0]} holds NaN or infinity (the run that wrote it diverged; retrain "
             "with a lower train.lr)"
         )
-    model.load_state_dict(tensors)
+    holder.load_state_dict(tensors)
     return model.to(device).eval(), config
+
+
+def _weights_holder(model: nn.Module, config: ModelConfig, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """The module whose tensor names the weights file uses: a transformers arch's own model (the
+    Hugging Face layout), or the whole wrapper for the CNN and for transformers weights written
+    before that layout (every name under ``net.``)."""
+    if config.arch == CONVNET or (tensors and all(name.startswith(WRAPPER_PREFIX) for name in tensors)):
+        return model
+    return model.net
 
 
 def _unreadable(path: Path, exc: OSError) -> ModelError:

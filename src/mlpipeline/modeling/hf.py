@@ -125,6 +125,14 @@ def _checkpoint_config(checkpoint: CheckpointFolder) -> PretrainedConfig:
         raise PipelineError(f"{path}: not a {model_type} config ({message})") from None
 
 
+def refit(network: dict[str, Any], classes: list[str], image_shape: list[int], where: str) -> dict[str, Any]:
+    """A trained model's ``network`` (model.json's) fitted to other ``classes`` and image size, its
+    channels kept: the network a release is fine-tuned into (``mlpipeline.modeling.finetune``)."""
+    refuse_code(network, where)
+    check_arch(network.get("model_type", ""), where)
+    return _fit(CONFIG_MAPPING[network["model_type"]].from_dict(network), classes, image_shape, where, True)
+
+
 def _fit(
     config: PretrainedConfig,
     classes: list[str],

@@ -27,15 +27,17 @@ RUN_ERRORS = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.RuntimeExc
 class OnnxModel:
     """An ONNX Runtime session on the CPU and the ``ModelConfig`` recorded in the file."""
 
-    def __init__(self, path: Path | str, model_bytes: bytes | None = None) -> None:
-        """The model in the file at ``path``, or in ``model_bytes`` (then ``path`` only names it)."""
+    def __init__(self, path: Path | str, model_bytes: bytes | None = None, threads: int = 1) -> None:
+        """The model in the file at ``path``, or in ``model_bytes`` (then ``path`` only names it).
+        ``threads``: ONNX Runtime's threads per batch; 1, the default, gives the same sums in the
+        same order on any machine (a server trades that for latency)."""
         self.path = path = Path(path)
         if model_bytes is None:
             _check_readable(path)
         try:
             options = onnxruntime.SessionOptions()
             options.log_severity_level = 3  # errors only
-            options.intra_op_num_threads = 1  # the same sums in the same order on any machine
+            options.intra_op_num_threads = threads
             self.session = onnxruntime.InferenceSession(
                 model_bytes if model_bytes is not None else str(path),
                 options,

@@ -11,7 +11,8 @@ keeps) and dvclive's ``reports/train``.
 ``train.processes > 1`` or ``train.nodes > 1`` re-launches this module under torchrun (DDP; see
 ``training.distributed``); every rank first proves it holds the same params, code and inputs.
 Interrupted runs resume from ``.cache/checkpoints/<key>/`` (one key per phase), removed
-on success.
+on success. ``train.model.weights`` names a folder of ``data/weights`` or a release to fine-tune
+from (``image-classifier@v1.2.0``, fetched through DVC: ``modeling.finetune``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mlpipeline.core.seeding import seed_everything
 from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.core.shards import META_FILE
 from mlpipeline.modeling.files import save_model
+from mlpipeline.modeling.finetune import Release, from_release, release_config, weights_source
 from mlpipeline.modeling.network import (
     ModelConfig,
     fitted_network,
@@ -75,7 +77,7 @@ def train(
     runtime = configure(
         params.device, params.precision, params.num_threads, world.local_rank, world.local_size, params.tf32
     )
-    spec, weights = params.model, weights_folder(params)
+    weights = weights_source(params.model.weights, WEIGHTS)
     pretrained = weights_sha256(weights)
     with process_group(world, runtime.device):
         world.agree(fingerprint(params, runtime, inputs.datasets, pretrained))
@@ -83,19 +85,12 @@ def train(
         check_frozen_epochs(phases, inputs.views, world.size)
         train_window, val_window = windows(params, inputs) or (None, None)
         mean, std = world.from_main(lambda: streamed_channel_stats(phases[-1].originals.shards()))
-        config = new_config(
-            spec.arch,
-            inputs.classes,
-            input_shape(params, inputs),
-            (mean, std),
-            inputs.val.info.attributes.get("preprocessing"),
-            spec.widths,
-            spec.dropout,
-            spec.hf,
-            weights,
-        )
+        config = network_config(params, inputs, weights, (mean, std))
         seed_everything(params.seed)  # the same initial weights on every rank
-        model = runtime.place(initial_model(config, weights))
+        start = (
+            from_release(config, weights) if isinstance(weights, Release) else initial_model(config, weights)
+        )
+        model = runtime.place(start)
         val_rows = SplitReader.open(inputs.val, VAL_SPLIT)
         largest = max(phase.originals.nbytes for phase in phases)
         placement = chosen_placement(val_rows.nbytes + largest, runtime.device)  # one budget for both
@@ -155,6 +150,23 @@ def raised_epochs(phase: Phase, trainer: Trainer) -> str:
     )
 
 
+def network_config(
+    params: TrainParams,
+    inputs: Inputs,
+    weights: Path | Release | None,
+    stats: tuple[list[float], list[float]],
+) -> ModelConfig:
+    """The config of the network to train: a release's, fitted to the data, or a new one (from a
+    weights folder or none); its input the ``train.image_size`` window either way."""
+    spec, shape = params.model, input_shape(params, inputs)
+    preprocessing = inputs.val.info.attributes.get("preprocessing")
+    if isinstance(weights, Release):  # fine-tuning a release: its network, fitted to the data
+        return release_config(weights, spec.arch, inputs.classes, shape, preprocessing)
+    return new_config(
+        spec.arch, inputs.classes, shape, stats, preprocessing, spec.widths, spec.dropout, spec.hf, weights
+    )
+
+
 def windows(params: TrainParams, inputs: Inputs) -> tuple[Window, Window] | None:
     """The training and validation windows of ``train.image_size`` (None: the whole image)."""
     source = str(inputs.val.root / META_FILE)
@@ -167,9 +179,12 @@ def input_shape(params: TrainParams, inputs: Inputs) -> list[int]:
     return [inputs.image_shape[0], *(window[1].size if window else inputs.image_shape[1:])]
 
 
-def weights_sha256(weights: Path | None) -> str:
-    """The pretrained weights' hash for the nodes' agreement (empty: none): nodes holding other
-    bytes under one ``data/weights`` name would otherwise meet, then fail inside DDP."""
+def weights_sha256(weights: Path | Release | None) -> str:
+    """The pretrained weights' hash for the nodes' agreement and the checkpoint key (empty: none):
+    nodes holding other bytes under one ``data/weights`` name would otherwise meet, then fail
+    inside DDP."""
+    if isinstance(weights, Release):
+        return weights.record()["sha256"]
     if weights is None or not weights.is_dir():
         return ""  # no folder: new_config refuses it in one line, the same on every node
     from mlpipeline.modeling.hf import folder_sha256  # imports transformers: only with weights
@@ -177,25 +192,25 @@ def weights_sha256(weights: Path | None) -> str:
     return folder_sha256(weights)
 
 
-def weights_folder(params: TrainParams) -> Path | None:
-    """The pretrained checkpoint folder ``train.model.weights`` names, if any."""
-    return WEIGHTS / params.model.weights if params.model.weights else None
-
-
 def check_plan(params: TrainParams, inputs: Inputs) -> None:
     """Refuse, before any launch or training work, a run that cannot give a model: no real images
     after pretraining, a backbone that would never learn, a network that cannot be built or run
-    on the data's images (built and run once on two images: see ``modeling.hf_build``)."""
+    on the data's images (built and run once on two images: see ``modeling.hf_build``), a release
+    to start from that does not fit the data (it is fetched here, once)."""
     phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)  # checks the sources
     check_frozen_epochs(phases, inputs.views, params.world_size)
-    spec = params.model
-    fitted_network(spec.arch, inputs.classes, input_shape(params, inputs), spec.hf, weights_folder(params))
+    spec, weights = params.model, weights_source(params.model.weights, WEIGHTS)
+    preprocessing, shape = inputs.val.info.attributes.get("preprocessing"), input_shape(params, inputs)
+    if isinstance(weights, Release):
+        release_config(weights, spec.arch, inputs.classes, shape, preprocessing)
+    else:
+        fitted_network(spec.arch, inputs.classes, shape, spec.hf, weights)
 
 
 def main() -> None:
     params = load_section(TrainParams, "train")
     inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
-    check_plan(params, inputs)  # and train.image_size against the stored images
+    check_plan(params, inputs)  # train.image_size against the stored images; a release fetched, once
     if params.device in ("auto", "cuda") and not in_worker():  # before CUDA starts: see gpu_lock
         hold_gpus(params.processes)
     if params.world_size > 1 and not in_worker():

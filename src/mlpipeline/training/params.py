@@ -22,8 +22,8 @@ class ArchitectureParams:
     """Which network: ``convnet`` (the built-in CNN, sized by ``widths`` and ``dropout``) or a
     transformers image-classification model type, configured by its own key under ``hf``. Only the
     chosen arch's settings are read, so switching is one ``-S train.model.arch=resnet``.
-    ``weights`` names a folder of ``data/weights`` in transformers' format; the arch then comes
-    from its ``config.json``."""
+    ``weights`` names a folder of ``data/weights`` in transformers' format (the arch then comes
+    from its ``config.json``) or a release to fine-tune, ``image-classifier@v1.2.0``."""
 
     arch: str
     weights: str | None = param(min_len=1)

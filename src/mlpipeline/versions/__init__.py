@@ -1,4 +1,5 @@
-"""Model versions as GTO git tags: reading them (``registry``) and making one (``release``).
+"""Model versions as GTO git tags: reading them (``registry``), making one (``release``) and the
+model card a release carries (``card``).
 
 May import: core, cache.
 """

@@ -7,6 +7,11 @@ on the commit whose dvc.lock records the model); the model's files are in the DV
 from the local DVC cache or the remote) into ``.cache/models/<name>/<version>``, and reuses
 that copy afterwards: GTO never moves a registered version's tag. ``NAME@latest`` (the highest
 version) and ``NAME#STAGE`` (GTO's stage assignments) resolve to a version first.
+
+A release carries its ONNX file too: the tagged commit's dvc.yaml declares it as the artifact
+``NAME-onnx`` (the export stage's ``exported/model.onnx``), and ``onnx_file`` fetches it from that
+commit into ``.cache/models/<name>/<version>-onnx/model.onnx``, for serving machines without
+torch (``mlpipeline-predict --onnx --model NAME@vX.Y.Z``, ``mlpipeline-serve``).
 """
 
 from __future__ import annotations
@@ -18,23 +23,45 @@ from pathlib import Path
 
 from mlpipeline.core import atomic
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.paths import MODELS
 from mlpipeline.core.urls import redact
 
-CACHE_DIR = Path(".cache") / "models"
+CACHE_DIR = Path(".cache/models")
 FORMS = "NAME@vMAJOR.MINOR.PATCH (e.g. image-classifier@v1.2.0), NAME@latest or NAME#STAGE"
+ONNX_SUFFIX = "-onnx"  # the ONNX file's artifact: image-classifier-onnx beside image-classifier
+ONNX_FILE = "model.onnx"
+
+
+def is_version(spec: str) -> bool:
+    """Whether ``spec`` names a version (``NAME@...``, ``NAME#...``) rather than a path."""
+    return not Path(spec).exists() and any(mark in spec for mark in "@#")
 
 
 def model_dir(spec: str) -> Path:
     """``spec`` itself if it is a path, else the local copy of the model version it names."""
-    if Path(spec).exists() or not any(mark in spec for mark in "@#"):
+    if not is_version(spec):
         return Path(spec)
-    name, version, stage = parse(spec)
-    root = _repo_root(spec)
-    version = resolve(root, spec, name, version, stage)
+    root, name, version = located(spec)
     target = root / CACHE_DIR / name / version
     if not target.is_dir():
         fetch(root, spec, name, version, target)
     return target
+
+
+def onnx_file(spec: str) -> Path:
+    """The local copy of the ONNX file released with the version ``spec`` names."""
+    root, name, version = located(spec)
+    target = root / CACHE_DIR / name / f"{version}{ONNX_SUFFIX}"
+    if not target.is_dir():
+        fetch(root, spec, name, version, target, artifact=f"{name}{ONNX_SUFFIX}")
+    return target / ONNX_FILE
+
+
+def located(spec: str) -> tuple[Path, str, str]:
+    """The project the version ``spec`` is looked up in, its artifact and its exact version."""
+    name, version, stage = parse(spec)
+    root = _repo_root(spec)
+    return root, name, resolve(root, spec, name, version, stage)
 
 
 def parse(spec: str) -> tuple[str, str | None, str | None]:
@@ -96,24 +123,50 @@ def registered_versions(root: Path, name: str) -> list[str]:
     return [found_version.version for found_version in reversed(found)]
 
 
-def fetch(root: Path, spec: str, name: str, version: str, target: Path) -> None:
-    """Download the version's files into ``target`` (whole or not at all) with ``dvc artifacts get``."""
+def fetch(root: Path, spec: str, name: str, version: str, target: Path, artifact: str | None = None) -> None:
+    """Download the version's files into ``target`` (whole or not at all) with ``dvc artifacts get``;
+    ``artifact``: another artifact of the version's commit (its ONNX file), into ``target`` too."""
     from dvc.exceptions import ArtifactNotFoundError, DvcException
-    from dvc.repo.artifacts import Artifacts
 
     with atomic.directory(target) as download, _quiet("dvc"):
-        download.rmdir()  # DVC creates its output directory itself
         try:
-            Artifacts.get(str(root), name, version=version, out=str(download))
-        except DvcException as exc:
+            _download(root, name, version, artifact, download)
+        except (DvcException, FileNotFoundError) as exc:
             causes = list(_chain(exc))
             if any(isinstance(cause, ArtifactNotFoundError) for cause in causes):
-                raise PipelineError(f"{spec}: the tagged commit's dvc.yaml declares no artifact '{name}'")
+                raise PipelineError(_undeclared(spec, artifact or name))
             missing = [cause for cause in causes if isinstance(cause, FileNotFoundError)]
             if missing:
                 raise PipelineError(_missing_files(spec, f"{name}@{version}", root, missing[-1]))
             reason = str(causes[-1]).strip().splitlines()[0]
             raise PipelineError(f"{spec}: cannot fetch the model from {remote_label(root)}: {reason}")
+
+
+def _download(root: Path, name: str, version: str, artifact: str | None, folder: Path) -> None:
+    """The artifact ``name`` of ``version`` into ``folder`` as ``dvc artifacts get`` does, or the
+    file of ``artifact`` declared in the same commit into ``folder``, by its own name."""
+    from dvc.fs import download
+    from dvc.repo import Repo
+    from dvc.repo.artifacts import Artifacts
+
+    if artifact is None:
+        folder.rmdir()  # DVC creates its output directory itself
+        Artifacts.get(str(root), name, version=version, out=str(folder))
+        return
+    with Repo.open(str(root), subrepos=True, uninitialized=True) as repo:
+        rev = repo.artifacts.get_rev(name, version=version)
+        with repo.switch(rev):
+            path = Path(repo.artifacts.get_path(artifact)).as_posix()
+            download(repo.dvcfs, repo.fs.join(repo.fs.root_marker, path), str(folder / Path(path).name))
+
+
+def _undeclared(spec: str, artifact: str) -> str:
+    if artifact.endswith(ONNX_SUFFIX):
+        return (
+            f"{spec}: the tagged commit's dvc.yaml declares no artifact '{artifact}' (released before "
+            "releases carried their ONNX file): predict without --onnx, or release a new version"
+        )
+    return f"{spec}: the tagged commit's dvc.yaml declares no artifact '{artifact}'"
 
 
 def _missing_files(spec: str, tag: str, root: Path, missing: FileNotFoundError) -> str:
@@ -123,8 +176,8 @@ def _missing_files(spec: str, tag: str, root: Path, missing: FileNotFoundError) 
     return (
         f"{spec}: the model's files are in neither the local DVC cache nor {remote_label(root)} "
         f"(missing: {what}): on a machine whose DVC cache still holds them, "
-        f"`git checkout {tag} && dvc push models`; else `dvc repro train` at that tag rebuilds them "
-        "(bit for bit on the CPU type that trained them), then `dvc push models`"
+        f"`git checkout {tag} && dvc push {MODELS}`; else `dvc repro train` at that tag rebuilds them "
+        f"(bit for bit on the CPU type that trained them), then `dvc push {MODELS}`"
     )
 
 
