@@ -240,7 +240,9 @@ def test_preprocessing_record_leaves_squash_out_and_reads_records_without_it() -
 
 
 def test_ingest_resize_param_reaches_the_dataset_record(tmp_path: Path) -> None:
-    raw = make_folder(tmp_path / "raw", {"a": 6, "b": 6}, size=(12, 24))
+    # make_folder picks images whose split is known at their own size; these are resized, so
+    # enough of them that each class reaches every split
+    raw = make_folder(tmp_path / "raw", {"a": 24, "b": 24}, size=(12, 24))
     result = run_ingest(ingest_params(raw, resize="shorter-side"), tmp_path / "out")
     assert Dataset(result.root).info.attributes["preprocessing"]["resize"] == "shorter-side"
     assert result.splits["train"][0].shape[1:] == (1, 8, 8)
