@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report data-diff data-update plots-page browser slurm verify gc release weights
+.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report data-diff data-update plots-page browser slurm verify gc release weights preset
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -41,11 +41,11 @@ format: setup ## Apply ruff's fixes and formatting
 	ruff check --fix src tests bench
 	ruff format src tests bench
 
-# Variables a user types (BASE, IMAGES_URL, KEEP, VERSION, ARTIFACT, MODEL, NAME) reach the programs
-# through the environment, as the exact text typed ($(value): unexpanded), never through a shell's
-# quoting: the programs read MLPIPELINE_<NAME> and check it, so `VERSION='1.0.0;echo x'` is one bad
+# Variables a user types (BASE, IMAGES_URL, KEEP, VERSION, ARTIFACT, MODEL, NAME, PRESET) reach the
+# programs through the environment, as the exact text typed ($(value): unexpanded), never through a
+# shell's quoting: the programs read MLPIPELINE_<NAME> and check it, so `VERSION='1.0.0;echo x'` is one bad
 # version. Not exported under their own names: make would expand them on the way (a `$(shell ...)`).
-unexport BASE IMAGES_URL KEEP VERSION ARTIFACT MODEL NAME
+unexport BASE IMAGES_URL KEEP VERSION ARTIFACT MODEL NAME PRESET
 
 # BASE: any git revision; IMAGES_URL: where a PR comment finds the PNGs (default: beside report.md).
 BASE ?= main
@@ -88,6 +88,11 @@ slurm: ## Install Debian's slurm-wlm for the SLURM recipe's test, where missing
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		slurmctld slurmd slurm-client >/dev/null; } \
 		|| echo "make: no SLURM here: the SLURM recipe's test will be skipped"
+
+# A recipe's params (presets/<PRESET>.yaml, e.g. photos-small) written into params.yaml in place.
+preset: export MLPIPELINE_PRESET = $(value PRESET)
+preset: setup ## Write a params preset into params.yaml: PRESET=photos-small or photos-finetune (presets/)
+	python -m mlpipeline.devtools.preset
 
 schema: setup ## Regenerate params.schema.json from the params classes (then commit it)
 	python -m mlpipeline.devtools.params_schema

@@ -2,13 +2,13 @@
 vectorized path against a per-image loop of the same transforms.
 
     python bench/augment.py [--quick]      # --quick skips the 1M runs
-    python bench/augment.py --online --size 224 [--size 32 ...]
+    python bench/augment.py --online --size 224 [--size 32 ...] [--preset presets/photos-finetune.yaml]
 
 ``--online`` prints instead what one online batch (``ONLINE_BATCH`` RGB images, the params.yaml
-transforms, every image a copy) costs one core: the draws (``transforms.draw`` into memory
-reused batch after batch, as training's draw threads make them: all the host does when
-training runs on a GPU) and the per-pixel work with the hashed noise (``Draws.apply``: on the
-GPU there, measured here on the CPU), per image, best of 3 CPU times; and the host memory of
+transforms or a preset's, every image a copy) costs one core: the draws (``transforms.draw``
+into memory reused batch after batch, as training's draw threads make them: all the host does
+when training runs on a GPU) and the per-pixel work with the hashed noise (``Draws.apply``: on
+the GPU there, measured here on the CPU), per image, best of 3 CPU times; and the host memory of
 one batch in flight: the draw memory it holds (pinned on CUDA) and the scratch it takes at
 most while drawn (numpy's allocations, traced).
 
@@ -37,9 +37,10 @@ import torch
 from common import peak_rss_mib, print_run, print_scaling
 
 from mlpipeline.augmentation.transforms import Draws, Transforms, augment, draw
-from mlpipeline.core.params import load_section
+from mlpipeline.core.params import PARAMS_FILE, from_mapping, load_section, read_document
 from mlpipeline.core.seeding import rng
 from mlpipeline.core.shard_writer import DatasetWriter
+from mlpipeline.devtools.preset import apply_preset
 from mlpipeline.stages.augment import AugmentParams, augment_dataset, limit_threads
 
 SCRATCH = Path(".cache/bench/augment")
@@ -135,11 +136,13 @@ def run_loop_comparison() -> None:
         )
 
 
-def run_online(sides: list[int]) -> None:
+def run_online(sides: list[int], preset: Path | None) -> None:
     """Per-image CPU cost of one online batch, on one core, and its host memory (module docstring)."""
     torch.set_num_threads(1)
-    spec = bench_params().transforms
-    print(f"online batch of {ONLINE_BATCH} RGB images, params.yaml transforms, one core, best of 3 CPU time")
+    spec, which = bench_params().transforms, "params.yaml"
+    if preset is not None:
+        spec, which = preset_transforms(preset), str(preset)
+    print(f"online batch of {ONLINE_BATCH} RGB images, {which} transforms, one core, best of 3 CPU time")
     print(
         f"{'size':>9} {'draws ms/image':>15} {'apply ms/image':>15} {'total ms/image':>15} "
         f"{'held MiB':>9} {'scratch MiB':>12}"
@@ -161,6 +164,12 @@ def run_online(sides: list[int]) -> None:
         print(f"{side:>4}x{side:<4}" + "".join(f"{ms:>16.3f}" for ms in per_image) + memory)
 
 
+def preset_transforms(preset: Path) -> Transforms:
+    """params.yaml's transforms with a preset's written in (``make preset``)."""
+    text = apply_preset(PARAMS_FILE.read_text(), read_document(preset.read_text(), preset), preset)
+    return from_mapping(Transforms, read_document(text, PARAMS_FILE)["augment"]["transforms"], "transforms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,13 +177,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the 1M-image runs")
     parser.add_argument("--online", action="store_true", help="per-image cost of one online batch")
     parser.add_argument("--size", type=int, action="append", help="image side for --online (repeatable)")
+    parser.add_argument("--preset", type=Path, help="--online with a preset's transforms (presets/*.yaml)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child)
         return
     if args.online:
-        run_online(args.size or list(ONLINE_SIDES))
+        run_online(args.size or list(ONLINE_SIDES), args.preset)
         return
     limit_threads()
     run_scaling(COUNTS[:2] if args.quick else COUNTS)

@@ -187,7 +187,7 @@ def main() -> None:
     for placement in ("resident", "streamed"):
         for record in (None, online):
             rows = place(reader, runtime.device, placement, workers)  # type: ignore[arg-type]
-            rate = stage_rate(params, runtime, Feed(rows, len(reader), record, workers), args)
+            rate = stage_rate(params, runtime, Feed(rows, len(reader), record, workers=workers), args)
             cells = (
                 placement,
                 "yes" if record else "no",

@@ -8,8 +8,10 @@ Default: the stage's own inputs and params (run from the repository root after `
 augment``) on whatever device ``train.device`` picks. Same model architecture and initial
 weights, same batches delivered the same way (data placed as the stage places it), same
 precision (autocast and a grad scaler where the runtime uses them), same batch size, order and
-loss: the bare loop does only forward, backward and step; the template's adds what the stage
-needs (the LR schedule, loss and accuracy bookkeeping). Epochs alternate between the two, so
+loss, the model and the batches channels_last as the stage has them: the bare loop does only
+forward, backward and step; the template's adds what the stage needs (the LR schedule, loss and
+accuracy bookkeeping), and is timed again with the photo recipe's weight average (EMA) and
+gradient accumulation on. Epochs alternate between the two, so
 load changes on the machine hit both alike; the medians are compared.
 
 ``--scale``: generated 32x32 RGB images (10 classes) in .cache/bench/train, one dataset per
@@ -66,6 +68,10 @@ VAL_IMAGES = 1_000
 WRITE_CHUNK = 65_536
 
 
+RECIPE_EMA = 0.999  # the photo recipe's loop options the default run also times
+RECIPE_ACCUMULATE = 2
+
+
 def bare_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -81,7 +87,7 @@ def bare_epoch(
     scaler = runtime.grad_scaler()
     for images, labels in train.batches(order, batch_size, drop_last=True):
         with runtime.autocast():
-            logits = model(images)
+            logits = model(runtime.channels_last(images))
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
         plain_step(loss, optimizer, scaler)
 
@@ -108,11 +114,15 @@ def build(params: TrainParams, runtime: Runtime, inputs: Inputs, rows: SplitRead
 
 
 def interleaved(runs: dict[str, Callable[[int], float]], rounds: int) -> dict[str, float]:
-    """Median seconds of each run over ``rounds`` rounds, taking turns; round 0 warms up."""
+    """Median seconds of each run over ``rounds`` rounds, taking turns, the first turn passing
+    to the next run each round (whatever favours a place in the round favours each alike); round
+    0 warms up."""
     times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
     for round_ in range(rounds + 1):
-        for name, run in runs.items():
-            seconds = run(round_)
+        turn = round_ % len(names)
+        for name in names[turn:] + names[:turn]:
+            seconds = runs[name](round_)
             if round_:
                 times[name].append(seconds)
     return {name: statistics.median(values) for name, values in times.items()}
@@ -143,7 +153,10 @@ def loop_overhead(args: argparse.Namespace) -> None:
         place(phase.originals, runtime.device, placement, workers), len(phase.originals), inputs.online
     )
     val = Feed(place(val_rows, runtime.device, placement, workers), len(val_rows))
+    recipe_model = copy.deepcopy(model)
     trainer = Trainer(model, params, runtime, World(), data, val, phase=phase.name)
+    recipe = replace(params, ema_decay=RECIPE_EMA, accumulate=RECIPE_ACCUMULATE)
+    recipe_trainer = Trainer(recipe_model, recipe, runtime, World(), data, val, phase=phase.name)
     optimizer = torch.optim.AdamW(bare_model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
 
     def order(epoch: int) -> np.ndarray:
@@ -158,18 +171,26 @@ def loop_overhead(args: argparse.Namespace) -> None:
     def template(epoch: int) -> float:
         return timed(runtime, lambda: trainer.train_epoch(order(epoch), epoch))
 
-    medians = interleaved({"bare": bare, "template": template}, args.epochs)
+    def with_recipe(epoch: int) -> float:
+        return timed(runtime, lambda: recipe_trainer.train_epoch(order(epoch), epoch))
+
+    medians = interleaved({"bare": bare, "template": template, "recipe": with_recipe}, args.epochs)
     per_epoch = steps(len(data), params.batch_size) * params.batch_size
     bare_rate, loop_rate = per_epoch / medians["bare"], per_epoch / medians["template"]
+    recipe_rate = recipe_trainer.batches_per_epoch * params.batch_size / medians["recipe"]
     kind = "resident" if isinstance(data.rows, Resident) else "streamed"
     shape, batch = inputs.image_shape, params.batch_size
     print(f"device: {runtime.describe()}; {len(data)} images {shape} {kind}, batch {batch}")
     spec = params.model
     size = f"widths {list(spec.widths)}" if spec.arch == "convnet" else f"{spec.hf.get(spec.arch, {})}"
     print(f"{spec.arch} {size}; median of {args.epochs} epochs each, interleaved")
-    print(f"bare PyTorch loop:   {bare_rate:10.0f} images/s")
+    print(f"bare PyTorch loop:   {bare_rate:10.0f} images/s (channels_last model and batches, as the stage)")
     print(f"template train loop: {loop_rate:10.0f} images/s")
+    print(f"  with EMA {RECIPE_EMA} + accumulate {RECIPE_ACCUMULATE}: {recipe_rate:10.0f} images/s")
     print(f"template / bare: {loop_rate / bare_rate:.2f}x images/s (target >= 0.95x)")
+    print(
+        f"template with EMA + accumulation / bare: {recipe_rate / bare_rate:.2f}x images/s (target >= 0.95x)"
+    )
 
 
 def scale_params(widths: list[int]) -> TrainParams:
@@ -258,7 +279,7 @@ def one_epoch(count: int, widths: list[int], placement: str) -> dict[str, float]
     seconds = time.perf_counter() - started
     for checkpoints in result.checkpoints:
         checkpoints.clear()
-    images = result.trainer.steps_per_epoch * result.trainer.batch_size
+    images = result.trainer.batches_per_epoch * result.trainer.batch_size
     return {"seconds": seconds, "images": images, "rss_mib": peak_rss_mib(), "rss_before_mib": rss_before}
 
 

@@ -55,6 +55,25 @@ ONE_ON: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"transforms.cutout.probability": 1.0, "transforms.cutout.size": 0.0},
     ),
     "drop_values": ({"transforms.drop_values": 0.2}, {"transforms.drop_values": 0.0}),
+    "crop": (
+        {"transforms.crop.probability": 1.0},
+        {"transforms.crop.probability": 1.0, "transforms.crop.scale": [1.0, 1.0]},
+    ),
+    "policy": (
+        {"transforms.policy.kind": "randaugment"},
+        {"transforms.policy.kind": "none"},
+    ),
+    "colour": (
+        {"transforms.colour.probability": 1.0},
+        {
+            "transforms.colour.probability": 1.0,
+            "transforms.colour.brightness": 0.0,
+            "transforms.colour.contrast": 0.0,
+            "transforms.colour.saturation": 0.0,
+            "transforms.colour.hue": 0.0,
+        },
+    ),
+    "flip": ({"transforms.flip.horizontal": 1.0}, {"transforms.flip.horizontal": 0.0}),
 }
 
 

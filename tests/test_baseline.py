@@ -24,7 +24,9 @@ from mlpipeline.evaluation.baseline import (
 )
 from mlpipeline.evaluation.subset import pick_rows
 
-PARAMS = BaselineParams(C=3.0, gamma=None, max_train=10_000, seed=0, kernel="auto", components=1000)
+PARAMS = BaselineParams(
+    method="svm", C=3.0, gamma=None, max_train=10_000, seed=0, kernel="auto", components=1000
+)
 
 
 @pytest.mark.parametrize("kernel", ["exact", "nystroem"])

@@ -182,7 +182,9 @@ def test_synthesize_writes_the_same_bytes_on_every_code_path_beyond_the_demo(
     assert synthesize_under(env, rgb_digits, tmp_path / name) == wide_native
 
 
-# Beyond the demo's sizes: 224 x 160 RGB, every transform on (the elastic field on its coarse grid).
+# Beyond the demo's sizes: 224 x 160 RGB, every transform on (the elastic field on its coarse grid;
+# with the photo transforms, the crop and the policy's maps composed into the same grid, and every
+# integer pixel kernel).
 AUGMENT_LARGE = (
     "import hashlib, json, sys, numpy as np, torch; from mlpipeline.core.params import from_mapping; "
     "from mlpipeline.augmentation.transforms import Transforms, augment; "
@@ -204,18 +206,27 @@ def printed_under(env: dict[str, str], code: str, *args: str) -> str:
     return out.stdout.strip()
 
 
-def augment_large_under(env: dict[str, str]) -> str:
+def augment_large_under(env: dict[str, str], photo: bool) -> str:
+    """The hash of ``AUGMENT_LARGE`` run with ``env``: every digit transform on or, with ``photo``,
+    every transform a photo recipe uses (the crop, RandAugment, colour jitter, flips) besides."""
     section = copy.deepcopy(repo_params()["augment"]["transforms"])
     section["elastic"]["probability"] = section["affine"]["probability"] = section["cutout"][
         "probability"
     ] = 1
     section["drop_values"] = 0.05
+    if photo:
+        section["crop"]["probability"] = section["colour"]["probability"] = 1
+        section["policy"] |= {"kind": "randaugment", "ops": 3, "magnitude": 15}
+        section["flip"] |= {"horizontal": 0.5, "vertical": 0.5}
     return printed_under(env, AUGMENT_LARGE, json.dumps(section))
 
 
+@pytest.mark.parametrize("photo", [False, True], ids=["digit-transforms", "photo-transforms"])
 @pytest.mark.parametrize(("name", "env"), list(forced_code_paths().items()))
-def test_augment_at_224_writes_the_same_bytes_on_every_code_path(name: str, env: dict[str, str]) -> None:
-    assert augment_large_under(env) == augment_large_under({})
+def test_augment_at_224_writes_the_same_bytes_on_every_code_path(
+    name: str, env: dict[str, str], photo: bool
+) -> None:
+    assert augment_large_under(env, photo) == augment_large_under({}, photo)
 
 
 # The noise alone, as a device draws it (the int64 hash: torch's integer kernels at each level).

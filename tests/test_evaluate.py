@@ -73,6 +73,24 @@ def test_evaluate_scores_network_and_baseline(workdir: Path) -> None:
     assert result.misclassified_png != message_png("no misclassified test images")
 
 
+def test_baseline_method_none_leaves_the_baseline_out_and_reads_no_train_image(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlpipeline.stages.evaluate as stage
+
+    monkeypatch.setattr(stage, "pick_rows", lambda *_: pytest.fail("read the train split"))
+    section = {**repo_params()["evaluate"], "device": "cpu"}
+    section["baseline"] = {**section["baseline"], "method": "none"}
+    params = from_mapping(EvaluateParams, section, "evaluate")
+    result = evaluate(params, workdir / "models", workdir / "data" / "ingested")
+    assert set(result.metrics) == {"test"} and set(result.metrics["test"]) == SUMMARY
+    assert result.train_count == 0
+    monkeypatch.undo()
+    with_svm = evaluate(cpu_params(), workdir / "models", workdir / "data" / "ingested", workers=1)
+    assert result.metrics["test"] == with_svm.metrics["test"]
+    assert result.predictions_csv == with_svm.predictions_csv
+
+
 @pytest.mark.parametrize("kernel", ["exact", "nystroem"])
 def test_outputs_are_identical_for_one_and_two_workers(workdir: Path, kernel: str) -> None:
     write_tiny_dataset(workdir / "data" / "ingested", {"train": 12, "val": 4, "test": 300})

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, run
+from conftest import REPO_ROOT, repo_params, run
 from stand_in_cuda import StandInCuda
-from tiny_training import tiny_params, write_inputs, write_online_inputs
+from tiny_training import RECIPE, tiny_params, write_inputs, write_online_inputs
 
 from mlpipeline.augmentation import online as online_module
 from mlpipeline.core import device as core_device
@@ -38,6 +38,7 @@ from mlpipeline.training.distributed import World
 from mlpipeline.training.loader import Feed, Resident, Streamed
 from mlpipeline.training.loop import Trainer
 from mlpipeline.training.optim import make_optimizer
+from mlpipeline.training.windows import Window
 
 META = torch.device("meta", 0)
 SRC_ON_PATH = {
@@ -130,10 +131,23 @@ def side_stream(monkeypatch: pytest.MonkeyPatch, copies: CopyCounter) -> CopyCou
     return copies
 
 
-def meta_trainer(inputs: Inputs, placement: type, monkeypatch: pytest.MonkeyPatch) -> Trainer:
+# The photo recipe (tiny_training.RECIPE, a random window of each image) and, online, every
+# photo transform.
+PHOTO_TRANSFORMS = {
+    "padding": "zeros",
+    "crop": {"probability": 1.0, "scale": [0.3, 1.0], "ratio": [0.75, 1.3333]},
+    "policy": {"kind": "randaugment", "ops": 2, "magnitude": 9},
+    "colour": {"probability": 1.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1},
+    "flip": {"horizontal": 0.5, "vertical": 0.0},
+}
+
+
+def meta_trainer(
+    inputs: Inputs, placement: type, monkeypatch: pytest.MonkeyPatch, recipe: bool = False
+) -> Trainer:
     reader = inputs.real
     rows = Resident(reader, META) if placement is Resident else Streamed(reader, META, workers=2)
-    params = tiny_params(batch_size=8)
+    params = tiny_params(batch_size=8, **(RECIPE if recipe else {}))
     channels = inputs.image_shape[0]
     config = ModelConfig(
         classes=inputs.classes,
@@ -145,33 +159,54 @@ def meta_trainer(inputs: Inputs, placement: type, monkeypatch: pytest.MonkeyPatc
     )
     runtime = Runtime(device=META, amp_dtype=None, threads=1)
     model = build_model(config).to(META)
-    train = Feed(rows, len(reader), inputs.online)
-    trainer = Trainer(model, params, runtime, World(), train=train, val=train, phase="main")
+    window = Window((6, 7), inputs.image_shape[1:], seed=0, random=True) if recipe else None
+    train = Feed(rows, len(reader), inputs.online, window)
+    counts = np.bincount(reader.labels, minlength=len(inputs.classes))
+    trainer = Trainer(
+        model, params, runtime, World(), train=train, val=train, phase="main", class_counts=counts
+    )
     # The epoch's means leave the device once, after its last step: not what this test counts.
     monkeypatch.setattr(trainer, "_mean_over_ranks", lambda *_: (0.0, 0.0))
     return trainer
 
 
+@pytest.mark.parametrize("recipe", [False, True], ids=["plain", "photo-recipe"])
 @pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
 @pytest.mark.parametrize("placement", [Resident, Streamed], ids=["resident", "streamed"])
 def test_no_blocking_host_to_device_copy_in_a_training_step(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copies: CopyCounter, placement: type, online: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    copies: CopyCounter,
+    placement: type,
+    online: bool,
+    recipe: bool,
 ) -> None:
-    inputs = write_online_inputs(tmp_path) if online else write_inputs(tmp_path, train_per_class=12)
+    transforms = (
+        {"transforms": {**repo_params()["augment"]["transforms"], **PHOTO_TRANSFORMS}} if recipe else {}
+    )
+    inputs = (
+        write_online_inputs(tmp_path, **transforms)
+        if online
+        else write_inputs(tmp_path, train_per_class=24 if recipe else 12)  # recipe: STEPS of 2 batches
+    )
     assert (inputs.online is not None) == online
-    trainer = meta_trainer(inputs, placement, monkeypatch)
-    order = epoch_order(len(trainer.train), seed=0, phase="main", epoch=1)[: STEPS * trainer.batch_size]
+    trainer = meta_trainer(inputs, placement, monkeypatch, recipe)
+    batches = STEPS * trainer.params.accumulate
+    order = epoch_order(len(trainer.train), seed=0, phase="main", epoch=1)[: batches * trainer.batch_size]
     copies.blocking.clear()  # placing the model and a resident split: before the epoch, once a run
     copies.non_blocking.clear()
 
     def next_step() -> None:
         copies.step += 1
 
+    trainer.batches_per_epoch = batches  # the counted ones, as if the epoch ended there
     trainer.train_epoch(order, epoch=1, on_batch=next_step)
 
-    assert copies.step == STEPS
-    assert copies.blocking == [], f"blocking host-to-device copies in steps {copies.blocking}"
-    if online or placement is Streamed:
+    assert copies.step == batches
+    assert copies.blocking == [], f"blocking host-to-device copies in batches {copies.blocking}"
+    if recipe:
+        assert trainer.average is not None and trainer.average.updates == STEPS
+    if online or placement is Streamed or recipe:
         assert copies.non_blocking, "the counter saw no copy at all: it no longer sees the loader's"
 
 

@@ -38,7 +38,7 @@ import yaml
 from conftest import repo_params, run
 from PIL import Image
 from tiny_model import CLASSES, tiny_images, write_tiny_dataset
-from tiny_training import tiny_params, tiny_section, write_online_inputs, write_training_set
+from tiny_training import RECIPE, tiny_params, tiny_section, write_online_inputs, write_training_set
 
 from mlpipeline.augmentation import online as online_module
 from mlpipeline.augmentation.transforms import Transforms, augment
@@ -132,6 +132,19 @@ def test_trains_two_epochs_on_the_device_with_its_precision(
     assert [r.epoch for r in history] == [1, 2] and history[1].train_loss < history[0].train_loss
     assert result.best.val_acc >= 0.8  # chance is 1/3
     assert (tmp_path / "report" / "metrics.json").exists() and Path(result.checkpoints[-1].path).exists()
+
+
+def test_the_photo_recipe_trains_on_the_device(workdir: Path, tmp_path: Path) -> None:
+    """The weight average, accumulation, clipping, mixing and class weights on the device's
+    kernels (int64 index_add_, _foreach_lerp_, TF32 steps on CUDA), through the grad scaler
+    where the precision has one; validation back in exact float32 afterwards."""
+    inputs = open_inputs(workdir / "data" / "augmented", workdir / "data" / "ingested")
+    params = tiny_params(device=DEVICE, precision="auto", epochs=3, early_stopping=LAST, **RECIPE)
+    result = train(params, inputs, None, tmp_path / "ckpt")
+    assert result.trainer.average is not None and result.trainer.average.updates > 0
+    assert all(torch.isfinite(w).all() for w in result.trainer.model.parameters())
+    assert result.best.val_acc >= 0.6  # chance is 1/3
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
 
 
 def test_streams_and_augments_online_on_the_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -351,12 +364,17 @@ def test_streamed_batches_equal_resident_ones_on_the_device(
         assert torch.equal(streamed_labels, resident_labels)
 
 
+@pytest.mark.parametrize("photo", [False, True], ids=["digit-transforms", "photo-transforms"])
 @pytest.mark.parametrize("shape", [(9, 1, 8, 8), (4, 3, 224, 160)])
-def test_augment_on_the_device_gives_the_cpus_bytes(shape: tuple[int, ...]) -> None:
-    """Every transform on (the elastic field on its coarse grid at 224 x 160)."""
+def test_augment_on_the_device_gives_the_cpus_bytes(shape: tuple[int, ...], photo: bool) -> None:
+    """Every transform on (the elastic field on its coarse grid at 224 x 160), and with ``photo``
+    the crop, RandAugment, colour jitter and flips too (the integer pixel kernels on the device)."""
     section = {**repo_params()["augment"]["transforms"], "drop_values": 0.05}
-    for name in ("affine", "elastic", "cutout"):
+    for name in ("affine", "elastic", "cutout", *(("crop", "colour") if photo else ())):
         section[name] = {**section[name], "probability": 1.0}
+    if photo:
+        section["policy"] = {"kind": "randaugment", "ops": 3, "magnitude": 15}
+        section["flip"] = {"horizontal": 0.5, "vertical": 0.5}
     spec = from_mapping(Transforms, section, "transforms")
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
     on_device = augment(images.to(DEVICE), spec, 7, "device")

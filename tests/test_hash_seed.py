@@ -20,7 +20,9 @@ PER_CLASS = 20  # demo digits per class: the first 20 of each reach every split 
 # Each stage's main, in one process (its imports paid once), as `python -m` would run it.
 RUN_STAGES = """
 import runpy, sys
-for name in sys.argv[1:]:
+stages = sys.argv[1:]
+del sys.argv[1:]  # a stage takes no arguments
+for name in stages:
     runpy.run_module(f"mlpipeline.stages.{name}", run_name="__main__", alter_sys=True)
 """
 

@@ -6,12 +6,14 @@ the CNN keeps its two files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -19,7 +21,8 @@ from test_models_hf import RESNET, config_for, hf_params
 from tiny_model import tiny_images, write_tiny_model
 from tiny_training import write_inputs
 
-from mlpipeline.ingestion.images import decode_image
+from mlpipeline.core.seeding import rng
+from mlpipeline.ingestion.images import Preprocessing, decode_image
 from mlpipeline.modeling.files import load_model, save_model
 from mlpipeline.stages.train import train
 
@@ -59,20 +62,29 @@ def test_a_trained_resnet_loads_with_transformers_alone_and_gives_the_same_logit
     save_model(result.trainer.model, result.config, models)
     images = write_pngs(tmp_path / "images", 2)  # six images, two of each class
 
-    logits_file = tmp_path / "logits.npy"
+    alone = transformers_alone(models, images, tmp_path)
+    model, config = load_model(models)
+    pixels = np.stack([decode_image(p.read_bytes(), str(p), config.input_preprocessing()) for p in images])
+    with torch.inference_mode():
+        ours = model(torch.from_numpy(pixels)).numpy()
+    np.testing.assert_allclose(alone, ours, rtol=0, atol=1e-5)
+
+
+def transformers_alone(models: Path, images: list[Path], work: Path) -> np.ndarray:
+    """The logits transformers alone gives for ``images`` with the folder's model and processor
+    (its labels checked against them)."""
+    logits_file = work / "logits.npy"
     alone = subprocess.run(
         [sys.executable, "-c", TRANSFORMERS_ALONE, str(models), str(logits_file), *map(str, images)],
         capture_output=True,
         text=True,
         check=True,
-        cwd=tmp_path,
+        cwd=work,
     )
-    model, config = load_model(models)
-    pixels = np.stack([decode_image(p.read_bytes(), str(p), config.input_preprocessing()) for p in images])
-    with torch.inference_mode():
-        ours = model(torch.from_numpy(pixels)).numpy()
-    np.testing.assert_allclose(np.load(logits_file), ours, rtol=0, atol=1e-5)
-    assert alone.stdout.strip().split(",") == [config.classes[i] for i in ours.argmax(1)]
+    logits = np.load(logits_file)
+    labels = json.loads((models / "config.json").read_text())["id2label"]
+    assert alone.stdout.strip().split(",") == [labels[str(i)] for i in logits.argmax(1)]
+    return logits
 
 
 def test_the_folder_holds_the_hugging_face_files_beside_model_json(tmp_path: Path) -> None:
@@ -120,3 +132,36 @@ def test_the_cnn_keeps_its_two_files(tmp_path: Path) -> None:
     with safe_open(tmp_path / "model.safetensors", framework="pt") as weights:
         assert set(weights.metadata()) == {"mlpipeline.model_config"}
         assert "head.3.weight" in set(weights.keys())
+
+
+@pytest.mark.parametrize(
+    ("resize", "png_size", "processor_type"),
+    [("squash", (8, 8), "CLIPImageProcessor"), ("shorter-side", (8, 12), "CLIPImageProcessor")],
+)
+def test_a_windowed_model_s_processor_crops_the_centre_as_evaluation_did(
+    tmp_path: Path, resize: str, png_size: tuple[int, int], processor_type: str
+) -> None:
+    """Trained on 6 x 6 windows of images stored 8 x 8: evaluation scores their centre window, so
+    the processor resizes as ingest did, then crops that centre (it gave the 8 x 8 image before)."""
+    from PIL import Image
+
+    from mlpipeline.modeling.network import build_model
+
+    stored = Preprocessing(1, (8, 8), "bicubic", False, 255, False, resize=resize)
+    windowed = config_for("resnet", RESNET, shape=[1, 6, 6])
+    config = dataclasses.replace(windowed, preprocessing=stored.to_json())
+    save_model(build_model(config), config, tmp_path / "models")
+    processor = json.loads((tmp_path / "models" / "preprocessor_config.json").read_text())
+    assert processor["image_processor_type"] == processor_type
+    assert processor["do_center_crop"] and processor["crop_size"] == {"height": 6, "width": 6}
+    (tmp_path / "images").mkdir()
+    images = []
+    for index, image in enumerate(rng(5, "hub-window").integers(0, 256, (4, *png_size), dtype=np.uint8)):
+        images.append(tmp_path / "images" / f"{index}.png")
+        Image.fromarray(image, "L").save(images[-1])
+    alone = transformers_alone(tmp_path / "models", images, tmp_path)
+    model, config = load_model(tmp_path / "models")
+    pixels = np.stack([decode_image(p.read_bytes(), str(p), config.input_preprocessing()) for p in images])
+    with torch.inference_mode():
+        ours = model(torch.from_numpy(config.input_window(pixels))).numpy()
+    np.testing.assert_allclose(alone, ours, rtol=0, atol=1e-5)

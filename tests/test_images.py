@@ -12,6 +12,7 @@ from imagedata import ingest_params, make_folder, noise, run_ingest
 from PIL import Image, PngImagePlugin
 
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.shards import Dataset
 from mlpipeline.ingestion.images import Preprocessing, decode, decode_image
 
 GRAY = Preprocessing(1, (8, 8), "bicubic", convert=True, background=255, jpeg_draft=False)
@@ -190,3 +191,67 @@ def test_ingest_records_modes_and_counts_conversions(tmp_path: Path) -> None:
         "L",
     ]
     assert dict(result.summary.converted) == {"LA": 1, "RGB": 1}
+
+
+def halves(size: tuple[int, int] = (20, 40)) -> bytes:
+    """A gray PNG, dark on the left quarter, bright on the right quarter, mid-grey between."""
+    pixels = np.full(size, 128, dtype=np.uint8)
+    pixels[:, : size[1] // 4] = 0
+    pixels[:, -size[1] // 4 :] = 255
+    return encoded(Image.fromarray(pixels))
+
+
+def resized(mode: str, size: tuple[int, int] = (10, 10)) -> np.ndarray:
+    pre = Preprocessing(1, size, "bilinear", True, background=77, jpeg_draft=False, resize=mode)
+    return decode_image(halves(), "wide.png", pre)[0]
+
+
+def test_shorter_side_keeps_the_aspect_and_the_centre() -> None:
+    """A 40x20 image at 10x10: scaled to 20x10, the centre 10 columns kept: the mid-grey band."""
+    centre = resized("shorter-side")
+    assert centre.shape == (10, 10)
+    np.testing.assert_array_equal(centre[:, 2:-2], 128)
+    assert 50 < centre[:, 0].mean() < 128 < centre[:, -1].mean() < 210  # the bands' edges, blurred
+
+
+def test_pad_keeps_the_aspect_on_background_borders() -> None:
+    """A 40x20 image at 10x10: scaled to 10x5, centred, rows of the background above and below."""
+    padded = resized("pad")
+    np.testing.assert_array_equal(padded[:2], 77)
+    np.testing.assert_array_equal(padded[-3:], 77)
+    assert padded[2:7, 0].max() < 40 and padded[2:7, -1].min() > 215 and (padded[2:7, 4:6] == 128).all()
+
+
+def test_squash_stretches_and_every_mode_keeps_an_image_of_the_right_size() -> None:
+    squashed = resized("squash")
+    assert squashed[:, 0].max() < 40 and squashed[:, -1].min() > 215  # the dark and bright quarters
+    for mode in ("squash", "shorter-side", "pad"):
+        assert resized(mode, (6, 9)).shape == (6, 9)
+        assert resized(mode, (20, 40)).tobytes() == resized("squash", (20, 40)).tobytes()  # the size already
+
+
+def test_preprocessing_record_leaves_squash_out_and_reads_records_without_it() -> None:
+    assert "resize" not in GRAY.to_json()  # datasets and models written before resize keep their bytes
+    assert Preprocessing.from_json(GRAY.to_json()) == GRAY
+    padded = Preprocessing(3, (8, 8), "bicubic", True, 255, False, resize="pad")
+    assert padded.to_json()["resize"] == "pad" and Preprocessing.from_json(padded.to_json()) == padded
+    with pytest.raises(ValueError, match=r"preprocessing\.resize is invalid: 'crop'"):
+        Preprocessing.from_json({**padded.to_json(), "resize": "crop"})
+
+
+def test_ingest_resize_param_reaches_the_dataset_record(tmp_path: Path) -> None:
+    # make_folder picks images whose split is known at their own size; these are resized, so
+    # enough of them that each class reaches every split
+    raw = make_folder(tmp_path / "raw", {"a": 24, "b": 24}, size=(12, 24))
+    result = run_ingest(ingest_params(raw, resize="shorter-side"), tmp_path / "out")
+    assert Dataset(result.root).info.attributes["preprocessing"]["resize"] == "shorter-side"
+    assert result.splits["train"][0].shape[1:] == (1, 8, 8)
+
+
+@pytest.mark.parametrize("size", [(127, 122), (122, 127), (40, 200), (33, 33)])
+def test_shorter_side_fits_any_image_size(size: tuple[int, int]) -> None:
+    """The box's float arithmetic once put a corner at -7e-15 px (a 122x127 photo at 40x40),
+    which Pillow refused: the photo was reported as undecodable."""
+    pixels = noise(5, size, rgb=True)
+    pre = Preprocessing(3, (40, 40), "bicubic", True, 255, False, resize="shorter-side")
+    assert decode_image(encoded(Image.fromarray(pixels)), "photo.png", pre).shape == (3, 40, 40)

@@ -94,3 +94,21 @@ def test_perfect_predictions() -> None:
     result = score(labels, np.eye(3)[labels], ["a", "b", "c"], ece_bins=15)
     assert (result["accuracy"], result["macro_f1"], result["ece"]) == (1.0, 1.0, 0.0)
     assert result["per_class"]["c"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
+
+
+def test_top5_accuracy_matches_scikit_learn_with_more_than_five_classes() -> None:
+    generator = np.random.default_rng(3)
+    labels = generator.integers(0, 8, size=300)
+    logits = generator.normal(size=(300, 8))
+    logits[np.arange(300), labels] += 0.5
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    result = score(labels, probabilities, [f"c{i}" for i in range(8)], ece_bins=15)
+    expected = sk.top_k_accuracy_score(labels, probabilities, k=5, labels=range(8))
+    assert result["top5_accuracy"] == pytest.approx(expected, abs=1e-6)
+    assert result["accuracy"] < result["top5_accuracy"] < 1
+    assert list(result)[:2] == ["accuracy", "top5_accuracy"]
+
+
+def test_no_top5_accuracy_with_five_classes_or_fewer() -> None:
+    labels, probabilities = fixed_predictions()
+    assert "top5_accuracy" not in score(labels, probabilities, CLASSES, ece_bins=15)

@@ -20,7 +20,7 @@ from conftest import REPO_ROOT, copy_repo, run
 from gloo import free_port, two_gloo_ranks
 from safetensors.torch import load_file, save_file
 from test_models_hf import hf_params, save_checkpoint
-from tiny_training import tiny_params, tiny_section, write_inputs
+from tiny_training import RECIPE, tiny_params, tiny_section, write_inputs
 
 from mlpipeline.stages.train import train
 from mlpipeline.training.distributed import World
@@ -293,3 +293,23 @@ def test_every_rank_takes_the_channel_stats_from_the_recorded_sums(tmp_path: Pat
     assert two_gloo_ranks(_rank_reads_stats, roots, calls) == [0, 0]
     assert not (calls / "rank0").exists() and not (calls / "rank1").exists()
     assert (calls / "config0").read_text() == (calls / "config1").read_text()
+
+
+@pytest.mark.slow
+def test_two_processes_with_the_photo_recipe_resume_to_the_same_bytes(tmp_path: Path) -> None:
+    """The weight average, accumulation (DDP's no_sync on a step's first batch), clipping,
+    mixing and class weights on two gloo processes: killed after an epoch, the run resumes to the
+    model an uninterrupted one writes, bit for bit."""
+    recipe = {**RECIPE, "batch_size": 32}
+    whole = write_node(tmp_path / "whole", nodes=1, processes=2, **recipe)
+    run(STAGE, whole, env={"PYTHONPATH": str(REPO_ROOT / "src")})
+    killed = write_node(tmp_path / "killed", nodes=1, processes=2, **recipe)
+    node = start(STAGE, killed, 0, free_port(), tmp_path / "killed.log")
+    checkpoints = killed / ".cache" / "checkpoints"
+    while not any(checkpoints.glob("*/latest.pt")):
+        assert node.poll() is None, "finished before a checkpoint was seen"
+        time.sleep(0.02)
+    kill_tree(node)
+    resumed = run(STAGE, killed, env={"PYTHONPATH": str(REPO_ROOT / "src")})
+    assert "resuming after epoch" in resumed.stderr
+    assert models(killed) == models(whole)

@@ -22,7 +22,7 @@ from conftest import REPO_ROOT, run
 from gloo import two_gloo_ranks
 from test_train import report_files, weights_digest
 from test_train_stage import STAGE, outputs
-from tiny_training import tiny_params, write_inputs, write_online_inputs, write_workdir
+from tiny_training import RECIPE, tiny_params, write_inputs, write_online_inputs, write_workdir
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.stages.train import Trained, train
@@ -137,6 +137,35 @@ def test_with_monitor_last_a_checkpoint_holds_the_weights_once_and_resumes_bitwi
     assert (resumed.trainer.resumed_step, finished.trainer.resumed_after) == (3, 2)
     for again in (resumed, finished):
         assert weights_digest(again.trainer.model) == weights_digest(whole.trainer.model)
+
+
+@pytest.mark.parametrize("monitor", ["val_loss", "last"])
+def test_the_photo_recipe_stopped_within_an_epoch_resumes_bitwise_equal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, monitor: str
+) -> None:
+    """With the weight average, accumulation, clipping, class weights and mixing on, a stop saves
+    between optimizer steps only (never with half a step's gradients summed), the averaged weights
+    are the ones kept apart with ``monitor: last`` too, and the resumed run ends on the same bytes."""
+    inputs = write_online_inputs(tmp_path)
+    early_stopping = {"monitor": monitor, "patience": None}
+    params = tiny_params(epochs=2, early_stopping=early_stopping, **RECIPE)  # 2 batches a step
+    with monkeypatch.context() as patch:
+        steps = count_steps(patch)
+        whole = train(params, inputs, tmp_path / "whole", tmp_path / "ckpt-whole")
+    assert len(steps) == 2 * whole.trainer.steps_per_epoch  # one boundary a step, not a batch
+    step = whole.trainer.steps_per_epoch + 1  # in epoch 2, after epoch 1 became the best
+    with monkeypatch.context() as patch, stopping.watch(), pytest.raises(Stopped):
+        signal_at(patch, step)
+        train(params, inputs, tmp_path / "resumed", tmp_path / "ckpt")
+    (saved,) = (tmp_path / "ckpt").glob(f"*/{Path(whole.checkpoints[-1].path).name}")
+    state = decode(unseal(saved.read_bytes(), str(saved)))
+    assert state["within_epoch"]["step"] == 2  # batches: the first optimizer step's two
+    assert state["best_weights"]  # the average's, which the model's weights are not
+
+    resumed = train(params, inputs, tmp_path / "resumed", tmp_path / "ckpt")
+    assert resumed.trainer.resumed_step == 2
+    assert weights_digest(resumed.trainer.model) == weights_digest(whole.trainer.model)
+    assert history(resumed) == history(whole)
 
 
 def test_checkpoints_every_n_steps_let_a_killed_run_resume_within_the_epoch(

@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT
 from tiny_model import tiny_images
-from tiny_training import killed_then_resumed, tiny_params, tiny_section, write_inputs, write_training_set
+from tiny_training import (
+    RECIPE,
+    killed_then_resumed,
+    tiny_params,
+    tiny_section,
+    write_inputs,
+    write_training_set,
+)
 
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError, from_mapping
@@ -74,8 +81,14 @@ def test_training_learns_and_reports(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("synthetic_per_class", "crash_phase", "crash_epoch", "resumed_after"),
-    [(0, "train", 4, 3), (20, "pretrain", 2, 0), (20, "train", 2, 1)],
+    ("synthetic_per_class", "crash_phase", "crash_epoch", "resumed_after", "recipe"),
+    [
+        (0, "train", 4, 3, False),
+        (20, "pretrain", 2, 0, False),
+        (20, "train", 2, 1, False),
+        (0, "train", 2, 1, True),  # the weight average, accumulation, clipping, mixing, class weights
+        (20, "pretrain", 2, 0, True),
+    ],
 )
 def test_resumed_run_equals_uninterrupted_bitwise(
     tmp_path: Path,
@@ -84,8 +97,10 @@ def test_resumed_run_equals_uninterrupted_bitwise(
     crash_phase: str,
     crash_epoch: int,
     resumed_after: int,
+    recipe: bool,
 ) -> None:
-    params = tiny_params(epochs=5, synthetic={"use": "pretrain", "pretrain_epochs": 2})
+    recipe_params = {**RECIPE, "batch_size": 8} if recipe else {}
+    params = tiny_params(epochs=5, synthetic={"use": "pretrain", "pretrain_epochs": 2}, **recipe_params)
     inputs = write_inputs(tmp_path, synthetic_per_class=synthetic_per_class)
     whole = train(params, inputs, tmp_path / "whole", tmp_path / "ckpt-whole")
 
@@ -100,6 +115,8 @@ def test_resumed_run_equals_uninterrupted_bitwise(
 
     assert resumed.trainer.resumed_after == resumed_after
     assert weights_digest(resumed.trainer.model) == weights_digest(whole.trainer.model)
+    if recipe:
+        assert weights_digest(resumed.trainer.average.module) == weights_digest(whole.trainer.average.module)
     strip = [{**r.to_dict(), "seconds": 0} for r in resumed.trainer.progress.history]
     assert strip == [{**r.to_dict(), "seconds": 0} for r in whole.trainer.progress.history]
     assert report_files(tmp_path / "resumed") == report_files(tmp_path / "whole")
@@ -177,10 +194,18 @@ def test_optimizers_and_schedules(tmp_path: Path, optimizer: str, schedule: str)
     assert result.best.val_acc > 0.6  # chance is 1/3
 
 
-def test_min_steps_adds_epochs_on_small_training_sets(tmp_path: Path) -> None:
+def test_min_steps_adds_epochs_on_small_training_sets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     inputs = write_inputs(tmp_path)  # 120 images: 7 steps of 16 per epoch
-    result = train(tiny_params(epochs=2, min_steps=30), inputs, tmp_path / "report", tmp_path / "ckpt")
+    with caplog.at_level("INFO", logger="train"):
+        result = train(tiny_params(epochs=2, min_steps=30), inputs, tmp_path / "report", tmp_path / "ckpt")
     assert result.trainer.epochs == 5 and len(result.trainer.progress.history) == 5
+    said = (
+        "train: 5 epochs of 7 optimizer steps: train.epochs 2 raised by train.min_steps 30 "
+        "(2 epochs would be 14 steps)"
+    )
+    assert caplog.messages[0] == said  # before the first epoch, where whoever watches sees why
     assert result.trainer.schedule.last_epoch == 5 * 7  # the schedule spans the longer run
     assert epochs_to_run(tiny_params(epochs=6, min_steps=30), steps_per_epoch=7) == 6
 

@@ -20,7 +20,7 @@ from mlpipeline.training import loop
 from mlpipeline.training.device import Runtime
 from mlpipeline.training.divergence import Diverged
 from mlpipeline.training.loop import Trainer
-from mlpipeline.training.optim import smoothed_loss
+from mlpipeline.training.losses import smoothed_loss
 
 STAGE = [sys.executable, "-m", "mlpipeline.stages.train"]
 # The issue's recipe: plain SGD at lr 10, fp16 (autocast runs it on the CPU too).
@@ -53,10 +53,12 @@ def test_the_message_names_the_first_non_finite_step(tmp_path: Path, monkeypatch
     must name where it began, not where the epoch ended."""
     losses = 0
 
-    def nan_at_step_2(logits: torch.Tensor, labels: torch.Tensor, smoothing: float):
+    def nan_at_step_2(
+        logits: torch.Tensor, labels: torch.Tensor, smoothing: float, weights: torch.Tensor | None
+    ):
         nonlocal losses
         losses += 1
-        loss, nll_sum = smoothed_loss(logits, labels, smoothing)
+        loss, nll_sum = smoothed_loss(logits, labels, smoothing, weights)
         return (loss * math.nan, nll_sum * math.nan) if losses == 2 else (loss, nll_sum)
 
     monkeypatch.setattr(loop, "smoothed_loss", nan_at_step_2)
@@ -70,7 +72,7 @@ def test_the_message_names_the_first_non_finite_step(tmp_path: Path, monkeypatch
 
 def test_an_infinite_val_loss_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Finite weights whose val logits overflow give an infinite loss, not a NaN: no model of it."""
-    monkeypatch.setattr(Trainer, "evaluate", lambda self, split: (math.inf, 0.2))
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, split: (math.inf, 0.2, 0.2))
     message = "training diverged in epoch 1 of the train phase: the val loss is inf; no model written"
     with pytest.raises(Diverged, match=f"^{re.escape(message)}"):
         train(tiny_params(), write_inputs(tmp_path), None, tmp_path / "ckpt")

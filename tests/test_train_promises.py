@@ -172,10 +172,11 @@ from mlpipeline.core import atomic
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 write_bytes = atomic.write_bytes
+dying_by = getattr(signal, sys.argv.pop(1))  # the stage itself takes no arguments
 
 def write_bytes_then_die_at_model_json(path, data):
     if os.path.basename(path) == "model.json":
-        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        os.kill(os.getpid(), dying_by)
     write_bytes(path, data)
 
 atomic.write_bytes = write_bytes_then_die_at_model_json

@@ -34,6 +34,17 @@ TINY: dict[str, Any] = {
 }
 
 
+# The photo recipe's training options, on (the weight average, accumulation, clipping, class
+# weights, mixup and CutMix).
+RECIPE: dict[str, Any] = {
+    "ema_decay": 0.9,
+    "accumulate": 2,
+    "clip_grad_norm": 1.0,
+    "class_weights": "balanced",
+    "mixing": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "probability": 0.8, "switch_probability": 0.5},
+}
+
+
 def tiny_section(**overrides: Any) -> dict[str, Any]:
     """The repository's train section with the tiny settings and ``overrides`` on top."""
     section = {**repo_params()["train"], **TINY, **overrides}

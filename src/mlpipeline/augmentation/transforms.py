@@ -1,4 +1,5 @@
-"""Vectorized image augmentation: random affine, elastic distortion, noise, cutout, dropped values.
+"""Vectorized image augmentation: random-resized crop, random affine, elastic distortion, an
+automatic policy (RandAugment, TrivialAugment), colour jitter, noise, cutout, dropped values, flips.
 
 ``augment`` transforms a whole batch (uint8 N x C x H x W, any C, H, W) with a
 handful of array ops and no Python loop over images (see ``bench/augment.py``
@@ -36,13 +37,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Self
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from mlpipeline.augmentation.colour import ColourParams, colour_ops
+from mlpipeline.augmentation.crop import CropParams, crop_maps
 from mlpipeline.augmentation.elastic import ElasticParams, elastic_fields
+from mlpipeline.augmentation.maps import Maps
+from mlpipeline.augmentation.pixels import PixelOp
+from mlpipeline.augmentation.policy import PolicyParams, policy_draws
 from mlpipeline.core.bitexact import (
     ONE,
     SAMPLE_BITS,
@@ -53,6 +60,7 @@ from mlpipeline.core.bitexact import (
     noise_table,
     round_to_uint8,
     sin_cos,
+    uniform,
 )
 from mlpipeline.core.device import to_device_all
 from mlpipeline.core.params import param, params_dataclass
@@ -97,15 +105,36 @@ class CutoutParams:
 
 
 @params_dataclass
+class FlipParams:
+    horizontal: float = param(ge=0, le=1)  # chance of a left-right mirror image
+    vertical: float = param(ge=0, le=1)  # chance of an upside-down one
+
+    @property
+    def active(self) -> bool:
+        return bool(self.horizontal or self.vertical)
+
+
+@params_dataclass
 class Transforms:
-    """What one augmented copy goes through, in this order."""
+    """What one augmented copy goes through: one bilinear resampling for the geometry (the crop,
+    the policy's geometric ops, the affine map and the elastic field), then the policy's pixel
+    ops and the colour jitter, the noise, cutout and dropped values, and last the flips."""
 
     padding: Padding  # what a warp shows beyond the image edge
+    crop: CropParams
     affine: AffineParams
     elastic: ElasticParams
+    policy: PolicyParams
+    colour: ColourParams
     noise_std: float = param(ge=0, le=255)  # near-Gaussian noise (see noise_table), pixel units
     cutout: CutoutParams
     drop_values: float = param(ge=0, le=1)  # chance of each pixel to be set to 0 (missing value)
+    flip: FlipParams
+
+    @property
+    def resamples(self) -> bool:
+        """Whether a copy is resampled: by the crop, the policy, the affine map or the elastic field."""
+        return self.crop.active or self.policy.active or self.affine.active or self.elastic.active
 
 
 def augment(images: torch.Tensor, transforms: Transforms, seed: int, *stream: str | int) -> torch.Tensor:
@@ -129,6 +158,8 @@ class Draws:
     taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # bilinear_taps: where samples read
     noise: tuple[torch.Tensor, torch.Tensor] | None  # hashed_noise's keys (int64 N x 2) and table
     erase: torch.Tensor | None  # bool N x 1 x H x W: cutout and dropped values, both set to 0
+    pixels: tuple[PixelOp, ...] = ()  # the policy's pixel ops, then the colour jitter's
+    flips: torch.Tensor | None = None  # bool N x 2: mirrored left-right, upside down
 
     @classmethod
     def empty(
@@ -143,7 +174,7 @@ class Draws:
             return torch.empty(shape, dtype=dtype, pin_memory=pinned)
 
         taps = noise = erase = None
-        if transforms.affine.active or transforms.elastic.active:
+        if transforms.resamples:
             taps = tuple(
                 empty((capacity, 1, pixels), dtype) for dtype in (torch.int32, torch.uint8, torch.uint8)
             )
@@ -170,7 +201,13 @@ class Draws:
         )
 
     def tensors(self) -> list[torch.Tensor]:
-        return [*(self.taps or ()), *(self.noise or ()), *(() if self.erase is None else (self.erase,))]
+        return [
+            *(self.taps or ()),
+            *(self.noise or ()),
+            *(() if self.erase is None else (self.erase,)),
+            *(tensor for op in self.pixels for tensor in (op.rows, op.values)),
+            *(() if self.flips is None else (self.flips,)),
+        ]
 
     def with_tensors(self, tensors: Iterable[torch.Tensor]) -> Draws:
         """Draws of this structure holding ``tensors``, in the order ``tensors()`` lists them."""
@@ -179,6 +216,8 @@ class Draws:
             taps=None if self.taps is None else (next(given), next(given), next(given)),
             noise=None if self.noise is None else (next(given), next(given)),
             erase=None if self.erase is None else next(given),
+            pixels=tuple(PixelOp(op.kind, next(given), next(given)) for op in self.pixels),
+            flips=None if self.flips is None else next(given),
         )
 
     def to(self, device: torch.device, copied: torch.cuda.Event | None = None) -> Draws:
@@ -192,11 +231,19 @@ class Draws:
             samples = gather_bilinear(images, *self.taps)
         else:
             samples = images.to(torch.int32) << SAMPLE_BITS
+        if self.pixels:  # they work on whole pixel values: the warp is rounded first
+            out = round_to_uint8(samples)
+            for op in self.pixels:
+                op.apply(out)
+            samples = out.to(torch.int32) << SAMPLE_BITS
         if self.noise is not None:
             add_hashed_noise(samples, *self.noise)
         out = round_to_uint8(samples)
         if self.erase is not None:
             out.masked_fill_(self.erase, 0)
+        if self.flips is not None:
+            out = torch.where(self.flips[:, 0].view(-1, 1, 1, 1), out.flip(-1), out)
+            out = torch.where(self.flips[:, 1].view(-1, 1, 1, 1), out.flip(-2), out)
         return out
 
 
@@ -204,22 +251,34 @@ def draw(
     transforms: Transforms, seed: int, shape: tuple[int, ...], *stream: str | int, into: Draws | None = None
 ) -> Draws:
     """The draws of ``augment`` for a batch of ``shape`` (N x C x H x W), on the CPU, made in
-    ``into`` (``Draws.empty`` of at least N images) if given. The per-pixel draws are worked out
+    ``into`` (``Draws.empty`` of at least N images) if given. Each transform draws from a stream
+    of its own, so switching one on or off changes no other's. The per-pixel draws are worked out
     ``CHUNK_PIXELS`` at a time, each pixel from its image's draws alone: the chunking cannot
     change a byte."""
     n, _, height, width = shape
-    out = (into or Draws.empty(transforms, n, (height, width))).first(n)
-    maps = fields = drops = None
+    size = (height, width)
+    out = (into or Draws.empty(transforms, n, size)).first(n)
+    maps, pixels = None, []
+    if transforms.policy.active:
+        maps, pixels = policy_draws(transforms.policy, n, size, rng(seed, *stream, "policy"))
+    if transforms.crop.active:
+        crop = crop_maps(transforms.crop, n, size, rng(seed, *stream, "crop"))
+        maps = crop if maps is None else maps.then(crop)
+    coordinates = fields = drops = None
     if out.taps is not None:
-        maps = affine_maps(transforms.affine, n, (height, width), rng(seed, *stream, "affine"))
-        fields = elastic_fields(transforms.elastic, n, (height, width), rng(seed, *stream, "elastic"))
+        affine = affine_maps(transforms.affine, n, size, rng(seed, *stream, "affine"))
+        # with a crop or the policy, one grid for every map; the affine map alone keeps its own
+        coordinates = affine.coordinates if maps is None else partial(affine.maps().then(maps).grid, size)
+        fields = elastic_fields(transforms.elastic, n, size, rng(seed, *stream, "elastic"))
+    if transforms.colour.active:
+        pixels += colour_ops(transforms.colour, n, rng(seed, *stream, "colour"))
     if out.noise is not None:
         keys = rng(seed, *stream, "noise").integers(0, NOISE_KEY_BOUND, (n, 2), dtype=np.int64)
         out.noise[0].numpy()[:] = keys
     erase = None if out.erase is None else out.erase.numpy()
     if erase is not None:
         if transforms.cutout.active:
-            cutout_mask(transforms.cutout, n, (height, width), rng(seed, *stream, "cutout"), out=erase)
+            cutout_mask(transforms.cutout, n, size, rng(seed, *stream, "cutout"), out=erase)
         else:
             erase[:] = False
         if transforms.drop_values:
@@ -227,53 +286,63 @@ def draw(
     step = max(1, CHUNK_PIXELS // (height * width))
     for start in range(0, n, step):
         images = slice(start, min(n, start + step))
-        if maps is not None and out.taps is not None:
-            x, y = maps.coordinates(images)
+        if coordinates is not None and out.taps is not None:
+            x, y = coordinates(images)
             if fields is not None:
-                fields.add_to(x, y, images)
+                fields.add_to(x, y, images)  # in the image's own pixels, after every map
             taps = tuple(tap[images].numpy() for tap in out.taps)
-            bilinear_taps(x, y, (height, width), transforms.padding, out=taps)  # type: ignore[arg-type]
+            bilinear_taps(x, y, size, transforms.padding, out=taps)  # type: ignore[arg-type]
         if drops is not None and erase is not None:
             dropped = erase[images]
             dropped |= (
                 drops.random((len(dropped), 1, height, width), dtype=np.float32) < transforms.drop_values
             )
-    return out
-
-
-def uniform(draws: np.random.Generator, low: float, high: float, shape: int | tuple[int, ...]) -> np.ndarray:
-    """Uniform in [low, high), scaled by numpy ufuncs: ``Generator.uniform`` computes ``low + range * u``
-    in C, which a compiler may fuse into one FMA on CPUs that have it (ARM) and not on others."""
-    return draws.random(shape) * (high - low) + low
+    flips = None
+    if transforms.flip.active:
+        chances = np.array([transforms.flip.horizontal, transforms.flip.vertical])
+        flips = torch.from_numpy(rng(seed, *stream, "flip").random((n, 2)) < chances)
+    return Draws(out.taps, out.noise, out.erase, tuple(pixels), flips)
 
 
 @dataclass(frozen=True)
 class AffineMaps:
     """One random affine map per image, built in pixel units around the image centre (so
     rotation keeps angles on non-square images) and inverted (each output pixel pulls from the
-    input): the four coefficients of each inverse, and the output pixel centres relative to the
-    centre, minus the shift, in steps of 1/``ONE`` px."""
+    input): the four coefficients of each inverse and each image's shift in pixels."""
 
     inverse: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # rows, each N
-    across: np.ndarray  # N x W
-    down: np.ndarray  # N x H
+    shift: np.ndarray  # N x 2
+    size: tuple[int, int]  # (H, W)
 
     def coordinates(self, images: slice) -> tuple[np.ndarray, np.ndarray]:
-        """Where each output pixel of ``images`` samples: fixed-point x and y, int64 n x H x W.
-        Each value comes from its own image's map alone, so any slicing gives the same bytes."""
-        across, down = self.across[images], self.down[images]
+        """Where each output pixel of ``images`` samples: fixed-point x and y, int64 n x H x W in
+        steps of 1/``ONE`` px. Each value comes from its own image's map alone, so any slicing
+        gives the same bytes."""
+        height, width = self.size
+        shift = self.shift[images]
+        # Output pixel centres relative to the image centre, minus the shift, in steps of 1/ONE px.
+        across = ((np.arange(width) - (width - 1) / 2) - shift[:, :1]) * ONE  # n x W
+        down = ((np.arange(height) - (height - 1) / 2) - shift[:, 1:]) * ONE  # n x H
         x, y = (
             a[images, None, None] * across[:, None, :]
             + (b[images, None] * down + (side - 1) * ONE / 2)[:, :, None]
-            for (a, b), side in zip(self.inverse, (across.shape[1], down.shape[1]), strict=True)
+            for (a, b), side in zip(self.inverse, (width, height), strict=True)
         )
         return np.rint(x, out=x).astype(np.int64), np.rint(y, out=y).astype(np.int64)
+
+    def maps(self) -> Maps:
+        """The same maps as ``Maps``, to compose with the crop's and the policy's:
+        ``p -> inverse (p - shift)``."""
+        (a, b), (c, d) = self.inverse
+        right, down = self.shift[:, 0], self.shift[:, 1]
+        return Maps(a, b, c, d, -(a * right + b * down), -(c * right + d * down))
 
 
 def affine_maps(
     affine: AffineParams, n: int, size: tuple[int, int], draws: np.random.Generator
 ) -> AffineMaps:
-    """A random affine map per image. Images the probability leaves out get the identity, exactly."""
+    """A random affine map per image. Images the probability leaves out get the identity and no
+    shift, exactly."""
     height, width = size
     chosen = draws.random(n) < affine.probability
     angle = np.where(chosen, uniform(draws, -affine.rotation, affine.rotation, n) * RADIANS_PER_DEGREE, 0.0)
@@ -286,9 +355,7 @@ def affine_maps(
     shear = slant_sin / slant_cos
     # Inverse of rotate(angle) @ shear_x(shear) @ scale: (1/s) Sh^-1 R^-1, rows (i00, i01), (i10, i11).
     inverse = (((cos + shear * sin) / scale, (sin - shear * cos) / scale), (-sin / scale, cos / scale))
-    across = ((np.arange(width) - (width - 1) / 2) - shift[:, :1]) * ONE
-    down = ((np.arange(height) - (height - 1) / 2) - shift[:, 1:]) * ONE
-    return AffineMaps(inverse, across, down)
+    return AffineMaps(inverse, shift, size)
 
 
 def affine_coordinates(

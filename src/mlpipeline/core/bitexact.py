@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from decimal import Decimal
 from typing import Literal
 
 import numpy as np
@@ -82,6 +83,23 @@ def exp_neg(x: np.ndarray) -> np.ndarray:
     for _ in range(_EXP_HALVINGS):
         power = power * power
     return power
+
+
+def exp(x: np.ndarray) -> np.ndarray:
+    """e**x for float64 ``x`` of either sign within 64 (``exp_neg``, or its reciprocal)."""
+    return np.where(x <= 0, exp_neg(np.abs(x)), 1.0 / exp_neg(np.abs(x)))
+
+
+def log(value: float) -> float:
+    """The natural log of a positive param, by Python's decimal module: software arithmetic,
+    correctly rounded, so the same on every CPU (libm's ``log`` has FMA variants)."""
+    return float(Decimal(value).ln())
+
+
+def uniform(draws: np.random.Generator, low: float, high: float, shape: int | tuple[int, ...]) -> np.ndarray:
+    """Uniform in [low, high), scaled by numpy ufuncs: ``Generator.uniform`` computes ``low + range * u``
+    in C, which a compiler may fuse into one FMA on CPUs that have it (ARM) and not on others."""
+    return draws.random(shape) * (high - low) + low
 
 
 def fold(coordinate: np.ndarray, size: int, padding: Padding) -> np.ndarray:

@@ -17,12 +17,19 @@ import dataclasses
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, dataclass_transform
+from typing import Annotated, Any, TypeVar, dataclass_transform
 
 import pydantic
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import (
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from mlpipeline.core.errors import PipelineError
 
@@ -31,6 +38,20 @@ CONFIG = ConfigDict(strict=True, extra="forbid", str_min_length=1, allow_inf_nan
 UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden")
 
 T = TypeVar("T")
+
+Side = Annotated[int, Field(ge=1, le=4096)]
+SizePair = Annotated[list[Side], Field(min_length=2, max_length=2)]
+
+
+def as_square(value: Any, validate_pair: ValidatorFunctionWrapHandler) -> list[int]:
+    """``image_size: 28`` means ``[28, 28]`` (so ``-S ingest.image_size=28`` works)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [TypeAdapter(Side).validate_python(value)] * 2  # an error names image_size itself
+    return validate_pair(value)
+
+
+# An image size param: [height, width], or one side of a square.
+ImageSize = Annotated[SizePair, WrapValidator(as_square, json_schema_input_type=Side | SizePair)]
 
 
 def param(
@@ -117,6 +138,22 @@ def from_mapping(cls: type[T], values: Any, key: str, source: str = str(PARAMS_F
     except ValidationError as exc:
         unknown_first = sorted(exc.errors(), key=lambda error: error["type"] not in UNKNOWN_KEY)
         raise _translate(unknown_first[0], _adapter(cls).json_schema(), key, source) from None
+
+
+def section_keys(cls: type, section: str) -> list[str]:
+    """One line per leaf key of ``section`` (as ``cls`` validates it): its dotted name and what it
+    takes, in the words of the one-line errors (``train.epochs: an integer >= 1``)."""
+    schema = _adapter(cls).json_schema()
+    return list(_leaf_lines(schema, schema, section))
+
+
+def _leaf_lines(schema: dict[str, Any], node: dict[str, Any], key: str) -> Iterator[str]:
+    node = _deref(schema, node)
+    if "properties" not in node:
+        yield f"{key}: {_expected(schema, node)}"
+        return
+    for name, child in node["properties"].items():
+        yield from _leaf_lines(schema, child, f"{key}.{name}")
 
 
 def _translate(error: Any, schema: dict[str, Any], key: str, source: str) -> ParamError:

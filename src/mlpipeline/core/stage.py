@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.params import PARAMS_FILE, section_keys
 from mlpipeline.core.urls import redact_text
 from mlpipeline.core.workers import check_worker_count
 
@@ -62,10 +64,18 @@ def keep_standard_streams_open() -> None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process's stderr, never closed)
 
 
-def run(stage: str, body: Callable[[], None]) -> None:
+def run(
+    stage: str, body: Callable[[], None], params: type | None = None, argv: Sequence[str] | None = None
+) -> None:
     """Run a stage body, after checking ``MLPIPELINE_WORKERS``; a ``PipelineError``, a refusal of
-    the machine's (a full disk) or a worker killed under it becomes one ``error:`` line and exit 2."""
+    the machine's (a full disk) or a worker killed under it becomes one ``error:`` line and exit 2.
+
+    A pipeline stage names its ``params`` class: it then takes no arguments but ``--help``
+    (``argv``, default the command line's), which prints what it does and the params it reads
+    and runs nothing."""
     keep_standard_streams_open()
+    if params is not None:
+        parse_no_arguments(stage, body, params, sys.argv[1:] if argv is None else argv)
     setup_logging()
     try:
         check_worker_count()
@@ -85,6 +95,21 @@ def run(stage: str, body: Callable[[], None]) -> None:
     except BrokenProcessPool:
         print(f"{stage}: error: {WORKER_DIED}", file=sys.stderr)
         sys.exit(PipelineError.exit_code)
+
+
+def parse_no_arguments(stage: str, body: Callable[[], None], params: type, argv: Sequence[str]) -> None:
+    """``--help``: the stage module's docstring and every key of its params section, then exit 0;
+    any other argument: argparse's usage and one error line, exit 2. The params live in
+    params.yaml, so a stage has no options of its own: ``dvc exp run -S`` sets them."""
+    keys = "\n".join(f"  {line}" for line in section_keys(params, stage))
+    parser = argparse.ArgumentParser(
+        prog=f"python -m mlpipeline.stages.{stage}",
+        description=sys.modules[body.__module__].__doc__,
+        epilog=f"Params: the {stage} section of {PARAMS_FILE} (each key is commented there; "
+        f"set one for a run with `dvc exp run -S {stage}.KEY=VALUE`):\n{keys}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.parse_args(argv)
 
 
 def print_error(stage: str, exc: PipelineError) -> None:

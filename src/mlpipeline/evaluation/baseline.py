@@ -32,12 +32,14 @@ CALIBRATION_FOLDS = 5
 EXACT_BUDGET = 1e9
 NAMES = {"exact": "rbf_svm", "nystroem": "rbf_nystroem_linear_svm"}  # the metrics' baseline.model
 
+Method = Literal["svm", "none"]
 Kernel = Literal["auto", "exact", "nystroem"]
 Baseline = CalibratedClassifierCV | Pipeline  # exact: the calibrated SVC; nystroem: map + calibrated SVM
 
 
 @params_dataclass
 class BaselineParams:
+    method: Method  # none: no baseline (its fit is the one part of evaluate that needs its memory)
     C: float = param(gt=0)
     gamma: float | None = param(gt=0)  # None: scikit-learn's "scale", 1 / (pixels * pixel variance)
     max_train: int = param(ge=2)  # SVM fitting grows ~quadratically with the image count

@@ -15,6 +15,7 @@ import numpy as np
 
 DIGITS = 6  # rounding of reported figures: readable in `dvc exp show`, stable across BLAS builds
 LOG_EPS = np.finfo(np.float64).eps  # probabilities are clipped here, as scikit-learn's log_loss does
+TOP_K = 5  # top-5 accuracy is reported when there are more classes than that
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -30,6 +31,7 @@ class Scores:
     def __init__(self, num_classes: int, ece_bins: int) -> None:
         self.ece_bins = ece_bins
         self.counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.top_k_hits = 0  # samples whose class is among the TOP_K most probable
         self.log_loss_sum = 0.0
         self.calibration_gap = np.zeros(ece_bins)
         self.samples = 0
@@ -38,12 +40,15 @@ class Scores:
         """Add a batch: true labels N and predicted probabilities N x K."""
         self.counts += confusion_matrix(labels, probabilities.argmax(axis=1), len(self.counts))
         true_class = probabilities[np.arange(len(labels)), labels]
+        self.top_k_hits += int(((probabilities > true_class[:, None]).sum(axis=1) < TOP_K).sum())
         self.log_loss_sum -= float(np.sum(np.log(np.clip(true_class, LOG_EPS, 1.0))))
         self.calibration_gap += calibration_gap(labels, probabilities, self.ece_bins)
         self.samples += len(labels)
 
     def result(self, classes: Sequence[str]) -> dict[str, Any]:
-        """Accuracy, macro-F1, log-loss, ECE and per-class precision/recall/F1/support.
+        """Accuracy, top-5 accuracy (with more than 5 classes), macro-F1, log-loss, ECE and
+        per-class precision/recall/F1/support. A sample is a top-5 hit when fewer than 5 classes
+        are strictly more probable than its own (a tie counts as a hit).
 
         A class never predicted has precision 0 and a class absent from the labels
         recall 0 (scikit-learn's ``zero_division=0``); macro-F1 averages over every
@@ -64,8 +69,10 @@ class Scores:
             }
             for i, name in enumerate(classes)
         }
+        top_k = {f"top{TOP_K}_accuracy": _round(self.top_k_hits / self.samples)} if len(hits) > TOP_K else {}
         return {
             "accuracy": _round(hits.sum() / self.samples),
+            **top_k,
             "macro_f1": _round(f1.mean()),
             "log_loss": _round(self.log_loss_sum / self.samples),
             "ece": _round(np.abs(self.calibration_gap).sum() / self.samples),

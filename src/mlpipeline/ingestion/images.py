@@ -19,7 +19,11 @@ needs step 3 instead):
    16-bit RGB PNGs reach Pillow as 8-bit already, their high byte); RGB becomes gray by
    Pillow's ITU-R 601-2 luma, gray becomes RGB by repeating the channel.
 4. Other sizes are resized with ``resample``; Pillow antialiases every filter but
-   ``nearest`` when shrinking.
+   ``nearest`` when shrinking. ``resize`` says how the aspect ratio is treated: ``squash``
+   stretches the image to ``image_size``; ``shorter-side`` keeps it, scaling the image until
+   it covers ``image_size`` (for a square, its shorter side fits) and keeping the centre;
+   ``pad`` keeps it, scaling the image until it fits inside ``image_size``, centred on the
+   ``background`` grey. Cropping and scaling are one resampling (Pillow's ``box``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ FORMATS = ("PNG", *JPEG_FORMATS, "BMP")
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 Resample = Literal["nearest", "box", "bilinear", "bicubic", "lanczos"]
+Resize = Literal["squash", "shorter-side", "pad"]  # how the aspect ratio is treated (rule step 4)
+SQUASH = "squash"  # every record written before resize existed; to_json leaves it out
 RESAMPLING: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
     "box": Image.Resampling.BOX,
@@ -74,15 +80,23 @@ class Preprocessing:
     convert: bool  # other pixel modes are converted by the rule above (False: refused)
     background: int  # grey level that transparent pixels are composited on
     jpeg_draft: bool  # JPEGs of 4x the size or more are decoded shrunk by libjpeg
+    resize: Resize = SQUASH
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "image_size": list(self.image_size)}
+        """The record, without ``resize`` when it is ``squash``: the records (and the dataset and
+        model files holding them) written before it existed keep their bytes."""
+        fields = {**asdict(self), "image_size": list(self.image_size)}
+        if self.resize == SQUASH:
+            del fields["resize"]
+        return fields
 
     @classmethod
     def from_json(cls, raw: Any) -> Preprocessing:
         """Read what ``to_json`` wrote; ``ValueError`` names the first field that is wrong."""
-        if not isinstance(raw, Mapping) or set(raw) != set(cls.__dataclass_fields__):
-            raise ValueError(f"preprocessing needs exactly {sorted(cls.__dataclass_fields__)}")
+        needed = set(cls.__dataclass_fields__)
+        if not isinstance(raw, Mapping) or set(raw) not in (needed, needed - {"resize"}):
+            raise ValueError(f"preprocessing needs exactly {sorted(needed)} (resize may be left out)")
+        raw = {"resize": SQUASH, **raw}
         size = raw["image_size"]
         checks = {
             "channels": raw["channels"] in (1, 3),
@@ -91,6 +105,7 @@ class Preprocessing:
             "convert": isinstance(raw["convert"], bool),
             "background": _whole(raw["background"], 0) and raw["background"] <= 255,
             "jpeg_draft": isinstance(raw["jpeg_draft"], bool),
+            "resize": raw["resize"] in get_args(Resize),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -192,10 +207,34 @@ def _canonical(image: Image.Image, name: str, pre: Preprocessing) -> tuple[Image
     if native is None and not pre.convert:
         _refuse(upright, name, pre.channels)
     target = native or _converted(upright, pre.channels, pre.background)
+    return _resized(target, pre), Conversion(mode, native is None, rotated)
+
+
+def _resized(image: Image.Image, pre: Preprocessing) -> Image.Image:
+    """``image`` at ``pre.image_size``, its aspect ratio treated as ``pre.resize`` says."""
     height, width = pre.image_size
-    if target.size != (width, height):
-        target = target.resize((width, height), RESAMPLING[pre.resample])
-    return target, Conversion(mode, native is None, rotated)
+    if image.size == (width, height):
+        return image
+    resample = RESAMPLING[pre.resample]
+    if pre.resize == SQUASH:
+        return image.resize((width, height), resample)
+    across, down = image.size
+    if pre.resize == "shorter-side":  # the centre part of the target's shape, scaled in one pass
+        # The side that covers exactly is the image's own (compared in integers); the other is
+        # cut to the target's aspect: no float error can put a corner outside the image.
+        if width * down >= height * across:
+            box_w, box_h = float(across), min(float(down), height * across / width)
+        else:
+            box_w, box_h = min(float(across), width * down / height), float(down)
+        box = ((across - box_w) / 2, (down - box_h) / 2, (across + box_w) / 2, (down + box_h) / 2)
+        return image.resize((width, height), resample, box=box)
+    scale = min(width / across, height / down)
+    inner = (min(width, max(1, round(across * scale))), min(height, max(1, round(down * scale))))
+    canvas = Image.new(
+        image.mode, (width, height), pre.background if image.mode == "L" else (pre.background,) * 3
+    )
+    canvas.paste(image.resize(inner, resample), ((width - inner[0]) // 2, (height - inner[1]) // 2))
+    return canvas
 
 
 def _draft(image: Image.Image, size: tuple[int, int]) -> None:

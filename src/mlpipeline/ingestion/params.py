@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import unicodedata
 from functools import partial
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, TypeAdapter, ValidatorFunctionWrapHandler, WrapValidator, model_validator
+from pydantic import Field, model_validator
 
-from mlpipeline.core.params import param, params_dataclass
-from mlpipeline.ingestion.images import Preprocessing, Resample
+from mlpipeline.core.params import ImageSize, param, params_dataclass
+from mlpipeline.ingestion.images import Preprocessing, Resample, Resize
 
 nfc = partial(unicodedata.normalize, "NFC")
-Side = Annotated[int, Field(ge=1, le=4096)]
 DirMd5 = Annotated[
     str,
     Field(
@@ -20,17 +19,6 @@ DirMd5 = Annotated[
         description="the md5 dvc.lock records for data/ingested (32 hex digits, .dir or not)",
     ),
 ]
-SizePair = Annotated[list[Side], Field(min_length=2, max_length=2)]
-
-
-def as_square(value: Any, validate_pair: ValidatorFunctionWrapHandler) -> list[int]:
-    """``image_size: 28`` means ``[28, 28]`` (so ``-S ingest.image_size=28`` works)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [TypeAdapter(Side).validate_python(value)] * 2  # an error names image_size itself
-    return validate_pair(value)
-
-
-ImageSize = Annotated[SizePair, WrapValidator(as_square, json_schema_input_type=Side | SizePair)]
 
 
 @params_dataclass
@@ -54,6 +42,7 @@ class IngestParams:
     classes: list[str] | None = param(min_len=2)
     channels: int = param(ge=1, le=3)
     image_size: ImageSize  # [height, width], or one side of a square
+    resize: Resize  # squash | shorter-side | pad: how the aspect ratio is treated
     resample: Resample
     convert: bool
     background: int = param(ge=0, le=255)
@@ -79,5 +68,5 @@ class IngestParams:
     def preprocessing(self) -> Preprocessing:
         size = (self.image_size[0], self.image_size[1])
         return Preprocessing(
-            self.channels, size, self.resample, self.convert, self.background, self.jpeg_draft
+            self.channels, size, self.resample, self.convert, self.background, self.jpeg_draft, self.resize
         )

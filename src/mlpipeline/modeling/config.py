@@ -1,8 +1,10 @@
 """A trained model's config (``model.json``): everything needed to rebuild the network and feed
 it: architecture (the built-in CNN's sizes, or a transformers model's full config), input shape,
-class names and the input normalization. Train writes it; evaluate and predict read it through
-``mlpipeline.modeling.files``, the ONNX runtime through ``mlpipeline.modeling.onnx_model``. No
-torch here: a serving machine reads it with onnxruntime alone.
+class names, the input normalization, and how image files become its input (ingest's
+preprocessing, then the centre window of the input shape when training took a smaller one).
+Train writes it; evaluate and predict read it through ``mlpipeline.modeling.files``, the ONNX
+runtime through ``mlpipeline.modeling.onnx_model``. No torch here: a serving machine reads it
+with onnxruntime alone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 
 from mlpipeline.core.errors import PipelineError
+from mlpipeline.core.windows import Images, centre_window
 from mlpipeline.ingestion.images import Preprocessing
 
 Positive = Annotated[int, Field(ge=1)]
@@ -36,7 +39,9 @@ class ModelConfig:
     """Architecture and input contract of a trained model (written as ``model.json``)."""
 
     classes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=2)]
-    image_shape: Annotated[list[Positive], Field(min_length=3, max_length=3)]  # C, H, W
+    # C, H, W of the network's input: the stored images (preprocessing's size) or, trained at a smaller
+    # train.image_size, their centre window of this size (input_window)
+    image_shape: Annotated[list[Positive], Field(min_length=3, max_length=3)]
     _: KW_ONLY
     widths: Annotated[list[Positive], Field(min_length=1)] | None = None  # convnet: each conv block's
     dropout: Annotated[float, Field(ge=0, lt=1)] | None = None  # convnet
@@ -64,10 +69,13 @@ class ModelConfig:
                 f"mean and std need one value per channel ({channels}), got {self.mean}, {self.std}"
             )
         made = self.input_preprocessing()
-        if [made.channels, *made.image_size] != list(self.image_shape):
+        smaller = all(
+            side <= stored for side, stored in zip(self.image_shape[1:], made.image_size, strict=True)
+        )
+        if made.channels != self.image_shape[0] or not smaller:
             raise ValueError(
                 f"preprocessing gives {made.channels}x{made.image_size[0]}x{made.image_size[1]} images, "
-                f"image_shape is {self.image_shape}"
+                f"image_shape is {self.image_shape} (it must be the same or a window of them)"
             )
 
     def _check_arch(self) -> None:
@@ -108,6 +116,17 @@ class ModelConfig:
             channels, height, width = self.image_shape
             return Preprocessing(channels, (height, width), "bicubic", False, 255, False)
         return Preprocessing.from_json(self.preprocessing)
+
+    @property
+    def stored_shape(self) -> list[int]:
+        """C, H, W of the images preprocessing makes (ingest stores): ``image_shape`` or larger."""
+        made = self.input_preprocessing()
+        return [made.channels, *made.image_size]
+
+    def input_window(self, images: Images) -> Images:
+        """The network's input from stored images (N x ``stored_shape``): their centre
+        ``image_shape`` window (``core.windows``), as evaluation saw the validation images."""
+        return centre_window(images, self.image_shape[1:])
 
     @property
     def num_classes(self) -> int:

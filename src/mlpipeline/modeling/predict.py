@@ -9,7 +9,9 @@ PATH is an image file, a folder (searched recursively for PNG/JPEG/BMP files, ea
 natural order, hidden names skipped), a ``.csv`` manifest with a ``path`` column, or any of these
 on S3 (``mlpipeline.modeling.predict_inputs``). Every image goes through ``decode_image`` with the
 preprocessing ``model.json`` recorded from ingestion (channels, size, resampling, mode
-conversion), so it is decoded exactly as the training images were. The images stream through
+conversion, aspect ratio), so it is decoded exactly as the training images were, and the network
+sees its centre window when training took a smaller ``train.image_size``, as evaluation did
+(``ModelConfig.input_window``). The images stream through
 worker processes on every core (``MLPIPELINE_WORKERS``) in batches (``mlpipeline.modeling.scoring``)
 and the table is written as they come (``mlpipeline.modeling.predict_output``): memory stays flat
 however many images there are, and the output is the same bytes for any worker count. Progress

@@ -32,7 +32,9 @@ from mlpipeline.ingestion.sources import RawSample, read_files
 from mlpipeline.modeling.config import ModelConfig
 from mlpipeline.modeling.predict_inputs import Item
 
-Scorer = Callable[[np.ndarray], np.ndarray]  # class probabilities (float64) of a batch of images
+# class probabilities (float64) of a batch of decoded images, their centre window when training
+# took a smaller train.image_size (ModelConfig.input_window), as evaluation scored them
+Scorer = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ def _onnx_scorer(spec: ModelSpec) -> tuple[ModelConfig, Scorer]:
     from mlpipeline.modeling.onnx_model import OnnxModel, softmax
 
     model = OnnxModel(spec.path)
-    return model.config, lambda images: softmax(model.logits(images, spec.batch_size))
+    window = model.config.input_window
+    return model.config, lambda images: softmax(model.logits(window(images), spec.batch_size))
 
 
 def _torch_scorer(spec: ModelSpec) -> tuple[ModelConfig, Scorer]:
@@ -74,7 +77,7 @@ def _torch_scorer(spec: ModelSpec) -> tuple[ModelConfig, Scorer]:
 
     def scorer(images: np.ndarray) -> np.ndarray:
         with _one_thread(device.type):
-            return predict_probabilities(model, images, device, spec.batch_size)
+            return predict_probabilities(model, config.input_window(images), device, spec.batch_size)
 
     return config, scorer
 

@@ -172,7 +172,9 @@ async def _images(request: web.Request) -> list[tuple[str, bytes]]:
 
 
 async def _decoded(app: web.Application, named: list[tuple[str, bytes]]) -> np.ndarray:
-    """The images as the model takes them, decoded in threads; 400 naming the first that fails."""
+    """The images as the model takes them (decoded in threads, then their centre window when
+    training took a smaller ``train.image_size``, as evaluation did); 400 naming the first that
+    fails."""
     loop, preprocessing = asyncio.get_running_loop(), app[MODEL].config.input_preprocessing()
     limit = app[LIMITS].max_image_pixels
 
@@ -186,7 +188,7 @@ async def _decoded(app: web.Application, named: list[tuple[str, bytes]]) -> np.n
             raise Refused(400, str(result))
         if isinstance(result, BaseException):
             raise result
-    return np.stack(results)
+    return app[MODEL].config.input_window(np.stack(results))
 
 
 def _answer(name: str, row: np.ndarray, classes: list[str], topk: int) -> dict[str, Any]:

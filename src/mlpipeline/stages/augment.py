@@ -317,4 +317,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run("augment", main)
+    stage.run("augment", main, AugmentParams)

@@ -4,7 +4,8 @@ Reads ``models/`` and ``data/ingested`` (the test split, real data only, and
 the train split to fit the baseline) and writes ``reports/evaluate``:
 ``metrics.json`` (network under ``test``, baseline under ``baseline``, the same
 keys in both, plus ``baseline.model``: the exact RBF-SVM or its Nystroem
-approximation), ``predictions.csv`` for DVC's confusion template (with each test image's
+approximation; ``evaluate.baseline.method: none`` leaves the baseline out, and the
+train split unread), ``predictions.csv`` for DVC's confusion template (with each test image's
 id, the start of its pixels' sha256, so ``make report`` scores two models on the test
 images their data versions share), and ``misclassified.png``, the network's most
 confident mistakes.
@@ -69,9 +70,9 @@ def check_compatible(config: ModelConfig, data: Dataset, model_dir: Path) -> Non
     where = f"{model_dir / CONFIG_FILE} and {data.root / META_FILE}"
     if list(config.classes) != list(data.classes):
         raise PipelineError(f"{where} disagree on the classes: {config.classes} vs {data.classes}")
-    if tuple(config.image_shape) != tuple(data.image_shape):
+    if tuple(config.stored_shape) != tuple(data.image_shape):
         raise PipelineError(
-            f"{where} disagree on the image shape: {config.image_shape} vs {list(data.image_shape)}"
+            f"{where} disagree on the image shape: {config.stored_shape} vs {list(data.image_shape)}"
         )
 
 
@@ -95,59 +96,81 @@ def evaluate(
     check_compatible(config, data, model_dir)
     if not data.count(TEST):
         raise PipelineError(f"{data.root / META_FILE}: the {TEST} split is empty")
-    kernel, svm, fitted = fit_on_train(data, params.baseline)
-    if workers is None:
-        workers = workers_for(math.ceil(data.count(TEST) / params.batch_size))
-    report = Scoreboard(len(data.classes), params)
-    start = partial(start_predicting, svm)
-    predict = partial(predict_batch, num_classes=len(data.classes))
-    batches = split_batches(data, TEST, params.batch_size)
+    baseline = fit_on_train(data, params.baseline) if params.baseline.method == "svm" else None
+    report = Scoreboard(len(data.classes), params, baseline)
     with progress("evaluate", "predicting", data.count(TEST)) as shown:
-        for (images, labels), svm_probabilities in ordered_map_pairs(predict, batches, workers, start):
-            network = predict_probabilities(model, images, device, params.batch_size)
+        for (images, labels), svm_probabilities in with_baseline(data, params, baseline, workers):
+            network = predict_probabilities(model, config.input_window(images), device, params.batch_size)
             report.add(images, labels, network, svm_probabilities)
             shown.advance(len(labels))
-    return report.evaluation(data.classes, NAMES[kernel], fitted)
+    return report.evaluation(data.classes)
+
+
+def with_baseline(
+    data: Dataset, params: EvaluateParams, baseline: FittedBaseline | None, workers: int | None
+) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None]]:
+    """The test split's batches, each with the baseline's probabilities (None without one),
+    predicted by ``workers`` processes (None: ``workers_for`` the batches)."""
+    batches = split_batches(data, TEST, params.batch_size)
+    if baseline is None:
+        return ((batch, None) for batch in batches)
+    if workers is None:
+        workers = workers_for(math.ceil(data.count(TEST) / params.batch_size))
+    start = partial(start_predicting, baseline.model)
+    predict = partial(predict_batch, num_classes=len(data.classes))
+    return ordered_map_pairs(predict, batches, workers, start)
 
 
 class Scoreboard:
-    """Everything the reports need, added batch by batch: the two models' scores, the worst
-    mistakes and, per test image, its label and the network's choice (for the confusion plot)."""
+    """Everything the reports need, added batch by batch: the network's scores and the
+    baseline's (when there is one), the worst mistakes and, per test image, its label and the
+    network's choice (for the confusion plot)."""
 
-    def __init__(self, num_classes: int, params: EvaluateParams) -> None:
+    def __init__(self, num_classes: int, params: EvaluateParams, baseline: FittedBaseline | None) -> None:
         self.network = Scores(num_classes, params.ece_bins)
-        self.baseline = Scores(num_classes, params.ece_bins)
+        self.fitted = baseline
+        self.baseline = Scores(num_classes, params.ece_bins) if baseline is not None else None
         self.worst = WorstErrors(params.misclassified)
         self.choices: list[tuple[np.ndarray, np.ndarray]] = []
         self.ids: list[str] = []
 
-    def add(self, images: np.ndarray, labels: np.ndarray, network: np.ndarray, baseline: np.ndarray) -> None:
+    def add(
+        self, images: np.ndarray, labels: np.ndarray, network: np.ndarray, baseline: np.ndarray | None
+    ) -> None:
         self.network.add(labels, network)
-        self.baseline.add(labels, baseline)
+        if self.baseline is not None and baseline is not None:
+            self.baseline.add(labels, baseline)
         self.worst.add(images, labels, network)
         self.choices.append((labels, network.argmax(axis=1)))
         self.ids += image_ids(images)
 
-    def evaluation(self, classes: list[str], baseline_model: str, fitted: int) -> Evaluation:
+    def evaluation(self, classes: list[str]) -> Evaluation:
         labels, choices = (np.concatenate(column) for column in zip(*self.choices, strict=True))
+        metrics: dict[str, Any] = {"test": self.network.result(classes)}
+        if self.baseline is not None and self.fitted is not None:
+            metrics["baseline"] = {**self.baseline.result(classes), "model": NAMES[self.fitted.kernel]}
         return Evaluation(
-            metrics={
-                "test": self.network.result(classes),
-                "baseline": {**self.baseline.result(classes), "model": baseline_model},
-            },
+            metrics=metrics,
             predictions_csv=predictions_csv(labels, choices, classes, self.ids),
             misclassified_png=misclassified_png(self.worst, classes),
             test_count=self.network.samples,
-            train_count=fitted,
+            train_count=self.fitted.images if self.fitted is not None else 0,
         )
 
 
-def fit_on_train(data: Dataset, params: BaselineParams) -> tuple[str, Baseline, int]:
-    """The kernel chosen, the baseline fitted on the train split's seeded subset, and its size."""
+@dataclass(frozen=True)
+class FittedBaseline:
+    kernel: str  # exact or nystroem
+    model: Baseline
+    images: int  # training images it was fitted on
+
+
+def fit_on_train(data: Dataset, params: BaselineParams) -> FittedBaseline:
+    """The baseline fitted on the train split's seeded subset, with the kernel chosen for its size."""
     kernel = choose_kernel(params, data.count(TRAIN), data.count(TEST), int(np.prod(data.image_shape)))
     with progress("evaluate", f"reading the baseline's {TRAIN} images", data.count(TRAIN)) as shown:
         images, labels = pick_rows(data, TRAIN, params.max_train, params.seed, shown.advance)
-    return kernel, fit_baseline(images, labels, params, kernel), len(labels)
+    return FittedBaseline(kernel, fit_baseline(images, labels, params, kernel), len(labels))
 
 
 def write_reports(result: Evaluation, out_dir: Path) -> None:
@@ -161,16 +184,17 @@ def main() -> None:
         params = load_section(EvaluateParams, "evaluate")
         result = evaluate(params, MODELS, INGESTED)
         write_reports(result, EVALUATE_REPORTS)
-        net, svm = result.metrics["test"], result.metrics["baseline"]
-        report["read"] = (
-            f"{MODELS}, {result.test_count} test and {result.train_count} train images from {INGESTED}"
-        )
-        report["wrote"] = (
-            f"{EVALUATE_REPORTS} (accuracy {net['accuracy']:.4f}, "
-            f"baseline {svm['model']} {svm['accuracy']:.4f}; "
-            f"macro-F1 {net['macro_f1']:.4f}, baseline {svm['macro_f1']:.4f})"
-        )
+        net, svm = result.metrics["test"], result.metrics.get("baseline")
+        fitted = f" and {result.train_count} train" if svm is not None else ""
+        report["read"] = f"{MODELS}, {result.test_count} test{fitted} images from {INGESTED}"
+        scores = [f"accuracy {net['accuracy']:.4f}", f"macro-F1 {net['macro_f1']:.4f}"]
+        if svm is not None:
+            scores = [
+                f"accuracy {net['accuracy']:.4f}, baseline {svm['model']} {svm['accuracy']:.4f}",
+                f"macro-F1 {net['macro_f1']:.4f}, baseline {svm['macro_f1']:.4f}",
+            ]
+        report["wrote"] = f"{EVALUATE_REPORTS} ({'; '.join(scores)})"
 
 
 if __name__ == "__main__":
-    stage.run("evaluate", main)
+    stage.run("evaluate", main, EvaluateParams)

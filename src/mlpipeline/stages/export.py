@@ -1,7 +1,8 @@
 """Export: the trained model as ONNX, for serving machines without torch, checked against PyTorch.
 
 Reads ``models/`` and ``data/ingested`` (the test split, real data only). Writes
-``exported/model.onnx`` (uint8 images N x C x H x W in, logits out, any N; ``model.json`` in its
+``exported/model.onnx`` (uint8 images N x C x H x W in, the model's input shape: the centre
+window of the stored images when training took a smaller one; logits out, any N; ``model.json`` in its
 metadata, so ``mlpipeline-predict --onnx exported/model.onnx`` needs nothing else) and
 ``reports/export/parity.json``. Before writing anything it runs the test split through both
 runtimes: the logits must agree within ``export.atol`` and every predicted class must be the
@@ -41,15 +42,15 @@ def export(params: ExportParams, model_dir: Path, data_dir: Path) -> Exported:
     """The checked ONNX file of the model in ``model_dir``; no output I/O, so tests call it."""
     model, config = load_model(model_dir)
     data = Dataset(data_dir)
-    if list(config.image_shape) != list(data.image_shape):
+    if list(config.stored_shape) != list(data.image_shape):
         raise PipelineError(
             f"{model_dir / CONFIG_FILE} and {data.root / META_FILE} disagree on the image shape: "
-            f"{config.image_shape} vs {list(data.image_shape)}"
+            f"{config.stored_shape} vs {list(data.image_shape)}"
         )
     model_bytes = to_onnx(model, config, atomic.to_json_text(config.to_dict()))
     target = EXPORTED / ONNX_FILE
     with progress("export", "checking against PyTorch", data.count(TEST)) as shown:
-        batches = image_batches(data, params.batch_size, shown)
+        batches = (config.input_window(images) for images in image_batches(data, params.batch_size, shown))
         result = parity(model, OnnxModel(target, model_bytes), batches)
     check(result, params.atol, str(target))
     return Exported(model_bytes, result)
@@ -79,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run("export", main)
+    stage.run("export", main, ExportParams)

@@ -424,4 +424,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run("ingest", main)
+    stage.run("ingest", main, IngestParams)

@@ -21,8 +21,11 @@ DVC: ``modeling.finetune``).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from mlpipeline.core import atomic, stage
 from mlpipeline.core.errors import PipelineError
@@ -30,6 +33,7 @@ from mlpipeline.core.params import load_section
 from mlpipeline.core.paths import AUGMENTED, INGESTED, MODELS, TRAIN_REPORTS, WEIGHTS
 from mlpipeline.core.seeding import seed_everything
 from mlpipeline.core.shard_rows import SplitReader
+from mlpipeline.core.shards import META_FILE
 from mlpipeline.modeling.files import save_model
 from mlpipeline.modeling.finetune import Release, from_release, release_config, weights_source
 from mlpipeline.modeling.network import ModelConfig, fitted_network, initial_model, new_config
@@ -56,6 +60,7 @@ from mlpipeline.training.phases import Phase, check_frozen_epochs, plan
 from mlpipeline.training.rendezvous import NothingToTrain
 from mlpipeline.training.reporting import EpochRecord, TrainingLog
 from mlpipeline.training.savepoints import SaveEvery, save_every
+from mlpipeline.training.windows import Window, training_window
 
 
 @dataclass
@@ -85,34 +90,19 @@ def train(
     world = world or World()
     store = open_store(checkpoint_root)
     runtime = configure(
-        params.device, params.precision, params.num_threads, world.local_rank, world.local_size
+        params.device, params.precision, params.num_threads, world.local_rank, world.local_size, params.tf32
     )
-    spec, weights = params.model, weights_source(params.model.weights, WEIGHTS)
+    weights = weights_source(params.model.weights, WEIGHTS)
     pretrained = weights_sha256(weights)
     with process_group(world, runtime.device):
         world.agree(fingerprint(params, runtime, inputs.datasets, pretrained))
         phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)
         check_frozen_epochs(phases, inputs.views, world.size)
-        if isinstance(weights, Release):  # fine-tuning a release: its network, fitted to the data
-            config = release_config(
-                weights,
-                spec.arch,
-                inputs.classes,
-                list(inputs.image_shape),
-                inputs.val.info.attributes.get("preprocessing"),
-            )
-        else:
-            config = new_config(
-                spec.arch,
-                inputs.classes,
-                list(inputs.image_shape),
-                lambda: phases[-1].originals.channel_sums().mean_std(),  # unless weights bring their own
-                inputs.val.info.attributes.get("preprocessing"),
-                spec.widths,
-                spec.dropout,
-                spec.hf,
-                weights,
-            )
+        train_window, val_window = windows(params, inputs) or (None, None)
+        # the data's stats from the sums ingest recorded, unless the weights bring their own
+        config = network_config(
+            params, inputs, weights, lambda: phases[-1].originals.channel_sums().mean_std()
+        )
         seed_everything(params.seed)  # the same initial weights on every rank
         start = (
             from_release(config, weights) if isinstance(weights, Release) else initial_model(config, weights)
@@ -122,7 +112,12 @@ def train(
         largest = max(phase.originals.nbytes for phase in phases)
         placement = chosen_placement(val_rows.nbytes + largest, runtime.device)  # one budget for both
         workers = rank_workers(world.local_size)  # reader threads, and as many draw threads
-        val = Feed(place(val_rows, runtime.device, placement, workers), len(val_rows), workers=workers)
+        val = Feed(
+            place(val_rows, runtime.device, placement, workers),
+            len(val_rows),
+            window=val_window,
+            workers=workers,
+        )
         report = TrainingLog(report_dir) if world.is_main and report_dir is not None else None
         all_checkpoints = []
         trainer: Trainer | None = None
@@ -137,16 +132,20 @@ def train(
                     place(phase.originals, runtime.device, placement, workers),
                     len(phase.originals),
                     inputs.online,
+                    train_window,
                     workers,
                 ),
                 val=val,
                 phase=phase.name,
+                class_counts=np.bincount(phase.originals.labels, minlength=len(inputs.classes)),
             )
             key = run_key(params, runtime, inputs.datasets, phase.name, pretrained)
             checkpoints = Checkpoints(key, store, world)
             all_checkpoints.append(checkpoints)
             if report is not None:
-                report.start_phase(phase.name, trainer.epochs, trainer.steps_per_epoch)
+                report.start_phase(phase.name, trainer.epochs, trainer.batches_per_epoch)
+                if trainer.epochs > phase.params.epochs:
+                    report.note(raised_epochs(phase, trainer))
             try:
                 best = trainer.fit(checkpoints, report, every)
             except Diverged as diverged:  # these params cannot give a model: nothing of the run is kept
@@ -163,6 +162,46 @@ def train(
         if report is not None:
             report.finish(best, trainer.progress.epoch)
     return Trained(trainer, config, best, runtime, phases, all_checkpoints)
+
+
+def raised_epochs(phase: Phase, trainer: Trainer) -> str:
+    """Why the phase runs more than ``epochs``: ``min_steps`` raised it (the demo's 5 epochs run
+    as 41: its 1,257 real images make 49 optimizer steps an epoch, short of 2,000)."""
+    params, steps = phase.params, trainer.steps_per_epoch
+    return (
+        f"{phase.name}: {trainer.epochs} epochs of {steps} optimizer steps: train.epochs {params.epochs} "
+        f"raised by train.min_steps {params.min_steps} ({params.epochs} epochs would be "
+        f"{params.epochs * steps} steps)"
+    )
+
+
+def network_config(
+    params: TrainParams,
+    inputs: Inputs,
+    weights: Path | Release | None,
+    stats: Callable[[], tuple[list[float], list[float]]],
+) -> ModelConfig:
+    """The config of the network to train: a release's, fitted to the data, or a new one (from a
+    weights folder or none); its input the ``train.image_size`` window either way."""
+    spec, shape = params.model, input_shape(params, inputs)
+    preprocessing = inputs.val.info.attributes.get("preprocessing")
+    if isinstance(weights, Release):  # fine-tuning a release: its network, fitted to the data
+        return release_config(weights, spec.arch, inputs.classes, shape, preprocessing)
+    return new_config(
+        spec.arch, inputs.classes, shape, stats, preprocessing, spec.widths, spec.dropout, spec.hf, weights
+    )
+
+
+def windows(params: TrainParams, inputs: Inputs) -> tuple[Window, Window] | None:
+    """The training and validation windows of ``train.image_size`` (None: the whole image)."""
+    source = str(inputs.val.root / META_FILE)
+    return training_window(params.image_size, inputs.image_shape[1:], params.seed, source)
+
+
+def input_shape(params: TrainParams, inputs: Inputs) -> list[int]:
+    """C, H, W of the network's input: the stored images, or their ``train.image_size`` window."""
+    window = windows(params, inputs)
+    return [inputs.image_shape[0], *(window[1].size if window else inputs.image_shape[1:])]
 
 
 def weights_sha256(weights: Path | Release | None) -> str:
@@ -186,11 +225,11 @@ def check_plan(params: TrainParams, inputs: Inputs) -> None:
     phases = plan(params, inputs.real, inputs.synthetic, inputs.train.root)  # checks the sources
     check_frozen_epochs(phases, inputs.views, params.world_size)
     spec, weights = params.model, weights_source(params.model.weights, WEIGHTS)
-    preprocessing = inputs.val.info.attributes.get("preprocessing")
+    preprocessing, shape = inputs.val.info.attributes.get("preprocessing"), input_shape(params, inputs)
     if isinstance(weights, Release):
-        release_config(weights, spec.arch, inputs.classes, list(inputs.image_shape), preprocessing)
+        release_config(weights, spec.arch, inputs.classes, shape, preprocessing)
     else:
-        fitted_network(spec.arch, inputs.classes, list(inputs.image_shape), spec.hf, weights)
+        fitted_network(spec.arch, inputs.classes, shape, spec.hf, weights)
 
 
 def main() -> None:
@@ -204,7 +243,7 @@ def main() -> None:
             print(f"train: {nothing}", file=sys.stderr)
             return
         inputs = open_inputs(AUGMENTED, INGESTED)  # refuse bad inputs before any launch
-        check_plan(params, inputs)  # a release is resolved and fetched here, once, before any launch
+        check_plan(params, inputs)  # train.image_size against the stored images; a release fetched, once
         if params.device in ("auto", "cuda") and not in_worker():  # before CUDA starts: see gpu_lock
             hold_gpus(params.processes)
         if launching:
@@ -269,4 +308,4 @@ def train_and_save(
 
 
 if __name__ == "__main__":
-    stage.run("train", main)
+    stage.run("train", main, TrainParams)

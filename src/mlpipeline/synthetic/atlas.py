@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import distance_transform_edt
 
 from mlpipeline.core.bitexact import FRACTION_BITS, ONE
-from mlpipeline.core.errors import PipelineError
+from mlpipeline.synthetic.generators import CannotDraw
 
 OVERSAMPLE = 4  # Pillow draws each glyph 4x the cell size (at most MAX_FONT_PX), then the field
 MAX_FONT_PX = 256  # is averaged down to about the cell: sub-pixel accurate outlines at a bounded cost
@@ -63,9 +63,7 @@ def glyph_ink(char: str, font: Path, font_px: int) -> np.ndarray:
     ImageDraw.Draw(canvas).text((font_px, font_px), char, font=face, fill=255)
     box = canvas.getbbox()
     if box is None:
-        raise PipelineError(
-            f"synthesize: class '{char}' draws nothing in font {font.stem}; set synthesize.count: 0"
-        )
+        raise CannotDraw(f"class '{char}' draws nothing in font {font.stem}")
     return np.asarray(canvas.crop(box)) >= 128
 
 

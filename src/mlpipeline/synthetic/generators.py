@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mlpipeline.core.device import limit_threads
+from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.params import ParamError
 from mlpipeline.core.seeding import rng
 from mlpipeline.core.workers import ordered_map
@@ -38,6 +39,12 @@ GeneratorFactory = Callable[["SynthesisTask"], Renderer]
 BATCH_PIXELS = 2**18
 
 _REGISTRY: dict[str, GeneratorFactory] = {}
+
+
+class CannotDraw(PipelineError):
+    """A generator cannot draw the dataset's classes (the glyphs generator and class ``cat0``): the
+    stage then writes no synthetic images and says why in its summary line, and training runs on
+    the real images alone. Raised by a factory, so before anything is rendered."""
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,10 @@ import numpy as np
 import torch
 
 from mlpipeline.core.bitexact import sums_of_four_bytes
-from mlpipeline.core.errors import PipelineError
 from mlpipeline.synthetic.atlas import Atlas, build_atlas, sample_distance
 from mlpipeline.synthetic.draws import exact_draws
 from mlpipeline.synthetic.fonts import has_glyph, resolve_fonts
-from mlpipeline.synthetic.generators import Renderer, SynthesisTask, register_generator
+from mlpipeline.synthetic.generators import CannotDraw, Renderer, SynthesisTask, register_generator
 from mlpipeline.synthetic.params import GlyphParams
 from mlpipeline.synthetic.placement import DRAWS, FRAME_ONE, Poses, pose, render_frame
 
@@ -49,21 +48,16 @@ NOISE_STD = math.sqrt(4 * (256**2 - 1) / 12)
 
 
 def check_classes(classes: list[str], fonts: list[Path]) -> list[list[Path]]:
-    """Per class, the fonts that have its glyph; a class no font can draw is a ``PipelineError``."""
-    way_out = "set synthesize.count: 0 to skip synthetic data, or register a generator that can"
+    """Per class, the fonts that have its glyph; a class no font can draw is ``CannotDraw``."""
     usable = []
     for name in classes:
         if len(name) != 1:
-            raise PipelineError(
-                f"synthesize: class '{name}' is not a single character, so the glyphs generator "
-                f"cannot draw it; {way_out}"
+            raise CannotDraw(
+                f"class '{name}' is not a single character, so the glyphs generator cannot draw it"
             )
         have = [path for path in fonts if has_glyph(path, name)]
         if not have:
-            raise PipelineError(
-                f"synthesize: no font in synthesize.glyphs.fonts has a glyph for class '{name}'; "
-                f"add one that does, or {way_out}"
-            )
+            raise CannotDraw(f"no font in synthesize.glyphs.fonts has a glyph for class '{name}'")
         usable.append(have)
     return usable
 

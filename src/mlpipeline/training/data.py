@@ -109,7 +109,8 @@ def steps(count: int, batch_size: int) -> int:
     return max(1, count // batch_size)
 
 
-def rank_steps(count: int, batch_size: int, world_size: int) -> int:
+def rank_steps(count: int, batch_size: int, world_size: int, accumulate: int = 1) -> int:
     """Optimizer steps in an epoch of ``count`` rows dealt to ``world_size`` ranks, each taking
-    its share of the global ``batch_size`` (``epoch_order`` pads the rows to a multiple of the ranks)."""
-    return steps(-(-count // world_size), batch_size // world_size)
+    its share of the global ``batch_size`` (``epoch_order`` pads the rows to a multiple of the ranks),
+    a step every ``accumulate`` batches (at least one step)."""
+    return max(1, steps(-(-count // world_size), batch_size // world_size) // accumulate)

@@ -24,6 +24,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
 import numpy as np
@@ -34,6 +35,7 @@ from mlpipeline.core.device import to_device
 from mlpipeline.core.errors import PipelineError
 from mlpipeline.core.shard_rows import SplitReader
 from mlpipeline.core.workers import worker_count
+from mlpipeline.training.windows import Window
 
 PLACEMENT_ENV = "MLPIPELINE_TRAIN_DATA"
 RESIDENT_MAX_BYTES = 1 << 30  # a larger split streams: host memory stays bounded
@@ -220,16 +222,32 @@ def rank_workers(ranks_on_node: int) -> int:
     return max(1, worker_count() // ranks_on_node)
 
 
+@dataclass(frozen=True)
+class BatchDraws:
+    """What is random about one batch besides its rows, drawn on the host ahead of it: its online
+    augmented copies and its random windows."""
+
+    copies: BatchCopies | None
+    offsets: torch.Tensor | None  # random windows' corners (``training.windows``)
+
+
 class Feed:
     """What a phase trains (or validates) on: a placed split, each of its rows seen ``views``
-    times an epoch, the copies augmented online as their batch is drawn."""
+    times an epoch, the copies augmented online as their batch is drawn, and the model's
+    ``train.image_size`` window of each image taken (a random one for training)."""
 
     def __init__(
-        self, rows: Rows, originals: int, online: OnlineAugmentation | None = None, workers: int | None = None
+        self,
+        rows: Rows,
+        originals: int,
+        online: OnlineAugmentation | None = None,
+        window: Window | None = None,
+        workers: int | None = None,
     ) -> None:
         self.rows = rows
         self.originals = originals
         self.online = online
+        self.window = window
         self.draw_threads = draws_ahead(worker_count() if workers is None else workers)
 
     def __len__(self) -> int:
@@ -244,38 +262,44 @@ class Feed:
         skip: int = 0,
     ) -> Iterator[Batch]:
         """Batches of the rows in ``order`` but the first ``skip`` (not read: a run resumed within an
-        epoch); ``stream`` names the epoch's augmentation draws, made by ``draw_threads`` threads
-        as many batches ahead of the batch the device trains on."""
+        epoch); ``stream`` names the epoch's draws (online augmentation, random windows), made by
+        ``draw_threads`` threads as many batches ahead of the batch the device trains on."""
         bounds = batch_bounds(len(order), batch_size, drop_last)[skip:]
         rest = order[bounds[0].start :] if bounds else order[:0]
         batches = self.rows.batches(rest % self.originals, batch_size, drop_last)
-        if self.online is None:
-            yield from batches
+        window = self.window
+        if self.online is None and (window is None or not window.random):
+            for images, labels in batches:
+                yield (images if window is None else window.apply(images, None)), labels
             return
-        copies = self.online.copy_numbers(order, self.originals)
-        online, shape, depth = self.online, self.rows.image_shape, self.draw_threads
-        slots = self._draw_slots(batch_size)
+        online, device, shape, depth = self.online, self.rows.device, self.rows.image_shape, self.draw_threads
+        copies = online.copy_numbers(order, self.originals) if online is not None else None
+        slots = self._draw_slots(batch_size) if online is not None else None
 
-        def drawn(step: int, into: BatchCopies, wait: torch.cuda.Event | None) -> BatchCopies | None:
-            if wait is not None:
-                wait.synchronize()  # the slot's last draws have left for the device
-            # named by the step in the whole epoch
-            return online.draw_copies(copies[bounds[step]], shape, into, "online", *stream, skip + step)
+        def drawn(step: int, into: BatchCopies | None, wait: torch.cuda.Event | None) -> BatchDraws:
+            rows, named = bounds[step], skip + step  # draws named by the step in the whole epoch
+            batch_copies = None
+            if online is not None and copies is not None and into is not None:
+                if wait is not None:
+                    wait.synchronize()  # the slot's last draws have left for the device
+                batch_copies = online.draw_copies(copies[rows], shape, into, "online", *stream, named)
+            offsets = None if window is None else window.offsets(len(order[rows]), device, *stream, named)
+            return BatchDraws(batch_copies, offsets)
 
-        def start(step: int) -> tuple[int, Future[BatchCopies | None]]:
-            slot, into, wait = slots.take()
+        def start(step: int) -> tuple[int | None, Future[BatchDraws]]:
+            slot, into, wait = slots.take() if slots is not None else (None, None, None)
             return slot, drawer.submit(drawn, step, into, wait)
 
         with ThreadPoolExecutor(depth, thread_name_prefix="online-draws") as drawer:
             ahead = deque(start(step) for step in range(min(depth, len(bounds))))
             for step, (images, labels) in enumerate(batches):
                 slot, drawing = ahead.popleft()
-                batch_copies = drawing.result()
+                draws = drawing.result()
                 if step + depth < len(bounds):
                     ahead.append(start(step + depth))  # into the slot of batch step - 1
-                if batch_copies is not None:
-                    images = batch_copies.apply(images, slots.copy_event(slot))
-                yield images, labels
+                if draws.copies is not None and slots is not None and slot is not None:
+                    images = draws.copies.apply(images, slots.copy_event(slot))
+                yield (images if window is None else window.apply(images, draws.offsets)), labels
 
     def _draw_slots(self, batch_size: int) -> Turns[BatchCopies]:
         """Host memory for the draws in flight, reused batch after batch: one set a draw thread
@@ -291,8 +315,8 @@ class Feed:
 
 
 def draws_ahead(workers: int) -> int:
-    """Batches whose online draws are made at once, one a thread: as many as ``workers`` (a batch's
-    draws come from one random stream, so one thread makes them; the cores are shared out by
-    batch), and at least ``PREFETCH_BATCHES``. At 224x224 RGB, a batch of 128 copies' draws
-    take 45 MB of (pinned) host memory, reused (``Feed._draw_slots``)."""
+    """Batches whose draws (online copies, random windows) are made at once, one a thread: as many
+    as ``workers`` (a batch's draws come from one random stream, so one thread makes them; the
+    cores are shared out by batch), and at least ``PREFETCH_BATCHES``. At 224x224 RGB, a batch of
+    128 copies' draws take 45 MB of (pinned) host memory, reused (``Feed._draw_slots``)."""
     return max(PREFETCH_BATCHES, workers)

@@ -1,12 +1,11 @@
-"""What the optimizer does: AdamW or SGD, the learning-rate schedule, the run's length in
-epochs, and the label-smoothed loss."""
+"""What the optimizer does: AdamW or SGD, the learning-rate schedule and the run's length in
+epochs (the loss is ``training.losses``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mlpipeline.training.params import TrainParams
@@ -116,14 +115,3 @@ class HeadFirst:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.schedule.load_state_dict(state["schedule"])
         self.steps = state["steps"]
-
-
-def smoothed_loss(
-    logits: torch.Tensor, labels: torch.Tensor, smoothing: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The label-smoothed training objective (as ``F.cross_entropy(label_smoothing=)``) and the
-    batch's summed plain cross-entropy, so train and val losses are the same quantity."""
-    log_probs = F.log_softmax(logits.float(), dim=1)
-    nll = -log_probs.gather(1, labels[:, None]).squeeze(1)
-    loss = nll if smoothing == 0 else (1 - smoothing) * nll - smoothing * log_probs.mean(dim=1)
-    return loss.mean(), nll.detach().sum()

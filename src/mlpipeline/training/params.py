@@ -7,11 +7,12 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, model_validator
 
 from mlpipeline.core.device import DeviceChoice
-from mlpipeline.core.params import param, params_dataclass
+from mlpipeline.core.params import ImageSize, param, params_dataclass
 
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["onecycle", "cosine", "constant"]
-Monitor = Literal["val_loss", "val_acc", "last"]
+Monitor = Literal["val_loss", "val_acc", "val_macro_f1", "last"]
+ClassWeights = Literal["none", "balanced"]
 SyntheticUse = Literal["pretrain", "mix"]
 Precision = Literal["auto", "float32", "bf16", "fp16"]  # float32, or autocast to bf16 or fp16
 
@@ -51,7 +52,9 @@ class EarlyStoppingParams:
     @model_validator(mode="after")
     def check(self) -> Self:
         if self.monitor == "last" and self.patience is not None:
-            raise ValueError("patience needs monitor val_loss or val_acc: with last no epoch is ever worse")
+            raise ValueError(
+                "patience needs monitor val_loss, val_acc or val_macro_f1: with last no epoch is ever worse"
+            )
         return self
 
 
@@ -66,8 +69,25 @@ class SyntheticParams:
 
 
 @params_dataclass
+class MixingParams:
+    """Mixup and CutMix (timm's ``Mixup`` in batch mode): a mixed batch is blended with itself in
+    reverse order (mixup) or gets a box of it pasted in (CutMix), with targets mixed in the same
+    proportion; label smoothing applies to both targets."""
+
+    mixup_alpha: float = param(ge=0, le=10)  # the mixing share is Beta(alpha, alpha); 0: no mixup
+    cutmix_alpha: float = param(ge=0, le=10)  # the same for CutMix's box area; 0: no CutMix
+    probability: float = param(ge=0, le=1)  # share of batches mixed
+    switch_probability: float = param(ge=0, le=1)  # both on: the chance a mixed batch is CutMix
+
+    @property
+    def active(self) -> bool:
+        return bool(self.probability and (self.mixup_alpha or self.cutmix_alpha))
+
+
+@params_dataclass
 class TrainParams:
     model: ArchitectureParams
+    image_size: ImageSize | None  # the network's input: a window of the stored images; None: all of them
     optimizer: Optimizer
     schedule: Schedule
     epochs: int = param(ge=1)
@@ -76,11 +96,18 @@ class TrainParams:
     lr: float = param(gt=0, le=10)
     weight_decay: float = param(ge=0, lt=1)
     label_smoothing: float = param(ge=0, lt=1)
+    class_weights: ClassWeights  # balanced: each class's loss weighted by images / (classes x its images)
+    mixing: MixingParams
+    accumulate: int = param(ge=1, le=1024)  # batches per optimizer step: effective batch batch_size x this
+    clip_grad_norm: float | None = param(gt=0)  # the gradients' global norm is clipped to this; None: off
+    ema_decay: float = param(ge=0, lt=1)  # an average of the weights is evaluated and saved; 0: off
     synthetic: SyntheticParams
     early_stopping: EarlyStoppingParams
     seed: int = param(ge=0)
     device: DeviceChoice
     precision: Precision
+    tf32: bool  # CUDA float32 training steps in TF32 (validation, evaluate, predict never)
+    compile: bool  # torch.compile the training forward and backward
     nodes: int = param(ge=1, le=4096)
     processes: int = param(ge=1, le=1024)
     num_threads: int = param(ge=0, le=1024)

@@ -65,7 +65,7 @@ def check_frozen_epochs(phases: list[Phase], views: int, world_size: int) -> Non
     ``views``: each training row's copies an epoch (online augmentation); ``world_size``: ranks."""
     for phase in phases:
         params, frozen = phase.params, phase.params.model.freeze_epochs
-        per_epoch = rank_steps(len(phase.originals) * views, params.batch_size, world_size)
+        per_epoch = rank_steps(len(phase.originals) * views, params.batch_size, world_size, params.accumulate)
         epochs = epochs_to_run(params, per_epoch)
         if frozen and frozen >= epochs:
             knob = "train.synthetic.pretrain_epochs" if phase.name == PRETRAIN else "train.epochs"

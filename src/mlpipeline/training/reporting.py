@@ -43,13 +43,15 @@ class EpochRecord:
     train_acc: float
     val_loss: float
     val_acc: float
+    val_macro_f1: float
     lr: float  # at the end of the epoch
     seconds: float
 
     def line(self, epochs: int) -> str:
         return (
             f"epoch {self.epoch}/{epochs}: train loss {self.train_loss:.4f} acc {self.train_acc:.4f}, "
-            f"val loss {self.val_loss:.4f} acc {self.val_acc:.4f}, lr {self.lr:.2e}, {self.seconds:.2f} s"
+            f"val loss {self.val_loss:.4f} acc {self.val_acc:.4f} macro-F1 {self.val_macro_f1:.4f}, "
+            f"lr {self.lr:.2e}, {self.seconds:.2f} s"
         )
 
     def metrics(self) -> dict[str, float]:
@@ -59,6 +61,7 @@ class EpochRecord:
             "train/acc": self.train_acc,
             "val/loss": self.val_loss,
             "val/acc": self.val_acc,
+            "val/macro_f1": self.val_macro_f1,
             "lr": self.lr,
         }
 
@@ -74,22 +77,23 @@ class TrainingLog:
         self.bar = Progress()
         self.phase = ""
         self.epochs = 0
-        self.steps_per_epoch = 0
+        self.batches_per_epoch = 0
         self.logged = 0  # epochs logged so far, all phases
         self.offset = 0  # epochs logged by the phases before this one
 
-    def start_phase(self, phase: str, epochs: int, steps_per_epoch: int) -> None:
+    def start_phase(self, phase: str, epochs: int, batches_per_epoch: int) -> None:
         self.bar.close()
-        self.phase, self.epochs, self.steps_per_epoch = phase, epochs, steps_per_epoch
+        self.phase, self.epochs, self.batches_per_epoch = phase, epochs, batches_per_epoch
         self.offset = self.logged
-        self.bar = start("train", phase, epochs * steps_per_epoch, unit="batch")
+        self.bar = start("train", phase, epochs * batches_per_epoch, unit="batch")
+
+    def note(self, line: str) -> None:
+        """A line about the run (why it is longer than asked, a checkpoint taken within an epoch),
+        where it does not break the bar."""
+        self.bar.write(line, log)
 
     def batch_done(self) -> None:
         self.bar.advance()
-
-    def note(self, line: str) -> None:
-        """Log ``line`` (a checkpoint taken within an epoch) without breaking the display."""
-        self.bar.write(line, log)
 
     def epoch_done(self, record: EpochRecord, replayed: bool = False) -> None:
         """Log ``record``; ``replayed`` records come from a checkpoint and are not shown again."""
@@ -101,7 +105,7 @@ class TrainingLog:
         del self.live.summary[EPOCH_SECONDS]  # history only: keeps metrics.json deterministic
         self.live.next_step()
         if replayed:
-            self.bar.advance(self.steps_per_epoch)
+            self.bar.advance(self.batches_per_epoch)
         else:
             line = record.line(self.epochs)
             self.bar.write(line if self.phase == TRAIN else f"{self.phase} {line}", log)

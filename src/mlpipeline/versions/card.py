@@ -35,6 +35,13 @@ METRICS = EVALUATE_REPORTS / "metrics.json"
 PARITY = EXPORT_REPORTS / "parity.json"
 MODEL_CONFIG = MODELS / "model.json"
 CARD_STAGES = ("ingest", "synthesize", "augment", "train", "export", "evaluate")
+# ingest.resize in words: for the limitations, and the preprocessing step (size, resampling, grey)
+ASPECT = {"squash": "aspect ratio not kept", "shorter-side": "aspect ratio kept", "pad": "aspect ratio kept"}
+RESIZED = {
+    "squash": "Resize to {0} with {1} resampling, aspect ratio not kept",
+    "shorter-side": "Resize: scaled to cover {0} with {1} resampling, aspect ratio kept, the centre kept",
+    "pad": "Resize: scaled to fit inside {0} with {1} resampling, aspect ratio kept, grey {2} borders",
+}
 
 
 def card_path(name: str) -> Path:
@@ -127,7 +134,7 @@ def _metadata(facts: dict[str, Any]) -> dict[str, Any]:
             "preprocessing": _preprocessing(model),
             "data": {"counts": facts["counts"], "training_images": facts["training_images"]},
             "params": facts["params"],
-            "metrics": {part: _headline(metrics[part]) for part in ("test", "baseline")},
+            "metrics": {part: _headline(metrics[part]) for part in ("test", "baseline") if part in metrics},
             "onnx_parity": facts["parity"],
             "dvc": facts["dvc"],
         },
@@ -135,9 +142,12 @@ def _metadata(facts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _preprocessing(model: dict[str, Any]) -> dict[str, Any]:
-    """From an image file to the network's input, every number as evaluation applied it."""
+    """From an image file to the network's input, every number as evaluation applied it: the
+    window is the centre of the stored image the network takes (all of it but for a smaller
+    ``train.image_size``)."""
     return {
         **(model.get("preprocessing") or {}),
+        "window": model["image_shape"][1:],
         "rescale": "1/255",
         "mean": model["mean"],
         "std": model["std"],
@@ -188,15 +198,21 @@ def limitations(facts: dict[str, Any]) -> list[str]:
     lines = [
         f"A closed set of {len(model['classes'])} classes: every image gets one of them, with no "
         "'none of these'; an image of something else gets a wrong class, often confidently.",
-        f"Every image is resized to {height}x{width} ({model.get('preprocessing', {}).get('resample', '?')}, "
-        f"aspect ratio not kept) and made {channels}-channel: detail finer than that is lost.",
+        f"Every image is resized to {_stored(model)} ({_made(model).get('resample', '?')}, "
+        f"{ASPECT[_made(model).get('resize', 'squash')]}) and made {channels}-channel"
+        + (
+            f", the network seeing its centre {height}x{width}"
+            if _stored(model) != f"{height}x{width}"
+            else ""
+        )
+        + ": detail finer than that is lost.",
         f"Measured on {count} test images from the training data's own source "
         f"({facts['params']['ingest'].get('source', '?')}): accuracy {accuracy:.4f}, about +/- "
         f"{margin:.4f} (95%); on images from elsewhere it is unknown.",
     ]
     if weakest is not None:
         lines.append(f"Weakest class on the test split: {weakest[0]} (F1 {weakest[1]['f1']:.4f}).")
-    baseline = facts["metrics"]["baseline"]["accuracy"]
+    baseline = facts["metrics"].get("baseline", {}).get("accuracy", 0.0)
     if accuracy < baseline:
         lines.append(f"The SVM baseline scores higher on the test split ({baseline:.4f}): prefer it here.")
     if facts["training_images"].get("synthetic"):
@@ -222,27 +238,55 @@ def _training_line(facts: dict[str, Any]) -> str:
 
 
 def _preprocessing_text(model: dict[str, Any]) -> str:
-    made = model.get("preprocessing") or {}
+    made, stored = _made(model), _stored(model)
     channels, height, width = model["image_shape"]
+    resized = RESIZED[made.get("resize", "squash")].format(
+        stored, made.get("resample"), made.get("background")
+    )
+    steps = [
+        f"Decode (PNG, JPEG, BMP), apply the EXIF rotation, convert to {channels} channel(s) "
+        f"(convert: {made.get('convert')}, transparent pixels on grey {made.get('background')}).",
+        f"{resized} (JPEG draft decoding: {made.get('jpeg_draft')}).",
+    ]
+    if stored != f"{height}x{width}":
+        steps.append(
+            f"Take the centre {height}x{width} window of the {stored} image (training took windows of "
+            "this size at random places): `ModelConfig.input_window`."
+        )
+    steps.append(
+        f"Scale to [0, 1] (x / 255), then per channel (x - mean) / std with mean {model['mean']} "
+        f"and std {model['std']}."
+    )
     return (
-        f"1. Decode (PNG, JPEG, BMP), apply the EXIF rotation, convert to {channels} channel(s) "
-        f"(convert: {made.get('convert')}, transparent pixels on grey {made.get('background')}).\n"
-        f"2. Resize to {height}x{width} with {made.get('resample')} resampling "
-        f"(JPEG draft decoding: {made.get('jpeg_draft')}).\n"
-        f"3. Scale to [0, 1] (x / 255), then per channel (x - mean) / std with mean {model['mean']} "
-        f"and std {model['std']}.\n\n"
-        "Steps 1-2 are `mlpipeline.ingestion.images.decode_image`; step 3 is inside the network and "
-        "the ONNX graph, which take uint8 pixels."
+        "\n".join(f"{number}. {step}" for number, step in enumerate(steps, 1))
+        + "\n\nSteps 1-2 are `mlpipeline.ingestion.images.decode_image`; the last is inside the network "
+        "and the ONNX graph, which take uint8 pixels."
     )
 
 
+def _made(model: dict[str, Any]) -> dict[str, Any]:
+    """Ingest's record of how image files became the stored images (empty in old models)."""
+    return model.get("preprocessing") or {}
+
+
+def _stored(model: dict[str, Any]) -> str:
+    """The stored images' size, H x W: the network's input, or larger when it took a window."""
+    height, width = _made(model).get("image_size") or model["image_shape"][1:]
+    return f"{height}x{width}"
+
+
 def _metrics_table(metrics: dict[str, Any]) -> str:
-    rows = ["| metric | network | SVM baseline |", "|---|---:|---:|"]
+    baseline = metrics.get("baseline")
+    rows = [
+        "| metric | network |" + (" SVM baseline |" if baseline else ""),
+        "|---|---:|" + ("---:|" if baseline else ""),
+    ]
     for key in ("accuracy", "macro_f1", "log_loss", "ece"):
         if key in metrics["test"]:
-            rows.append(
-                f"| {key} | {metrics['test'][key]:.4f} | {metrics['baseline'].get(key, float('nan')):.4f} |"
-            )
+            against = f" {baseline.get(key, float('nan')):.4f} |" if baseline else ""
+            rows.append(f"| {key} | {metrics['test'][key]:.4f} |{against}")
+    if not baseline:
+        rows.append("\nNo baseline was fitted (evaluate.baseline.method: none).")
     return "\n".join(rows)
 
 
