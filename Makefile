@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast test-gpu lint format schema lock clean s3-up s3-down check-remote report data-diff data-update plots-page browser slurm verify gc release weights preset
+.PHONY: help setup repro test test-fast test-gpu test-slurm lint format schema lock clean s3-up s3-down check-remote report data-diff data-update plots-page browser slurm verify gc release weights preset
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -24,8 +24,11 @@ setup: $(STAMP) ## Create .venv and install the project with its dev tools
 repro: setup ## Run the whole pipeline (dvc repro) on the built-in demo data
 	dvc repro
 
-test: setup browser slurm ## Run the whole test suite on every core
+test: setup browser ## Run the whole test suite on every core
 	pytest -n auto
+
+test-slurm: setup slurm ## Run the SLURM recipe under a real local SLURM (installs Debian's where missing)
+	pytest tests/test_slurm.py
 
 test-fast: setup ## Run all but the slow tests (DVC runs, S3 flows, end-to-end training) on every core
 	pytest -m "not slow" -n auto

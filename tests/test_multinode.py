@@ -23,6 +23,7 @@ from test_models_hf import hf_params, save_checkpoint
 from tiny_training import RECIPE, tiny_params, tiny_section, write_inputs
 
 from mlpipeline.stages.train import train
+from mlpipeline.training.checkpoint import LATEST
 from mlpipeline.training.distributed import World
 from mlpipeline.training.rendezvous import TIMEOUT_ENV
 
@@ -136,7 +137,7 @@ def test_two_nodes_killed_after_an_epoch_resume_to_the_same_bytes(
     node0, node1 = (write_node(clone) for clone in clones)
     nodes = run_nodes(node0, node1, tmp_path)
     checkpoints = node0 / ".cache" / "checkpoints"
-    while not any(checkpoints.glob("*/latest.ckpt")):  # node 0 saved an epoch
+    while not any(checkpoints.glob(f"*/{LATEST}")):  # node 0 saved an epoch
         assert all(node.poll() is None for node in nodes), "finished before a checkpoint was seen"
         time.sleep(0.02)
     for node in nodes:
@@ -306,7 +307,7 @@ def test_two_processes_with_the_photo_recipe_resume_to_the_same_bytes(tmp_path: 
     killed = write_node(tmp_path / "killed", nodes=1, processes=2, **recipe)
     node = start(STAGE, killed, 0, free_port(), tmp_path / "killed.log")
     checkpoints = killed / ".cache" / "checkpoints"
-    while not any(checkpoints.glob("*/latest.pt")):
+    while not any(checkpoints.glob(f"*/{LATEST}")):
         assert node.poll() is None, "finished before a checkpoint was seen"
         time.sleep(0.02)
     kill_tree(node)

@@ -98,7 +98,7 @@ def test_the_readme_photo_path_runs_as_written_on_photos_with_word_classes(pipel
 
 @pytest.mark.slow
 def test_default_params_train_word_classes_on_their_real_images_alone(pipeline_repo: Path) -> None:
-    write_photos(pipeline_repo / "data" / "photos", CLASSES, per_class=20)
+    write_photos(pipeline_repo / "data" / "photos", CLASSES, per_class=40)
     set_params(pipeline_repo, flatten(yaml.safe_load(TINY_PARAMS.read_text())))
     set_params(pipeline_repo, {"ingest.source": "data/photos", "ingest.channels": 3, "ingest.image_size": 16})
     done = dvc(pipeline_repo, "repro")

@@ -6,7 +6,8 @@ One job after another in one clone: scancel in the middle of training (the check
 line of the job's own, ``models/`` as before); the job submitted again, resumed, then given the
 time limit's notice (it saves and requeues itself) and finished on its requeued run, to the bytes
 of one node of two processes; the same commit once more, its train stage cached, every node ended
-at once with 0. Skipped, saying why, where SLURM is not installed (``make slurm``) or not root.
+at once with 0. Skipped, saying why, where SLURM is not installed (``make test-slurm`` installs it)
+or not root.
 """
 
 from __future__ import annotations
